@@ -1,0 +1,317 @@
+//! `hearth.toml`: what hearthd serves and under which limits.
+//!
+//! ```toml
+//! [limits]                      # defaults for every function (all optional)
+//! request_timeout_ms = 30000
+//! max_memory_mib = 128
+//! max_request_body_bytes = 10485760
+//! max_concurrent_instances = 64
+//!
+//! [[function]]
+//! name = "hello"
+//! path = "hello.wasm"           # relative to this file
+//! listen = "127.0.0.1:8080"
+//! env = { GREETING = "hi" }     # optional
+//! allowed_outbound_hosts = []   # optional; "*" allows any host
+//! [function.limits]             # optional per-function overrides
+//! max_memory_mib = 64
+//! ```
+//!
+//! # Contract
+//!
+//! Loading fails, with the file's path and the offending key in the message,
+//! on: a syntax error, an unknown key anywhere, a missing required key, a
+//! limit out of range, a function path that does not exist, two functions
+//! with one name, or two functions on one listen address. An empty file is
+//! valid: hearthd then serves only what shims hand it.
+
+use crate::limits::Limits;
+use crate::state::FunctionEnv;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A configuration error, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", file.display())]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HearthConfig {
+    /// Default limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Functions to serve.
+    #[serde(default)]
+    pub function: Vec<FunctionConfig>,
+}
+
+/// One `[[function]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    /// Unique name; tags logs and errors.
+    pub name: String,
+    /// The component file; relative paths are relative to the config file.
+    pub path: PathBuf,
+    /// Address to serve HTTP on.
+    pub listen: SocketAddr,
+    /// Environment variables for the guest.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Hosts outbound HTTP may reach.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Overrides of the default limits.
+    #[serde(default)]
+    pub limits: LimitsOverride,
+}
+
+/// Per-function limit overrides; unset fields take the defaults.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsOverride {
+    /// See [`Limits::request_timeout_ms`].
+    pub request_timeout_ms: Option<u64>,
+    /// See [`Limits::max_memory_mib`].
+    pub max_memory_mib: Option<u64>,
+    /// See [`Limits::max_request_body_bytes`].
+    pub max_request_body_bytes: Option<u64>,
+    /// See [`Limits::max_concurrent_instances`].
+    pub max_concurrent_instances: Option<u32>,
+}
+
+impl LimitsOverride {
+    /// `defaults` with these overrides applied.
+    pub fn apply(&self, defaults: Limits) -> Limits {
+        Limits {
+            request_timeout_ms: self.request_timeout_ms.unwrap_or(defaults.request_timeout_ms),
+            max_memory_mib: self.max_memory_mib.unwrap_or(defaults.max_memory_mib),
+            max_request_body_bytes: self
+                .max_request_body_bytes
+                .unwrap_or(defaults.max_request_body_bytes),
+            max_concurrent_instances: self
+                .max_concurrent_instances
+                .unwrap_or(defaults.max_concurrent_instances),
+        }
+    }
+}
+
+impl FunctionConfig {
+    /// The environment instances of this function start with.
+    pub fn function_env(&self, defaults: Limits) -> FunctionEnv {
+        FunctionEnv {
+            name: self.name.as_str().into(),
+            env: self.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            args: vec![self.name.clone()],
+            allowed_outbound_hosts: Arc::from(self.allowed_outbound_hosts.clone()),
+            limits: self.limits.apply(defaults),
+        }
+    }
+}
+
+impl HearthConfig {
+    /// Reads, parses and validates `file`. Relative function paths are
+    /// resolved against the file's directory.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let error = |message: String| ConfigError {
+            file: file.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| error(format!("cannot read: {e}")))?;
+        let mut config = Self::parse(&text).map_err(error)?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        for function in &mut config.function {
+            if function.path.is_relative() {
+                function.path = base.join(&function.path);
+            }
+        }
+        config.validate().map_err(error)?;
+        Ok(config)
+    }
+
+    /// Parses TOML text without touching the filesystem.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Checks everything `parse` cannot: ranges, uniqueness, existing paths.
+    pub fn validate(&self) -> Result<(), String> {
+        self.limits.validate().map_err(|e| format!("limits.{e}"))?;
+        let mut names = BTreeMap::new();
+        let mut listens = BTreeMap::new();
+        for (index, function) in self.function.iter().enumerate() {
+            let key = |field: &str| format!("function[{index}].{field} (function `{}`)", function.name);
+            if function.name.is_empty() {
+                return Err(format!("function[{index}].name: must not be empty"));
+            }
+            if let Some(first) = names.insert(function.name.as_str(), index) {
+                return Err(format!(
+                    "{}: the name is already used by function[{first}]",
+                    key("name")
+                ));
+            }
+            if let Some(first) = listens.insert(function.listen, index) {
+                return Err(format!(
+                    "{}: {} is already used by function[{first}]",
+                    key("listen"),
+                    function.listen
+                ));
+            }
+            if !function.path.is_file() {
+                return Err(format!(
+                    "{}: no such file: {}",
+                    key("path"),
+                    function.path.display()
+                ));
+            }
+            function
+                .limits
+                .apply(self.limits)
+                .validate()
+                .map_err(|e| format!("{}.{e}", key("limits")))?;
+        }
+        Ok(())
+    }
+
+    /// The limits of every function, after overrides.
+    pub fn all_limits(&self) -> Vec<Limits> {
+        self.function
+            .iter()
+            .map(|f| f.limits.apply(self.limits))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn empty_file_is_daemon_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = HearthConfig::load(&write(dir.path(), "hearth.toml", "")).unwrap();
+        assert!(config.function.is_empty());
+        assert_eq!(config.limits, Limits::default());
+    }
+
+    #[test]
+    fn full_file_loads_with_overrides_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "hello.wasm", "");
+        let file = write(
+            dir.path(),
+            "hearth.toml",
+            r#"
+[limits]
+request_timeout_ms = 1000
+[[function]]
+name = "hello"
+path = "hello.wasm"
+listen = "127.0.0.1:18080"
+env = { GREETING = "hi" }
+[function.limits]
+max_memory_mib = 16
+"#,
+        );
+        let config = HearthConfig::load(&file).unwrap();
+        let function = &config.function[0];
+        assert_eq!(function.path, dir.path().join("hello.wasm"));
+        let env = function.function_env(config.limits);
+        assert_eq!(env.limits.request_timeout_ms, 1000);
+        assert_eq!(env.limits.max_memory_mib, 16);
+        assert_eq!(env.env, vec![("GREETING".to_string(), "hi".to_string())]);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "hearth.toml", "[limits]\nmax_memroy_mib = 3\n");
+        let message = HearthConfig::load(&file).unwrap_err().to_string();
+        assert!(message.contains("hearth.toml"), "{message}");
+        assert!(message.contains("max_memroy_mib"), "{message}");
+    }
+
+    #[test]
+    fn unknown_top_level_table_is_an_error() {
+        let message = HearthConfig::parse("[prewarn]\nimages = []\n").unwrap_err();
+        assert!(message.contains("prewarn"), "{message}");
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let message = HearthConfig::parse(
+            "[[function]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap_err();
+        assert!(message.contains("missing field `path`"), "{message}");
+    }
+
+    #[test]
+    fn missing_function_file_names_key_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "hearth.toml",
+            "[[function]]\nname = \"a\"\npath = \"nope.wasm\"\nlisten = \"127.0.0.1:1\"\n",
+        );
+        let message = HearthConfig::load(&file).unwrap_err().to_string();
+        assert!(message.contains("hearth.toml"), "{message}");
+        assert!(message.contains("function[0].path"), "{message}");
+        assert!(message.contains("nope.wasm"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_names_and_listeners_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.wasm", "");
+        let twice = |a: &str, b: &str| {
+            format!(
+                "[[function]]\nname = \"{a}\"\npath = \"a.wasm\"\nlisten = \"127.0.0.1:1\"\n\
+                 [[function]]\nname = \"{b}\"\npath = \"a.wasm\"\nlisten = \"127.0.0.1:{}\"\n",
+                if a == b { 2 } else { 1 }
+            )
+        };
+        let message = HearthConfig::load(&write(dir.path(), "n.toml", &twice("a", "a")))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("function[1].name"), "{message}");
+        let message = HearthConfig::load(&write(dir.path(), "l.toml", &twice("a", "b")))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("function[1].listen"), "{message}");
+    }
+
+    #[test]
+    fn out_of_range_limit_is_named() {
+        let message = HearthConfig::parse("[limits]\nmax_memory_mib = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(message.contains("limits.max_memory_mib"), "{message}");
+    }
+
+    #[test]
+    fn bad_listen_address_is_an_error() {
+        let message = HearthConfig::parse(
+            "[[function]]\nname = \"a\"\npath = \"a\"\nlisten = \"localhost\"\n",
+        )
+        .unwrap_err();
+        assert!(message.contains("listen"), "{message}");
+    }
+}

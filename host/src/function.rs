@@ -1,0 +1,407 @@
+//! Loading a component as a Hearth function and creating its instances.
+//!
+//! A component is a *service* if it exports `wasi:http/incoming-handler`
+//! (and optionally `hearth:function/lifecycle`), or a *job* if it exports
+//! `wasi:cli/run`. Anything else is refused at load with the list of what it
+//! does export. Imports are checked at load too: a component that imports
+//! something this host does not provide never gets as far as a request.
+//!
+//! Every instance lives in its own store with [`FunctionState`], the memory
+//! limiter and a deadline (see [`crate::limits`]). Instances of one function
+//! are bounded by `max_concurrent_instances`; a request waits for a slot at
+//! most until its deadline.
+
+use crate::engine::{EngineSettings, HostEngine};
+use crate::limits::DeadlineExceeded;
+use crate::state::{FunctionEnv, FunctionState};
+use hearth_prewarm::{CompiledCache, CompiledFunction, LoadError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::component::{ComponentExportIndex, Instance, Linker};
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::p2::bindings::CommandIndices;
+use wasmtime_wasi_http::p2::bindings::ProxyIndices;
+
+/// The interface a service exports.
+pub const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2.12";
+/// The interface a job exports.
+pub const CLI_RUN: &str = "wasi:cli/run@0.2.12";
+/// Hearth's optional lifecycle interface.
+pub const LIFECYCLE: &str = "hearth:function/lifecycle@0.1.0";
+
+/// Why a function could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionLoadError {
+    /// The file could not be read.
+    #[error("cannot read function `{function}` from {path}: {source}")]
+    Read {
+        /// The function's name.
+        function: String,
+        /// The path that was read.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The bytes are not a usable component.
+    #[error("cannot load function `{function}`: {source}")]
+    Load {
+        /// The function's name.
+        function: String,
+        /// What is wrong with the bytes.
+        source: LoadError,
+    },
+    /// The component exports neither world's entry point.
+    #[error(
+        "cannot load function `{function}`: it exports neither `{INCOMING_HANDLER}` (a service) nor `{CLI_RUN}` (a job); it exports: {exports}"
+    )]
+    NoEntryPoint {
+        /// The function's name.
+        function: String,
+        /// What it does export, comma-separated.
+        exports: String,
+    },
+    /// The lifecycle interface is there but its functions have the wrong shape.
+    #[error("cannot load function `{function}`: its `{LIFECYCLE}` export is malformed: {detail}")]
+    BadLifecycle {
+        /// The function's name.
+        function: String,
+        /// wasmtime's description.
+        detail: String,
+    },
+    /// Compilation was interrupted (the blocking task panicked or was cancelled).
+    #[error("cannot load function `{function}`: compilation did not finish: {detail}")]
+    Interrupted {
+        /// The function's name.
+        function: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// What a function is, by what it exports.
+pub enum FunctionKind {
+    /// An HTTP service.
+    Service {
+        /// Where the incoming handler lives in an instance.
+        handler: ProxyIndices,
+        /// Where `init` and `shutdown` live, if exported.
+        lifecycle: Option<LifecycleExports>,
+    },
+    /// A job.
+    Job {
+        /// Where `wasi:cli/run` lives in an instance.
+        run: CommandIndices,
+    },
+}
+
+/// Export indices of `hearth:function/lifecycle`.
+#[derive(Clone, Copy)]
+pub struct LifecycleExports {
+    init: ComponentExportIndex,
+    shutdown: ComponentExportIndex,
+}
+
+/// The process-wide host: one engine, one linker, one compiled cache.
+pub struct Host {
+    engine: HostEngine,
+    compiled: CompiledCache<FunctionState>,
+}
+
+impl Host {
+    /// A host whose engine can serve functions within `settings`.
+    pub fn new(settings: &EngineSettings) -> wasmtime::Result<Arc<Self>> {
+        let engine = HostEngine::new(settings)?;
+        let mut linker = Linker::<FunctionState>::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        let compiled = CompiledCache::new(engine.engine().clone(), linker);
+        Ok(Arc::new(Host { engine, compiled }))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &wasmtime::Engine {
+        self.engine.engine()
+    }
+
+    /// The compiled-component cache.
+    pub fn compiled(&self) -> &CompiledCache<FunctionState> {
+        &self.compiled
+    }
+
+    /// Reads `path` and loads it as the function described by `env`.
+    pub async fn load_file(
+        self: &Arc<Self>,
+        env: FunctionEnv,
+        path: &Path,
+    ) -> Result<Arc<Function>, FunctionLoadError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| FunctionLoadError::Read {
+                function: env.name.to_string(),
+                path: path.to_owned(),
+                source,
+            })?;
+        self.load(env, bytes).await
+    }
+
+    /// Compiles (or finds in the cache) `bytes` and loads it as the function
+    /// described by `env`. Compilation runs on a blocking thread.
+    pub async fn load(
+        self: &Arc<Self>,
+        env: FunctionEnv,
+        bytes: Vec<u8>,
+    ) -> Result<Arc<Function>, FunctionLoadError> {
+        let host = self.clone();
+        let name = env.name.to_string();
+        let compiled = tokio::task::spawn_blocking(move || host.compiled.get_or_compile(&bytes))
+            .await
+            .map_err(|e| FunctionLoadError::Interrupted {
+                function: name.clone(),
+                detail: e.to_string(),
+            })?
+            .map_err(|source| FunctionLoadError::Load {
+                function: name.clone(),
+                source,
+            })?;
+        let kind = classify(&name, &compiled)?;
+        Ok(Arc::new(Function {
+            host: self.clone(),
+            slots: Arc::new(Semaphore::new(env.limits.max_concurrent_instances as usize)),
+            env,
+            compiled,
+            kind,
+        }))
+    }
+}
+
+fn export_names(compiled: &CompiledFunction<FunctionState>, engine: &wasmtime::Engine) -> String {
+    let names: Vec<String> = compiled
+        .component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    if names.is_empty() {
+        "nothing".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn classify(
+    name: &str,
+    compiled: &CompiledFunction<FunctionState>,
+) -> Result<FunctionKind, FunctionLoadError> {
+    let component = &compiled.component;
+    if component.get_export_index(None, INCOMING_HANDLER).is_some() {
+        let handler = ProxyIndices::new(&compiled.instance_pre).map_err(|e| {
+            FunctionLoadError::BadLifecycle {
+                function: name.into(),
+                detail: format!("{e:#}"),
+            }
+        })?;
+        let lifecycle = match component.get_export_index(None, LIFECYCLE) {
+            None => None,
+            Some(interface) => {
+                let find = |func: &str| {
+                    component
+                        .get_export_index(Some(&interface), func)
+                        .ok_or_else(|| FunctionLoadError::BadLifecycle {
+                            function: name.into(),
+                            detail: format!("it has no `{func}` function"),
+                        })
+                };
+                Some(LifecycleExports {
+                    init: find("init")?,
+                    shutdown: find("shutdown")?,
+                })
+            }
+        };
+        return Ok(FunctionKind::Service { handler, lifecycle });
+    }
+    if component.get_export_index(None, CLI_RUN).is_some() {
+        let run = CommandIndices::new(&compiled.instance_pre).map_err(|e| {
+            FunctionLoadError::BadLifecycle {
+                function: name.into(),
+                detail: format!("{e:#}"),
+            }
+        })?;
+        return Ok(FunctionKind::Job { run });
+    }
+    Err(FunctionLoadError::NoEntryPoint {
+        function: name.into(),
+        exports: export_names(compiled, compiled.instance_pre.engine()),
+    })
+}
+
+/// A loaded function: compiled code, what kind it is, and how its instances
+/// are made.
+pub struct Function {
+    host: Arc<Host>,
+    env: FunctionEnv,
+    compiled: Arc<CompiledFunction<FunctionState>>,
+    kind: FunctionKind,
+    slots: Arc<Semaphore>,
+}
+
+/// A store and instance, holding one of the function's concurrency slots
+/// until dropped.
+pub struct LiveInstance {
+    /// The store the instance lives in.
+    pub store: Store<FunctionState>,
+    /// The instance.
+    pub instance: Instance,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// A slot could not be had before the deadline.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "overloaded: all {max} instance slots of this function stayed busy for {waited_ms} ms"
+)]
+pub struct Overloaded {
+    /// `max_concurrent_instances`.
+    pub max: u32,
+    /// How long the request waited.
+    pub waited_ms: u64,
+}
+
+impl Function {
+    /// The function's name.
+    pub fn name(&self) -> &str {
+        &self.env.name
+    }
+
+    /// What it was started with.
+    pub fn env(&self) -> &FunctionEnv {
+        &self.env
+    }
+
+    /// What kind of function it is.
+    pub fn kind(&self) -> &FunctionKind {
+        &self.kind
+    }
+
+    /// Whether it is a service.
+    pub fn is_service(&self) -> bool {
+        matches!(self.kind, FunctionKind::Service { .. })
+    }
+
+    /// The compiled component behind it.
+    pub fn compiled(&self) -> &Arc<CompiledFunction<FunctionState>> {
+        &self.compiled
+    }
+
+    /// The host it was loaded into.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Waits up to `wait` for one of the function's instance slots.
+    pub async fn acquire_slot(&self, wait: Duration) -> Result<OwnedSemaphorePermit, Overloaded> {
+        let started = Instant::now();
+        match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Overloaded {
+                max: self.env.limits.max_concurrent_instances,
+                waited_ms: started.elapsed().as_millis() as u64,
+            }),
+        }
+    }
+
+    /// A fresh store for one instance, with the limiter installed and a
+    /// deadline `timeout` from now (none if `timeout` is `None`).
+    pub fn new_store(&self, timeout: Option<Duration>) -> Store<FunctionState> {
+        let mut store = Store::new(self.host.engine(), FunctionState::new(&self.env));
+        store.limiter(|state| &mut state.limiter);
+        set_deadline(&mut store, timeout);
+        store
+    }
+
+    /// Creates an instance in `store`, holding `slot` for its lifetime.
+    pub async fn instantiate(
+        &self,
+        mut store: Store<FunctionState>,
+        slot: OwnedSemaphorePermit,
+    ) -> wasmtime::Result<LiveInstance> {
+        let instance = self
+            .compiled
+            .instance_pre
+            .instantiate_async(&mut store)
+            .await?;
+        Ok(LiveInstance {
+            store,
+            instance,
+            _slot: slot,
+        })
+    }
+
+    /// Runs `init` if the function exports the lifecycle interface. An `err`
+    /// from the guest becomes [`InitFailed`].
+    pub async fn run_init(&self, live: &mut LiveInstance) -> wasmtime::Result<()> {
+        let Some(lifecycle) = self.lifecycle() else {
+            return Ok(());
+        };
+        let init = live
+            .instance
+            .get_typed_func::<(), (Result<(), String>,)>(&mut live.store, lifecycle.init)?;
+        let (result,) = init.call_async(&mut live.store, ()).await?;
+        result.map_err(|message| InitFailed { message }.into())
+    }
+
+    /// Runs `shutdown` if exported, with a fresh deadline. Failures are
+    /// logged, never returned: the instance is being discarded anyway.
+    pub async fn run_shutdown(&self, live: &mut LiveInstance) {
+        let Some(lifecycle) = self.lifecycle() else {
+            return;
+        };
+        set_deadline(&mut live.store, Some(self.env.limits.request_timeout()));
+        let result = async {
+            let shutdown = live
+                .instance
+                .get_typed_func::<(), ()>(&mut live.store, lifecycle.shutdown)?;
+            shutdown.call_async(&mut live.store, ()).await
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(function = %self.env.name, error = %format!("{error:#}"), "lifecycle shutdown failed");
+        }
+    }
+
+    fn lifecycle(&self) -> Option<LifecycleExports> {
+        match &self.kind {
+            FunctionKind::Service { lifecycle, .. } => *lifecycle,
+            FunctionKind::Job { .. } => None,
+        }
+    }
+}
+
+/// The guest's `init` returned an error.
+#[derive(Debug, thiserror::Error)]
+#[error("init failed: {message}")]
+pub struct InitFailed {
+    /// The guest's message.
+    pub message: String,
+}
+
+/// Arms the store's epoch deadline: the guest yields to the executor every
+/// epoch tick and traps with [`DeadlineExceeded`] once `timeout` has passed.
+fn set_deadline(store: &mut Store<FunctionState>, timeout: Option<Duration>) {
+    store.set_epoch_deadline(1);
+    match timeout {
+        None => store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1))),
+        Some(timeout) => {
+            let deadline = Instant::now() + timeout;
+            let timeout_ms = timeout.as_millis() as u64;
+            store.epoch_deadline_callback(move |_| {
+                if Instant::now() >= deadline {
+                    Err(DeadlineExceeded { timeout_ms }.into())
+                } else {
+                    Ok(UpdateDeadline::Yield(1))
+                }
+            });
+        }
+    }
+}

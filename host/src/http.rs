@@ -1,0 +1,261 @@
+//! The HTTP trigger: serves a service function on a listener.
+//!
+//! # Contract
+//!
+//! * Every request gets a fresh instance in a fresh store, created from the
+//!   function's `InstancePre`; nothing a request does is visible to the next.
+//!   If the function exports `hearth:function/lifecycle`, `init` runs on the
+//!   instance before the request and `shutdown` after it.
+//! * A request whose `Content-Length` is over `max_request_body_bytes` is
+//!   refused with 413 before any instance is made. A body without a length is
+//!   counted as it streams; if it goes over, the guest's read fails and the
+//!   caller gets 413 whatever the guest answered.
+//! * Failures follow [`crate::invocation_error`]: a named error, a status, one
+//!   log line. A failure in one request never affects another, and the
+//!   listener keeps serving.
+//! * [`serve`] stops accepting when its shutdown future resolves, lets
+//!   in-flight requests finish (bounded by the request deadline plus a
+//!   second), then returns.
+
+use crate::function::{Function, FunctionKind};
+use crate::invocation_error::{InvocationError, log_failure};
+use crate::limits::DeadlineExceeded;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
+
+/// The header naming a Hearth error on an error response.
+pub const ERROR_HEADER: &str = "x-hearth-error";
+
+/// Extra time the host allows past the deadline before it abandons an
+/// instance itself; the epoch deadline normally fires first.
+const DEADLINE_SLACK: Duration = Duration::from_millis(250);
+
+/// Serves `function` on `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    function: Arc<Function>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and similar: back off, keep serving.
+                    tracing::warn!(function = function.name(), %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let function = function.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let function = function.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(&function, request).await) }
+        });
+        let connection = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let drain = function.env().limits.request_timeout() + Duration::from_secs(1);
+    tracing::info!(function = function.name(), "draining in-flight requests");
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(function = function.name(), "drain timed out; closing remaining connections");
+    }
+    Ok(())
+}
+
+/// Handles one request: the guest's response, or a named error response.
+pub async fn handle(function: &Arc<Function>, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
+    match invoke(function, request).await {
+        Ok(response) => response,
+        Err(failure) => {
+            if !failure.logged {
+                log_failure(function.name(), &failure.error, None);
+            }
+            error_response(&failure.error)
+        }
+    }
+}
+
+/// An [`InvocationError`] and whether it has been logged already.
+struct Failure {
+    error: InvocationError,
+    logged: bool,
+}
+
+impl From<InvocationError> for Failure {
+    fn from(error: InvocationError) -> Self {
+        Failure {
+            error,
+            logged: false,
+        }
+    }
+}
+
+/// The response for a failed invocation.
+pub fn error_response(error: &InvocationError) -> Response<HyperOutgoingBody> {
+    let body = Full::new(Bytes::from(format!("{}: {error}\n", error.name())))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Response::builder()
+        .status(error.status())
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(ERROR_HEADER, error.name())
+        .body(body)
+        .expect("static header names and values are valid")
+}
+
+fn declared_length(request: &Request<Incoming>) -> Option<u64> {
+    request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+async fn invoke(
+    function: &Arc<Function>,
+    request: Request<Incoming>,
+) -> Result<Response<HyperOutgoingBody>, Failure> {
+    let started = Instant::now();
+    let limits = function.env().limits;
+    let body_limit = limits.max_request_body_bytes;
+    if declared_length(&request).is_some_and(|len| len > body_limit) {
+        return Err(InvocationError::BodyTooLarge { limit: body_limit }.into());
+    }
+    let timeout = limits.request_timeout();
+    let slot = function
+        .acquire_slot(timeout)
+        .await
+        .map_err(InvocationError::Overloaded)?;
+    let remaining = timeout.saturating_sub(started.elapsed());
+    let mut store = function.new_store(Some(remaining));
+
+    let body_over_limit = Arc::new(AtomicBool::new(false));
+    let (parts, body) = request.into_parts();
+    let body = Limited::new(body, body_limit as usize).map_err({
+        let body_over_limit = body_over_limit.clone();
+        move |error| {
+            if error.is::<LengthLimitError>() {
+                body_over_limit.store(true, Ordering::Relaxed);
+                HttpError::HttpRequestBodySize(Some(body_limit))
+            } else {
+                match error.downcast::<hyper::Error>() {
+                    Ok(error) => HttpError::Hyper(*error),
+                    Err(_) => HttpError::ConnectionTerminated,
+                }
+            }
+        }
+    });
+    let internal = |e: wasmtime::Error| InvocationError::Internal(format!("{e:#}"));
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let incoming = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, Request::from_parts(parts, body))
+        .map_err(internal)?;
+    let outparam = store
+        .data_mut()
+        .http()
+        .new_response_outparam(sender)
+        .map_err(internal)?;
+
+    let task = tokio::spawn(run_request(
+        function.clone(),
+        store,
+        slot,
+        incoming,
+        outparam,
+        remaining,
+    ));
+    let outcome = match tokio::time::timeout(remaining + DEADLINE_SLACK * 2, receiver).await {
+        Ok(Ok(Ok(response))) => Ok(response),
+        Ok(Ok(Err(code))) => Err(InvocationError::GuestError(format!("{code:?}")).into()),
+        // The guest dropped the outparam without answering: the task says why.
+        Ok(Err(_)) => match task.await {
+            Ok(Ok(())) => Err(InvocationError::NoResponse.into()),
+            Ok(Err(error)) => Err(Failure {
+                error,
+                logged: true,
+            }),
+            Err(join) => Err(InvocationError::Internal(join.to_string()).into()),
+        },
+        Err(_) => {
+            task.abort();
+            Err(InvocationError::Deadline(DeadlineExceeded {
+                timeout_ms: limits.request_timeout_ms,
+            })
+            .into())
+        }
+    };
+    if body_over_limit.load(Ordering::Relaxed) {
+        return Err(InvocationError::BodyTooLarge { limit: body_limit }.into());
+    }
+    outcome
+}
+
+async fn run_request(
+    function: Arc<Function>,
+    store: wasmtime::Store<crate::state::FunctionState>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    incoming: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
+    outparam: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
+    timeout: Duration,
+) -> Result<(), InvocationError> {
+    let FunctionKind::Service { handler, .. } = function.kind() else {
+        return Err(InvocationError::Internal(format!(
+            "function `{}` is a job, not a service",
+            function.name()
+        )));
+    };
+    let run = async {
+        let mut live = function.instantiate(store, slot).await?;
+        function.run_init(&mut live).await?;
+        let proxy = handler.load(&mut live.store, &live.instance)?;
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut live.store, incoming, outparam)
+            .await?;
+        // A trapped instance is poisoned and skips this: it is just dropped.
+        function.run_shutdown(&mut live).await;
+        wasmtime::Result::Ok(())
+    };
+    let result = match tokio::time::timeout(timeout + DEADLINE_SLACK, run).await {
+        Ok(result) => result,
+        Err(_) => Err(DeadlineExceeded {
+            timeout_ms: function.env().limits.request_timeout_ms,
+        }
+        .into()),
+    };
+    result.map_err(|raw| {
+        let error = InvocationError::from_wasmtime(&raw);
+        log_failure(function.name(), &error, Some(&raw));
+        error
+    })
+}

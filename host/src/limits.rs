@@ -1,0 +1,134 @@
+//! Per-request limits and their enforcement inside a store.
+//!
+//! Every instance runs under [`Limits`]:
+//! * `request_timeout_ms`: wall-clock deadline for one request (or one
+//!   `init`/`shutdown` call), enforced twice: by epoch interruption, so a
+//!   guest spinning in a loop is stopped, and by a host timer, so a guest
+//!   blocked in a host call is stopped too. Either way the caller gets
+//!   [`DeadlineExceeded`].
+//! * `max_memory_mib`: the most linear memory one instance may hold.
+//!   `memory.grow` past it traps with [`MemoryLimitExceeded`] instead of
+//!   quietly returning -1, so the caller learns why the request failed.
+//! * `max_request_body_bytes`: larger bodies are refused with 413.
+//! * `max_concurrent_instances`: instances alive at once per function; a
+//!   request that cannot get a slot within its deadline gets 503.
+
+use serde::Deserialize;
+use std::time::Duration;
+use wasmtime::ResourceLimiter;
+
+/// Limits that apply to every instance of a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock deadline of one request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Maximum linear memory per instance, in MiB.
+    pub max_memory_mib: u64,
+    /// Maximum request body, in bytes.
+    pub max_request_body_bytes: u64,
+    /// Maximum instances of one function alive at once.
+    pub max_concurrent_instances: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_timeout_ms: 30_000,
+            max_memory_mib: 128,
+            max_request_body_bytes: 10 * 1024 * 1024,
+            max_concurrent_instances: 64,
+        }
+    }
+}
+
+impl Limits {
+    /// The request deadline as a [`Duration`].
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The memory limit in bytes.
+    pub fn max_memory_bytes(&self) -> usize {
+        usize::try_from(self.max_memory_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+    }
+
+    /// Checks that every limit is usable, naming the first that is not.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.request_timeout_ms == 0 {
+            return Err("request_timeout_ms must be at least 1".into());
+        }
+        if self.max_memory_mib == 0 {
+            return Err("max_memory_mib must be at least 1".into());
+        }
+        if self.max_memory_mib > 4096 {
+            return Err("max_memory_mib must be at most 4096 (32-bit linear memory)".into());
+        }
+        if self.max_concurrent_instances == 0 {
+            return Err("max_concurrent_instances must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// An instance ran past its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("deadline exceeded: the function ran longer than {timeout_ms} ms")]
+pub struct DeadlineExceeded {
+    /// The deadline that was exceeded.
+    pub timeout_ms: u64,
+}
+
+/// An instance tried to grow its linear memory past the limit.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "memory limit exceeded: the function tried to grow linear memory to {desired} bytes; the limit is {limit} bytes"
+)]
+pub struct MemoryLimitExceeded {
+    /// The size the guest asked for.
+    pub desired: usize,
+    /// The limit in force.
+    pub limit: usize,
+}
+
+/// The [`ResourceLimiter`] every store carries.
+#[derive(Debug, Clone)]
+pub struct StoreLimiter {
+    max_memory_bytes: usize,
+}
+
+impl StoreLimiter {
+    /// A limiter enforcing `limits`.
+    pub fn new(limits: &Limits) -> Self {
+        StoreLimiter {
+            max_memory_bytes: limits.max_memory_bytes(),
+        }
+    }
+}
+
+impl ResourceLimiter for StoreLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory_bytes {
+            return Err(MemoryLimitExceeded {
+                desired,
+                limit: self.max_memory_bytes,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}

@@ -1,0 +1,371 @@
+//! The supply side of Hearth's prewarm pool.
+//!
+//! This crate turns WebAssembly bytes into something ready to instantiate, and
+//! remembers the result so that the same function is compiled once per
+//! process, however many times it is started.
+//!
+//! # Contract
+//!
+//! * [`CompiledCache`] is keyed by the SHA-256 [`Digest`] of the component
+//!   bytes. Two loads of identical bytes share one [`CompiledFunction`]; any
+//!   change to the bytes is a different entry.
+//! * A [`CompiledFunction`] holds the compiled [`Component`] and an
+//!   [`InstancePre`] linked against the [`Linker`] the cache was built with, so
+//!   every import has already been resolved: instantiating it cannot fail for
+//!   a missing import.
+//! * Bad input never panics and never enters the cache. It is classified as a
+//!   [`LoadError`]: not wasm at all, a core module instead of a component, a
+//!   component that fails validation or compilation, or a component that
+//!   imports something the linker does not provide (the error names it).
+//! * The crate is generic over the store data type `T` and does not know
+//!   which host functions exist: the caller supplies the engine and linker.
+//! * Concurrent loads of the same digest may both compile; the first to
+//!   finish is kept and the other result is dropped. Entries live until
+//!   [`CompiledCache::remove`] or the cache is dropped. (The on-disk compiled
+//!   cache and eviction arrive with the OCI and pool work.)
+//!
+//! ```
+//! use hearth_prewarm::CompiledCache;
+//! use wasmtime::{Config, Engine, component::Linker};
+//!
+//! let engine = Engine::new(&Config::new()).unwrap();
+//! let linker: Linker<()> = Linker::new(&engine);
+//! let cache = CompiledCache::new(engine, linker);
+//! let bytes = wat::parse_str("(component)").unwrap();
+//! let first = cache.get_or_compile(&bytes).unwrap();
+//! let second = cache.get_or_compile(&bytes).unwrap();
+//! assert!(std::sync::Arc::ptr_eq(&first, &second));
+//! assert_eq!(cache.stats().compiles, 1);
+//! ```
+
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::Engine;
+use wasmtime::component::{Component, InstancePre, Linker};
+
+/// The SHA-256 digest of a component's bytes: the identity of a function.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// Hashes `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(Sha256::digest(bytes).into())
+    }
+
+    /// The raw digest bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why bytes could not become a [`CompiledFunction`].
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes do not start with the WebAssembly magic number.
+    #[error(
+        "not a WebAssembly binary: expected the magic bytes \\0asm, found {found:02x?} ({len} bytes in all)"
+    )]
+    NotWasm {
+        /// The first (up to four) bytes that were found instead.
+        found: Vec<u8>,
+        /// How long the input was.
+        len: usize,
+    },
+    /// A core module where a component was expected.
+    #[error(
+        "this is a core WebAssembly module, not a component. Hearth runs components: \
+         build Rust with `cargo build --target wasm32-wasip2`, or wrap a WASI preview 1 module with \
+         `wasm-tools component new module.wasm --adapt wasi_snapshot_preview1.reactor.wasm -o component.wasm`"
+    )]
+    CoreModule,
+    /// The component failed validation or compilation.
+    #[error("invalid component: {0:#}")]
+    Invalid(wasmtime::Error),
+    /// The component imports something the linker does not provide.
+    #[error(
+        "the component imports `{import}`, which this host does not provide ({detail}). \
+         Build the function against the worlds in Hearth's wit/ directory"
+    )]
+    MissingImport {
+        /// The import's name, e.g. `wasi:keyvalue/store@0.2.0-draft`.
+        import: String,
+        /// wasmtime's own description of the mismatch.
+        detail: String,
+    },
+}
+
+/// A compiled component, linked and ready to instantiate.
+pub struct CompiledFunction<T: 'static> {
+    /// Digest of the bytes it was compiled from.
+    pub digest: Digest,
+    /// The compiled component.
+    pub component: Component,
+    /// The component pre-linked against the cache's linker.
+    pub instance_pre: InstancePre<T>,
+    /// How long compilation and linking took.
+    pub compile_time: Duration,
+}
+
+/// Counters describing what a [`CompiledCache`] has done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Loads answered from the cache.
+    pub hits: u64,
+    /// Loads that had to compile.
+    pub compiles: u64,
+    /// Entries currently held.
+    pub entries: usize,
+}
+
+/// Compiled components in memory, keyed by [`Digest`]. See the crate docs for
+/// the contract.
+pub struct CompiledCache<T: 'static> {
+    engine: Engine,
+    linker: Linker<T>,
+    entries: Mutex<HashMap<Digest, Arc<CompiledFunction<T>>>>,
+    hits: AtomicU64,
+    compiles: AtomicU64,
+}
+
+impl<T: 'static> CompiledCache<T> {
+    /// A cache that compiles with `engine` and links against `linker`.
+    pub fn new(engine: Engine, linker: Linker<T>) -> Self {
+        CompiledCache {
+            engine,
+            linker,
+            entries: Mutex::new(HashMap::new()),
+            hits: AtomicU64::new(0),
+            compiles: AtomicU64::new(0),
+        }
+    }
+
+    /// The engine everything in this cache was compiled with.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker every [`InstancePre`] in this cache was made from.
+    pub fn linker(&self) -> &Linker<T> {
+        &self.linker
+    }
+
+    /// Returns the compiled form of `bytes`, compiling on a miss. This is CPU
+    /// heavy on a miss: async callers should run it on a blocking thread.
+    pub fn get_or_compile(&self, bytes: &[u8]) -> Result<Arc<CompiledFunction<T>>, LoadError> {
+        let digest = Digest::of(bytes);
+        if let Some(hit) = self.get(&digest) {
+            return Ok(hit);
+        }
+        let compiled = Arc::new(self.compile(digest, bytes)?);
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        let mut entries = self.lock();
+        Ok(entries.entry(digest).or_insert(compiled).clone())
+    }
+
+    /// Returns the entry for `digest` if it is cached, counting a hit.
+    pub fn get(&self, digest: &Digest) -> Option<Arc<CompiledFunction<T>>> {
+        let hit = self.lock().get(digest).cloned();
+        if hit.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    /// Drops the entry for `digest`; returns whether there was one.
+    pub fn remove(&self, digest: &Digest) -> bool {
+        self.lock().remove(digest).is_some()
+    }
+
+    /// What the cache has done so far.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            compiles: self.compiles.load(Ordering::Relaxed),
+            entries: self.lock().len(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<CompiledFunction<T>>>> {
+        // A panic while holding this lock cannot leave the map half-updated
+        // (every mutation is a single insert or remove), so poisoning is safe
+        // to ignore.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn compile(&self, digest: Digest, bytes: &[u8]) -> Result<CompiledFunction<T>, LoadError> {
+        check_is_component(bytes)?;
+        let started = Instant::now();
+        let component = Component::new(&self.engine, bytes).map_err(LoadError::Invalid)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(classify_link_error)?;
+        let compile_time = started.elapsed();
+        tracing::debug!(%digest, ?compile_time, "compiled component");
+        Ok(CompiledFunction {
+            digest,
+            component,
+            instance_pre,
+            compile_time,
+        })
+    }
+}
+
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+/// Bytes 4..8 of a core module: version 1, layer 0.
+const CORE_MODULE_VERSION: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
+
+/// Rejects bytes that are not a component, saying what they are instead.
+pub fn check_is_component(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
+        return Err(LoadError::NotWasm {
+            found: bytes.iter().take(4).copied().collect(),
+            len: bytes.len(),
+        });
+    }
+    if bytes[4..8] == CORE_MODULE_VERSION {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
+}
+
+/// wasmtime reports an unresolved import as
+/// "component imports instance `NAME`, but a matching implementation was not
+/// found in the linker"; lift NAME out so the error can name it.
+fn classify_link_error(error: wasmtime::Error) -> LoadError {
+    let detail = format!("{error:#}");
+    let import = error
+        .chain()
+        .find_map(|cause| {
+            let message = cause.to_string();
+            let rest = message.strip_prefix("component imports ")?;
+            let start = rest.find('`')? + 1;
+            let len = rest[start..].find('`')?;
+            Some(rest[start..start + len].to_string())
+        })
+        .unwrap_or_else(|| "(unknown import)".to_string());
+    LoadError::MissingImport { import, detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::Config;
+
+    fn cache() -> CompiledCache<()> {
+        let engine = Engine::new(&Config::new()).unwrap();
+        let linker = Linker::new(&engine);
+        CompiledCache::new(engine, linker)
+    }
+
+    #[test]
+    fn identical_bytes_compile_once() {
+        let cache = cache();
+        let bytes = wat::parse_str("(component)").unwrap();
+        let a = cache.get_or_compile(&bytes).unwrap();
+        let b = cache.get_or_compile(&bytes).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(
+            cache.stats(),
+            CacheStats {
+                hits: 1,
+                compiles: 1,
+                entries: 1
+            }
+        );
+        assert_eq!(a.digest, Digest::of(&bytes));
+    }
+
+    #[test]
+    fn different_bytes_are_different_entries() {
+        let cache = cache();
+        cache
+            .get_or_compile(&wat::parse_str("(component)").unwrap())
+            .unwrap();
+        cache
+            .get_or_compile(&wat::parse_str("(component (core module))").unwrap())
+            .unwrap();
+        assert_eq!(cache.stats().entries, 2);
+        assert_eq!(cache.stats().compiles, 2);
+    }
+
+    #[test]
+    fn remove_forgets_an_entry() {
+        let cache = cache();
+        let compiled = cache
+            .get_or_compile(&wat::parse_str("(component)").unwrap())
+            .unwrap();
+        assert!(cache.remove(&compiled.digest));
+        assert!(!cache.remove(&compiled.digest));
+        assert_eq!(cache.stats().entries, 0);
+    }
+
+    #[test]
+    fn text_is_not_wasm() {
+        let err = cache()
+            .get_or_compile(b"#!/bin/sh\necho hi\n")
+            .err()
+            .unwrap();
+        assert!(matches!(err, LoadError::NotWasm { .. }), "{err}");
+        assert!(err.to_string().contains("not a WebAssembly binary"));
+        assert_eq!(cache().stats().entries, 0);
+    }
+
+    #[test]
+    fn empty_input_is_not_wasm() {
+        let err = cache().get_or_compile(b"").err().unwrap();
+        assert!(matches!(err, LoadError::NotWasm { len: 0, .. }), "{err}");
+    }
+
+    #[test]
+    fn core_module_is_named_and_explained() {
+        let bytes = wat::parse_str("(module)").unwrap();
+        let err = cache().get_or_compile(&bytes).err().unwrap();
+        assert!(matches!(err, LoadError::CoreModule));
+        let message = err.to_string();
+        assert!(message.contains("core WebAssembly module"), "{message}");
+        assert!(message.contains("wasm32-wasip2"), "{message}");
+    }
+
+    #[test]
+    fn truncated_component_is_invalid() {
+        let mut bytes = wat::parse_str("(component (core module))").unwrap();
+        bytes.truncate(bytes.len() - 3);
+        let err = cache().get_or_compile(&bytes).err().unwrap();
+        assert!(matches!(err, LoadError::Invalid(_)), "{err}");
+    }
+
+    #[test]
+    fn missing_import_is_named() {
+        let bytes = wat::parse_str(
+            r#"(component (import "acme:missing/thing@1.0.0" (instance (export "f" (func)))))"#,
+        )
+        .unwrap();
+        let cache = cache();
+        let err = cache.get_or_compile(&bytes).err().unwrap();
+        match &err {
+            LoadError::MissingImport { import, .. } => {
+                assert_eq!(import, "acme:missing/thing@1.0.0")
+            }
+            other => panic!("expected MissingImport, got {other}"),
+        }
+        assert_eq!(cache.stats().entries, 0);
+    }
+}
