@@ -128,12 +128,18 @@ impl InvocationError {
     }
 }
 
-/// Logs a failure once; traps and memory-limit failures include the raw
-/// error's wasm backtrace.
+/// Logs a failure once; traps and memory-limit failures include the wasm
+/// backtrace (each cause in the error's chain, one per paragraph).
 pub fn log_failure(function: &str, error: &InvocationError, raw: Option<&wasmtime::Error>) {
     match raw {
-        Some(raw) if matches!(error, InvocationError::Trap { .. } | InvocationError::MemoryLimit(_)) => {
-            tracing::error!(function, error = error.name(), "{error}\n{raw:?}");
+        Some(raw)
+            if matches!(
+                error,
+                InvocationError::Trap { .. } | InvocationError::MemoryLimit(_)
+            ) =>
+        {
+            let causes: Vec<String> = raw.chain().map(|cause| cause.to_string()).collect();
+            tracing::error!(function, error = error.name(), "{error}\n{}", causes.join("\n"));
         }
         _ => tracing::error!(function, error = error.name(), "{error}"),
     }

@@ -1,0 +1,289 @@
+//! In-process tests: each example function served by the HTTP trigger or run
+//! as a job, and every bad-input case the host must survive.
+
+use bytes::Bytes;
+use hearth_host::{EngineSettings, Function, FunctionEnv, FunctionLoadError, Host, Limits};
+use hearth_prewarm::LoadError;
+use hearth_testkit::http::{get, post_chunked, send};
+use http::{Method, StatusCode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Every function in functions/ must have a test below named after it.
+macro_rules! require_test {
+    ($name:ident) => {
+        const _: fn() = $name;
+    };
+}
+hearth_testkit::foreach_function!(require_test);
+
+fn small_limits() -> Limits {
+    Limits {
+        request_timeout_ms: 5_000,
+        max_memory_mib: 32,
+        max_request_body_bytes: 64 * 1024,
+        max_concurrent_instances: 4,
+    }
+}
+
+async fn load(path: &str, env: FunctionEnv) -> Result<Arc<Function>, FunctionLoadError> {
+    let host = Host::new(&EngineSettings::for_limits([&env.limits])).unwrap();
+    host.load(env, hearth_testkit::wasm_bytes(path)).await
+}
+
+fn env_for(name: &str, limits: Limits, vars: &[(&str, &str)]) -> FunctionEnv {
+    let mut env = FunctionEnv::new(name);
+    env.limits = limits;
+    env.env = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    env
+}
+
+/// Serves `path` on a free loopback port until the test ends.
+async fn serve(path: &str, env: FunctionEnv) -> SocketAddr {
+    let function = load(path, env).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(hearth_host::http::serve(function, listener, std::future::pending()));
+    addr
+}
+
+#[tokio::test]
+async fn hello() {
+    let addr = serve(
+        hearth_testkit::HELLO,
+        env_for("hello", small_limits(), &[("GREETING", "Howdy")]),
+    )
+    .await;
+    let reply = get(addr, "/").await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "Howdy from Hearth!\n");
+
+    let addr = serve(hearth_testkit::HELLO, env_for("hello", small_limits(), &[])).await;
+    assert_eq!(get(addr, "/").await.unwrap().text(), "Hello from Hearth!\n");
+}
+
+#[tokio::test]
+async fn echo() {
+    let addr = serve(hearth_testkit::ECHO, env_for("echo", small_limits(), &[])).await;
+    let body = Bytes::from_static(b"the body \x00\xff survives");
+    let reply = send(
+        addr,
+        Method::PUT,
+        "/some/path?q=1",
+        &[("x-custom", "value-1")],
+        body.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, body);
+    assert_eq!(reply.header("x-echo-method"), Some("PUT"));
+    assert_eq!(reply.header("x-echo-path"), Some("/some/path?q=1"));
+    assert_eq!(reply.header("x-echo-x-custom"), Some("value-1"));
+    assert_eq!(reply.header("x-echo-content-length"), Some(&*body.len().to_string()));
+}
+
+#[tokio::test]
+async fn lifecycle() {
+    let addr = serve(hearth_testkit::LIFECYCLE, env_for("lifecycle", small_limits(), &[])).await;
+    // A fresh instance per request: init ran exactly once before each.
+    for _ in 0..3 {
+        let reply = get(addr, "/").await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.text(), "init_calls=1\n");
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_init_failure_is_503_and_named() {
+    let env = env_for("lifecycle", small_limits(), &[("FAIL_INIT", "no database")]);
+    let addr = serve(hearth_testkit::LIFECYCLE, env).await;
+    let reply = get(addr, "/").await.unwrap();
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.header("x-hearth-error"), Some("init-failed"));
+    assert!(reply.text().contains("init refused: no database"), "{}", reply.text());
+}
+
+#[tokio::test]
+async fn job_exit() {
+    let cases = [
+        (None, 0),
+        (Some("ok"), 0),
+        (Some("fail"), 1),
+        (Some("code:42"), 42),
+        (Some("code:255"), 255),
+    ];
+    for (mode, expected) in cases {
+        let vars: Vec<(&str, &str)> = mode.map(|m| ("MODE", m)).into_iter().collect();
+        let function = load(hearth_testkit::JOB_EXIT, env_for("job-exit", small_limits(), &vars))
+            .await
+            .unwrap();
+        assert!(!function.is_service());
+        let code = hearth_host::job::run_job(&function, None).await.unwrap();
+        assert_eq!(code, expected, "MODE={mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn misbehave() {
+    let addr = serve(hearth_testkit::MISBEHAVE, env_for("misbehave", small_limits(), &[])).await;
+    assert_eq!(get(addr, "/ok").await.unwrap().text(), "ok\n");
+    assert_eq!(get(addr, "/print").await.unwrap().text(), "printed\n");
+    assert_eq!(get(addr, "/nope").await.unwrap().status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn trap_is_500_with_message_and_serving_continues() {
+    let addr = serve(hearth_testkit::MISBEHAVE, env_for("misbehave", small_limits(), &[])).await;
+    let reply = get(addr, "/trap").await.unwrap();
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(reply.header("x-hearth-error"), Some("trap"));
+    assert!(reply.text().contains("unreachable"), "{}", reply.text());
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/ok").await.unwrap().status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn infinite_loop_hits_the_deadline() {
+    let limits = Limits {
+        request_timeout_ms: 300,
+        ..small_limits()
+    };
+    let addr = serve(hearth_testkit::MISBEHAVE, env_for("misbehave", limits, &[])).await;
+    let started = Instant::now();
+    let reply = get(addr, "/loop").await.unwrap();
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(reply.header("x-hearth-error"), Some("deadline-exceeded"));
+    // Liveness, not speed: the request ended instead of spinning forever.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(get(addr, "/ok").await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn guest_blocked_in_a_host_call_hits_the_deadline() {
+    let limits = Limits {
+        request_timeout_ms: 300,
+        ..small_limits()
+    };
+    let addr = serve(hearth_testkit::MISBEHAVE, env_for("misbehave", limits, &[])).await;
+    let reply = get(addr, "/sleep?ms=600000").await.unwrap();
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(reply.header("x-hearth-error"), Some("deadline-exceeded"));
+    assert_eq!(get(addr, "/ok").await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn memory_bomb_fails_the_request_only() {
+    let addr = serve(hearth_testkit::MISBEHAVE, env_for("misbehave", small_limits(), &[])).await;
+    let reply = get(addr, "/grow?mib=256").await.unwrap();
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(reply.header("x-hearth-error"), Some("memory-limit-exceeded"));
+    assert!(reply.text().contains("33554432"), "names the limit: {}", reply.text());
+    // Within the limit is fine, and other requests keep being served.
+    assert_eq!(get(addr, "/grow?mib=8").await.unwrap().status, StatusCode::OK);
+    assert_eq!(get(addr, "/ok").await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let addr = serve(hearth_testkit::MISBEHAVE, env_for("misbehave", small_limits(), &[])).await;
+    let limit = small_limits().max_request_body_bytes as usize;
+
+    let within = send(addr, Method::POST, "/body-len", &[], Bytes::from(vec![7u8; limit])).await.unwrap();
+    assert_eq!(within.text(), format!("{limit}\n"));
+
+    let declared = send(addr, Method::POST, "/body-len", &[], Bytes::from(vec![7u8; limit + 1]))
+        .await
+        .unwrap();
+    assert_eq!(declared.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(declared.header("x-hearth-error"), Some("body-too-large"));
+
+    // No Content-Length: counted while streaming.
+    let chunks = (0..4).map(|_| Bytes::from(vec![1u8; limit / 2])).collect();
+    let streamed = post_chunked(addr, "/body-len", chunks).await.unwrap();
+    assert_eq!(streamed.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(streamed.header("x-hearth-error"), Some("body-too-large"));
+
+    assert_eq!(get(addr, "/ok").await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn concurrency_limit_answers_503_when_slots_stay_busy() {
+    let limits = Limits {
+        request_timeout_ms: 400,
+        max_concurrent_instances: 1,
+        ..small_limits()
+    };
+    let addr = serve(hearth_testkit::MISBEHAVE, env_for("misbehave", limits, &[])).await;
+    let busy = tokio::spawn(async move { get(addr, "/sleep?ms=600000").await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reply = get(addr, "/ok").await.unwrap();
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.header("x-hearth-error"), Some("overloaded"));
+    assert_eq!(busy.await.unwrap().status, StatusCode::GATEWAY_TIMEOUT);
+    // The slot is released with the instance.
+    assert_eq!(get(addr, "/ok").await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn not_wasm_is_refused_at_load() {
+    let host = Host::new(&EngineSettings::for_limits([&Limits::default()])).unwrap();
+    let error = host
+        .load(FunctionEnv::new("readme"), b"# Hearth\nnot a binary\n".to_vec())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&error, FunctionLoadError::Load { source: LoadError::NotWasm { .. }, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("`readme`"), "{error}");
+}
+
+#[tokio::test]
+async fn core_module_is_refused_with_how_to_make_a_component() {
+    let host = Host::new(&EngineSettings::for_limits([&Limits::default()])).unwrap();
+    let module = wat::parse_str(r#"(module (func (export "_start")))"#).unwrap();
+    let error = host.load(FunctionEnv::new("core"), module).await.err().unwrap();
+    let message = error.to_string();
+    assert!(message.contains("core WebAssembly module, not a component"), "{message}");
+    assert!(message.contains("wasm-tools component new"), "{message}");
+}
+
+#[tokio::test]
+async fn missing_import_is_named_at_load() {
+    let host = Host::new(&EngineSettings::for_limits([&Limits::default()])).unwrap();
+    let component = wat::parse_str(
+        r#"(component
+             (import "wasi:keyvalue/store@0.2.0-draft" (instance (export "open" (func))))
+           )"#,
+    )
+    .unwrap();
+    let error = host.load(FunctionEnv::new("kv"), component).await.err().unwrap();
+    assert!(
+        error.to_string().contains("`wasi:keyvalue/store@0.2.0-draft`"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn component_without_an_entry_point_is_refused() {
+    let host = Host::new(&EngineSettings::for_limits([&Limits::default()])).unwrap();
+    let component = wat::parse_str("(component)").unwrap();
+    let error = host.load(FunctionEnv::new("empty"), component).await.err().unwrap();
+    let message = error.to_string();
+    assert!(message.contains("wasi:http/incoming-handler"), "{message}");
+    assert!(message.contains("wasi:cli/run"), "{message}");
+}
+
+#[tokio::test]
+async fn loading_the_same_bytes_twice_compiles_once() {
+    let host = Host::new(&EngineSettings::for_limits([&Limits::default()])).unwrap();
+    let bytes = hearth_testkit::wasm_bytes(hearth_testkit::HELLO);
+    host.load(FunctionEnv::new("a"), bytes.clone()).await.unwrap();
+    host.load(FunctionEnv::new("b"), bytes).await.unwrap();
+    let stats = host.compiled().stats();
+    assert_eq!((stats.compiles, stats.hits, stats.entries), (1, 1, 1));
+}

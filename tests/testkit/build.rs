@@ -1,0 +1,87 @@
+//! Builds every member of the `functions/` workspace to `wasm32-wasip2`
+//! (release) and generates, in `$OUT_DIR/functions.rs`:
+//!
+//! * one `pub const NAME: &str` per function, the absolute path of its `.wasm`;
+//! * `foreach_function!(mac)`, which calls `mac!(name)` for every function, so
+//!   a test file can require a test per function at compile time.
+//!
+//! The wasm is built into `<target>/wasm-functions`, a directory of its own
+//! inside the shared target dir: the outer cargo holds the lock on the host
+//! profile's directory, and a nested build there would wait on it forever.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir.ancestors().nth(2).unwrap().to_path_buf();
+    let functions = root.join("functions");
+    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => root.join("target"),
+    }
+    .join("wasm-functions");
+
+    for watched in ["functions", "guest-sdk", "wit"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+
+    let members = workspace_members(&functions.join("Cargo.toml"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&functions)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .arg(&target_dir)
+        // Flags meant for the host build must not leak into the wasm build.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .status()
+        .expect("failed to run cargo to build functions/");
+    if !status.success() {
+        panic!(
+            "building functions/ for wasm32-wasip2 failed. If the target is missing, run \
+             `rustup target add wasm32-wasip2` (scripts/setup.sh does this)."
+        );
+    }
+
+    let out_dir = target_dir.join("wasm32-wasip2").join("release");
+    let mut generated = String::new();
+    let mut names = Vec::new();
+    for member in &members {
+        let wasm = [member.clone(), member.replace('-', "_")]
+            .iter()
+            .map(|stem| out_dir.join(format!("{stem}.wasm")))
+            .find(|path| path.is_file())
+            .unwrap_or_else(|| panic!("functions/{member} built no .wasm in {}", out_dir.display()));
+        let ident = member.replace('-', "_");
+        generated.push_str(&format!(
+            "/// Path of `functions/{member}` built for wasm32-wasip2.\npub const {}: &str = {:?};\n",
+            ident.to_uppercase(),
+            wasm.display().to_string()
+        ));
+        names.push(ident);
+    }
+    generated.push_str(&format!(
+        "/// Calls `$mac!(name)` for every function in `functions/`.\n\
+         #[macro_export]\nmacro_rules! foreach_function {{\n    ($mac:ident) => {{\n{}    }};\n}}\n",
+        names
+            .iter()
+            .map(|name| format!("        $mac!({name});\n"))
+            .collect::<String>()
+    ));
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("functions.rs");
+    std::fs::write(out, generated).unwrap();
+}
+
+fn workspace_members(manifest: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let value: toml::Table = toml::from_str(&text).unwrap();
+    value["workspace"]["members"]
+        .as_array()
+        .expect("functions/Cargo.toml lists [workspace] members")
+        .iter()
+        .map(|m| m.as_str().unwrap().to_string())
+        .collect()
+}

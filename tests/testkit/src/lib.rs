@@ -1,0 +1,15 @@
+//! Test support shared by the host's tests and the benchmarks.
+//!
+//! * Constants with the path of every function in `functions/`, built to
+//!   wasm by this crate's build step (see `build.rs`), and
+//!   [`foreach_function!`], which lists them.
+//! * [`http`]: a minimal HTTP/1 client for talking to a function.
+
+include!(concat!(env!("OUT_DIR"), "/functions.rs"));
+
+pub mod http;
+
+/// Reads a built function's bytes.
+pub fn wasm_bytes(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
