@@ -128,8 +128,8 @@ impl InvocationError {
     }
 }
 
-/// Logs a failure once; traps and memory-limit failures include the wasm
-/// backtrace (each cause in the error's chain, one per paragraph).
+/// Logs a failure as one event (one line); traps and memory-limit failures
+/// carry the wasm backtrace in a `backtrace` field (newlines escaped).
 pub fn log_failure(function: &str, error: &InvocationError, raw: Option<&wasmtime::Error>) {
     match raw {
         Some(raw)
@@ -139,7 +139,8 @@ pub fn log_failure(function: &str, error: &InvocationError, raw: Option<&wasmtim
             ) =>
         {
             let causes: Vec<String> = raw.chain().map(|cause| cause.to_string()).collect();
-            tracing::error!(function, error = error.name(), "{error}\n{}", causes.join("\n"));
+            let backtrace = causes.join("\n");
+            tracing::error!(function, error = error.name(), ?backtrace, "{error}");
         }
         _ => tracing::error!(function, error = error.name(), "{error}"),
     }

@@ -1,6 +1,7 @@
 //! Log setup for the binaries: human-readable lines on stderr, filtered by
 //! `HEARTH_LOG` (an `EnvFilter` directive, default `info`).
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Safe to call more than once.
@@ -9,6 +10,7 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true)
         .try_init();
 }

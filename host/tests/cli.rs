@@ -1,0 +1,305 @@
+//! The `hearth` and `hearthd` binaries as a user runs them: exit codes, log
+//! lines, signals and configuration errors.
+
+use hearth_testkit::http::get;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const HEARTH: &str = env!("CARGO_BIN_EXE_hearth");
+const HEARTHD: &str = env!("CARGO_BIN_EXE_hearthd");
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running binary whose stderr (the log) is collected line by line.
+struct Running {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn start(command: &mut Command) -> Self {
+        let mut child = command
+            .env("HEARTH_LOG", "info")
+            .env_remove("PORT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Running { child, log }
+    }
+
+    fn wait_for_line(&self, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "no log line containing {needle:?}; log so far:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// The address from a "serving function `NAME` on http://ADDR" line.
+    fn serving_addr(&self, name: &str) -> SocketAddr {
+        let line = self.wait_for_line(&format!("serving function `{name}` on http://"));
+        let addr = line.split("on http://").nth(1).unwrap();
+        addr.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.wait()
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads drain the pipes.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            if started.elapsed() > PATIENCE {
+                let _ = self.child.kill();
+                panic!("process did not exit; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run_to_end(command: &mut Command) -> (ExitStatus, String) {
+    let mut running = Running::start(command);
+    let status = running.wait();
+    (status, running.log_text())
+}
+
+#[test]
+fn hearth_run_job_exits_with_its_status_and_logs_its_output() {
+    for (mode, code) in [("ok", 0), ("fail", 1), ("code:9", 9)] {
+        let (status, log) = run_to_end(
+            Command::new(HEARTH).args(["run", hearth_testkit::JOB_EXIT, "--env", &format!("MODE={mode}")]),
+        );
+        assert_eq!(status.code(), Some(code), "MODE={mode}; log:\n{log}");
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("job-exit: running with MODE={mode}")))
+            .unwrap_or_else(|| panic!("guest stdout not in log:\n{log}"));
+        assert!(line.contains("function=job-exit"), "{line}");
+        assert!(line.contains("stdout"), "{line}");
+    }
+}
+
+#[test]
+fn hearth_run_serves_runs_lifecycle_and_drains_on_sigterm() {
+    let mut hearth = Running::start(Command::new(HEARTH).args([
+        "run",
+        hearth_testkit::LIFECYCLE,
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    let addr = hearth.serving_addr("lifecycle");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let reply = runtime.block_on(get(addr, "/")).unwrap();
+    assert_eq!(reply.text(), "init_calls=1\n");
+    let line = hearth.wait_for_line("lifecycle: shutdown after init_calls=1");
+    assert!(line.contains("function=lifecycle"), "{line}");
+    let status = hearth.terminate();
+    assert_eq!(status.code(), Some(0), "log:\n{}", hearth.log_text());
+    hearth.wait_for_line("draining in-flight requests");
+}
+
+#[test]
+fn hearth_run_listens_on_port_env() {
+    let port = free_port();
+    let mut command = Command::new(HEARTH);
+    command.args(["run", hearth_testkit::HELLO, "--env", "GREETING=Port"]);
+    let mut child = command
+        .env("PORT", port.to_string())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    let reply = loop {
+        match runtime.block_on(get(addr, "/")) {
+            Ok(reply) => break reply,
+            Err(_) if started.elapsed() < PATIENCE => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("nothing on $PORT {port}: {e}"),
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(reply.text(), "Port from Hearth!\n");
+}
+
+#[test]
+fn hearth_run_logs_a_trap_with_its_backtrace_and_keeps_serving() {
+    let hearth = Running::start(Command::new(HEARTH).args([
+        "run",
+        hearth_testkit::MISBEHAVE,
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    let addr = hearth.serving_addr("misbehave");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let reply = runtime.block_on(get(addr, "/trap")).unwrap();
+    assert_eq!(reply.status, 500);
+    let line = hearth.wait_for_line("the function trapped");
+    assert!(line.contains("function=\"misbehave\"") || line.contains("function=misbehave"), "{line}");
+    hearth.wait_for_line("wasm backtrace");
+    hearth.wait_for_line("misbehave: deliberate panic");
+    assert_eq!(runtime.block_on(get(addr, "/ok")).unwrap().status, 200);
+}
+
+#[test]
+fn hearth_run_refuses_a_file_that_is_not_wasm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.wasm");
+    std::fs::write(&path, "just text").unwrap();
+    let (status, log) = run_to_end(Command::new(HEARTH).arg("run").arg(&path));
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("not a WebAssembly binary"), "{log}");
+}
+
+#[test]
+fn hearth_run_refuses_a_missing_file() {
+    let (status, log) = run_to_end(Command::new(HEARTH).args(["run", "/nonexistent/fn.wasm"]));
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("/nonexistent/fn.wasm"), "{log}");
+}
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("hearth.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn hearthd_serves_each_function_on_its_own_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hello_port, echo_port) = (free_port(), free_port());
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[limits]
+request_timeout_ms = 5000
+
+[[function]]
+name = "greeter"
+path = "{hello}"
+listen = "127.0.0.1:{hello_port}"
+env = {{ GREETING = "Daemon" }}
+
+[[function]]
+name = "echo"
+path = "{echo}"
+listen = "127.0.0.1:{echo_port}"
+"#,
+            hello = hearth_testkit::HELLO,
+            echo = hearth_testkit::ECHO,
+        ),
+    );
+    let mut hearthd = Running::start(Command::new(HEARTHD).arg("--config").arg(&config));
+    let greeter = hearthd.serving_addr("greeter");
+    let echo = hearthd.serving_addr("echo");
+    hearthd.wait_for_line("hearthd ready");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(runtime.block_on(get(greeter, "/")).unwrap().text(), "Daemon from Hearth!\n");
+    let reply = runtime.block_on(get(echo, "/x")).unwrap();
+    assert_eq!(reply.header("x-echo-path"), Some("/x"));
+    assert_eq!(hearthd.terminate().code(), Some(0), "{}", hearthd.log_text());
+}
+
+#[test]
+fn hearthd_config_errors_name_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[limits]\nrequest_timeout = 5\n", "request_timeout"),
+        (
+            "[[function]]\nname = \"a\"\npath = \"missing.wasm\"\nlisten = \"127.0.0.1:1\"\n",
+            "function[0].path",
+        ),
+        ("[[function]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n", "missing field `path`"),
+        ("[limits]\nmax_concurrent_instances = 0\n", "limits.max_concurrent_instances"),
+    ];
+    for (text, key) in cases {
+        let config = write_config(dir.path(), text);
+        let (status, log) = run_to_end(Command::new(HEARTHD).arg("--config").arg(&config));
+        assert_eq!(status.code(), Some(2), "{text}\n{log}");
+        assert!(log.contains(&config.display().to_string()), "names the file:\n{log}");
+        assert!(log.contains(key), "names `{key}`:\n{log}");
+    }
+}
+
+#[test]
+fn hearthd_refuses_a_job_and_a_broken_function_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[function]]\nname = \"j\"\npath = \"{}\"\nlisten = \"127.0.0.1:{}\"\n",
+            hearth_testkit::JOB_EXIT,
+            free_port()
+        ),
+    );
+    let (status, log) = run_to_end(Command::new(HEARTHD).arg("--config").arg(&config));
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("is a job"), "{log}");
+
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, wat::parse_str("(module)").unwrap()).unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[function]]\nname = \"c\"\npath = \"core.wasm\"\nlisten = \"127.0.0.1:{}\"\n",
+            free_port()
+        ),
+    );
+    let (status, log) = run_to_end(Command::new(HEARTHD).arg("--config").arg(&config));
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("core WebAssembly module"), "{log}");
+}
