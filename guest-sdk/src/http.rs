@@ -5,8 +5,7 @@
 //! [`crate::bindings`] directly.
 
 use crate::bindings::wasi::http::types::{
-    Fields, IncomingRequest, Method as WasiMethod, OutgoingBody, OutgoingResponse,
-    ResponseOutparam,
+    Fields, IncomingRequest, Method as WasiMethod, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 /// An HTTP request, body included.
@@ -69,7 +68,8 @@ impl Response {
 
     /// Adds a header.
     pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.headers.push((name.to_string(), value.as_ref().to_vec()));
+        self.headers
+            .push((name.to_string(), value.as_ref().to_vec()));
         self
     }
 
@@ -127,7 +127,10 @@ pub fn serve<S: Service>(request: IncomingRequest, out: ResponseOutparam) {
     let request = match read_request(request) {
         Ok(request) => request,
         Err(message) => {
-            respond(out, Response::text(400, format!("cannot read request: {message}\n")));
+            respond(
+                out,
+                Response::text(400, format!("cannot read request: {message}\n")),
+            );
             return;
         }
     };

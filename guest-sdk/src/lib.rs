@@ -1,4 +1,6 @@
 #![doc = include_str!("../README.md")]
+// The README's job example is a whole binary crate, so it shows `fn main`.
+#![allow(clippy::needless_doctest_main)]
 
 pub mod http;
 pub mod job;

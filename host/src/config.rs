@@ -94,7 +94,9 @@ impl LimitsOverride {
     /// `defaults` with these overrides applied.
     pub fn apply(&self, defaults: Limits) -> Limits {
         Limits {
-            request_timeout_ms: self.request_timeout_ms.unwrap_or(defaults.request_timeout_ms),
+            request_timeout_ms: self
+                .request_timeout_ms
+                .unwrap_or(defaults.request_timeout_ms),
             max_memory_mib: self.max_memory_mib.unwrap_or(defaults.max_memory_mib),
             max_request_body_bytes: self
                 .max_request_body_bytes
@@ -111,7 +113,11 @@ impl FunctionConfig {
     pub fn function_env(&self, defaults: Limits) -> FunctionEnv {
         FunctionEnv {
             name: self.name.as_str().into(),
-            env: self.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: self
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             args: vec![self.name.clone()],
             allowed_outbound_hosts: Arc::from(self.allowed_outbound_hosts.clone()),
             limits: self.limits.apply(defaults),
@@ -150,7 +156,8 @@ impl HearthConfig {
         let mut names = BTreeMap::new();
         let mut listens = BTreeMap::new();
         for (index, function) in self.function.iter().enumerate() {
-            let key = |field: &str| format!("function[{index}].{field} (function `{}`)", function.name);
+            let key =
+                |field: &str| format!("function[{index}].{field} (function `{}`)", function.name);
             if function.name.is_empty() {
                 return Err(format!("function[{index}].name: must not be empty"));
             }
@@ -255,10 +262,8 @@ max_memory_mib = 16
 
     #[test]
     fn missing_key_is_named() {
-        let message = HearthConfig::parse(
-            "[[function]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n",
-        )
-        .unwrap_err();
+        let message = HearthConfig::parse("[[function]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n")
+            .unwrap_err();
         assert!(message.contains("missing field `path`"), "{message}");
     }
 

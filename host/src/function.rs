@@ -258,9 +258,7 @@ pub struct LiveInstance {
 
 /// A slot could not be had before the deadline.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "overloaded: all {max} instance slots of this function stayed busy for {waited_ms} ms"
-)]
+#[error("overloaded: all {max} instance slots of this function stayed busy for {waited_ms} ms")]
 pub struct Overloaded {
     /// `max_concurrent_instances`.
     pub max: u32,

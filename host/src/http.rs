@@ -82,14 +82,23 @@ pub async fn serve(
     drop(listener);
     let drain = function.env().limits.request_timeout() + Duration::from_secs(1);
     tracing::info!(function = function.name(), "draining in-flight requests");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(function = function.name(), "drain timed out; closing remaining connections");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            function = function.name(),
+            "drain timed out; closing remaining connections"
+        );
     }
     Ok(())
 }
 
 /// Handles one request: the guest's response, or a named error response.
-pub async fn handle(function: &Arc<Function>, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
+pub async fn handle(
+    function: &Arc<Function>,
+    request: Request<Incoming>,
+) -> Response<HyperOutgoingBody> {
     match invoke(function, request).await {
         Ok(response) => response,
         Err(failure) => {

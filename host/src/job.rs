@@ -13,7 +13,10 @@ use std::time::Duration;
 use wasmtime_wasi::I32Exit;
 
 /// Runs `function` (a job) once. `timeout` bounds its wall-clock time.
-pub async fn run_job(function: &Arc<Function>, timeout: Option<Duration>) -> Result<i32, InvocationError> {
+pub async fn run_job(
+    function: &Arc<Function>,
+    timeout: Option<Duration>,
+) -> Result<i32, InvocationError> {
     let FunctionKind::Job { run } = function.kind() else {
         return Err(InvocationError::Internal(format!(
             "function `{}` is a service, not a job",

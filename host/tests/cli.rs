@@ -118,9 +118,12 @@ fn run_to_end(command: &mut Command) -> (ExitStatus, String) {
 #[test]
 fn hearth_run_job_exits_with_its_status_and_logs_its_output() {
     for (mode, code) in [("ok", 0), ("fail", 1), ("code:9", 9)] {
-        let (status, log) = run_to_end(
-            Command::new(HEARTH).args(["run", hearth_testkit::JOB_EXIT, "--env", &format!("MODE={mode}")]),
-        );
+        let (status, log) = run_to_end(Command::new(HEARTH).args([
+            "run",
+            hearth_testkit::JOB_EXIT,
+            "--env",
+            &format!("MODE={mode}"),
+        ]));
         assert_eq!(status.code(), Some(code), "MODE={mode}; log:\n{log}");
         let line = log
             .lines()
@@ -188,7 +191,10 @@ fn hearth_run_logs_a_trap_with_its_backtrace_and_keeps_serving() {
     let reply = runtime.block_on(get(addr, "/trap")).unwrap();
     assert_eq!(reply.status, 500);
     let line = hearth.wait_for_line("the function trapped");
-    assert!(line.contains("function=\"misbehave\"") || line.contains("function=misbehave"), "{line}");
+    assert!(
+        line.contains("function=\"misbehave\"") || line.contains("function=misbehave"),
+        "{line}"
+    );
     hearth.wait_for_line("wasm backtrace");
     hearth.wait_for_line("misbehave: deliberate panic");
     assert_eq!(runtime.block_on(get(addr, "/ok")).unwrap().status, 200);
@@ -248,10 +254,18 @@ listen = "127.0.0.1:{echo_port}"
     let echo = hearthd.serving_addr("echo");
     hearthd.wait_for_line("hearthd ready");
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    assert_eq!(runtime.block_on(get(greeter, "/")).unwrap().text(), "Daemon from Hearth!\n");
+    assert_eq!(
+        runtime.block_on(get(greeter, "/")).unwrap().text(),
+        "Daemon from Hearth!\n"
+    );
     let reply = runtime.block_on(get(echo, "/x")).unwrap();
     assert_eq!(reply.header("x-echo-path"), Some("/x"));
-    assert_eq!(hearthd.terminate().code(), Some(0), "{}", hearthd.log_text());
+    assert_eq!(
+        hearthd.terminate().code(),
+        Some(0),
+        "{}",
+        hearthd.log_text()
+    );
 }
 
 #[test]
@@ -263,14 +277,23 @@ fn hearthd_config_errors_name_the_file_and_key() {
             "[[function]]\nname = \"a\"\npath = \"missing.wasm\"\nlisten = \"127.0.0.1:1\"\n",
             "function[0].path",
         ),
-        ("[[function]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n", "missing field `path`"),
-        ("[limits]\nmax_concurrent_instances = 0\n", "limits.max_concurrent_instances"),
+        (
+            "[[function]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n",
+            "missing field `path`",
+        ),
+        (
+            "[limits]\nmax_concurrent_instances = 0\n",
+            "limits.max_concurrent_instances",
+        ),
     ];
     for (text, key) in cases {
         let config = write_config(dir.path(), text);
         let (status, log) = run_to_end(Command::new(HEARTHD).arg("--config").arg(&config));
         assert_eq!(status.code(), Some(2), "{text}\n{log}");
-        assert!(log.contains(&config.display().to_string()), "names the file:\n{log}");
+        assert!(
+            log.contains(&config.display().to_string()),
+            "names the file:\n{log}"
+        );
         assert!(log.contains(key), "names `{key}`:\n{log}");
     }
 }

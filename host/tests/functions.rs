@@ -35,7 +35,10 @@ async fn load(path: &str, env: FunctionEnv) -> Result<Arc<Function>, FunctionLoa
 fn env_for(name: &str, limits: Limits, vars: &[(&str, &str)]) -> FunctionEnv {
     let mut env = FunctionEnv::new(name);
     env.limits = limits;
-    env.env = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    env.env = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     env
 }
 
@@ -44,7 +47,11 @@ async fn serve(path: &str, env: FunctionEnv) -> SocketAddr {
     let function = load(path, env).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(hearth_host::http::serve(function, listener, std::future::pending()));
+    tokio::spawn(hearth_host::http::serve(
+        function,
+        listener,
+        std::future::pending(),
+    ));
     addr
 }
 
@@ -81,12 +88,19 @@ async fn echo() {
     assert_eq!(reply.header("x-echo-method"), Some("PUT"));
     assert_eq!(reply.header("x-echo-path"), Some("/some/path?q=1"));
     assert_eq!(reply.header("x-echo-x-custom"), Some("value-1"));
-    assert_eq!(reply.header("x-echo-content-length"), Some(&*body.len().to_string()));
+    assert_eq!(
+        reply.header("x-echo-content-length"),
+        Some(&*body.len().to_string())
+    );
 }
 
 #[tokio::test]
 async fn lifecycle() {
-    let addr = serve(hearth_testkit::LIFECYCLE, env_for("lifecycle", small_limits(), &[])).await;
+    let addr = serve(
+        hearth_testkit::LIFECYCLE,
+        env_for("lifecycle", small_limits(), &[]),
+    )
+    .await;
     // A fresh instance per request: init ran exactly once before each.
     for _ in 0..3 {
         let reply = get(addr, "/").await.unwrap();
@@ -102,7 +116,11 @@ async fn lifecycle_init_failure_is_503_and_named() {
     let reply = get(addr, "/").await.unwrap();
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.header("x-hearth-error"), Some("init-failed"));
-    assert!(reply.text().contains("init refused: no database"), "{}", reply.text());
+    assert!(
+        reply.text().contains("init refused: no database"),
+        "{}",
+        reply.text()
+    );
 }
 
 #[tokio::test]
@@ -116,9 +134,12 @@ async fn job_exit() {
     ];
     for (mode, expected) in cases {
         let vars: Vec<(&str, &str)> = mode.map(|m| ("MODE", m)).into_iter().collect();
-        let function = load(hearth_testkit::JOB_EXIT, env_for("job-exit", small_limits(), &vars))
-            .await
-            .unwrap();
+        let function = load(
+            hearth_testkit::JOB_EXIT,
+            env_for("job-exit", small_limits(), &vars),
+        )
+        .await
+        .unwrap();
         assert!(!function.is_service());
         let code = hearth_host::job::run_job(&function, None).await.unwrap();
         assert_eq!(code, expected, "MODE={mode:?}");
@@ -127,15 +148,26 @@ async fn job_exit() {
 
 #[tokio::test]
 async fn misbehave() {
-    let addr = serve(hearth_testkit::MISBEHAVE, env_for("misbehave", small_limits(), &[])).await;
+    let addr = serve(
+        hearth_testkit::MISBEHAVE,
+        env_for("misbehave", small_limits(), &[]),
+    )
+    .await;
     assert_eq!(get(addr, "/ok").await.unwrap().text(), "ok\n");
     assert_eq!(get(addr, "/print").await.unwrap().text(), "printed\n");
-    assert_eq!(get(addr, "/nope").await.unwrap().status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(addr, "/nope").await.unwrap().status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
 async fn trap_is_500_with_message_and_serving_continues() {
-    let addr = serve(hearth_testkit::MISBEHAVE, env_for("misbehave", small_limits(), &[])).await;
+    let addr = serve(
+        hearth_testkit::MISBEHAVE,
+        env_for("misbehave", small_limits(), &[]),
+    )
+    .await;
     let reply = get(addr, "/trap").await.unwrap();
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(reply.header("x-hearth-error"), Some("trap"));
@@ -176,27 +208,59 @@ async fn guest_blocked_in_a_host_call_hits_the_deadline() {
 
 #[tokio::test]
 async fn memory_bomb_fails_the_request_only() {
-    let addr = serve(hearth_testkit::MISBEHAVE, env_for("misbehave", small_limits(), &[])).await;
+    let addr = serve(
+        hearth_testkit::MISBEHAVE,
+        env_for("misbehave", small_limits(), &[]),
+    )
+    .await;
     let reply = get(addr, "/grow?mib=256").await.unwrap();
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(reply.header("x-hearth-error"), Some("memory-limit-exceeded"));
-    assert!(reply.text().contains("33554432"), "names the limit: {}", reply.text());
+    assert_eq!(
+        reply.header("x-hearth-error"),
+        Some("memory-limit-exceeded")
+    );
+    assert!(
+        reply.text().contains("33554432"),
+        "names the limit: {}",
+        reply.text()
+    );
     // Within the limit is fine, and other requests keep being served.
-    assert_eq!(get(addr, "/grow?mib=8").await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        get(addr, "/grow?mib=8").await.unwrap().status,
+        StatusCode::OK
+    );
     assert_eq!(get(addr, "/ok").await.unwrap().status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn oversized_body_is_413() {
-    let addr = serve(hearth_testkit::MISBEHAVE, env_for("misbehave", small_limits(), &[])).await;
+    let addr = serve(
+        hearth_testkit::MISBEHAVE,
+        env_for("misbehave", small_limits(), &[]),
+    )
+    .await;
     let limit = small_limits().max_request_body_bytes as usize;
 
-    let within = send(addr, Method::POST, "/body-len", &[], Bytes::from(vec![7u8; limit])).await.unwrap();
+    let within = send(
+        addr,
+        Method::POST,
+        "/body-len",
+        &[],
+        Bytes::from(vec![7u8; limit]),
+    )
+    .await
+    .unwrap();
     assert_eq!(within.text(), format!("{limit}\n"));
 
-    let declared = send(addr, Method::POST, "/body-len", &[], Bytes::from(vec![7u8; limit + 1]))
-        .await
-        .unwrap();
+    let declared = send(
+        addr,
+        Method::POST,
+        "/body-len",
+        &[],
+        Bytes::from(vec![7u8; limit + 1]),
+    )
+    .await
+    .unwrap();
     assert_eq!(declared.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(declared.header("x-hearth-error"), Some("body-too-large"));
 
@@ -231,12 +295,21 @@ async fn concurrency_limit_answers_503_when_slots_stay_busy() {
 async fn not_wasm_is_refused_at_load() {
     let host = Host::new(&EngineSettings::for_limits([&Limits::default()])).unwrap();
     let error = host
-        .load(FunctionEnv::new("readme"), b"# Hearth\nnot a binary\n".to_vec())
+        .load(
+            FunctionEnv::new("readme"),
+            b"# Hearth\nnot a binary\n".to_vec(),
+        )
         .await
         .err()
         .unwrap();
     assert!(
-        matches!(&error, FunctionLoadError::Load { source: LoadError::NotWasm { .. }, .. }),
+        matches!(
+            &error,
+            FunctionLoadError::Load {
+                source: LoadError::NotWasm { .. },
+                ..
+            }
+        ),
         "{error}"
     );
     assert!(error.to_string().contains("`readme`"), "{error}");
@@ -246,9 +319,16 @@ async fn not_wasm_is_refused_at_load() {
 async fn core_module_is_refused_with_how_to_make_a_component() {
     let host = Host::new(&EngineSettings::for_limits([&Limits::default()])).unwrap();
     let module = wat::parse_str(r#"(module (func (export "_start")))"#).unwrap();
-    let error = host.load(FunctionEnv::new("core"), module).await.err().unwrap();
+    let error = host
+        .load(FunctionEnv::new("core"), module)
+        .await
+        .err()
+        .unwrap();
     let message = error.to_string();
-    assert!(message.contains("core WebAssembly module, not a component"), "{message}");
+    assert!(
+        message.contains("core WebAssembly module, not a component"),
+        "{message}"
+    );
     assert!(message.contains("wasm-tools component new"), "{message}");
 }
 
@@ -261,9 +341,15 @@ async fn missing_import_is_named_at_load() {
            )"#,
     )
     .unwrap();
-    let error = host.load(FunctionEnv::new("kv"), component).await.err().unwrap();
+    let error = host
+        .load(FunctionEnv::new("kv"), component)
+        .await
+        .err()
+        .unwrap();
     assert!(
-        error.to_string().contains("`wasi:keyvalue/store@0.2.0-draft`"),
+        error
+            .to_string()
+            .contains("`wasi:keyvalue/store@0.2.0-draft`"),
         "{error}"
     );
 }
@@ -272,7 +358,11 @@ async fn missing_import_is_named_at_load() {
 async fn component_without_an_entry_point_is_refused() {
     let host = Host::new(&EngineSettings::for_limits([&Limits::default()])).unwrap();
     let component = wat::parse_str("(component)").unwrap();
-    let error = host.load(FunctionEnv::new("empty"), component).await.err().unwrap();
+    let error = host
+        .load(FunctionEnv::new("empty"), component)
+        .await
+        .err()
+        .unwrap();
     let message = error.to_string();
     assert!(message.contains("wasi:http/incoming-handler"), "{message}");
     assert!(message.contains("wasi:cli/run"), "{message}");
@@ -282,7 +372,9 @@ async fn component_without_an_entry_point_is_refused() {
 async fn loading_the_same_bytes_twice_compiles_once() {
     let host = Host::new(&EngineSettings::for_limits([&Limits::default()])).unwrap();
     let bytes = hearth_testkit::wasm_bytes(hearth_testkit::HELLO);
-    host.load(FunctionEnv::new("a"), bytes.clone()).await.unwrap();
+    host.load(FunctionEnv::new("a"), bytes.clone())
+        .await
+        .unwrap();
     host.load(FunctionEnv::new("b"), bytes).await.unwrap();
     let stats = host.compiled().stats();
     assert_eq!((stats.compiles, stats.hits, stats.entries), (1, 1, 1));

@@ -30,7 +30,13 @@ fn main() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&functions)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(&target_dir)
         // Flags meant for the host build must not leak into the wasm build.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -54,7 +60,9 @@ fn main() {
             .iter()
             .map(|stem| out_dir.join(format!("{stem}.wasm")))
             .find(|path| path.is_file())
-            .unwrap_or_else(|| panic!("functions/{member} built no .wasm in {}", out_dir.display()));
+            .unwrap_or_else(|| {
+                panic!("functions/{member} built no .wasm in {}", out_dir.display())
+            });
         let ident = member.replace('-', "_");
         generated.push_str(&format!(
             "/// Path of `functions/{member}` built for wasm32-wasip2.\npub const {}: &str = {:?};\n",

@@ -10,7 +10,10 @@ fn main() -> Result<(), String> {
     match mode.as_str() {
         "ok" => Ok(()),
         "fail" => Err("job-exit: failing as asked".to_string()),
-        other => match other.strip_prefix("code:").and_then(|n| n.parse::<u8>().ok()) {
+        other => match other
+            .strip_prefix("code:")
+            .and_then(|n| n.parse::<u8>().ok())
+        {
             Some(code) => hearth_sdk::job::exit(code),
             None => Err(format!("job-exit: unknown MODE `{other}`")),
         },

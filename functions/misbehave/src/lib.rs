@@ -48,7 +48,10 @@ impl Service for Misbehave {
                 for page in block.chunks_mut(64 << 10) {
                     page[0] = 1;
                 }
-                Response::text(200, format!("grew {} bytes\n", std::hint::black_box(block).len()))
+                Response::text(
+                    200,
+                    format!("grew {} bytes\n", std::hint::black_box(block).len()),
+                )
             }
             "/body-len" => Response::text(200, format!("{}\n", request.body.len())),
             "/print" => {

@@ -14,7 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "hearth", version, about = "Run WebAssembly component functions")]
+#[command(
+    name = "hearth",
+    version,
+    about = "Run WebAssembly component functions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

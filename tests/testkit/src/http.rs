@@ -43,16 +43,25 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> std::io::Result<Reply> {
-    let mut request = Request::builder().method(method).uri(path).header("host", addr.to_string());
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let request = request.body(Full::new(body)).map_err(std::io::Error::other)?;
+    let request = request
+        .body(Full::new(body))
+        .map_err(std::io::Error::other)?;
     exchange(addr, request).await
 }
 
 /// Sends a POST whose body is streamed in `chunks` with no `Content-Length`.
-pub async fn post_chunked(addr: SocketAddr, path: &str, chunks: Vec<Bytes>) -> std::io::Result<Reply> {
+pub async fn post_chunked(
+    addr: SocketAddr,
+    path: &str,
+    chunks: Vec<Bytes>,
+) -> std::io::Result<Reply> {
     let frames = chunks
         .into_iter()
         .map(|chunk| Ok::<_, std::convert::Infallible>(Frame::data(chunk)));
@@ -94,9 +103,16 @@ where
         .await
         .map_err(std::io::Error::other)?;
     tokio::spawn(connection);
-    let response = sender.send_request(request).await.map_err(std::io::Error::other)?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)?;
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
     Ok(Reply {
         status: parts.status,
         headers: parts.headers,

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building and testing Hearth needs on a fresh Debian machine:
+# Debian packages, and the wasm32-wasip2 target plus rustfmt/clippy for the
+# toolchain pinned in rust-toolchain.toml. Idempotent; safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the build, the tests and the README's example need.
+APT_PACKAGES=(curl ca-certificates pkg-config)
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
+fi
+
+# rustup does not add targets to a toolchain that is already installed, so
+# ask for them explicitly (the channel comes from rust-toolchain.toml).
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+rustup toolchain install "$toolchain" --profile minimal --no-self-update >/dev/null 2>&1 || true
+rustup target add --toolchain "$toolchain" wasm32-wasip2 >/dev/null
+rustup component add --toolchain "$toolchain" rustfmt clippy >/dev/null

@@ -1,0 +1,213 @@
+//! `hearth-bench`: Hearth's benchmarks. Each prints a markdown table.
+//!
+//! ```text
+//! scripts/bench-host.sh            # installs the peer and wrk, then runs:
+//! hearth-bench host --hearth target/release/hearth --wasmtime PATH/TO/wasmtime
+//! ```
+//!
+//! `host` measures, in one run:
+//! 1. instantiation: time from `InstancePre` to a ready instance of
+//!    `functions/hello`, pooling allocator against on-demand allocation;
+//! 2. HTTP throughput of `hello` under `wrk`, for `hearth run` and for
+//!    `wasmtime serve` (the peer) on the same component, one after the other,
+//!    each with a fresh instance per request.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use hearth_host::{Allocation, EngineSettings, FunctionEnv, Host, Limits};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "hearth-bench", about = "Hearth benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Instantiation latency and HTTP throughput against `wasmtime serve`.
+    Host(HostArgs),
+}
+
+#[derive(Parser)]
+struct HostArgs {
+    /// The `hearth` binary to measure (build it with --release).
+    #[arg(long)]
+    hearth: PathBuf,
+    /// The peer: a `wasmtime` binary of the pinned version. Without it the
+    /// peer row is skipped with a note.
+    #[arg(long)]
+    wasmtime: Option<PathBuf>,
+    /// Instantiations measured per allocator.
+    #[arg(long, default_value_t = 20_000)]
+    instances: usize,
+    /// wrk duration per server, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    /// wrk connections.
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Bench::Host(args) => host(args),
+    }
+}
+
+fn host(args: HostArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "## Instantiation of functions/hello from InstancePre ({} each)\n",
+        args.instances
+    );
+    println!("| allocator | p50 µs | p99 µs | mean µs |");
+    println!("|---|---:|---:|---:|");
+    for allocation in [Allocation::Pooling, Allocation::OnDemand] {
+        let samples = runtime.block_on(instantiation(allocation, args.instances))?;
+        let (p50, p99, mean) = summarize(samples);
+        println!("| {allocation:?} | {p50:.1} | {p99:.1} | {mean:.1} |");
+    }
+
+    println!(
+        "\n## HTTP throughput of functions/hello (wrk -t2 -c{} -d{}s, fresh instance per request)\n",
+        args.connections, args.seconds
+    );
+    println!("| server | requests/s | p50 latency | p99 latency |");
+    println!("|---|---:|---:|---:|");
+    let hello = hearth_testkit::HELLO;
+    let port = free_port()?;
+    let hearth = Server::start(
+        Command::new(&args.hearth)
+            .args(["run", hello, "--listen"])
+            .arg(format!("127.0.0.1:{port}")),
+        port,
+    )?;
+    let row = wrk(port, &args)?;
+    drop(hearth);
+    println!("| hearth run | {} |", row);
+    match &args.wasmtime {
+        Some(wasmtime) => {
+            let port = free_port()?;
+            let peer = Server::start(
+                Command::new(wasmtime)
+                    .args(["serve", "-S", "cli", "--addr"])
+                    .arg(format!("127.0.0.1:{port}"))
+                    .arg(hello),
+                port,
+            )?;
+            let version = Command::new(wasmtime).arg("--version").output()?;
+            let row = wrk(port, &args)?;
+            drop(peer);
+            println!(
+                "| {} serve | {} |",
+                String::from_utf8_lossy(&version.stdout).trim(),
+                row
+            );
+        }
+        None => println!("\n(peer skipped: pass --wasmtime PATH to measure `wasmtime serve`)"),
+    }
+    Ok(())
+}
+
+async fn instantiation(allocation: Allocation, count: usize) -> Result<Vec<Duration>> {
+    let limits = Limits::default();
+    let mut settings = EngineSettings::for_limits([&limits]);
+    settings.allocation = allocation;
+    let host = Host::new(&settings)?;
+    let function = host
+        .load(
+            FunctionEnv::new("hello"),
+            hearth_testkit::wasm_bytes(hearth_testkit::HELLO),
+        )
+        .await?;
+    let pre = &function.compiled().instance_pre;
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count + count / 10 {
+        let mut store = function.new_store(Some(limits.request_timeout()));
+        let started = Instant::now();
+        let instance = pre.instantiate_async(&mut store).await?;
+        let elapsed = started.elapsed();
+        std::hint::black_box(instance);
+        drop(store);
+        // The first tenth warms caches and the pool's slots.
+        if i >= count / 10 {
+            samples.push(elapsed);
+        }
+    }
+    Ok(samples)
+}
+
+fn summarize(mut samples: Vec<Duration>) -> (f64, f64, f64) {
+    samples.sort();
+    let at =
+        |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6;
+    let mean = samples.iter().map(|d| d.as_secs_f64()).sum::<f64>() / samples.len() as f64 * 1e6;
+    (at(0.50), at(0.99), mean)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A server process, killed when dropped.
+struct Server(Child);
+
+impl Server {
+    fn start(command: &mut Command, port: u16) -> Result<Self> {
+        let child = command
+            .env("HEARTH_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {command:?}"))?;
+        let server = Server(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("{command:?} did not listen on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs wrk against `port`; returns "requests/s | p50 | p99".
+fn wrk(port: u16, args: &HostArgs) -> Result<String> {
+    let output = Command::new("wrk")
+        .args(["-t2", "--latency"])
+        .arg(format!("-c{}", args.connections))
+        .arg(format!("-d{}s", args.seconds))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .context("cannot run wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
+    };
+    let rps = field("Requests/sec:").with_context(|| format!("unexpected wrk output:\n{text}"))?;
+    if let Some(errors) = field("Non-2xx or 3xx responses:") {
+        bail!("{errors} non-2xx responses on port {port}:\n{text}");
+    }
+    Ok(format!(
+        "{rps} | {} | {}",
+        field("50%").unwrap_or_default(),
+        field("99%").unwrap_or_default()
+    ))
+}
