@@ -21,8 +21,15 @@
 //!   which host functions exist: the caller supplies the engine and linker.
 //! * Concurrent loads of the same digest may both compile; the first to
 //!   finish is kept and the other result is dropped. Entries live until
-//!   [`CompiledCache::remove`] or the cache is dropped. (The on-disk compiled
-//!   cache and eviction arrive with the OCI and pool work.)
+//!   [`CompiledCache::remove`] or the cache is dropped.
+//! * With a [`CompiledStore`] attached ([`CompiledCache::with_store`]), a
+//!   memory miss is looked up on disk before compiling, and every compile is
+//!   written back, so a restarted process does not compile again. A corrupt or
+//!   stale disk entry is recompiled and replaced (see [`compiled_store`]).
+//!
+//! The supply side also covers distribution: [`registry`] (pulling from and
+//! pushing to OCI registries), [`image`] (the two OCI forms of a function)
+//! and [`artifact_cache`] (verified blobs on disk).
 //!
 //! ```
 //! use hearth_prewarm::CompiledCache;
@@ -37,6 +44,15 @@
 //! assert!(std::sync::Arc::ptr_eq(&first, &second));
 //! assert_eq!(cache.stats().compiles, 1);
 //! ```
+
+pub mod artifact_cache;
+mod atomic_file;
+pub mod compiled_store;
+pub mod image;
+pub mod registry;
+
+pub use artifact_cache::ArtifactCache;
+pub use compiled_store::{CompiledLookup, CompiledStore, engine_fingerprint};
 
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
@@ -130,6 +146,10 @@ pub struct CacheStats {
     pub hits: u64,
     /// Loads that had to compile.
     pub compiles: u64,
+    /// Memory misses answered from the on-disk compiled store.
+    pub disk_hits: u64,
+    /// On-disk entries found corrupt or stale, and replaced.
+    pub disk_rejected: u64,
     /// Entries currently held.
     pub entries: usize,
 }
@@ -140,8 +160,11 @@ pub struct CompiledCache<T: 'static> {
     engine: Engine,
     linker: Linker<T>,
     entries: Mutex<HashMap<Digest, Arc<CompiledFunction<T>>>>,
+    store: Option<CompiledStore>,
     hits: AtomicU64,
     compiles: AtomicU64,
+    disk_hits: AtomicU64,
+    disk_rejected: AtomicU64,
 }
 
 impl<T: 'static> CompiledCache<T> {
@@ -151,9 +174,23 @@ impl<T: 'static> CompiledCache<T> {
             engine,
             linker,
             entries: Mutex::new(HashMap::new()),
+            store: None,
             hits: AtomicU64::new(0),
             compiles: AtomicU64::new(0),
+            disk_hits: AtomicU64::new(0),
+            disk_rejected: AtomicU64::new(0),
         }
+    }
+
+    /// Backs the cache with an on-disk [`CompiledStore`].
+    pub fn with_store(mut self, store: CompiledStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The on-disk store, if one is attached.
+    pub fn store(&self) -> Option<&CompiledStore> {
+        self.store.as_ref()
     }
 
     /// The engine everything in this cache was compiled with.
@@ -173,8 +210,20 @@ impl<T: 'static> CompiledCache<T> {
         if let Some(hit) = self.get(&digest) {
             return Ok(hit);
         }
-        let compiled = Arc::new(self.compile(digest, bytes)?);
-        self.compiles.fetch_add(1, Ordering::Relaxed);
+        let compiled = Arc::new(match self.load_from_store(digest)? {
+            Some(loaded) => loaded,
+            None => {
+                let compiled = self.compile(digest, bytes)?;
+                self.compiles.fetch_add(1, Ordering::Relaxed);
+                if let Some(store) = &self.store
+                    && let Err(error) = store.store(&digest, &compiled.component)
+                {
+                    // The function still runs; the next process compiles again.
+                    tracing::warn!(%digest, dir = %store.dir().display(), "cannot write the compiled cache: {error}");
+                }
+                compiled
+            }
+        });
         let mut entries = self.lock();
         Ok(entries.entry(digest).or_insert(compiled).clone())
     }
@@ -198,6 +247,8 @@ impl<T: 'static> CompiledCache<T> {
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             compiles: self.compiles.load(Ordering::Relaxed),
+            disk_hits: self.disk_hits.load(Ordering::Relaxed),
+            disk_rejected: self.disk_rejected.load(Ordering::Relaxed),
             entries: self.lock().len(),
         }
     }
@@ -207,6 +258,38 @@ impl<T: 'static> CompiledCache<T> {
         // (every mutation is a single insert or remove), so poisoning is safe
         // to ignore.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Looks `digest` up in the on-disk store. The bytes were already
+    /// checked by [`Digest::of`]; the entry is linked against this cache's
+    /// linker exactly as a fresh compile would be.
+    fn load_from_store(&self, digest: Digest) -> Result<Option<CompiledFunction<T>>, LoadError> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        match store.load(&self.engine, &digest) {
+            CompiledLookup::Hit(component) => {
+                let instance_pre = self
+                    .linker
+                    .instantiate_pre(&component)
+                    .map_err(classify_link_error)?;
+                self.disk_hits.fetch_add(1, Ordering::Relaxed);
+                let compile_time = started.elapsed();
+                tracing::debug!(%digest, ?compile_time, "loaded precompiled component from disk");
+                Ok(Some(CompiledFunction {
+                    digest,
+                    component,
+                    instance_pre,
+                    compile_time,
+                }))
+            }
+            CompiledLookup::Miss => Ok(None),
+            CompiledLookup::Rejected { .. } => {
+                self.disk_rejected.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
     }
 
     fn compile(&self, digest: Digest, bytes: &[u8]) -> Result<CompiledFunction<T>, LoadError> {
@@ -287,7 +370,8 @@ mod tests {
             CacheStats {
                 hits: 1,
                 compiles: 1,
-                entries: 1
+                entries: 1,
+                ..CacheStats::default()
             }
         );
         assert_eq!(a.digest, Digest::of(&bytes));

@@ -1,0 +1,813 @@
+//! Talking to OCI registries: references, credentials, retries, and verified
+//! downloads. Built on `oci-client`.
+//!
+//! # Contract
+//!
+//! * **Transport.** HTTPS, except for loopback registries (`localhost`,
+//!   `127.0.0.0/8`, `[::1]`), which use plain HTTP automatically, and
+//!   registries listed in [`RegistrySettings::insecure_registries`].
+//! * **Credentials** come from the docker `config.json` at
+//!   `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`: an `auths`
+//!   entry for the registry (`auth` = base64 `user:password`, or
+//!   `username`/`password`, or `registrytoken` for a bearer token), or a
+//!   credential helper named by `credHelpers`/`credsStore`
+//!   (`docker-credential-<name> get`). No entry means anonymous. Basic
+//!   credentials are exchanged for a bearer token when the registry asks for
+//!   token auth.
+//! * **Retries.** Connection failures, timeouts, truncated bodies and 5xx
+//!   answers are retried with exponential backoff
+//!   ([`RegistrySettings::attempts`], starting at
+//!   [`RegistrySettings::initial_backoff`]); then the error names the
+//!   registry. 401/403 are not retried: the error names the registry and
+//!   where credentials were looked up.
+//! * **Verification.** Every manifest and blob is hashed while it is read
+//!   and checked against the digest it was asked for, and against the size
+//!   its descriptor states; nothing unverified is returned or committed.
+//!   Layers over [`RegistrySettings::max_layer_bytes`] are refused before
+//!   download (by their descriptor) and during it (by the bytes received).
+
+use crate::atomic_file::StagedFile;
+use crate::image::{self, BuiltImage, Descriptor};
+use base64::Engine as _;
+use futures_util::StreamExt;
+use oci_client::client::{ClientConfig, ClientProtocol, LayerDescriptor};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How to reach registries.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// Registries (`host` or `host:port`) reached over plain HTTP even though
+    /// they are not on loopback.
+    pub insecure_registries: Vec<String>,
+    /// The docker config file to read credentials from; `None` means
+    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+    pub docker_config: Option<PathBuf>,
+    /// Attempts per request before giving up on a reachable-but-failing or
+    /// unreachable registry.
+    pub attempts: u32,
+    /// Wait before the first retry; doubles on each further retry.
+    pub initial_backoff: Duration,
+    /// Largest layer accepted, in bytes.
+    pub max_layer_bytes: u64,
+    /// Show progress bars on a terminal.
+    pub progress: bool,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            insecure_registries: Vec::new(),
+            docker_config: None,
+            attempts: 4,
+            initial_backoff: Duration::from_millis(200),
+            max_layer_bytes: 256 * 1024 * 1024,
+            progress: false,
+        }
+    }
+}
+
+/// Why talking to a registry failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The reference does not parse.
+    #[error(
+        "malformed image reference `{reference}`: {reason}. Expected [registry/]repository[:tag][@sha256:digest], e.g. 127.0.0.1:5000/hello:1"
+    )]
+    BadReference {
+        /// What was given.
+        reference: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// Connecting failed, or kept failing, after every retry.
+    #[error("registry {registry} is unreachable after {attempts} attempts: {cause}")]
+    Unreachable {
+        /// The registry host.
+        registry: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last failure.
+        cause: String,
+    },
+    /// 401 or 403.
+    #[error(
+        "registry {registry} refused access ({status}) to {repository}. Credentials are read from {credential_source}: add an `auths` entry for \"{registry}\" (e.g. with `docker login {registry}`)"
+    )]
+    Unauthorized {
+        /// The registry host.
+        registry: String,
+        /// The repository asked for.
+        repository: String,
+        /// `401 Unauthorized` or `403 Forbidden`.
+        status: &'static str,
+        /// Where credentials were looked up, and what was found.
+        credential_source: String,
+    },
+    /// The manifest (tag or digest) does not exist.
+    #[error("{reference} not found in registry {registry}")]
+    NotFound {
+        /// The reference asked for.
+        reference: String,
+        /// The registry host.
+        registry: String,
+    },
+    /// A blob named by the manifest is missing from the registry.
+    #[error("registry {registry} is missing blob {digest} of {repository}")]
+    MissingBlob {
+        /// The registry host.
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// The missing blob.
+        digest: String,
+    },
+    /// Content does not hash to the digest it was asked for.
+    #[error("digest mismatch for {what}: expected {expected}, received content hashing to {actual}")]
+    DigestMismatch {
+        /// What was being fetched.
+        what: String,
+        /// The digest asked for.
+        expected: String,
+        /// The digest of what arrived.
+        actual: String,
+    },
+    /// The download ended early, after every retry.
+    #[error("download of {digest} from {registry} was truncated: received {received} of {expected} bytes")]
+    Truncated {
+        /// The registry host.
+        registry: String,
+        /// The blob.
+        digest: String,
+        /// Bytes received.
+        received: u64,
+        /// Bytes announced by the descriptor.
+        expected: u64,
+    },
+    /// A layer is larger than the configured limit.
+    #[error(
+        "layer {digest} is {size} bytes, over the limit of {limit} bytes (raise max_layer_bytes to accept it)"
+    )]
+    LayerTooLarge {
+        /// The layer.
+        digest: String,
+        /// Its size (announced or received so far).
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The registry answered with an error it did not retry away.
+    #[error("registry {registry} answered {detail}")]
+    Protocol {
+        /// The registry host.
+        registry: String,
+        /// What it said.
+        detail: String,
+    },
+    /// The local cache could not be written.
+    #[error("cache I/O on {}: {source}", path.display())]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Parses an image reference.
+pub fn parse_reference(text: &str) -> Result<Reference, RegistryError> {
+    let bad = |reason: String| RegistryError::BadReference {
+        reference: text.to_string(),
+        reason,
+    };
+    if text.trim() != text || text.is_empty() {
+        return Err(bad("empty or surrounded by whitespace".into()));
+    }
+    let reference: Reference = text.parse().map_err(|e: oci_client::ParseError| bad(e.to_string()))?;
+    if let Some(digest) = reference.digest()
+        && !(digest.starts_with("sha256:") && digest.len() == 71)
+    {
+        return Err(bad(format!("unsupported digest `{digest}`; only sha256 is supported")));
+    }
+    Ok(reference)
+}
+
+/// Whether `registry` (`host[:port]`) is on loopback.
+pub fn is_loopback_registry(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        registry.rsplit_once(':').map_or(registry, |(host, _)| host)
+    };
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Credentials for one registry, and a description of where they came from.
+#[derive(Clone)]
+pub struct Credentials {
+    /// What to authenticate with.
+    pub auth: RegistryAuth,
+    /// Where they were looked up, for error messages.
+    pub source: String,
+}
+
+/// Looks up credentials for `registry` as the module docs describe.
+pub fn credentials_for(registry: &str, docker_config: Option<&Path>) -> Credentials {
+    let path = docker_config.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os("DOCKER_CONFIG")
+            .map(|dir| PathBuf::from(dir).join("config.json"))
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker/config.json")))
+    });
+    let Some(path) = path else {
+        return anonymous("no docker config (neither $DOCKER_CONFIG nor $HOME is set)".into());
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(_) => return anonymous(format!("{} (absent; pulling anonymously)", path.display())),
+    };
+    let config: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::warn!(file = %path.display(), "ignoring unparsable docker config: {error}");
+            return anonymous(format!("{} (unparsable: {error})", path.display()));
+        }
+    };
+    let source = |what: &str| format!("{} ({what})", path.display());
+    let keys = [
+        registry.to_string(),
+        format!("https://{registry}"),
+        format!("http://{registry}"),
+        format!("https://{registry}/v1/"),
+        format!("https://{registry}/v2/"),
+    ];
+    let docker_hub = matches!(registry, "docker.io" | "index.docker.io" | "registry-1.docker.io");
+    if let Some(entry) = config["auths"].as_object().and_then(|auths| {
+        keys.iter()
+            .find_map(|key| auths.get(key))
+            .or_else(|| docker_hub.then(|| auths.get("https://index.docker.io/v1/")).flatten())
+    }) {
+        if let Some(token) = entry["registrytoken"].as_str() {
+            return Credentials {
+                auth: RegistryAuth::Bearer(token.to_string()),
+                source: source("auths entry, registrytoken"),
+            };
+        }
+        if let (Some(user), Some(password)) = (entry["username"].as_str(), entry["password"].as_str()) {
+            return Credentials {
+                auth: RegistryAuth::Basic(user.to_string(), password.to_string()),
+                source: source("auths entry, username/password"),
+            };
+        }
+        if let Some(encoded) = entry["auth"].as_str() {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok());
+            if let Some((user, password)) = decoded.as_deref().and_then(|d| d.split_once(':')) {
+                return Credentials {
+                    auth: RegistryAuth::Basic(user.to_string(), password.to_string()),
+                    source: source("auths entry"),
+                };
+            }
+            tracing::warn!(file = %path.display(), %registry, "ignoring an auths entry whose `auth` is not base64 user:password");
+        }
+    }
+    let helper = config["credHelpers"][registry]
+        .as_str()
+        .or_else(|| config["credsStore"].as_str());
+    if let Some(helper) = helper {
+        match run_credential_helper(helper, registry) {
+            Ok(Some(auth)) => {
+                return Credentials {
+                    auth,
+                    source: source(&format!("docker-credential-{helper}")),
+                };
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%registry, "credential helper docker-credential-{helper} failed: {error}"),
+        }
+    }
+    anonymous(source("no entry for this registry; pulling anonymously"))
+}
+
+fn anonymous(source: String) -> Credentials {
+    Credentials {
+        auth: RegistryAuth::Anonymous,
+        source,
+    }
+}
+
+fn run_credential_helper(helper: &str, registry: &str) -> std::io::Result<Option<RegistryAuth>> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(format!("docker-credential-{helper}"))
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin was piped")
+        .write_all(registry.as_bytes())?;
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        return Ok(None);
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(std::io::Error::other)?;
+    let (Some(user), Some(secret)) = (answer["Username"].as_str(), answer["Secret"].as_str()) else {
+        return Ok(None);
+    };
+    Ok(Some(if user == "<token>" {
+        RegistryAuth::Bearer(secret.to_string())
+    } else {
+        RegistryAuth::Basic(user.to_string(), secret.to_string())
+    }))
+}
+
+/// A connection to the registry of one reference.
+pub struct RegistryClient {
+    client: Client,
+    reference: Reference,
+    credentials: Credentials,
+    settings: RegistrySettings,
+}
+
+/// What a manifest fetch returns.
+pub struct FetchedManifest {
+    /// The verified bytes.
+    pub bytes: Vec<u8>,
+    /// Their digest.
+    pub digest: String,
+    /// The parsed manifest.
+    pub manifest: image::Manifest,
+}
+
+impl RegistryClient {
+    /// A client for `reference`'s registry.
+    pub fn new(reference: &Reference, settings: &RegistrySettings) -> Self {
+        let registry = reference.resolve_registry().to_string();
+        let plain_http = is_loopback_registry(&registry)
+            || settings
+                .insecure_registries
+                .iter()
+                .any(|r| r == &registry || r == reference.registry());
+        let config = ClientConfig {
+            protocol: if plain_http {
+                ClientProtocol::HttpsExcept(vec![registry.clone()])
+            } else {
+                ClientProtocol::Https
+            },
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(60)),
+            ..ClientConfig::default()
+        };
+        RegistryClient {
+            client: Client::new(config),
+            credentials: credentials_for(&registry, settings.docker_config.as_deref()),
+            reference: reference.clone(),
+            settings: settings.clone(),
+        }
+    }
+
+    /// The registry host this client talks to.
+    pub fn registry(&self) -> &str {
+        self.reference.resolve_registry()
+    }
+
+    /// The reference this client was made for.
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    fn classify(&self, error: OciDistributionError, what: &str) -> Classified {
+        let registry = self.registry().to_string();
+        let unauthorized = |status| RegistryError::Unauthorized {
+            registry: registry.clone(),
+            repository: self.reference.repository().to_string(),
+            status,
+            credential_source: self.credentials.source.clone(),
+        };
+        match error {
+            OciDistributionError::RequestError(error) => {
+                if error.is_connect() || error.is_timeout() || error.is_body() || error.is_request() {
+                    Classified::Retry(format!("{what}: {}", error_chain(&error)))
+                } else {
+                    Classified::Fatal(RegistryError::Protocol {
+                        registry,
+                        detail: format!("{what}: {}", error_chain(&error)),
+                    })
+                }
+            }
+            OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
+                Classified::Fatal(unauthorized("401 Unauthorized"))
+            }
+            OciDistributionError::ServerError { code: 401, .. } => Classified::Fatal(unauthorized("401 Unauthorized")),
+            OciDistributionError::ServerError { code: 403, .. } => Classified::Fatal(unauthorized("403 Forbidden")),
+            OciDistributionError::ServerError { code: 404, .. } => Classified::Fatal(RegistryError::NotFound {
+                reference: self.reference.whole(),
+                registry,
+            }),
+            OciDistributionError::ServerError { code, message, .. } if code >= 500 => {
+                Classified::Retry(format!("{what}: HTTP {code}: {}", message.trim()))
+            }
+            OciDistributionError::RegistryError { envelope, .. } => {
+                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+                if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized)) {
+                    Classified::Fatal(unauthorized("401 Unauthorized"))
+                } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
+                    Classified::Fatal(unauthorized("403 Forbidden"))
+                } else if codes.iter().any(|c| matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown)) {
+                    Classified::Fatal(RegistryError::NotFound {
+                        reference: self.reference.whole(),
+                        registry,
+                    })
+                } else {
+                    Classified::Fatal(RegistryError::Protocol {
+                        registry,
+                        detail: format!("{what}: {envelope}"),
+                    })
+                }
+            }
+            OciDistributionError::DigestError(error) => Classified::Fatal(RegistryError::DigestMismatch {
+                what: format!("{what} of {}", self.reference.whole()),
+                expected: String::new(),
+                actual: error.to_string(),
+            }),
+            other => Classified::Fatal(RegistryError::Protocol {
+                registry,
+                detail: format!("{what}: {other}"),
+            }),
+        }
+    }
+
+    /// Runs `attempt` with the retry policy of the module docs.
+    async fn with_retries<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Attempt>>,
+    {
+        let mut backoff = self.settings.initial_backoff;
+        let attempts = self.settings.attempts.max(1);
+        let mut last_cause = String::new();
+        for number in 1..=attempts {
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(Attempt::Fatal(error)) => return Err(error),
+                Err(Attempt::Oci(error)) => match self.classify(error, what) {
+                    Classified::Fatal(error) => return Err(error),
+                    Classified::Retry(cause) => last_cause = cause,
+                },
+                Err(Attempt::Retry(cause, final_error)) => {
+                    if number == attempts {
+                        return Err(*final_error);
+                    }
+                    last_cause = cause;
+                }
+            }
+            if number < attempts {
+                tracing::warn!(registry = %self.registry(), attempt = number, "{last_cause}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        }
+        Err(RegistryError::Unreachable {
+            registry: self.registry().to_string(),
+            attempts,
+            cause: last_cause,
+        })
+    }
+
+    /// Fetches and verifies the manifest of `reference` (a tag or digest).
+    /// An index is resolved to its wasm platform entry.
+    pub async fn fetch_manifest(&self, reference: &Reference) -> Result<FetchedManifest, RegistryError> {
+        let fetched = self.fetch_one_manifest(reference).await?;
+        if !fetched.manifest.is_index() {
+            return Ok(fetched);
+        }
+        let Some(entry) = fetched.manifest.wasm_platform_entry() else {
+            let platforms: Vec<String> = fetched
+                .manifest
+                .manifests
+                .iter()
+                .filter_map(|m| m.platform.as_ref().map(|p| format!("{}/{}", p.os, p.architecture)))
+                .collect();
+            return Err(RegistryError::Protocol {
+                registry: self.registry().to_string(),
+                detail: format!(
+                    "an image index for {} with no wasm platform entry (platforms: {})",
+                    reference.whole(),
+                    platforms.join(", ")
+                ),
+            });
+        };
+        let platform_reference = reference.clone_with_digest(entry.digest.clone());
+        let platform = self.fetch_one_manifest(&platform_reference).await?;
+        if platform.manifest.is_index() {
+            return Err(RegistryError::Protocol {
+                registry: self.registry().to_string(),
+                detail: format!("nested image index in {}", reference.whole()),
+            });
+        }
+        Ok(platform)
+    }
+
+    async fn fetch_one_manifest(&self, reference: &Reference) -> Result<FetchedManifest, RegistryError> {
+        let (bytes, header_digest) = self
+            .with_retries("fetching the manifest", || async {
+                self.client
+                    .pull_manifest_raw(reference, &self.credentials.auth, image::ACCEPTED_MANIFESTS)
+                    .await
+                    .map_err(Attempt::Oci)
+            })
+            .await?;
+        // oci-client checks the body against the digest header or the
+        // reference's digest; check again here so the contract does not rest
+        // on a dependency's behaviour.
+        let actual = image::sha256_digest(&bytes);
+        let expected = reference.digest().map(str::to_string).unwrap_or(header_digest);
+        if actual != expected {
+            return Err(RegistryError::DigestMismatch {
+                what: format!("the manifest of {}", reference.whole()),
+                expected,
+                actual,
+            });
+        }
+        let manifest = image::parse_manifest(&reference.whole(), &bytes).map_err(|e| RegistryError::Protocol {
+            registry: self.registry().to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok(FetchedManifest {
+            bytes: bytes.to_vec(),
+            digest: actual,
+            manifest,
+        })
+    }
+
+    /// Downloads the blob `descriptor` into a staged file in `staging_dir`,
+    /// verifying size and digest; the caller commits it.
+    pub async fn fetch_blob(&self, descriptor: &Descriptor, staging_dir: &Path) -> Result<StagedFile, RegistryError> {
+        let limit = self.settings.max_layer_bytes;
+        if descriptor.size > limit {
+            return Err(RegistryError::LayerTooLarge {
+                digest: descriptor.digest.clone(),
+                size: descriptor.size,
+                limit,
+            });
+        }
+        let progress = self.progress_bar(descriptor);
+        let result = self
+            .with_retries(&format!("fetching blob {}", descriptor.digest), || async {
+                self.fetch_blob_once(descriptor, staging_dir, &progress).await
+            })
+            .await;
+        progress.finish_and_clear();
+        result
+    }
+
+    async fn fetch_blob_once(
+        &self,
+        descriptor: &Descriptor,
+        staging_dir: &Path,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<StagedFile, Attempt> {
+        let io_error = |source| {
+            Attempt::Fatal(RegistryError::Io {
+                path: staging_dir.to_path_buf(),
+                source,
+            })
+        };
+        let layer = LayerDescriptor {
+            digest: &descriptor.digest,
+            urls: &None,
+        };
+        // Authenticate for pulls first: blob requests reuse the token.
+        self.client
+            .store_auth_if_needed(self.registry(), &self.credentials.auth)
+            .await;
+        let response = self.client.pull_blob_stream(&self.reference, &layer).await;
+        let stream = match response {
+            Ok(stream) => stream,
+            Err(OciDistributionError::RegistryError { envelope, .. })
+                if envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::BlobUnknown)) =>
+            {
+                return Err(Attempt::Fatal(self.missing_blob(descriptor)));
+            }
+            Err(OciDistributionError::ServerError { code: 404, .. }) => {
+                return Err(Attempt::Fatal(self.missing_blob(descriptor)));
+            }
+            Err(error) => return Err(Attempt::Oci(error)),
+        };
+        let mut staged = StagedFile::create(staging_dir).map_err(io_error)?;
+        progress.set_position(0);
+        let mut stream = stream.stream;
+        let mut interrupted = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    if staged.len() + chunk.len() as u64 > limit_for(descriptor, self.settings.max_layer_bytes) {
+                        return Err(Attempt::Fatal(self.oversize(descriptor, staged.len() + chunk.len() as u64)));
+                    }
+                    staged.write_all(&chunk).map_err(io_error)?;
+                    progress.set_position(staged.len());
+                }
+                Err(error) => {
+                    interrupted = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+        let received = staged.len();
+        if received < descriptor.size {
+            let truncated = RegistryError::Truncated {
+                registry: self.registry().to_string(),
+                digest: descriptor.digest.clone(),
+                received,
+                expected: descriptor.size,
+            };
+            let cause = format!(
+                "blob {} ended after {received} of {} bytes ({})",
+                descriptor.digest,
+                descriptor.size,
+                interrupted.as_deref().unwrap_or("connection closed")
+            );
+            return Err(Attempt::Retry(cause, Box::new(truncated)));
+        }
+        let actual = staged.digest();
+        if actual != descriptor.digest || received != descriptor.size {
+            return Err(Attempt::Fatal(RegistryError::DigestMismatch {
+                what: format!("blob {} of {} ({received} bytes)", descriptor.digest, self.reference.whole()),
+                expected: descriptor.digest.clone(),
+                actual,
+            }));
+        }
+        Ok(staged)
+    }
+
+    fn missing_blob(&self, descriptor: &Descriptor) -> RegistryError {
+        RegistryError::MissingBlob {
+            registry: self.registry().to_string(),
+            repository: self.reference.repository().to_string(),
+            digest: descriptor.digest.clone(),
+        }
+    }
+
+    fn oversize(&self, descriptor: &Descriptor, size: u64) -> RegistryError {
+        if size > self.settings.max_layer_bytes {
+            RegistryError::LayerTooLarge {
+                digest: descriptor.digest.clone(),
+                size,
+                limit: self.settings.max_layer_bytes,
+            }
+        } else {
+            RegistryError::DigestMismatch {
+                what: format!(
+                    "blob {} of {}: more bytes than its descriptor's {}",
+                    descriptor.digest,
+                    self.reference.whole(),
+                    descriptor.size
+                ),
+                expected: descriptor.digest.clone(),
+                actual: format!("(at least {size} bytes)"),
+            }
+        }
+    }
+
+    fn progress_bar(&self, descriptor: &Descriptor) -> indicatif::ProgressBar {
+        if !self.settings.progress {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(descriptor.size);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg:>20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .expect("the template is valid")
+                .progress_chars("=> "),
+        );
+        let short = descriptor.digest.trim_start_matches("sha256:");
+        bar.set_message(short[..short.len().min(12)].to_string());
+        bar
+    }
+
+    /// Pushes `built` to this client's reference: blobs the registry lacks,
+    /// then the manifest. Returns the manifest digest.
+    pub async fn push(&self, built: &BuiltImage) -> Result<String, RegistryError> {
+        self.with_retries("authenticating for push", || async {
+            self.client
+                .auth(&self.reference, &self.credentials.auth, RegistryOperation::Push)
+                .await
+                .map(|_| ())
+                .map_err(Attempt::Oci)
+        })
+        .await?;
+        for blob in std::iter::once(&built.config).chain(&built.layers) {
+            let digest = &blob.descriptor.digest;
+            let exists = self
+                .with_retries(&format!("checking blob {digest}"), || async {
+                    self.client.blob_exists(&self.reference, digest).await.map_err(Attempt::Oci)
+                })
+                .await?;
+            let bar = self.progress_bar(&blob.descriptor);
+            if !exists {
+                self.with_retries(&format!("uploading blob {digest}"), || async {
+                    self.client
+                        .push_blob(&self.reference, blob.bytes.clone(), digest)
+                        .await
+                        .map_err(Attempt::Oci)
+                })
+                .await?;
+            }
+            bar.set_position(blob.descriptor.size);
+            bar.finish_and_clear();
+        }
+        let content_type = http::HeaderValue::from_static(built.manifest_media_type);
+        self.with_retries("uploading the manifest", || async {
+            self.client
+                .push_manifest_raw(&self.reference, built.manifest.clone(), content_type.clone())
+                .await
+                .map_err(Attempt::Oci)
+        })
+        .await?;
+        Ok(built.manifest_digest())
+    }
+}
+
+fn limit_for(descriptor: &Descriptor, max_layer_bytes: u64) -> u64 {
+    descriptor.size.min(max_layer_bytes)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// How one attempt failed.
+enum Attempt {
+    /// An oci-client error, to classify.
+    Oci(OciDistributionError),
+    /// Worth retrying; the error to report if this was the last attempt.
+    Retry(String, Box<RegistryError>),
+    /// Not worth retrying.
+    Fatal(RegistryError),
+}
+
+enum Classified {
+    Retry(String),
+    Fatal(RegistryError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_are_recognised() {
+        for registry in ["localhost:5000", "127.0.0.1:5000", "127.9.9.9", "[::1]:5000", "localhost"] {
+            assert!(is_loopback_registry(registry), "{registry}");
+        }
+        for registry in ["registry.example:5000", "10.0.0.1:5000", "docker.io"] {
+            assert!(!is_loopback_registry(registry), "{registry}");
+        }
+    }
+
+    #[test]
+    fn malformed_references_are_rejected_with_the_expected_shape() {
+        for text in ["", " x", "UPPER/case:1", "a:b:c:d", "reg/x@sha256:short", "reg/x@md5:0123"] {
+            let error = parse_reference(text).err().unwrap_or_else(|| panic!("`{text}` parsed"));
+            assert!(error.to_string().contains("malformed image reference"), "{error}");
+        }
+        let ok = parse_reference("127.0.0.1:5000/fn/hello:1").unwrap();
+        assert_eq!(ok.registry(), "127.0.0.1:5000");
+        assert_eq!(ok.repository(), "fn/hello");
+        assert_eq!(ok.tag(), Some("1"));
+    }
+
+    #[test]
+    fn credentials_come_from_the_docker_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.json");
+        std::fs::write(
+            &config,
+            r#"{"auths":{"reg.example:5000":{"auth":"YWxpY2U6czNjcjN0"},"https://other.example":{"username":"bob","password":"pw"},"tok.example":{"registrytoken":"T"}}}"#,
+        )
+        .unwrap();
+        let found = credentials_for("reg.example:5000", Some(&config));
+        assert!(matches!(found.auth, RegistryAuth::Basic(ref u, ref p) if u == "alice" && p == "s3cr3t"));
+        let found = credentials_for("other.example", Some(&config));
+        assert!(matches!(found.auth, RegistryAuth::Basic(ref u, _) if u == "bob"));
+        let found = credentials_for("tok.example", Some(&config));
+        assert!(matches!(found.auth, RegistryAuth::Bearer(ref t) if t == "T"));
+        let found = credentials_for("nobody.example", Some(&config));
+        assert!(matches!(found.auth, RegistryAuth::Anonymous));
+        assert!(found.source.contains("config.json"), "{}", found.source);
+    }
+}
