@@ -7,9 +7,21 @@
 //! max_request_body_bytes = 10485760
 //! max_concurrent_instances = 64
 //!
+//! [cache]                       # optional
+//! dir = "/var/lib/hearth"       # default: see hearth_host::distribution
+//! max_bytes = 2147483648        # bound of the artifact cache
+//!
+//! [registry]                    # optional
+//! insecure = ["registry.lan:5000"]  # plain HTTP; loopback registries always are
+//! max_layer_bytes = 268435456
+//!
+//! [prewarm]                     # optional
+//! images = ["127.0.0.1:5000/fn/hello:1"]  # pulled and compiled at start
+//!
 //! [[function]]
 //! name = "hello"
 //! path = "hello.wasm"           # relative to this file
+//! # image = "127.0.0.1:5000/fn/hello:1"   (instead of path)
 //! listen = "127.0.0.1:8080"
 //! env = { GREETING = "hi" }     # optional
 //! allowed_outbound_hosts = []   # optional; "*" allows any host
@@ -21,11 +33,14 @@
 //!
 //! Loading fails, with the file's path and the offending key in the message,
 //! on: a syntax error, an unknown key anywhere, a missing required key, a
-//! limit out of range, a function path that does not exist, two functions
-//! with one name, or two functions on one listen address. An empty file is
+//! limit out of range, a function path that does not exist, a function with
+//! both or neither of `path` and `image`, a malformed image reference, two
+//! functions with one name, or two functions on one listen address. An empty file is
 //! valid: hearthd then serves only what shims hand it.
 
+use crate::distribution::{CacheSettings, DEFAULT_ARTIFACT_CACHE_BYTES, default_cache_dir};
 use crate::limits::Limits;
+use hearth_prewarm::registry::{RegistrySettings, parse_reference};
 use crate::state::FunctionEnv;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -50,9 +65,48 @@ pub struct HearthConfig {
     /// Default limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Where the caches live.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// How registries are reached.
+    #[serde(default)]
+    pub registry: RegistryConfig,
+    /// What to have ready before serving.
+    #[serde(default)]
+    pub prewarm: PrewarmConfig,
     /// Functions to serve.
     #[serde(default)]
     pub function: Vec<FunctionConfig>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// The cache root; relative paths are relative to the config file.
+    pub dir: Option<PathBuf>,
+    /// Bound of the artifact cache, in bytes.
+    pub max_bytes: Option<u64>,
+}
+
+/// `[registry]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Registries reached over plain HTTP.
+    #[serde(default)]
+    pub insecure: Vec<String>,
+    /// Largest layer accepted, in bytes.
+    pub max_layer_bytes: Option<u64>,
+}
+
+/// `[prewarm]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrewarmConfig {
+    /// References pulled and compiled at start.
+    #[serde(default)]
+    pub images: Vec<String>,
 }
 
 /// One `[[function]]` entry.
@@ -62,7 +116,9 @@ pub struct FunctionConfig {
     /// Unique name; tags logs and errors.
     pub name: String,
     /// The component file; relative paths are relative to the config file.
-    pub path: PathBuf,
+    pub path: Option<PathBuf>,
+    /// Or: the image reference to pull it from.
+    pub image: Option<String>,
     /// Address to serve HTTP on.
     pub listen: SocketAddr,
     /// Environment variables for the guest.
@@ -137,9 +193,16 @@ impl HearthConfig {
         let mut config = Self::parse(&text).map_err(error)?;
         let base = file.parent().unwrap_or(Path::new("."));
         for function in &mut config.function {
-            if function.path.is_relative() {
-                function.path = base.join(&function.path);
+            if let Some(path) = &mut function.path
+                && path.is_relative()
+            {
+                *path = base.join(&*path);
             }
+        }
+        if let Some(dir) = &mut config.cache.dir
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
         }
         config.validate().map_err(error)?;
         Ok(config)
@@ -153,6 +216,9 @@ impl HearthConfig {
     /// Checks everything `parse` cannot: ranges, uniqueness, existing paths.
     pub fn validate(&self) -> Result<(), String> {
         self.limits.validate().map_err(|e| format!("limits.{e}"))?;
+        for (index, image) in self.prewarm.images.iter().enumerate() {
+            parse_reference(image).map_err(|e| format!("prewarm.images[{index}]: {e}"))?;
+        }
         let mut names = BTreeMap::new();
         let mut listens = BTreeMap::new();
         for (index, function) in self.function.iter().enumerate() {
@@ -174,12 +240,27 @@ impl HearthConfig {
                     function.listen
                 ));
             }
-            if !function.path.is_file() {
-                return Err(format!(
-                    "{}: no such file: {}",
-                    key("path"),
-                    function.path.display()
-                ));
+            match (&function.path, &function.image) {
+                (Some(path), None) => {
+                    if !path.is_file() {
+                        return Err(format!("{}: no such file: {}", key("path"), path.display()));
+                    }
+                }
+                (None, Some(image)) => {
+                    parse_reference(image).map_err(|e| format!("{}: {e}", key("image")))?;
+                }
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "{}: give `path` or `image`, not both",
+                        key("path")
+                    ));
+                }
+                (None, None) => {
+                    return Err(format!(
+                        "{}: missing; give `path` (a .wasm file) or `image` (a reference)",
+                        key("path")
+                    ));
+                }
             }
             function
                 .limits
@@ -188,6 +269,20 @@ impl HearthConfig {
                 .map_err(|e| format!("{}.{e}", key("limits")))?;
         }
         Ok(())
+    }
+
+    /// The cache and registry settings this file asks for.
+    pub fn cache_settings(&self) -> CacheSettings {
+        let defaults = RegistrySettings::default();
+        CacheSettings {
+            dir: self.cache.dir.clone().unwrap_or_else(default_cache_dir),
+            max_artifact_bytes: self.cache.max_bytes.unwrap_or(DEFAULT_ARTIFACT_CACHE_BYTES),
+            registry: RegistrySettings {
+                insecure_registries: self.registry.insecure.clone(),
+                max_layer_bytes: self.registry.max_layer_bytes.unwrap_or(defaults.max_layer_bytes),
+                ..defaults
+            },
+        }
     }
 
     /// The limits of every function, after overrides.
@@ -238,7 +333,7 @@ max_memory_mib = 16
         );
         let config = HearthConfig::load(&file).unwrap();
         let function = &config.function[0];
-        assert_eq!(function.path, dir.path().join("hello.wasm"));
+        assert_eq!(function.path, Some(dir.path().join("hello.wasm")));
         let env = function.function_env(config.limits);
         assert_eq!(env.limits.request_timeout_ms, 1000);
         assert_eq!(env.limits.max_memory_mib, 16);
@@ -262,9 +357,58 @@ max_memory_mib = 16
 
     #[test]
     fn missing_key_is_named() {
+        let message = HearthConfig::parse("[[function]]\nname = \"a\"\n").unwrap_err();
+        assert!(message.contains("missing field `listen`"), "{message}");
         let message = HearthConfig::parse("[[function]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n")
+            .unwrap()
+            .validate()
             .unwrap_err();
-        assert!(message.contains("missing field `path`"), "{message}");
+        assert!(message.contains("function[0].path"), "{message}");
+        assert!(message.contains("`image`"), "{message}");
+    }
+
+    #[test]
+    fn image_functions_prewarm_and_cache_sections_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "hearth.toml",
+            r#"
+[cache]
+dir = "cache"
+max_bytes = 1000
+[registry]
+insecure = ["registry.lan:5000"]
+[prewarm]
+images = ["127.0.0.1:5000/fn/hello:1"]
+[[function]]
+name = "hello"
+image = "127.0.0.1:5000/fn/hello:1"
+listen = "127.0.0.1:18080"
+"#,
+        );
+        let config = HearthConfig::load(&file).unwrap();
+        let caches = config.cache_settings();
+        assert_eq!(caches.dir, dir.path().join("cache"));
+        assert_eq!(caches.max_artifact_bytes, 1000);
+        assert_eq!(caches.registry.insecure_registries, ["registry.lan:5000"]);
+        assert_eq!(config.function[0].image.as_deref(), Some("127.0.0.1:5000/fn/hello:1"));
+    }
+
+    #[test]
+    fn malformed_references_are_named_with_their_key() {
+        let message = HearthConfig::parse("[prewarm]\nimages = [\"Bad Ref\"]\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(message.contains("prewarm.images[0]"), "{message}");
+        let message = HearthConfig::parse(
+            "[[function]]\nname = \"a\"\nimage = \"x:y:z:w\"\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert!(message.contains("function[0].image"), "{message}");
     }
 
     #[test]

@@ -57,6 +57,15 @@ impl EngineSettings {
     }
 }
 
+impl Default for EngineSettings {
+    /// Settings for one function under default limits. Compiled code does
+    /// not depend on the limits, so this engine shares the on-disk compiled
+    /// cache with engines built for any limits.
+    fn default() -> Self {
+        EngineSettings::for_limits([&Limits::default()])
+    }
+}
+
 /// Core instances, memories and tables one component may use. Components made
 /// by componentize-py and jco contain many core instances (the adapter, the
 /// language runtime, libc), so these are generous.

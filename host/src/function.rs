@@ -14,7 +14,9 @@
 use crate::engine::{EngineSettings, HostEngine};
 use crate::limits::DeadlineExceeded;
 use crate::state::{FunctionEnv, FunctionState};
-use hearth_prewarm::{CompiledCache, CompiledFunction, LoadError};
+use crate::distribution::{CacheSettings, PullPolicy};
+use hearth_prewarm::artifact_cache::{CachedFunction, PullError};
+use hearth_prewarm::{ArtifactCache, CompiledCache, CompiledFunction, CompiledStore, LoadError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,6 +72,32 @@ pub enum FunctionLoadError {
         /// wasmtime's description.
         detail: String,
     },
+    /// The function's image could not be pulled or read from the cache.
+    #[error("cannot load function `{function}` from {reference}: {source}")]
+    Pull {
+        /// The function's name.
+        function: String,
+        /// The image reference.
+        reference: String,
+        /// What went wrong.
+        source: PullError,
+    },
+    /// The host was built without caches, so it cannot load references.
+    #[error("cannot load function `{function}` from {reference}: this host has no artifact cache")]
+    NoArtifactCache {
+        /// The function's name.
+        function: String,
+        /// The image reference.
+        reference: String,
+    },
+    /// The cache directory could not be opened.
+    #[error("cannot open the cache at {}: {detail}", dir.display())]
+    Cache {
+        /// The cache root.
+        dir: PathBuf,
+        /// Why.
+        detail: String,
+    },
     /// Compilation was interrupted (the blocking task panicked or was cancelled).
     #[error("cannot load function `{function}`: compilation did not finish: {detail}")]
     Interrupted {
@@ -103,21 +131,114 @@ pub struct LifecycleExports {
     shutdown: ComponentExportIndex,
 }
 
-/// The process-wide host: one engine, one linker, one compiled cache.
+/// The process-wide host: one engine, one linker, one compiled cache, and
+/// (with [`Host::with_caches`]) the on-disk caches.
 pub struct Host {
     engine: HostEngine,
     compiled: CompiledCache<FunctionState>,
+    artifacts: Option<ArtifactCache>,
 }
 
 impl Host {
-    /// A host whose engine can serve functions within `settings`.
+    /// A host whose engine can serve functions within `settings`, with an
+    /// in-memory compiled cache only: it loads files, not references.
     pub fn new(settings: &EngineSettings) -> wasmtime::Result<Arc<Self>> {
+        let (engine, compiled) = Self::engine_and_cache(settings)?;
+        Ok(Arc::new(Host {
+            engine,
+            compiled,
+            artifacts: None,
+        }))
+    }
+
+    /// A host that also keeps compiled code on disk and pulls references
+    /// through the artifact cache, both under `caches.dir`.
+    pub fn with_caches(
+        settings: &EngineSettings,
+        caches: &CacheSettings,
+    ) -> Result<Arc<Self>, FunctionLoadError> {
+        let cache_error = |detail: String| FunctionLoadError::Cache {
+            dir: caches.dir.clone(),
+            detail,
+        };
+        let (engine, compiled) =
+            Self::engine_and_cache(settings).map_err(|e| cache_error(format!("{e:#}")))?;
+        let store = CompiledStore::open(&caches.dir, engine.engine())
+            .map_err(|e| cache_error(e.to_string()))?;
+        let artifacts = ArtifactCache::open(
+            &caches.dir,
+            caches.max_artifact_bytes,
+            caches.registry.clone(),
+        )
+        .map_err(|e| cache_error(e.to_string()))?;
+        Ok(Arc::new(Host {
+            engine,
+            compiled: compiled.with_store(store),
+            artifacts: Some(artifacts),
+        }))
+    }
+
+    fn engine_and_cache(
+        settings: &EngineSettings,
+    ) -> wasmtime::Result<(HostEngine, CompiledCache<FunctionState>)> {
         let engine = HostEngine::new(settings)?;
         let mut linker = Linker::<FunctionState>::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         let compiled = CompiledCache::new(engine.engine().clone(), linker);
-        Ok(Arc::new(Host { engine, compiled }))
+        Ok((engine, compiled))
+    }
+
+    /// The artifact cache, when the host was built with one.
+    pub fn artifacts(&self) -> Option<&ArtifactCache> {
+        self.artifacts.as_ref()
+    }
+
+    /// Fetches `reference` into the artifact cache per `policy` and returns
+    /// the entry and the verified component bytes.
+    pub async fn fetch_image(
+        &self,
+        function: &str,
+        reference: &str,
+        policy: PullPolicy,
+    ) -> Result<(CachedFunction, Vec<u8>), FunctionLoadError> {
+        let pull_error = |source| FunctionLoadError::Pull {
+            function: function.to_string(),
+            reference: reference.to_string(),
+            source,
+        };
+        let Some(artifacts) = &self.artifacts else {
+            return Err(FunctionLoadError::NoArtifactCache {
+                function: function.to_string(),
+                reference: reference.to_string(),
+            });
+        };
+        let entry = match policy {
+            PullPolicy::Missing => artifacts.get_or_pull(reference).await,
+            PullPolicy::Always => artifacts.pull(reference).await,
+        }
+        .map_err(pull_error)?;
+        let bytes = match artifacts.read_wasm(&entry) {
+            Ok(bytes) => bytes,
+            // The blob was damaged on disk and has been removed: fetch it again.
+            Err(damaged) => {
+                tracing::warn!(%reference, "{damaged}; pulling again");
+                let entry = artifacts.pull(reference).await.map_err(pull_error)?;
+                artifacts.read_wasm(&entry).map_err(pull_error)?
+            }
+        };
+        Ok((entry, bytes))
+    }
+
+    /// Loads the function at `reference` (see [`Host::fetch_image`]).
+    pub async fn load_image(
+        self: &Arc<Self>,
+        env: FunctionEnv,
+        reference: &str,
+        policy: PullPolicy,
+    ) -> Result<Arc<Function>, FunctionLoadError> {
+        let (_, bytes) = self.fetch_image(&env.name, reference, policy).await?;
+        self.load(env, bytes).await
     }
 
     /// The engine.

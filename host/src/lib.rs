@@ -16,9 +16,10 @@
 //! Module map: [`engine`] (engine and epoch clock), [`function`] (loading and
 //! instances), [`http`] (the HTTP trigger), [`job`] (the job world),
 //! [`limits`], [`invocation_error`] (what callers see when things fail),
-//! [`config`] (`hearth.toml`), [`guest_output`] (guest stdout/stderr to logs).
+//! [`config`] (`hearth.toml`), [`distribution`] (files, references and the caches), [`guest_output`] (guest stdout/stderr to logs).
 
 pub mod config;
+pub mod distribution;
 pub mod engine;
 pub mod function;
 pub mod guest_output;
@@ -29,6 +30,7 @@ pub mod limits;
 pub mod logging;
 pub mod state;
 
+pub use distribution::{CacheSettings, FunctionSource, PullPolicy};
 pub use engine::{Allocation, EngineSettings, HostEngine};
 pub use function::{Function, FunctionKind, FunctionLoadError, Host};
 pub use invocation_error::InvocationError;

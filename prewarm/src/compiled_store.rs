@@ -184,6 +184,25 @@ impl CompiledStore {
         )
     }
 
+    /// Removes the entries of every other engine fingerprint (left by other
+    /// wasmtime versions or settings). Returns how many fingerprints went.
+    pub fn remove_other_engines(&self) -> io::Result<usize> {
+        let compiled = self.dir.parent().expect("the store dir has a parent");
+        let mut removed = 0;
+        for entry in fs::read_dir(compiled)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == "tmp" || name.to_string_lossy() == self.fingerprint {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                fs::remove_dir_all(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Number of entries and their total object size in bytes.
     pub fn usage(&self) -> io::Result<(usize, u64)> {
         let mut entries = 0;

@@ -1,13 +1,24 @@
-//! `hearth`: run a function locally.
+//! `hearth`: run, push and pull functions.
 //!
 //! ```text
-//! hearth run hello.wasm                    # a service: serves 127.0.0.1:$PORT (8080)
-//! hearth run job.wasm --env MODE=fail      # a job: exits with the job's status
+//! hearth run hello.wasm                         # a service: serves 127.0.0.1:$PORT (8080)
+//! hearth run job.wasm --env MODE=fail           # a job: exits with the job's status
+//! hearth push hello.wasm 127.0.0.1:5000/hello:1 # the OCI image form (--artifact: CNCF artifact)
+//! hearth pull 127.0.0.1:5000/hello:1            # into the caches, compiled and ready
+//! hearth run 127.0.0.1:5000/hello:1             # straight from a registry reference
+//! hearth cache ls | hearth cache gc
 //! ```
+//!
+//! Every command shares the caches under `--cache-dir` (see
+//! `hearth_host::distribution` for the default).
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
-use hearth_host::{EngineSettings, FunctionEnv, Host, Limits};
+use clap::{Args, Parser, Subcommand};
+use hearth_host::distribution::{CacheSettings, DEFAULT_ARTIFACT_CACHE_BYTES, default_cache_dir};
+use hearth_host::{EngineSettings, FunctionEnv, FunctionSource, Host, Limits, PullPolicy};
+use hearth_prewarm::image::{self, ImageForm};
+use hearth_prewarm::registry::{RegistryClient, RegistrySettings, parse_reference};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,14 +37,70 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a component: serve it if it is a service, run it to completion if it is a job.
+    /// Run a component (a file or an image reference): serve it if it is a
+    /// service, run it to completion if it is a job.
     Run(RunArgs),
+    /// Push a component to a registry as an OCI image (or artifact).
+    Push(PushArgs),
+    /// Pull a reference into the artifact cache and precompile it.
+    Pull(PullArgs),
+    /// Inspect or clean the caches.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// List cached references and compiled entries.
+    Ls(CacheArgs),
+    /// Remove incomplete entries, unreferenced blobs and crash leftovers,
+    /// evict to the size bound, and drop compiled code of other engines.
+    Gc(CacheArgs),
+}
+
+/// Where the caches are and how registries are reached.
+#[derive(Args, Clone)]
+struct CacheArgs {
+    /// The cache root [default: $HEARTH_CACHE_DIR, /var/lib/hearth for root, else ~/.cache/hearth].
+    #[arg(long, env = "HEARTH_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Bound of the artifact cache in bytes; least recently used references are evicted.
+    #[arg(long, default_value_t = DEFAULT_ARTIFACT_CACHE_BYTES)]
+    cache_max_bytes: u64,
+    /// A registry (host[:port]) to reach over plain HTTP; loopback registries always are. May repeat.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
+    /// Largest layer accepted, in bytes.
+    #[arg(long, default_value_t = RegistrySettings::default().max_layer_bytes)]
+    max_layer_bytes: u64,
+}
+
+impl CacheArgs {
+    fn settings(&self) -> CacheSettings {
+        CacheSettings {
+            dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
+            max_artifact_bytes: self.cache_max_bytes,
+            registry: RegistrySettings {
+                insecure_registries: self.insecure_registries.clone(),
+                max_layer_bytes: self.max_layer_bytes,
+                progress: std::io::stderr().is_terminal(),
+                ..RegistrySettings::default()
+            },
+        }
+    }
 }
 
 #[derive(Parser)]
 struct RunArgs {
-    /// The component file (.wasm).
-    file: PathBuf,
+    /// The component: a .wasm file or an image reference (registry/repository:tag).
+    function: String,
+    /// When to contact the registry for a reference.
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pull: PullPolicy,
+    #[command(flatten)]
+    cache: CacheArgs,
     /// Address to serve on [default: 127.0.0.1:$PORT, or 127.0.0.1:8080].
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -61,6 +128,31 @@ struct RunArgs {
     args: Vec<String>,
 }
 
+#[derive(Parser)]
+struct PushArgs {
+    /// The component file.
+    file: PathBuf,
+    /// Where to push it: registry/repository:tag.
+    reference: String,
+    /// Push the CNCF Wasm OCI artifact form instead of a runnable image.
+    /// containerd 1.6's CRI cannot unpack artifacts; Pods need the image form.
+    #[arg(long)]
+    artifact: bool,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+#[derive(Parser)]
+struct PullArgs {
+    /// The reference to pull.
+    reference: String,
+    /// Only fetch; do not precompile.
+    #[arg(long)]
+    no_compile: bool,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
 fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
@@ -83,6 +175,14 @@ async fn main() {
     hearth_host::logging::init();
     let code = match Cli::parse().command {
         Command::Run(args) => run(args).await,
+        Command::Push(args) => push(args).await,
+        Command::Pull(args) => pull(args).await,
+        Command::Cache {
+            command: CacheCommand::Ls(args),
+        } => cache_ls(args),
+        Command::Cache {
+            command: CacheCommand::Gc(args),
+        } => cache_gc(args).await,
     };
     match code {
         Ok(code) => std::process::exit(code),
@@ -92,6 +192,109 @@ async fn main() {
             std::process::exit(2);
         }
     }
+}
+
+async fn push(args: PushArgs) -> Result<i32> {
+    let wasm = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    hearth_prewarm::check_is_component(&wasm)
+        .with_context(|| format!("refusing to push {}", args.file.display()))?;
+    let reference = parse_reference(&args.reference)?;
+    let form = if args.artifact {
+        ImageForm::Artifact
+    } else {
+        ImageForm::Image
+    };
+    let built = image::build(form, &wasm);
+    let client = RegistryClient::new(&reference, &args.cache.settings().registry);
+    let digest = client.push(&built).await?;
+    tracing::info!(reference = %reference.whole(), %digest, ?form, "pushed");
+    println!("{}@{digest}", reference.whole());
+    Ok(0)
+}
+
+async fn pull(args: PullArgs) -> Result<i32> {
+    let caches = args.cache.settings();
+    let host = Host::with_caches(&EngineSettings::default(), &caches)?;
+    let name = FunctionSource::Image(args.reference.clone()).default_name();
+    let (entry, bytes) = host
+        .fetch_image(&name, &args.reference, PullPolicy::Always)
+        .await?;
+    if !args.no_compile {
+        host.load(FunctionEnv::new(&name), bytes).await?;
+    }
+    println!(
+        "{} {} wasm {} ({:?} form, {} bytes){}",
+        entry.reference,
+        entry.manifest_digest,
+        entry.wasm_digest,
+        entry.form,
+        entry.size,
+        if args.no_compile { "" } else { ", compiled" }
+    );
+    Ok(0)
+}
+
+fn cache_ls(args: CacheArgs) -> Result<i32> {
+    let caches = args.settings();
+    let host = Host::with_caches(&EngineSettings::default(), &caches)?;
+    let artifacts = host.artifacts().expect("built with caches");
+    println!("cache: {}", caches.dir.display());
+    println!("REFERENCE\tFORM\tWASM\tBYTES\tLAST USED\tSTATE");
+    for entry in artifacts.list()? {
+        let age = entry
+            .last_used
+            .and_then(|t| t.elapsed().ok())
+            .map(|d| format!("{}s ago", d.as_secs()))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{}\t{:?}\t{}\t{}\t{}\t{}",
+            entry.reference,
+            entry.form,
+            &entry.wasm_digest[..entry.wasm_digest.len().min(19)],
+            entry.size,
+            age,
+            if artifacts.is_entry_complete(&entry) {
+                "complete"
+            } else {
+                "incomplete"
+            }
+        );
+    }
+    println!(
+        "artifacts: {} of {} bytes",
+        artifacts.total_bytes()?,
+        artifacts.max_bytes()
+    );
+    if let Some(store) = host.compiled().store() {
+        let (entries, bytes) = store.usage()?;
+        println!(
+            "compiled: {entries} entries, {bytes} bytes (engine {})",
+            store.fingerprint()
+        );
+    }
+    Ok(0)
+}
+
+async fn cache_gc(args: CacheArgs) -> Result<i32> {
+    let caches = args.settings();
+    let host = Host::with_caches(&EngineSettings::default(), &caches)?;
+    let report = host.artifacts().expect("built with caches").gc().await?;
+    let other_engines = host
+        .compiled()
+        .store()
+        .map(|store| store.remove_other_engines())
+        .transpose()?
+        .unwrap_or(0);
+    println!(
+        "evicted {} reference(s), dropped {} incomplete, removed {} unreferenced blob(s) and {} staging file(s), freed {} bytes; removed compiled code of {other_engines} other engine(s)",
+        report.evicted.len(),
+        report.incomplete.len(),
+        report.orphan_blobs,
+        report.stale_staging,
+        report.freed_bytes
+    );
+    Ok(0)
 }
 
 async fn run(args: RunArgs) -> Result<i32> {
@@ -106,11 +309,8 @@ async fn run(args: RunArgs) -> Result<i32> {
     if let Err(message) = limits.validate() {
         bail!("invalid limit: {message}");
     }
-    let name = args
-        .file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "function".into());
+    let source = FunctionSource::parse(&args.function);
+    let name = source.default_name();
     let mut guest_args = vec![name.clone()];
     guest_args.extend(args.args);
     let env = FunctionEnv {
@@ -120,8 +320,11 @@ async fn run(args: RunArgs) -> Result<i32> {
         allowed_outbound_hosts: Arc::from(args.allow_outbound),
         limits,
     };
-    let host = Host::new(&EngineSettings::for_limits([&limits]))?;
-    let function = host.load_file(env, &args.file).await?;
+    let host = Host::with_caches(&EngineSettings::for_limits([&limits]), &args.cache.settings())?;
+    let function = match &source {
+        FunctionSource::File(path) => host.load_file(env, path).await?,
+        FunctionSource::Image(reference) => host.load_image(env, reference, args.pull).await?,
+    };
     if !function.is_service() {
         let timeout = args.timeout_ms.map(Duration::from_millis);
         return Ok(match hearth_host::job::run_job(&function, timeout).await {

@@ -1,5 +1,10 @@
-//! `hearthd`: the node daemon. Serves every `[[function]]` in its config
-//! file, each on its own listener, until SIGTERM or SIGINT, then drains.
+//! `hearthd`: the node daemon. Pulls and precompiles `[prewarm] images`,
+//! then serves every `[[function]]` in its config file (from a file or an
+//! image), each on its own listener, until SIGTERM or SIGINT, then drains.
+//!
+//! A prewarm image that cannot be pulled or compiled is logged as an error
+//! and skipped: the node keeps serving the rest. A `[[function]]` that cannot
+//! be loaded stops start-up.
 //!
 //! ```text
 //! hearthd --config hearth.toml
@@ -8,7 +13,7 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use hearth_host::config::HearthConfig;
-use hearth_host::{EngineSettings, Host};
+use hearth_host::{EngineSettings, FunctionEnv, FunctionSource, Host, PullPolicy};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -36,18 +41,41 @@ async fn run(args: Args) -> Result<()> {
         None => HearthConfig::default(),
     };
     let limits = config.all_limits();
-    let host = Host::new(&EngineSettings::for_limits(&limits))?;
+    let caches = config.cache_settings();
+    let host = Host::with_caches(&EngineSettings::for_limits(&limits), &caches)?;
+    tracing::info!(cache = %caches.dir.display(), "caches opened");
+
+    for reference in &config.prewarm.images {
+        let name = FunctionSource::Image(reference.clone()).default_name();
+        match host
+            .load_image(FunctionEnv::new(&name), reference, PullPolicy::Missing)
+            .await
+        {
+            Ok(function) => tracing::info!(
+                %reference,
+                digest = %function.compiled().digest,
+                "prewarmed {reference}"
+            ),
+            Err(error) => tracing::error!(%reference, "prewarm of {reference} failed: {error}"),
+        }
+    }
 
     // Load everything before serving anything, so a bad function stops start-up.
     let mut servers = Vec::new();
     for function_config in &config.function {
         let env = function_config.function_env(config.limits);
-        let function = host.load_file(env, &function_config.path).await?;
+        let (function, origin) = match (&function_config.path, &function_config.image) {
+            (Some(path), _) => (host.load_file(env, path).await?, path.display().to_string()),
+            (None, Some(image)) => (
+                host.load_image(env, image, PullPolicy::Missing).await?,
+                image.clone(),
+            ),
+            (None, None) => unreachable!("validated: every function has a path or an image"),
+        };
         if !function.is_service() {
             anyhow::bail!(
-                "function `{}` ({}) is a job; [[function]] entries are served over HTTP. Run jobs with `hearth run`",
+                "function `{}` ({origin}) is a job; [[function]] entries are served over HTTP. Run jobs with `hearth run`",
                 function_config.name,
-                function_config.path.display()
             );
         }
         let listener = tokio::net::TcpListener::bind(function_config.listen)
