@@ -2,118 +2,15 @@
 //! lines, signals and configuration errors.
 
 use hearth_testkit::http::get;
-use std::io::{BufRead, BufReader};
+use hearth_testkit::process::{PATIENCE, Running, run_to_end};
+use hearth_testkit::registry::free_port;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const HEARTH: &str = env!("CARGO_BIN_EXE_hearth");
 const HEARTHD: &str = env!("CARGO_BIN_EXE_hearthd");
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A running binary whose stderr (the log) is collected line by line.
-struct Running {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Running {
-    fn start(command: &mut Command) -> Self {
-        let mut child = command
-            .env("HEARTH_LOG", "info")
-            .env_remove("PORT")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stdout.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        Running { child, log }
-    }
-
-    fn wait_for_line(&self, needle: &str) -> String {
-        let started = Instant::now();
-        loop {
-            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "no log line containing {needle:?}; log so far:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// The address from a "serving function `NAME` on http://ADDR" line.
-    fn serving_addr(&self, name: &str) -> SocketAddr {
-        let line = self.wait_for_line(&format!("serving function `{name}` on http://"));
-        let addr = line.split("on http://").nth(1).unwrap();
-        addr.split_whitespace().next().unwrap().parse().unwrap()
-    }
-
-    fn terminate(&mut self) -> ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        self.wait()
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader threads drain the pipes.
-                std::thread::sleep(Duration::from_millis(50));
-                return status;
-            }
-            if started.elapsed() > PATIENCE {
-                let _ = self.child.kill();
-                panic!("process did not exit; log:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn run_to_end(command: &mut Command) -> (ExitStatus, String) {
-    let mut running = Running::start(command);
-    let status = running.wait();
-    (status, running.log_text())
-}
 
 #[test]
 fn hearth_run_job_exits_with_its_status_and_logs_its_output() {

@@ -276,7 +276,7 @@ impl<T: 'static> CompiledCache<T> {
                     .map_err(classify_link_error)?;
                 self.disk_hits.fetch_add(1, Ordering::Relaxed);
                 let compile_time = started.elapsed();
-                tracing::debug!(%digest, ?compile_time, "loaded precompiled component from disk");
+                tracing::info!(%digest, ?compile_time, "loaded precompiled component from disk");
                 Ok(Some(CompiledFunction {
                     digest,
                     component,
@@ -301,7 +301,7 @@ impl<T: 'static> CompiledCache<T> {
             .instantiate_pre(&component)
             .map_err(classify_link_error)?;
         let compile_time = started.elapsed();
-        tracing::debug!(%digest, ?compile_time, "compiled component");
+        tracing::info!(%digest, ?compile_time, "compiled component");
         Ok(CompiledFunction {
             digest,
             component,
@@ -434,6 +434,83 @@ mod tests {
         bytes.truncate(bytes.len() - 3);
         let err = cache().get_or_compile(&bytes).err().unwrap();
         assert!(matches!(err, LoadError::Invalid(_)), "{err}");
+    }
+
+    fn cache_on_disk(dir: &std::path::Path) -> CompiledCache<()> {
+        let engine = Engine::new(&Config::new()).unwrap();
+        let store = CompiledStore::open(dir, &engine).unwrap();
+        CompiledCache::new(engine.clone(), Linker::new(&engine)).with_store(store)
+    }
+
+    const DISK_COMPONENT: &str = r#"(component (core module (func (export "f"))))"#;
+
+    #[test]
+    fn compiled_code_survives_a_new_cache_on_the_same_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = wat::parse_str(DISK_COMPONENT).unwrap();
+        let first = cache_on_disk(dir.path());
+        first.get_or_compile(&bytes).unwrap();
+        assert_eq!(first.stats().compiles, 1);
+        let restarted = cache_on_disk(dir.path());
+        restarted.get_or_compile(&bytes).unwrap();
+        assert_eq!(restarted.stats().compiles, 0);
+        assert_eq!(restarted.stats().disk_hits, 1);
+    }
+
+    #[test]
+    fn a_corrupt_compiled_entry_is_recompiled_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = wat::parse_str(DISK_COMPONENT).unwrap();
+        let first = cache_on_disk(dir.path());
+        first.get_or_compile(&bytes).unwrap();
+        let objects = first.store().unwrap().dir().join("objects");
+        for object in std::fs::read_dir(&objects).unwrap() {
+            let path = object.unwrap().path();
+            let mut content = std::fs::read(&path).unwrap();
+            let middle = content.len() / 2;
+            content[middle] ^= 0x55;
+            std::fs::write(&path, content).unwrap();
+        }
+        let second = cache_on_disk(dir.path());
+        second.get_or_compile(&bytes).unwrap();
+        assert_eq!(second.stats().disk_rejected, 1);
+        assert_eq!(second.stats().compiles, 1, "recompiled");
+        let third = cache_on_disk(dir.path());
+        third.get_or_compile(&bytes).unwrap();
+        assert_eq!(third.stats().disk_hits, 1, "the entry was replaced");
+    }
+
+    #[test]
+    fn a_truncated_or_dangling_entry_is_recompiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = wat::parse_str(DISK_COMPONENT).unwrap();
+        cache_on_disk(dir.path()).get_or_compile(&bytes).unwrap();
+        let engine = Engine::new(&Config::new()).unwrap();
+        let store = CompiledStore::open(dir.path(), &engine).unwrap();
+        for object in std::fs::read_dir(store.dir().join("objects")).unwrap() {
+            let path = object.unwrap().path();
+            let content = std::fs::read(&path).unwrap();
+            std::fs::write(&path, &content[..content.len() / 3]).unwrap();
+        }
+        let second = cache_on_disk(dir.path());
+        second.get_or_compile(&bytes).unwrap();
+        assert_eq!((second.stats().disk_rejected, second.stats().compiles), (1, 1));
+        for object in std::fs::read_dir(store.dir().join("objects")).unwrap() {
+            std::fs::remove_file(object.unwrap().path()).unwrap();
+        }
+        let third = cache_on_disk(dir.path());
+        third.get_or_compile(&bytes).unwrap();
+        assert_eq!((third.stats().disk_rejected, third.stats().compiles), (1, 1));
+    }
+
+    #[test]
+    fn engines_with_different_code_settings_do_not_share_entries() {
+        let plain = Engine::new(&Config::new()).unwrap();
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let with_epochs = Engine::new(&config).unwrap();
+        assert_ne!(engine_fingerprint(&plain), engine_fingerprint(&with_epochs));
+        assert_eq!(engine_fingerprint(&plain), engine_fingerprint(&Engine::new(&Config::new()).unwrap()));
     }
 
     #[test]

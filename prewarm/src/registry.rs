@@ -781,7 +781,7 @@ mod tests {
 
     #[test]
     fn malformed_references_are_rejected_with_the_expected_shape() {
-        for text in ["", " x", "UPPER/case:1", "a:b:c:d", "reg/x@sha256:short", "reg/x@md5:0123"] {
+        for text in ["", " x", "fn/hello:bad!tag", "Bad Ref", "a:b:c:d", "reg/x@sha256:short", "reg/x@md5:0123"] {
             let error = parse_reference(text).err().unwrap_or_else(|| panic!("`{text}` parsed"));
             assert!(error.to_string().contains("malformed image reference"), "{error}");
         }

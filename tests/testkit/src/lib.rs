@@ -4,10 +4,14 @@
 //!   wasm by this crate's build step (see `build.rs`), and
 //!   [`foreach_function!`], which lists them.
 //! * [`http`]: a minimal HTTP/1 client for talking to a function.
+//! * [`process`]: running Hearth's binaries and reading their logs.
+//! * [`registry`]: a real `docker-registry` on loopback, and a fault-injecting proxy.
 
 include!(concat!(env!("OUT_DIR"), "/functions.rs"));
 
 pub mod http;
+pub mod process;
+pub mod registry;
 
 /// Reads a built function's bytes.
 pub fn wasm_bytes(path: &str) -> Vec<u8> {

@@ -1,0 +1,137 @@
+//! Running Hearth's binaries in tests: spawn, collect the log line by line,
+//! wait for a line, signal, and reap. A process still running when its
+//! [`Running`] is dropped is killed.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for a process to log a line or to exit.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running binary whose stderr (the log) is collected line by line.
+pub struct Running {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    _cache_dir: Option<tempfile::TempDir>,
+}
+
+impl Running {
+    /// Spawns `command` with `HEARTH_LOG=info`, no `PORT`, and (unless the
+    /// command sets one) a private `HEARTH_CACHE_DIR` removed on drop.
+    pub fn start(command: &mut Command) -> Self {
+        let sets_cache = command
+            .get_envs()
+            .any(|(key, _)| key == "HEARTH_CACHE_DIR");
+        let cache_dir = (!sets_cache).then(|| tempfile::tempdir().expect("temp cache dir"));
+        if let Some(dir) = &cache_dir {
+            command.env("HEARTH_CACHE_DIR", dir.path());
+        }
+        let mut child = command
+            .env("HEARTH_LOG", "info")
+            .env_remove("PORT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Running {
+            child,
+            log,
+            _cache_dir: cache_dir,
+        }
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "no log line containing {needle:?}; log so far:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGKILL, as a crash would end it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The address from a "serving function `NAME` on http://ADDR" line.
+    pub fn serving_addr(&self, name: &str) -> SocketAddr {
+        let line = self.wait_for_line(&format!("serving function `{name}` on http://"));
+        let addr = line.split("on http://").nth(1).unwrap();
+        addr.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.wait()
+    }
+
+    /// Waits for the exit (at most [`PATIENCE`]).
+    pub fn wait(&mut self) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads drain the pipes.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            if started.elapsed() > PATIENCE {
+                let _ = self.child.kill();
+                panic!("process did not exit; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `command` to its end; its status and log.
+pub fn run_to_end(command: &mut Command) -> (ExitStatus, String) {
+    let mut running = Running::start(command);
+    let status = running.wait();
+    (status, running.log_text())
+}
+
