@@ -40,8 +40,8 @@
 
 use crate::distribution::{CacheSettings, DEFAULT_ARTIFACT_CACHE_BYTES, default_cache_dir};
 use crate::limits::Limits;
-use hearth_prewarm::registry::{RegistrySettings, parse_reference};
 use crate::state::FunctionEnv;
+use hearth_prewarm::registry::{RegistrySettings, parse_reference};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -250,10 +250,7 @@ impl HearthConfig {
                     parse_reference(image).map_err(|e| format!("{}: {e}", key("image")))?;
                 }
                 (Some(_), Some(_)) => {
-                    return Err(format!(
-                        "{}: give `path` or `image`, not both",
-                        key("path")
-                    ));
+                    return Err(format!("{}: give `path` or `image`, not both", key("path")));
                 }
                 (None, None) => {
                     return Err(format!(
@@ -279,7 +276,10 @@ impl HearthConfig {
             max_artifact_bytes: self.cache.max_bytes.unwrap_or(DEFAULT_ARTIFACT_CACHE_BYTES),
             registry: RegistrySettings {
                 insecure_registries: self.registry.insecure.clone(),
-                max_layer_bytes: self.registry.max_layer_bytes.unwrap_or(defaults.max_layer_bytes),
+                max_layer_bytes: self
+                    .registry
+                    .max_layer_bytes
+                    .unwrap_or(defaults.max_layer_bytes),
                 ..defaults
             },
         }
@@ -392,7 +392,10 @@ listen = "127.0.0.1:18080"
         assert_eq!(caches.dir, dir.path().join("cache"));
         assert_eq!(caches.max_artifact_bytes, 1000);
         assert_eq!(caches.registry.insecure_registries, ["registry.lan:5000"]);
-        assert_eq!(config.function[0].image.as_deref(), Some("127.0.0.1:5000/fn/hello:1"));
+        assert_eq!(
+            config.function[0].image.as_deref(),
+            Some("127.0.0.1:5000/fn/hello:1")
+        );
     }
 
     #[test]

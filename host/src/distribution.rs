@@ -126,8 +126,17 @@ mod tests {
             FunctionSource::parse("127.0.0.1:5000/fn/hello:1"),
             FunctionSource::Image("127.0.0.1:5000/fn/hello:1".into())
         );
-        assert_eq!(FunctionSource::parse("127.0.0.1:5000/fn/hello:1").default_name(), "hello");
-        assert_eq!(FunctionSource::parse("reg/fn/echo@sha256:00").default_name(), "echo");
-        assert_eq!(FunctionSource::parse("x/job-exit.wasm").default_name(), "job-exit");
+        assert_eq!(
+            FunctionSource::parse("127.0.0.1:5000/fn/hello:1").default_name(),
+            "hello"
+        );
+        assert_eq!(
+            FunctionSource::parse("reg/fn/echo@sha256:00").default_name(),
+            "echo"
+        );
+        assert_eq!(
+            FunctionSource::parse("x/job-exit.wasm").default_name(),
+            "job-exit"
+        );
     }
 }

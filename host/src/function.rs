@@ -11,10 +11,10 @@
 //! are bounded by `max_concurrent_instances`; a request waits for a slot at
 //! most until its deadline.
 
+use crate::distribution::{CacheSettings, PullPolicy};
 use crate::engine::{EngineSettings, HostEngine};
 use crate::limits::DeadlineExceeded;
 use crate::state::{FunctionEnv, FunctionState};
-use crate::distribution::{CacheSettings, PullPolicy};
 use hearth_prewarm::artifact_cache::{CachedFunction, PullError};
 use hearth_prewarm::{ArtifactCache, CompiledCache, CompiledFunction, CompiledStore, LoadError};
 use std::path::{Path, PathBuf};

@@ -86,7 +86,13 @@ fn serve_and_get(scratch: &Scratch, reference: &str, extra: &[&str]) -> (Running
     let name = hearth_host::FunctionSource::parse(reference).default_name();
     let addr = running.serving_addr(&name);
     let reply = tokio_block_on(get(addr, "/")).expect("GET /");
-    assert_eq!(reply.status, 200, "{}\nlog:\n{}", reply.text(), running.log_text());
+    assert_eq!(
+        reply.status,
+        200,
+        "{}\nlog:\n{}",
+        reply.text(),
+        running.log_text()
+    );
     (running, reply.text())
 }
 
@@ -114,11 +120,17 @@ fn push_pull_and_run_round_trip_in_both_forms() {
 
         let (code, log) = scratch.run(&["pull", &reference]);
         assert_eq!(code, 0, "{log}");
-        assert!(log.contains(&expected_digest) && log.contains("compiled"), "{log}");
+        assert!(
+            log.contains(&expected_digest) && log.contains("compiled"),
+            "{log}"
+        );
 
         let (code, listing) = scratch.run(&["cache", "ls"]);
         assert_eq!(code, 0, "{listing}");
-        assert!(listing.contains(&reference) && listing.contains("complete"), "{listing}");
+        assert!(
+            listing.contains(&reference) && listing.contains("complete"),
+            "{listing}"
+        );
         assert!(listing.contains("compiled: 1 entries"), "{listing}");
 
         let (_server, body) = serve_and_get(&scratch, &reference, &[]);
@@ -193,7 +205,8 @@ async fn cache_hits_misses_and_evicts_the_least_recently_used() {
         })
         .collect();
     // Measure each entry's size with an unbounded cache.
-    let measure = Scratch::new().artifact_cache(u64::MAX);
+    let measuring = Scratch::new();
+    let measure = measuring.artifact_cache(u64::MAX);
     let mut sizes = Vec::new();
     for reference in &references {
         sizes.push(measure.pull(reference).await.unwrap().size);
@@ -218,7 +231,10 @@ async fn cache_hits_misses_and_evicts_the_least_recently_used() {
     cache.get_or_pull(lifecycle).await.unwrap();
 
     assert_eq!(cache.stats().evictions, 1);
-    assert!(cache.lookup(echo).unwrap().is_none(), "echo was least recently used");
+    assert!(
+        cache.lookup(echo).unwrap().is_none(),
+        "echo was least recently used"
+    );
     assert!(cache.lookup(hello).unwrap().is_some());
     assert!(cache.lookup(lifecycle).unwrap().is_some());
     assert!(cache.total_bytes().unwrap() <= bound);
@@ -239,8 +255,14 @@ fn a_restart_keeps_both_caches() {
     let (server, body) = serve_and_get(&scratch, &reference, &[]);
     assert!(body.contains("Hello"), "{body}");
     let log = server.log_text();
-    assert!(log.contains("loaded precompiled component from disk"), "{log}");
-    assert!(!log.contains("compiled component\n") && !log.contains(" compiled component"), "{log}");
+    assert!(
+        log.contains("loaded precompiled component from disk"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("compiled component\n") && !log.contains(" compiled component"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,7 +289,11 @@ async fn concurrent_pulls_of_one_reference_fetch_each_blob_once() {
     let mut second = Running::start(shared.hearth().args(["pull", "--no-compile", &reference]));
     assert!(first.wait().success(), "{}", first.log_text());
     assert!(second.wait().success(), "{}", second.log_text());
-    assert_eq!(registry.blob_gets(&layer), 2, "one more GET for the second cache dir");
+    assert_eq!(
+        registry.blob_gets(&layer),
+        2,
+        "one more GET for the second cache dir"
+    );
     assert_eq!(registry.blob_gets(&config), 2);
 }
 
@@ -297,8 +323,16 @@ fn hearthd_prewarms_images_so_first_use_is_a_cache_hit() {
     hearthd.wait_for_line("hearthd ready");
     let log = hearthd.log_text();
     assert!(log.contains(&format!("prewarmed {reference}")), "{log}");
-    assert_eq!(log.matches("compiled component").count(), 1, "compiled once, at prewarm:\n{log}");
-    assert_eq!(log.matches("pulled").count(), 1, "pulled once, at prewarm:\n{log}");
+    assert_eq!(
+        log.matches("compiled component").count(),
+        1,
+        "compiled once, at prewarm:\n{log}"
+    );
+    assert_eq!(
+        log.matches("pulled").count(),
+        1,
+        "pulled once, at prewarm:\n{log}"
+    );
     let addr = hearthd.serving_addr("hello");
     let reply = tokio_block_on(get(addr, "/")).unwrap();
     assert_eq!(reply.status, 200);
@@ -307,7 +341,10 @@ fn hearthd_prewarms_images_so_first_use_is_a_cache_hit() {
 // ---- bad input: each case is named, logged, and leaves nothing cached ----
 
 fn assert_nothing_cached(cache: &ArtifactCache, reference: &str) {
-    assert!(cache.lookup(reference).unwrap().is_none(), "{reference} was cached");
+    assert!(
+        cache.lookup(reference).unwrap().is_none(),
+        "{reference} was cached"
+    );
     assert!(cache.list().unwrap().is_empty(), "an entry was written");
 }
 
@@ -327,11 +364,16 @@ async fn a_manifest_that_does_not_match_its_digest_is_refused() {
     for pulled in [&reference, &digest_ref] {
         let error = cache.pull(pulled).await.unwrap_err();
         let message = error.to_string();
-        assert!(message.to_lowercase().contains("digest"), "{pulled}: {message}");
+        assert!(
+            message.to_lowercase().contains("digest"),
+            "{pulled}: {message}"
+        );
         assert!(
             matches!(
                 error,
-                PullError::Registry(RegistryError::DigestMismatch { .. } | RegistryError::Protocol { .. })
+                PullError::Registry(
+                    RegistryError::DigestMismatch { .. } | RegistryError::Protocol { .. }
+                )
             ),
             "{message}"
         );
@@ -356,7 +398,9 @@ async fn a_tampered_layer_is_refused_and_never_cached() {
     let cache = scratch.artifact_cache(u64::MAX);
     let error = cache.pull(&reference).await.unwrap_err();
     match &error {
-        PullError::Registry(RegistryError::DigestMismatch { expected, .. }) => assert_eq!(expected, layer),
+        PullError::Registry(RegistryError::DigestMismatch { expected, .. }) => {
+            assert_eq!(expected, layer)
+        }
         other => panic!("expected a digest mismatch, got {other}"),
     }
     assert_nothing_cached(&cache, &reference);
@@ -393,8 +437,8 @@ async fn an_image_with_no_wasm_is_named() {
     let reference = registry.reference("app/shell", "1");
     let mut built = image::build(ImageForm::Image, b"#!/bin/sh\necho not wasm\n");
     built.config = {
-        let bytes =
-            br#"{"os":"linux","architecture":"amd64","config":{"Entrypoint":["/bin/sh"]}}"#.to_vec();
+        let bytes = br#"{"os":"linux","architecture":"amd64","config":{"Entrypoint":["/bin/sh"]}}"#
+            .to_vec();
         let mut config = built.config.clone();
         config.descriptor.digest = image::sha256_digest(&bytes);
         config.descriptor.size = bytes.len() as u64;
@@ -409,7 +453,10 @@ async fn an_image_with_no_wasm_is_named() {
 
     let (code, log) = scratch.run(&["run", &reference]);
     assert_eq!(code, 2, "{log}");
-    assert!(log.contains("holds no WebAssembly") && log.contains(&reference), "{log}");
+    assert!(
+        log.contains("holds no WebAssembly") && log.contains(&reference),
+        "{log}"
+    );
     assert!(log.contains("linux"), "{log}");
     assert_nothing_cached(&scratch.artifact_cache(u64::MAX), &reference);
 }
@@ -423,7 +470,9 @@ fn a_layer_over_the_size_limit_is_refused_before_download() {
     let (code, log) = scratch.run(&["pull", "--max-layer-bytes", "1000", &reference]);
     assert_eq!(code, 2, "{log}");
     assert!(log.contains("over the limit of 1000 bytes"), "{log}");
-    let layer = &image::build(ImageForm::Image, &wasm_bytes(HELLO)).layers[0].descriptor.digest;
+    let layer = &image::build(ImageForm::Image, &wasm_bytes(HELLO)).layers[0]
+        .descriptor
+        .digest;
     assert_eq!(registry.blob_gets(layer), 0, "refused before download");
 }
 
@@ -455,7 +504,10 @@ fn a_registry_that_goes_down_mid_session_is_named_and_the_cache_still_serves() {
     registry.stop();
     let (code, log) = scratch.run(&["pull", &uncached]);
     assert_eq!(code, 2, "{log}");
-    assert!(log.contains(&format!("registry {} is unreachable", registry.addr)), "{log}");
+    assert!(
+        log.contains(&format!("registry {} is unreachable", registry.addr)),
+        "{log}"
+    );
     let (_server, body) = serve_and_get(&scratch, &cached, &[]);
     assert!(body.contains("Hello"), "{body}");
 }
@@ -469,7 +521,10 @@ fn refused_access_names_the_registry_and_where_credentials_come_from() {
     // Anonymous: 401, naming the registry and the docker config.
     let (code, log) = scratch.run(&["push", HELLO, &reference]);
     assert_eq!(code, 2, "{log}");
-    assert!(log.contains(&format!("registry {} refused access (401", registry.addr)), "{log}");
+    assert!(
+        log.contains(&format!("registry {} refused access (401", registry.addr)),
+        "{log}"
+    );
     assert!(log.contains("config.json"), "{log}");
 
     // With credentials in the docker config: basic auth works both ways.
@@ -488,14 +543,25 @@ fn refused_access_names_the_registry_and_where_credentials_come_from() {
     let via_proxy = format!("{}/private/hello:1", proxy.addr);
     let (code, log) = scratch.run(&["pull", &via_proxy]);
     assert_eq!(code, 2, "{log}");
-    assert!(log.contains(&format!("registry {} refused access (403 Forbidden)", proxy.addr)), "{log}");
+    assert!(
+        log.contains(&format!(
+            "registry {} refused access (403 Forbidden)",
+            proxy.addr
+        )),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_download_is_retried_then_refused() {
     let registry = Registry::start();
     let scratch = Scratch::new();
-    push(&scratch, HELLO, &registry.reference("fn/hello", "1"), ImageForm::Image);
+    push(
+        &scratch,
+        HELLO,
+        &registry.reference("fn/hello", "1"),
+        ImageForm::Image,
+    );
     let proxy = FaultProxy::start(&registry.addr, Fault::TruncateBlobs);
     let reference = format!("{}/fn/hello:1", proxy.addr);
 
@@ -528,7 +594,12 @@ fn a_malformed_reference_is_named() {
 fn a_crash_mid_pull_leaves_no_entry_that_reads_as_valid() {
     let registry = Registry::start();
     let scratch = Scratch::new();
-    push(&scratch, HELLO, &registry.reference("fn/hello", "1"), ImageForm::Image);
+    push(
+        &scratch,
+        HELLO,
+        &registry.reference("fn/hello", "1"),
+        ImageForm::Image,
+    );
     let proxy = FaultProxy::start(&registry.addr, Fault::StallBlobs);
     let reference = format!("{}/fn/hello:1", proxy.addr);
 
@@ -537,12 +608,19 @@ fn a_crash_mid_pull_leaves_no_entry_that_reads_as_valid() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let partial = std::fs::read_dir(&staging)
-            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".partial")))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            })
             .unwrap_or(false);
         if partial {
             break;
         }
-        assert!(Instant::now() < deadline, "no download started:\n{}", pull.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no download started:\n{}",
+            pull.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     pull.kill();

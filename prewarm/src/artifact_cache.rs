@@ -136,7 +136,11 @@ pub struct ArtifactCache {
 impl ArtifactCache {
     /// Opens (creating) the cache under `root`, bounded to `max_bytes` of
     /// blobs, reaching registries with `settings`.
-    pub fn open(root: &Path, max_bytes: u64, settings: RegistrySettings) -> Result<Self, PullError> {
+    pub fn open(
+        root: &Path,
+        max_bytes: u64,
+        settings: RegistrySettings,
+    ) -> Result<Self, PullError> {
         let base = root.join("artifacts");
         let cache = ArtifactCache {
             blobs: base.join("blobs").join("sha256"),
@@ -179,12 +183,15 @@ impl ArtifactCache {
 
     fn blob_path(&self, digest: &str) -> Option<PathBuf> {
         let hex = digest.strip_prefix("sha256:")?;
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| self.blobs.join(hex))
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.blobs.join(hex))
     }
 
     fn entry_path(&self, reference: &str) -> PathBuf {
-        self.refs
-            .join(format!("{}.json", hex::encode(Sha256::digest(reference.as_bytes()))))
+        self.refs.join(format!(
+            "{}.json",
+            hex::encode(Sha256::digest(reference.as_bytes()))
+        ))
     }
 
     fn read_entry(&self, path: &Path) -> Option<CachedFunction> {
@@ -238,7 +245,10 @@ impl ArtifactCache {
         let waiting_since = SystemTime::now();
 
         let in_process = {
-            let mut locks = self.in_process_locks.lock().unwrap_or_else(|e| e.into_inner());
+            let mut locks = self
+                .in_process_locks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             locks.entry(key.clone()).or_default().clone()
         };
         let _in_process = in_process.lock().await;
@@ -270,7 +280,11 @@ impl ArtifactCache {
         })
     }
 
-    async fn pull_locked(&self, client: &RegistryClient, key: &str) -> Result<CachedFunction, PullError> {
+    async fn pull_locked(
+        &self,
+        client: &RegistryClient,
+        key: &str,
+    ) -> Result<CachedFunction, PullError> {
         let fetched = client.fetch_manifest(client.reference()).await?;
         self.manifest_fetches.fetch_add(
             if fetched.digest == client.reference().digest().unwrap_or(&fetched.digest) {
@@ -340,11 +354,20 @@ impl ArtifactCache {
     }
 
     /// Makes sure the blob is cached, downloading and verifying it if not.
-    async fn ensure_blob(&self, client: &RegistryClient, descriptor: &Descriptor) -> Result<PathBuf, PullError> {
-        let path = self.blob_path(&descriptor.digest).ok_or_else(|| RegistryError::Protocol {
-            registry: client.registry().to_string(),
-            detail: format!("a descriptor with an unsupported digest `{}`", descriptor.digest),
-        })?;
+    async fn ensure_blob(
+        &self,
+        client: &RegistryClient,
+        descriptor: &Descriptor,
+    ) -> Result<PathBuf, PullError> {
+        let path = self
+            .blob_path(&descriptor.digest)
+            .ok_or_else(|| RegistryError::Protocol {
+                registry: client.registry().to_string(),
+                detail: format!(
+                    "a descriptor with an unsupported digest `{}`",
+                    descriptor.digest
+                ),
+            })?;
         if path.is_file() {
             return Ok(path);
         }
@@ -368,10 +391,12 @@ impl ArtifactCache {
     /// damaged blob is removed (so the next pull fetches it again) and
     /// reported.
     pub fn read_wasm(&self, entry: &CachedFunction) -> Result<Vec<u8>, PullError> {
-        let path = self.blob_path(&entry.wasm_digest).ok_or_else(|| RegistryError::Protocol {
-            registry: "(cache)".into(),
-            detail: format!("entry with unsupported digest {}", entry.wasm_digest),
-        })?;
+        let path = self
+            .blob_path(&entry.wasm_digest)
+            .ok_or_else(|| RegistryError::Protocol {
+                registry: "(cache)".into(),
+                detail: format!("entry with unsupported digest {}", entry.wasm_digest),
+            })?;
         let bytes = fs::read(&path).map_err(io_error(&path))?;
         let actual = image::sha256_digest(&bytes);
         if actual != entry.wasm_digest {
@@ -429,7 +454,10 @@ impl ArtifactCache {
         let mut entries = self.list()?;
         // Oldest last, so pop() yields the least recently used.
         while total > self.max_bytes {
-            let Some(victim_index) = entries.iter().rposition(|e| Some(e.reference.as_str()) != keep) else {
+            let Some(victim_index) = entries
+                .iter()
+                .rposition(|e| Some(e.reference.as_str()) != keep)
+            else {
                 tracing::warn!(
                     reference = keep.unwrap_or(""),
                     total,
@@ -505,7 +533,11 @@ impl ArtifactCache {
             .open(&path)
             .map_err(io_error(&path))?;
         let locked = tokio::task::spawn_blocking(move || {
-            let result = if exclusive { file.lock() } else { file.lock_shared() };
+            let result = if exclusive {
+                file.lock()
+            } else {
+                file.lock_shared()
+            };
             result.map(|()| file)
         })
         .await
@@ -515,5 +547,7 @@ impl ArtifactCache {
 }
 
 fn unix_millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
 }

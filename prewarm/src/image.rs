@@ -52,7 +52,12 @@ pub const WASM_LAYER: &str = "application/wasm";
 pub const LEGACY_WASM_LAYER: &str = "application/vnd.wasm.content.layer.v1+wasm";
 
 /// Every manifest media type a pull accepts.
-pub const ACCEPTED_MANIFESTS: &[&str] = &[OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_MANIFEST_LIST];
+pub const ACCEPTED_MANIFESTS: &[&str] = &[
+    OCI_MANIFEST,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    DOCKER_MANIFEST_LIST,
+];
 
 /// Where the image form puts the component, and its entrypoint.
 pub const IMAGE_WASM_PATH: &str = "/function.wasm";
@@ -117,15 +122,18 @@ pub struct Manifest {
 impl Manifest {
     /// Whether this is an index of per-platform manifests.
     pub fn is_index(&self) -> bool {
-        matches!(self.media_type.as_deref(), Some(OCI_INDEX | DOCKER_MANIFEST_LIST))
-            || (self.config.is_none() && !self.manifests.is_empty())
+        matches!(
+            self.media_type.as_deref(),
+            Some(OCI_INDEX | DOCKER_MANIFEST_LIST)
+        ) || (self.config.is_none() && !self.manifests.is_empty())
     }
 
     /// The index entry for a wasm platform (`wasip2`/`wasi` on `wasm`).
     pub fn wasm_platform_entry(&self) -> Option<&Descriptor> {
         self.manifests.iter().find(|entry| {
             entry.platform.as_ref().is_some_and(|platform| {
-                platform.architecture == "wasm" && matches!(platform.os.as_str(), "wasip2" | "wasip1" | "wasi")
+                platform.architecture == "wasm"
+                    && matches!(platform.os.as_str(), "wasip2" | "wasip1" | "wasi")
             })
         })
     }
@@ -214,11 +222,19 @@ pub fn wasm_location(
     manifest: &Manifest,
     config: &[u8],
 ) -> Result<WasmLocation, ImageError> {
-    if let Some(layer) = manifest.layers.iter().find(|l| is_wasm_layer(&l.media_type)) {
+    if let Some(layer) = manifest
+        .layers
+        .iter()
+        .find(|l| is_wasm_layer(&l.media_type))
+    {
         return Ok(WasmLocation::Layer(layer.clone()));
     }
     let describe_layers = || {
-        let types: Vec<&str> = manifest.layers.iter().map(|l| l.media_type.as_str()).collect();
+        let types: Vec<&str> = manifest
+            .layers
+            .iter()
+            .map(|l| l.media_type.as_str())
+            .collect();
         format!("layers [{}]", types.join(", "))
     };
     let tar_layers: Vec<Descriptor> = manifest
@@ -230,14 +246,18 @@ pub fn wasm_location(
     if tar_layers.is_empty() {
         return Err(ImageError::NoWasm {
             reference: reference.to_string(),
-            detail: format!("no application/wasm layer and no filesystem layer; {}", describe_layers()),
+            detail: format!(
+                "no application/wasm layer and no filesystem layer; {}",
+                describe_layers()
+            ),
         });
     }
-    let parsed: ImageConfig = serde_json::from_slice(config).map_err(|error| ImageError::Malformed {
-        reference: reference.to_string(),
-        what: "config",
-        detail: error.to_string(),
-    })?;
+    let parsed: ImageConfig =
+        serde_json::from_slice(config).map_err(|error| ImageError::Malformed {
+            reference: reference.to_string(),
+            what: "config",
+            detail: error.to_string(),
+        })?;
     let inner = parsed.config.unwrap_or_default();
     let program = inner
         .entrypoint
@@ -277,7 +297,9 @@ pub fn extract_from_layers<'a>(
             Box::new(bytes)
         };
         let mut archive = tar::Archive::new(reader);
-        let entries = archive.entries().map_err(|e| malformed_layer(reference, e))?;
+        let entries = archive
+            .entries()
+            .map_err(|e| malformed_layer(reference, e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| malformed_layer(reference, e))?;
             let entry_path = entry.path().map_err(|e| malformed_layer(reference, e))?;
@@ -376,15 +398,22 @@ fn build_image_form(wasm: &[u8]) -> BuiltImage {
         builder
             .append_data(&mut header, IMAGE_WASM_PATH.trim_start_matches('/'), wasm)
             .expect("writing a tar to memory cannot fail");
-        builder.finish().expect("writing a tar to memory cannot fail");
+        builder
+            .finish()
+            .expect("writing a tar to memory cannot fail");
     }
     let diff_id = sha256_digest(&tar_bytes);
     let mut encoder = flate2::GzBuilder::new()
         .mtime(0)
         .operating_system(255)
         .write(Vec::new(), Compression::default());
-    encoder.write_all(&tar_bytes).expect("gzip to memory cannot fail");
-    let layer = Blob::new(OCI_LAYER_TAR_GZIP, GzEncoder::finish(encoder).expect("gzip to memory cannot fail"));
+    encoder
+        .write_all(&tar_bytes)
+        .expect("gzip to memory cannot fail");
+    let layer = Blob::new(
+        OCI_LAYER_TAR_GZIP,
+        GzEncoder::finish(encoder).expect("gzip to memory cannot fail"),
+    );
     let config = serde_json::json!({
         "architecture": "wasm",
         "os": "wasip2",
@@ -392,7 +421,10 @@ fn build_image_form(wasm: &[u8]) -> BuiltImage {
         "rootfs": { "type": "layers", "diff_ids": [diff_id] },
         "history": [{ "created_by": "hearth push", "comment": "WebAssembly component" }],
     });
-    let config = Blob::new(OCI_CONFIG, serde_json::to_vec(&config).expect("JSON to memory"));
+    let config = Blob::new(
+        OCI_CONFIG,
+        serde_json::to_vec(&config).expect("JSON to memory"),
+    );
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(OCI_MANIFEST.to_string()),
@@ -419,7 +451,10 @@ fn build_artifact_form(wasm: &[u8]) -> BuiltImage {
         "layerDigests": [layer.descriptor.digest],
         "component": { "exports": [], "imports": [], "target": null },
     });
-    let config = Blob::new(WASM_CONFIG, serde_json::to_vec(&config).expect("JSON to memory"));
+    let config = Blob::new(
+        WASM_CONFIG,
+        serde_json::to_vec(&config).expect("JSON to memory"),
+    );
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(OCI_MANIFEST.to_string()),
@@ -455,7 +490,10 @@ mod tests {
         let extracted = extract_from_layers(
             "r",
             &path,
-            [(layers[0].media_type.as_str(), built.layers[0].bytes.as_slice())],
+            [(
+                layers[0].media_type.as_str(),
+                built.layers[0].bytes.as_slice(),
+            )],
         )
         .unwrap();
         assert_eq!(extracted, WASM);
@@ -478,7 +516,10 @@ mod tests {
     #[test]
     fn builds_are_reproducible() {
         for form in [ImageForm::Image, ImageForm::Artifact] {
-            assert_eq!(build(form, WASM).manifest_digest(), build(form, WASM).manifest_digest());
+            assert_eq!(
+                build(form, WASM).manifest_digest(),
+                build(form, WASM).manifest_digest()
+            );
         }
     }
 
@@ -499,12 +540,17 @@ mod tests {
     #[test]
     fn image_without_wasm_entrypoint_is_named() {
         let mut built = build(ImageForm::Image, WASM);
-        built.config.bytes = br#"{"os":"linux","architecture":"amd64","config":{"Entrypoint":["/bin/sh"]}}"#.to_vec();
+        built.config.bytes =
+            br#"{"os":"linux","architecture":"amd64","config":{"Entrypoint":["/bin/sh"]}}"#
+                .to_vec();
         let manifest = parse_manifest("reg/app:1", &built.manifest).unwrap();
         let error = wasm_location("reg/app:1", &manifest, &built.config.bytes).unwrap_err();
         let message = error.to_string();
         assert!(matches!(error, ImageError::NoWasm { .. }), "{message}");
-        assert!(message.contains("reg/app:1") && message.contains("linux"), "{message}");
+        assert!(
+            message.contains("reg/app:1") && message.contains("linux"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -516,6 +562,11 @@ mod tests {
             [(OCI_LAYER_TAR_GZIP, built.layers[0].bytes.as_slice())],
         )
         .unwrap_err();
-        assert!(error.to_string().contains("/other.wasm is not in any layer"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("/other.wasm is not in any layer"),
+            "{error}"
+        );
     }
 }

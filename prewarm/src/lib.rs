@@ -494,13 +494,19 @@ mod tests {
         }
         let second = cache_on_disk(dir.path());
         second.get_or_compile(&bytes).unwrap();
-        assert_eq!((second.stats().disk_rejected, second.stats().compiles), (1, 1));
+        assert_eq!(
+            (second.stats().disk_rejected, second.stats().compiles),
+            (1, 1)
+        );
         for object in std::fs::read_dir(store.dir().join("objects")).unwrap() {
             std::fs::remove_file(object.unwrap().path()).unwrap();
         }
         let third = cache_on_disk(dir.path());
         third.get_or_compile(&bytes).unwrap();
-        assert_eq!((third.stats().disk_rejected, third.stats().compiles), (1, 1));
+        assert_eq!(
+            (third.stats().disk_rejected, third.stats().compiles),
+            (1, 1)
+        );
     }
 
     #[test]
@@ -510,7 +516,10 @@ mod tests {
         config.epoch_interruption(true);
         let with_epochs = Engine::new(&config).unwrap();
         assert_ne!(engine_fingerprint(&plain), engine_fingerprint(&with_epochs));
-        assert_eq!(engine_fingerprint(&plain), engine_fingerprint(&Engine::new(&Config::new()).unwrap()));
+        assert_eq!(
+            engine_fingerprint(&plain),
+            engine_fingerprint(&Engine::new(&Config::new()).unwrap())
+        );
     }
 
     #[test]

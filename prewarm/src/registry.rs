@@ -127,7 +127,9 @@ pub enum RegistryError {
         digest: String,
     },
     /// Content does not hash to the digest it was asked for.
-    #[error("digest mismatch for {what}: expected {expected}, received content hashing to {actual}")]
+    #[error(
+        "digest mismatch for {what}: expected {expected}, received content hashing to {actual}"
+    )]
     DigestMismatch {
         /// What was being fetched.
         what: String,
@@ -137,7 +139,9 @@ pub enum RegistryError {
         actual: String,
     },
     /// The download ended early, after every retry.
-    #[error("download of {digest} from {registry} was truncated: received {received} of {expected} bytes")]
+    #[error(
+        "download of {digest} from {registry} was truncated: received {received} of {expected} bytes"
+    )]
     Truncated {
         /// The registry host.
         registry: String,
@@ -187,11 +191,15 @@ pub fn parse_reference(text: &str) -> Result<Reference, RegistryError> {
     if text.trim() != text || text.is_empty() {
         return Err(bad("empty or surrounded by whitespace".into()));
     }
-    let reference: Reference = text.parse().map_err(|e: oci_client::ParseError| bad(e.to_string()))?;
+    let reference: Reference = text
+        .parse()
+        .map_err(|e: oci_client::ParseError| bad(e.to_string()))?;
     if let Some(digest) = reference.digest()
         && !(digest.starts_with("sha256:") && digest.len() == 71)
     {
-        return Err(bad(format!("unsupported digest `{digest}`; only sha256 is supported")));
+        return Err(bad(format!(
+            "unsupported digest `{digest}`; only sha256 is supported"
+        )));
     }
     Ok(reference)
 }
@@ -220,7 +228,9 @@ pub fn credentials_for(registry: &str, docker_config: Option<&Path>) -> Credenti
     let path = docker_config.map(Path::to_path_buf).or_else(|| {
         std::env::var_os("DOCKER_CONFIG")
             .map(|dir| PathBuf::from(dir).join("config.json"))
-            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker/config.json")))
+            .or_else(|| {
+                std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker/config.json"))
+            })
     });
     let Some(path) = path else {
         return anonymous("no docker config (neither $DOCKER_CONFIG nor $HOME is set)".into());
@@ -244,11 +254,16 @@ pub fn credentials_for(registry: &str, docker_config: Option<&Path>) -> Credenti
         format!("https://{registry}/v1/"),
         format!("https://{registry}/v2/"),
     ];
-    let docker_hub = matches!(registry, "docker.io" | "index.docker.io" | "registry-1.docker.io");
+    let docker_hub = matches!(
+        registry,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    );
     if let Some(entry) = config["auths"].as_object().and_then(|auths| {
-        keys.iter()
-            .find_map(|key| auths.get(key))
-            .or_else(|| docker_hub.then(|| auths.get("https://index.docker.io/v1/")).flatten())
+        keys.iter().find_map(|key| auths.get(key)).or_else(|| {
+            docker_hub
+                .then(|| auths.get("https://index.docker.io/v1/"))
+                .flatten()
+        })
     }) {
         if let Some(token) = entry["registrytoken"].as_str() {
             return Credentials {
@@ -256,7 +271,9 @@ pub fn credentials_for(registry: &str, docker_config: Option<&Path>) -> Credenti
                 source: source("auths entry, registrytoken"),
             };
         }
-        if let (Some(user), Some(password)) = (entry["username"].as_str(), entry["password"].as_str()) {
+        if let (Some(user), Some(password)) =
+            (entry["username"].as_str(), entry["password"].as_str())
+        {
             return Credentials {
                 auth: RegistryAuth::Basic(user.to_string(), password.to_string()),
                 source: source("auths entry, username/password"),
@@ -288,7 +305,9 @@ pub fn credentials_for(registry: &str, docker_config: Option<&Path>) -> Credenti
                 };
             }
             Ok(None) => {}
-            Err(error) => tracing::warn!(%registry, "credential helper docker-credential-{helper} failed: {error}"),
+            Err(error) => {
+                tracing::warn!(%registry, "credential helper docker-credential-{helper} failed: {error}")
+            }
         }
     }
     anonymous(source("no entry for this registry; pulling anonymously"))
@@ -318,8 +337,10 @@ fn run_credential_helper(helper: &str, registry: &str) -> std::io::Result<Option
     if !output.status.success() {
         return Ok(None);
     }
-    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(std::io::Error::other)?;
-    let (Some(user), Some(secret)) = (answer["Username"].as_str(), answer["Secret"].as_str()) else {
+    let answer: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(std::io::Error::other)?;
+    let (Some(user), Some(secret)) = (answer["Username"].as_str(), answer["Secret"].as_str())
+    else {
         return Ok(None);
     };
     Ok(Some(if user == "<token>" {
@@ -393,8 +414,19 @@ impl RegistryClient {
             credential_source: self.credentials.source.clone(),
         };
         match error {
+            OciDistributionError::RequestError(error)
+                if error.status().is_some_and(|s| s.as_u16() == 401) =>
+            {
+                Classified::Fatal(unauthorized("401 Unauthorized"))
+            }
+            OciDistributionError::RequestError(error)
+                if error.status().is_some_and(|s| s.as_u16() == 403) =>
+            {
+                Classified::Fatal(unauthorized("403 Forbidden"))
+            }
             OciDistributionError::RequestError(error) => {
-                if error.is_connect() || error.is_timeout() || error.is_body() || error.is_request() {
+                if error.is_connect() || error.is_timeout() || error.is_body() || error.is_request()
+                {
                     Classified::Retry(format!("{what}: {}", error_chain(&error)))
                 } else {
                     Classified::Fatal(RegistryError::Protocol {
@@ -403,25 +435,38 @@ impl RegistryClient {
                     })
                 }
             }
-            OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_) => {
                 Classified::Fatal(unauthorized("401 Unauthorized"))
             }
-            OciDistributionError::ServerError { code: 401, .. } => Classified::Fatal(unauthorized("401 Unauthorized")),
-            OciDistributionError::ServerError { code: 403, .. } => Classified::Fatal(unauthorized("403 Forbidden")),
-            OciDistributionError::ServerError { code: 404, .. } => Classified::Fatal(RegistryError::NotFound {
-                reference: self.reference.whole(),
-                registry,
-            }),
+            OciDistributionError::ServerError { code: 401, .. } => {
+                Classified::Fatal(unauthorized("401 Unauthorized"))
+            }
+            OciDistributionError::ServerError { code: 403, .. } => {
+                Classified::Fatal(unauthorized("403 Forbidden"))
+            }
+            OciDistributionError::ServerError { code: 404, .. } => {
+                Classified::Fatal(RegistryError::NotFound {
+                    reference: self.reference.whole(),
+                    registry,
+                })
+            }
             OciDistributionError::ServerError { code, message, .. } if code >= 500 => {
                 Classified::Retry(format!("{what}: HTTP {code}: {}", message.trim()))
             }
             OciDistributionError::RegistryError { envelope, .. } => {
                 let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-                if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized)) {
+                if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Unauthorized))
+                {
                     Classified::Fatal(unauthorized("401 Unauthorized"))
                 } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
                     Classified::Fatal(unauthorized("403 Forbidden"))
-                } else if codes.iter().any(|c| matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown)) {
+                } else if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown))
+                {
                     Classified::Fatal(RegistryError::NotFound {
                         reference: self.reference.whole(),
                         registry,
@@ -433,11 +478,13 @@ impl RegistryClient {
                     })
                 }
             }
-            OciDistributionError::DigestError(error) => Classified::Fatal(RegistryError::DigestMismatch {
-                what: format!("{what} of {}", self.reference.whole()),
-                expected: String::new(),
-                actual: error.to_string(),
-            }),
+            OciDistributionError::DigestError(error) => {
+                Classified::Fatal(RegistryError::DigestMismatch {
+                    what: format!("{what} of {}", self.reference.whole()),
+                    expected: String::new(),
+                    actual: error.to_string(),
+                })
+            }
             other => Classified::Fatal(RegistryError::Protocol {
                 registry,
                 detail: format!("{what}: {other}"),
@@ -484,7 +531,10 @@ impl RegistryClient {
 
     /// Fetches and verifies the manifest of `reference` (a tag or digest).
     /// An index is resolved to its wasm platform entry.
-    pub async fn fetch_manifest(&self, reference: &Reference) -> Result<FetchedManifest, RegistryError> {
+    pub async fn fetch_manifest(
+        &self,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, RegistryError> {
         let fetched = self.fetch_one_manifest(reference).await?;
         if !fetched.manifest.is_index() {
             return Ok(fetched);
@@ -494,7 +544,11 @@ impl RegistryClient {
                 .manifest
                 .manifests
                 .iter()
-                .filter_map(|m| m.platform.as_ref().map(|p| format!("{}/{}", p.os, p.architecture)))
+                .filter_map(|m| {
+                    m.platform
+                        .as_ref()
+                        .map(|p| format!("{}/{}", p.os, p.architecture))
+                })
                 .collect();
             return Err(RegistryError::Protocol {
                 registry: self.registry().to_string(),
@@ -516,7 +570,10 @@ impl RegistryClient {
         Ok(platform)
     }
 
-    async fn fetch_one_manifest(&self, reference: &Reference) -> Result<FetchedManifest, RegistryError> {
+    async fn fetch_one_manifest(
+        &self,
+        reference: &Reference,
+    ) -> Result<FetchedManifest, RegistryError> {
         let (bytes, header_digest) = self
             .with_retries("fetching the manifest", || async {
                 self.client
@@ -529,7 +586,10 @@ impl RegistryClient {
         // reference's digest; check again here so the contract does not rest
         // on a dependency's behaviour.
         let actual = image::sha256_digest(&bytes);
-        let expected = reference.digest().map(str::to_string).unwrap_or(header_digest);
+        let expected = reference
+            .digest()
+            .map(str::to_string)
+            .unwrap_or(header_digest);
         if actual != expected {
             return Err(RegistryError::DigestMismatch {
                 what: format!("the manifest of {}", reference.whole()),
@@ -537,9 +597,11 @@ impl RegistryClient {
                 actual,
             });
         }
-        let manifest = image::parse_manifest(&reference.whole(), &bytes).map_err(|e| RegistryError::Protocol {
-            registry: self.registry().to_string(),
-            detail: e.to_string(),
+        let manifest = image::parse_manifest(&reference.whole(), &bytes).map_err(|e| {
+            RegistryError::Protocol {
+                registry: self.registry().to_string(),
+                detail: e.to_string(),
+            }
         })?;
         Ok(FetchedManifest {
             bytes: bytes.to_vec(),
@@ -550,7 +612,11 @@ impl RegistryClient {
 
     /// Downloads the blob `descriptor` into a staged file in `staging_dir`,
     /// verifying size and digest; the caller commits it.
-    pub async fn fetch_blob(&self, descriptor: &Descriptor, staging_dir: &Path) -> Result<StagedFile, RegistryError> {
+    pub async fn fetch_blob(
+        &self,
+        descriptor: &Descriptor,
+        staging_dir: &Path,
+    ) -> Result<StagedFile, RegistryError> {
         let limit = self.settings.max_layer_bytes;
         if descriptor.size > limit {
             return Err(RegistryError::LayerTooLarge {
@@ -562,7 +628,8 @@ impl RegistryClient {
         let progress = self.progress_bar(descriptor);
         let result = self
             .with_retries(&format!("fetching blob {}", descriptor.digest), || async {
-                self.fetch_blob_once(descriptor, staging_dir, &progress).await
+                self.fetch_blob_once(descriptor, staging_dir, &progress)
+                    .await
             })
             .await;
         progress.finish_and_clear();
@@ -593,7 +660,10 @@ impl RegistryClient {
         let stream = match response {
             Ok(stream) => stream,
             Err(OciDistributionError::RegistryError { envelope, .. })
-                if envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::BlobUnknown)) =>
+                if envelope
+                    .errors
+                    .iter()
+                    .any(|e| matches!(e.code, OciErrorCode::BlobUnknown)) =>
             {
                 return Err(Attempt::Fatal(self.missing_blob(descriptor)));
             }
@@ -609,8 +679,12 @@ impl RegistryClient {
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(chunk) => {
-                    if staged.len() + chunk.len() as u64 > limit_for(descriptor, self.settings.max_layer_bytes) {
-                        return Err(Attempt::Fatal(self.oversize(descriptor, staged.len() + chunk.len() as u64)));
+                    if staged.len() + chunk.len() as u64
+                        > limit_for(descriptor, self.settings.max_layer_bytes)
+                    {
+                        return Err(Attempt::Fatal(
+                            self.oversize(descriptor, staged.len() + chunk.len() as u64),
+                        ));
                     }
                     staged.write_all(&chunk).map_err(io_error)?;
                     progress.set_position(staged.len());
@@ -640,7 +714,11 @@ impl RegistryClient {
         let actual = staged.digest();
         if actual != descriptor.digest || received != descriptor.size {
             return Err(Attempt::Fatal(RegistryError::DigestMismatch {
-                what: format!("blob {} of {} ({received} bytes)", descriptor.digest, self.reference.whole()),
+                what: format!(
+                    "blob {} of {} ({received} bytes)",
+                    descriptor.digest,
+                    self.reference.whole()
+                ),
                 expected: descriptor.digest.clone(),
                 actual,
             }));
@@ -683,9 +761,11 @@ impl RegistryClient {
         }
         let bar = indicatif::ProgressBar::new(descriptor.size);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg:>20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-                .expect("the template is valid")
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{msg:>20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
         );
         let short = descriptor.digest.trim_start_matches("sha256:");
         bar.set_message(short[..short.len().min(12)].to_string());
@@ -697,7 +777,11 @@ impl RegistryClient {
     pub async fn push(&self, built: &BuiltImage) -> Result<String, RegistryError> {
         self.with_retries("authenticating for push", || async {
             self.client
-                .auth(&self.reference, &self.credentials.auth, RegistryOperation::Push)
+                .auth(
+                    &self.reference,
+                    &self.credentials.auth,
+                    RegistryOperation::Push,
+                )
                 .await
                 .map(|_| ())
                 .map_err(Attempt::Oci)
@@ -707,7 +791,10 @@ impl RegistryClient {
             let digest = &blob.descriptor.digest;
             let exists = self
                 .with_retries(&format!("checking blob {digest}"), || async {
-                    self.client.blob_exists(&self.reference, digest).await.map_err(Attempt::Oci)
+                    self.client
+                        .blob_exists(&self.reference, digest)
+                        .await
+                        .map_err(Attempt::Oci)
                 })
                 .await?;
             let bar = self.progress_bar(&blob.descriptor);
@@ -726,7 +813,11 @@ impl RegistryClient {
         let content_type = http::HeaderValue::from_static(built.manifest_media_type);
         self.with_retries("uploading the manifest", || async {
             self.client
-                .push_manifest_raw(&self.reference, built.manifest.clone(), content_type.clone())
+                .push_manifest_raw(
+                    &self.reference,
+                    built.manifest.clone(),
+                    content_type.clone(),
+                )
                 .await
                 .map_err(Attempt::Oci)
         })
@@ -771,7 +862,13 @@ mod tests {
 
     #[test]
     fn loopback_registries_are_recognised() {
-        for registry in ["localhost:5000", "127.0.0.1:5000", "127.9.9.9", "[::1]:5000", "localhost"] {
+        for registry in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.9.9.9",
+            "[::1]:5000",
+            "localhost",
+        ] {
             assert!(is_loopback_registry(registry), "{registry}");
         }
         for registry in ["registry.example:5000", "10.0.0.1:5000", "docker.io"] {
@@ -781,9 +878,22 @@ mod tests {
 
     #[test]
     fn malformed_references_are_rejected_with_the_expected_shape() {
-        for text in ["", " x", "fn/hello:bad!tag", "Bad Ref", "a:b:c:d", "reg/x@sha256:short", "reg/x@md5:0123"] {
-            let error = parse_reference(text).err().unwrap_or_else(|| panic!("`{text}` parsed"));
-            assert!(error.to_string().contains("malformed image reference"), "{error}");
+        for text in [
+            "",
+            " x",
+            "fn/hello:bad!tag",
+            "Bad Ref",
+            "a:b:c:d",
+            "reg/x@sha256:short",
+            "reg/x@md5:0123",
+        ] {
+            let error = parse_reference(text)
+                .err()
+                .unwrap_or_else(|| panic!("`{text}` parsed"));
+            assert!(
+                error.to_string().contains("malformed image reference"),
+                "{error}"
+            );
         }
         let ok = parse_reference("127.0.0.1:5000/fn/hello:1").unwrap();
         assert_eq!(ok.registry(), "127.0.0.1:5000");
@@ -801,7 +911,9 @@ mod tests {
         )
         .unwrap();
         let found = credentials_for("reg.example:5000", Some(&config));
-        assert!(matches!(found.auth, RegistryAuth::Basic(ref u, ref p) if u == "alice" && p == "s3cr3t"));
+        assert!(
+            matches!(found.auth, RegistryAuth::Basic(ref u, ref p) if u == "alice" && p == "s3cr3t")
+        );
         let found = credentials_for("other.example", Some(&config));
         assert!(matches!(found.auth, RegistryAuth::Basic(ref u, _) if u == "bob"));
         let found = credentials_for("tok.example", Some(&config));

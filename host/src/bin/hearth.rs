@@ -320,7 +320,10 @@ async fn run(args: RunArgs) -> Result<i32> {
         allowed_outbound_hosts: Arc::from(args.allow_outbound),
         limits,
     };
-    let host = Host::with_caches(&EngineSettings::for_limits([&limits]), &args.cache.settings())?;
+    let host = Host::with_caches(
+        &EngineSettings::for_limits([&limits]),
+        &args.cache.settings(),
+    )?;
     let function = match &source {
         FunctionSource::File(path) => host.load_file(env, path).await?,
         FunctionSource::Image(reference) => host.load_image(env, reference, args.pull).await?,

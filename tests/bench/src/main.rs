@@ -96,7 +96,14 @@ fn host(args: HostArgs) -> Result<()> {
             let port = free_port()?;
             let peer = Server::start(
                 Command::new(wasmtime)
-                    .args(["serve", "-S", "cli", "--max-instance-reuse-count", "1", "--addr"])
+                    .args([
+                        "serve",
+                        "-S",
+                        "cli",
+                        "--max-instance-reuse-count",
+                        "1",
+                        "--addr",
+                    ])
                     .arg(format!("127.0.0.1:{port}"))
                     .arg(hello),
                 port,

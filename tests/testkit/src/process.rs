@@ -22,9 +22,7 @@ impl Running {
     /// Spawns `command` with `HEARTH_LOG=info`, no `PORT`, and (unless the
     /// command sets one) a private `HEARTH_CACHE_DIR` removed on drop.
     pub fn start(command: &mut Command) -> Self {
-        let sets_cache = command
-            .get_envs()
-            .any(|(key, _)| key == "HEARTH_CACHE_DIR");
+        let sets_cache = command.get_envs().any(|(key, _)| key == "HEARTH_CACHE_DIR");
         let cache_dir = (!sets_cache).then(|| tempfile::tempdir().expect("temp cache dir"));
         if let Some(dir) = &cache_dir {
             command.env("HEARTH_CACHE_DIR", dir.path());
@@ -134,4 +132,3 @@ pub fn run_to_end(command: &mut Command) -> (ExitStatus, String) {
     let status = running.wait();
     (status, running.log_text())
 }
-

@@ -124,7 +124,9 @@ impl Registry {
     pub fn blob_gets(&self, digest: &str) -> usize {
         self.log_text()
             .lines()
-            .filter(|line| line.contains("\"GET /v2/") && line.contains(&format!("/blobs/{digest} ")))
+            .filter(|line| {
+                line.contains("\"GET /v2/") && line.contains(&format!("/blobs/{digest} "))
+            })
             .count()
     }
 
@@ -186,14 +188,19 @@ impl FaultProxy {
             .enable_all()
             .build()
             .expect("proxy runtime");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy addr").to_string();
+        // Bound here with std so that starting a proxy works from inside
+        // another runtime too; handed to this runtime below.
+        let std_listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        std_listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let addr = std_listener.local_addr().expect("proxy addr").to_string();
         let fault = Arc::new(Mutex::new(fault));
         let upstream: SocketAddr = upstream.parse().expect("upstream is host:port");
         let shared = fault.clone();
         runtime.spawn(async move {
+            let listener =
+                tokio::net::TcpListener::from_std(std_listener).expect("register listener");
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
@@ -244,7 +251,8 @@ async fn proxy(
             .body(full(Bytes::new()))
             .unwrap());
     }
-    let is_blob_get = request.method() == hyper::Method::GET && request.uri().path().contains("/blobs/");
+    let is_blob_get =
+        request.method() == hyper::Method::GET && request.uri().path().contains("/blobs/");
     let upstream_response = match forward(upstream, request).await {
         Ok(response) => response,
         Err(error) => {
@@ -255,14 +263,21 @@ async fn proxy(
         }
     };
     let (parts, body) = upstream_response.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     if !is_blob_get || fault == Fault::None || !parts.status.is_success() {
         return Ok(Response::from_parts(parts, full(body)));
     }
     // Announce the full length, deliver half, then fail or hang.
     let half = body.slice(..body.len() / 2);
     let stall = fault == Fault::StallBlobs;
-    Ok(Response::from_parts(parts, boxed(half_then_fault(half, stall))))
+    Ok(Response::from_parts(
+        parts,
+        boxed(half_then_fault(half, stall)),
+    ))
 }
 
 /// A body that yields `half`, then either an error (which makes hyper cut
@@ -304,12 +319,18 @@ fn boxed(body: HalfThenFault) -> ProxyBody {
     body.boxed()
 }
 
-async fn forward(upstream: SocketAddr, request: Request<Incoming>) -> std::io::Result<Response<Incoming>> {
+async fn forward(
+    upstream: SocketAddr,
+    request: Request<Incoming>,
+) -> std::io::Result<Response<Incoming>> {
     let stream = tokio::net::TcpStream::connect(upstream).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(std::io::Error::other)?;
     tokio::spawn(connection);
-    sender.send_request(request).await.map_err(std::io::Error::other)
+    sender
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)
 }
