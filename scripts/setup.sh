@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the build, the tests and the README's example need.
-APT_PACKAGES=(curl ca-certificates pkg-config)
+# docker-registry and skopeo: the OCI tests push to and pull from a real registry.
+APT_PACKAGES=(curl ca-certificates pkg-config docker-registry skopeo)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

@@ -37,22 +37,22 @@ pub const LIFECYCLE: &str = "hearth:function/lifecycle@0.1.0";
 #[derive(Debug, thiserror::Error)]
 pub enum FunctionLoadError {
     /// The file could not be read.
-    #[error("cannot read function `{function}` from {path}: {source}")]
+    #[error("cannot read function `{function}` from {path}: {cause}")]
     Read {
         /// The function's name.
         function: String,
         /// The path that was read.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The bytes are not a usable component.
-    #[error("cannot load function `{function}`: {source}")]
+    #[error("cannot load function `{function}`: {cause}")]
     Load {
         /// The function's name.
         function: String,
         /// What is wrong with the bytes.
-        source: LoadError,
+        cause: LoadError,
     },
     /// The component exports neither world's entry point.
     #[error(
@@ -73,14 +73,14 @@ pub enum FunctionLoadError {
         detail: String,
     },
     /// The function's image could not be pulled or read from the cache.
-    #[error("cannot load function `{function}` from {reference}: {source}")]
+    #[error("cannot load function `{function}` from {reference}: {cause}")]
     Pull {
         /// The function's name.
         function: String,
         /// The image reference.
         reference: String,
         /// What went wrong.
-        source: PullError,
+        cause: Box<PullError>,
     },
     /// The host was built without caches, so it cannot load references.
     #[error("cannot load function `{function}` from {reference}: this host has no artifact cache")]
@@ -202,10 +202,10 @@ impl Host {
         reference: &str,
         policy: PullPolicy,
     ) -> Result<(CachedFunction, Vec<u8>), FunctionLoadError> {
-        let pull_error = |source| FunctionLoadError::Pull {
+        let pull_error = |cause| FunctionLoadError::Pull {
             function: function.to_string(),
             reference: reference.to_string(),
-            source,
+            cause: Box::new(cause),
         };
         let Some(artifacts) = &self.artifacts else {
             return Err(FunctionLoadError::NoArtifactCache {
@@ -259,10 +259,10 @@ impl Host {
     ) -> Result<Arc<Function>, FunctionLoadError> {
         let bytes = tokio::fs::read(path)
             .await
-            .map_err(|source| FunctionLoadError::Read {
+            .map_err(|cause| FunctionLoadError::Read {
                 function: env.name.to_string(),
                 path: path.to_owned(),
-                source,
+                cause,
             })?;
         self.load(env, bytes).await
     }
@@ -282,9 +282,9 @@ impl Host {
                 function: name.clone(),
                 detail: e.to_string(),
             })?
-            .map_err(|source| FunctionLoadError::Load {
+            .map_err(|cause| FunctionLoadError::Load {
                 function: name.clone(),
-                source,
+                cause,
             })?;
         let kind = classify(&name, &compiled)?;
         Ok(Arc::new(Function {

@@ -306,7 +306,7 @@ async fn not_wasm_is_refused_at_load() {
         matches!(
             &error,
             FunctionLoadError::Load {
-                source: LoadError::NotWasm { .. },
+                cause: LoadError::NotWasm { .. },
                 ..
             }
         ),

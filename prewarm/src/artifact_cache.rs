@@ -60,10 +60,10 @@ pub enum PullError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> PullError + '_ {
-    move |source| {
+    move |cause| {
         PullError::Registry(RegistryError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })
     }
 }
@@ -422,7 +422,7 @@ impl ArtifactCache {
                 entries.push(entry);
             }
         }
-        entries.sort_by(|a, b| b.last_used.cmp(&a.last_used));
+        entries.sort_by_key(|entry| std::cmp::Reverse(entry.last_used));
         Ok(entries)
     }
 

@@ -173,12 +173,12 @@ pub enum RegistryError {
         detail: String,
     },
     /// The local cache could not be written.
-    #[error("cache I/O on {}: {source}", path.display())]
+    #[error("cache I/O on {}: {cause}", path.display())]
     Io {
         /// The file or directory involved.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -642,10 +642,10 @@ impl RegistryClient {
         staging_dir: &Path,
         progress: &indicatif::ProgressBar,
     ) -> Result<StagedFile, Attempt> {
-        let io_error = |source| {
+        let io_error = |cause| {
             Attempt::Fatal(RegistryError::Io {
                 path: staging_dir.to_path_buf(),
-                source,
+                cause,
             })
         };
         let layer = LayerDescriptor {

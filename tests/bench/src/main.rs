@@ -3,7 +3,13 @@
 //! ```text
 //! scripts/bench-host.sh            # installs the peer and wrk, then runs:
 //! hearth-bench host --hearth target/release/hearth --wasmtime PATH/TO/wasmtime
+//! scripts/bench-oci.sh             # hearth-bench oci --hearth target/release/hearth
 //! ```
+//!
+//! `oci` measures the time from starting `hearth run <reference>` to the
+//! first HTTP 200 of `hello`, served from a real `docker-registry` on
+//! loopback, in three cache states: both caches empty (pull + compile),
+//! artifact cached but compiled cache empty, and both cached.
 //!
 //! `host` measures, in one run:
 //! 1. instantiation: time from `InstancePre` to a ready instance of
@@ -30,6 +36,18 @@ struct Cli {
 enum Bench {
     /// Instantiation latency and HTTP throughput against `wasmtime serve`.
     Host(HostArgs),
+    /// Time from `hearth run <reference>` to the first 200, per cache state.
+    Oci(OciArgs),
+}
+
+#[derive(Parser)]
+struct OciArgs {
+    /// The `hearth` binary to measure (build it with --release).
+    #[arg(long)]
+    hearth: PathBuf,
+    /// Runs per cache state.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
 }
 
 #[derive(Parser)]
@@ -55,6 +73,7 @@ struct HostArgs {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Bench::Host(args) => host(args),
+        Bench::Oci(args) => oci(args),
     }
 }
 
@@ -118,6 +137,123 @@ fn host(args: HostArgs) -> Result<()> {
             );
         }
         None => println!("\n(peer skipped: pass --wasmtime PATH to measure `wasmtime serve`)"),
+    }
+    Ok(())
+}
+
+/// The three cache states of the `oci` bench.
+#[derive(Clone, Copy, Debug)]
+enum CacheState {
+    Empty,
+    ArtifactOnly,
+    Both,
+}
+
+fn oci(args: OciArgs) -> Result<()> {
+    let registry = hearth_testkit::registry::Registry::start();
+    let reference = registry.reference("bench/hello", "1");
+    let scratch = tempfile::tempdir()?;
+    let docker_config = scratch.path().join("docker");
+    std::fs::create_dir_all(&docker_config)?;
+    let hearth = |cache: &std::path::Path| {
+        let mut command = Command::new(&args.hearth);
+        command
+            .env("HEARTH_CACHE_DIR", cache)
+            .env("DOCKER_CONFIG", &docker_config)
+            .env("HEARTH_LOG", "warn");
+        command
+    };
+    let pushed = hearth(&scratch.path().join("push"))
+        .args(["push", hearth_testkit::HELLO, &reference])
+        .output()?;
+    if !pushed.status.success() {
+        bail!("push failed: {}", String::from_utf8_lossy(&pushed.stderr));
+    }
+    println!(
+        "## `hearth run <reference>` to first HTTP 200 of functions/hello ({} runs per state)\n",
+        args.runs
+    );
+    println!("Registry: docker-registry on loopback. Each run is a new `hearth` process.\n");
+    println!("| cache state | listening: median ms | first 200: median ms | first 200: max ms |");
+    println!("|---|---:|---:|---:|");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for state in [
+        CacheState::Empty,
+        CacheState::ArtifactOnly,
+        CacheState::Both,
+    ] {
+        let mut samples = Vec::new();
+        let mut listening = Vec::new();
+        let warm_cache = scratch.path().join(format!("{state:?}"));
+        if !matches!(state, CacheState::Empty) {
+            // Fill the caches once; each run below starts from this state.
+            let output = hearth(&warm_cache).args(["pull", &reference]).output()?;
+            if !output.status.success() {
+                bail!(
+                    "pre-pull failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+        for run in 0..args.runs {
+            let cache = match state {
+                CacheState::Empty => scratch.path().join(format!("empty-{run}")),
+                CacheState::ArtifactOnly => {
+                    let compiled = warm_cache.join("compiled");
+                    if compiled.exists() {
+                        std::fs::remove_dir_all(&compiled)?;
+                    }
+                    warm_cache.clone()
+                }
+                CacheState::Both => warm_cache.clone(),
+            };
+            let port = free_port()?;
+            let started = Instant::now();
+            let mut child = hearth(&cache)
+                .args(["run", &reference, "--listen"])
+                .arg(format!("127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let outcome = runtime.block_on(async {
+                let mut listening_at = None;
+                loop {
+                    if listening_at.is_none() && tokio::net::TcpStream::connect(addr).await.is_ok()
+                    {
+                        listening_at = Some(started.elapsed());
+                    }
+                    if let Ok(reply) = hearth_testkit::http::get(addr, "/").await
+                        && reply.status == 200
+                    {
+                        let done = started.elapsed();
+                        return Ok((listening_at.unwrap_or(done), done));
+                    }
+                    if started.elapsed() > Duration::from_secs(60) {
+                        bail!("no 200 within 60 s");
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+            let _ = child.kill();
+            let _ = child.wait();
+            let (listen_time, first_ok) = outcome?;
+            listening.push(listen_time);
+            samples.push(first_ok);
+        }
+        samples.sort();
+        listening.sort();
+        let listening_median = listening[listening.len() / 2].as_secs_f64() * 1e3;
+        let median = samples[samples.len() / 2].as_secs_f64() * 1e3;
+        let max = samples[samples.len() - 1].as_secs_f64() * 1e3;
+        let label = match state {
+            CacheState::Empty => "both empty (pull + compile)",
+            CacheState::ArtifactOnly => "artifact cached, compiled empty (compile)",
+            CacheState::Both => "both cached",
+        };
+        println!("| {label} | {listening_median:.1} | {median:.1} | {max:.1} |");
     }
     Ok(())
 }
