@@ -176,8 +176,13 @@ fn hearthd_config_errors_name_the_file_and_key() {
         ),
         (
             "[[function]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n",
-            "missing field `path`",
+            "function[0].path (function `a`): missing",
         ),
+        (
+            "[[function]]\nname = \"a\"\npath = \"a.wasm\"\n",
+            "missing field `listen`",
+        ),
+        ("[prewarm]\nimages = [\"Not A Ref\"]\n", "prewarm.images[0]"),
         (
             "[limits]\nmax_concurrent_instances = 0\n",
             "limits.max_concurrent_instances",
