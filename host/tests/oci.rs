@@ -9,7 +9,7 @@ use hearth_prewarm::image::{self, BuiltImage, ImageForm};
 use hearth_prewarm::registry::{RegistryClient, RegistryError, RegistrySettings, parse_reference};
 use hearth_testkit::http::get;
 use hearth_testkit::process::{Running, run_to_end};
-use hearth_testkit::registry::{Fault, FaultProxy, Registry, free_port};
+use hearth_testkit::registry::{Fault, FaultProxy, Registry, TokenServer, free_port};
 use hearth_testkit::{ECHO, HELLO, LIFECYCLE, wasm_bytes};
 use std::path::Path;
 use std::process::Command;
@@ -550,6 +550,37 @@ fn refused_access_names_the_registry_and_where_credentials_come_from() {
         )),
         "{log}"
     );
+}
+
+#[test]
+fn bearer_token_auth_works_with_docker_config_credentials() {
+    let tokens = TokenServer::start("bob", "hunter2");
+    let registry = Registry::start_with_token_auth(&tokens);
+    let scratch = Scratch::new();
+    let reference = registry.reference("private/hello", "token");
+
+    // No credentials: the token service refuses, and the error says where
+    // credentials are read from.
+    let (code, log) = scratch.run(&["push", HELLO, &reference]);
+    assert_eq!(code, 2, "{log}");
+    assert!(
+        log.contains(&format!("registry {} refused access", registry.addr)),
+        "{log}"
+    );
+    assert!(log.contains("config.json"), "{log}");
+    assert_eq!(tokens.issued(), 0);
+
+    // Basic credentials in config.json are exchanged for bearer tokens.
+    let auth = base64::engine::general_purpose::STANDARD.encode("bob:hunter2");
+    std::fs::write(
+        scratch.docker.path().join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.addr),
+    )
+    .unwrap();
+    push(&scratch, HELLO, &reference, ImageForm::Image);
+    let (_server, body) = serve_and_get(&scratch, &reference, &[]);
+    assert!(body.contains("Hello"), "{body}");
+    assert!(tokens.issued() >= 2, "push and pull each obtained a token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,9 @@
 //! A real `docker-registry` (Debian's `docker-registry` package, the CNCF
 //! distribution registry) for tests: loopback, a free port, a temp storage
-//! directory, optional htpasswd auth, stopped by PID when dropped.
+//! directory, stopped by PID when dropped. Anonymous, htpasswd (basic) auth,
+//! or token (bearer) auth backed by [`TokenServer`], which plays the
+//! registry's token service: it checks basic credentials and issues ES256
+//! JWTs signed by a self-signed certificate that the registry trusts.
 //!
 //! Also [`FaultProxy`], an HTTP proxy in front of it that injects network
 //! faults the registry itself would never produce on loopback: a fixed
@@ -40,15 +43,20 @@ pub struct Registry {
 impl Registry {
     /// Starts an anonymous registry.
     pub fn start() -> Self {
-        Self::start_inner(None)
+        Self::start_inner(Auth::None)
     }
 
     /// Starts a registry that requires HTTP basic auth as `user`/`password`.
     pub fn start_with_basic_auth(user: &str, password: &str) -> Self {
-        Self::start_inner(Some((user, password)))
+        Self::start_inner(Auth::Basic(user, password))
     }
 
-    fn start_inner(auth: Option<(&str, &str)>) -> Self {
+    /// Starts a registry that requires bearer tokens from `tokens`.
+    pub fn start_with_token_auth(tokens: &TokenServer) -> Self {
+        Self::start_inner(Auth::Token(tokens))
+    }
+
+    fn start_inner(auth: Auth<'_>) -> Self {
         assert!(
             Path::new(REGISTRY_BINARY).exists(),
             "{REGISTRY_BINARY} is missing: install Debian's docker-registry package (scripts/setup.sh does)"
@@ -57,7 +65,16 @@ impl Registry {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let auth_section = match auth {
-            Some((user, password)) => {
+            Auth::Token(tokens) => {
+                let bundle = storage.path().join("token-root.pem");
+                std::fs::write(&bundle, &tokens.certificate_pem).expect("write root bundle");
+                format!(
+                    "auth:\n  token:\n    realm: http://{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                    tokens.addr,
+                    bundle.display()
+                )
+            }
+            Auth::Basic(user, password) => {
                 let hash = bcrypt::hash(password, 4).expect("bcrypt");
                 let htpasswd = storage.path().join("htpasswd");
                 std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("write htpasswd");
@@ -66,7 +83,7 @@ impl Registry {
                     htpasswd.display()
                 )
             }
-            None => String::new(),
+            Auth::None => String::new(),
         };
         let config = storage.path().join("config.yml");
         std::fs::write(
@@ -156,6 +173,193 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+enum Auth<'a> {
+    None,
+    Basic(&'a str, &'a str),
+    Token(&'a TokenServer),
+}
+
+const TOKEN_SERVICE: &str = "hearth-test-registry";
+const TOKEN_ISSUER: &str = "hearth-test-token-service";
+
+/// A registry token service: answers `GET /token` with a JWT granting pull
+/// and push on the requested repository to callers that present the right
+/// basic credentials, and 401 to everyone else. Counts tokens issued.
+pub struct TokenServer {
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+    certificate_pem: String,
+    issued: Arc<std::sync::atomic::AtomicUsize>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+struct TokenSigner {
+    key: aws_lc_rs::signature::EcdsaKeyPair,
+    certificate_der: Vec<u8>,
+    credentials: String,
+}
+
+impl TokenServer {
+    /// Starts the service, accepting `user`/`password`.
+    pub fn start(user: &str, password: &str) -> Self {
+        use base64::Engine as _;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let certificate = rcgen::CertificateParams::new(vec!["hearth-test-token".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("self-signed certificate");
+        let signer = Arc::new(TokenSigner {
+            key: aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                &key.serialize_der(),
+            )
+            .expect("pkcs8 key"),
+            certificate_der: certificate.der().to_vec(),
+            credentials: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            ),
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("token runtime");
+        let std_listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
+        std_listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let addr = std_listener.local_addr().expect("addr").to_string();
+        let issued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = issued.clone();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let signer = signer.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let response = signer.answer(&request, &counter);
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        TokenServer {
+            addr,
+            certificate_pem: certificate.pem(),
+            issued,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// How many tokens have been issued.
+    pub fn issued(&self) -> usize {
+        self.issued.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl TokenSigner {
+    fn answer(
+        &self,
+        request: &Request<Incoming>,
+        issued: &std::sync::atomic::AtomicUsize,
+    ) -> Response<ProxyBody> {
+        let authorized = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == self.credentials);
+        if !authorized {
+            return Response::builder()
+                .status(401)
+                .header("www-authenticate", "Basic realm=\"hearth-test-token\"")
+                .body(full(Bytes::from_static(
+                    b"{\"details\":\"bad credentials\"}",
+                )))
+                .unwrap();
+        }
+        // scope=repository:NAME:pull,push (possibly several scope params)
+        let query = request.uri().query().unwrap_or("");
+        let access: Vec<serde_json::Value> = query
+            .split('&')
+            .filter_map(|pair| pair.strip_prefix("scope="))
+            .filter_map(|scope| {
+                let scope = scope
+                    .replace("%3A", ":")
+                    .replace("%2C", ",")
+                    .replace("%2F", "/");
+                let mut parts = scope.splitn(3, ':');
+                let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                Some(serde_json::json!({
+                    "type": kind,
+                    "name": name,
+                    "actions": actions.split(',').collect::<Vec<_>>(),
+                }))
+            })
+            .collect();
+        let token = self.sign(access);
+        issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let body = serde_json::json!({ "token": token, "access_token": token, "expires_in": 3600 });
+        Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(full(Bytes::from(body.to_string())))
+            .unwrap()
+    }
+
+    fn sign(&self, access: Vec<serde_json::Value>) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = serde_json::json!({
+            "typ": "JWT",
+            "alg": "ES256",
+            "x5c": [base64::engine::general_purpose::STANDARD.encode(&self.certificate_der)],
+        });
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER,
+            "sub": "hearth-test",
+            "aud": TOKEN_SERVICE,
+            "exp": now + 3600,
+            "nbf": now - 60,
+            "iat": now,
+            "jti": format!("{now}-{}", std::process::id()),
+            "access": access,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            b64.encode(header.to_string()),
+            b64.encode(claims.to_string())
+        );
+        let signature = self
+            .key
+            .sign(
+                &aws_lc_rs::rand::SystemRandom::new(),
+                signing_input.as_bytes(),
+            )
+            .expect("ES256 signing");
+        format!("{signing_input}.{}", b64.encode(signature.as_ref()))
     }
 }
 
