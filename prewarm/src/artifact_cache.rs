@@ -286,14 +286,8 @@ impl ArtifactCache {
         key: &str,
     ) -> Result<CachedFunction, PullError> {
         let fetched = client.fetch_manifest(client.reference()).await?;
-        self.manifest_fetches.fetch_add(
-            if fetched.digest == client.reference().digest().unwrap_or(&fetched.digest) {
-                1
-            } else {
-                2
-            },
-            Ordering::Relaxed,
-        );
+        self.manifest_fetches
+            .fetch_add(fetched.requests, Ordering::Relaxed);
         self.store_bytes(&fetched.digest, &fetched.bytes)?;
         let mut blobs = vec![fetched.digest.clone()];
         let manifest = &fetched.manifest;
@@ -322,6 +316,7 @@ impl ArtifactCache {
                 let wasm = image::extract_from_layers(
                     key,
                     &path,
+                    self.settings.max_layer_bytes,
                     layers
                         .iter()
                         .zip(&contents)

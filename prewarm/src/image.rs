@@ -150,6 +150,20 @@ pub enum ImageError {
         /// What the image holds instead.
         detail: String,
     },
+    /// The component inside a layer is larger than the layer size limit.
+    #[error(
+        "{reference}: {path} is {size} bytes uncompressed, over the limit of {limit} bytes (raise max_layer_bytes to accept it)"
+    )]
+    TooLarge {
+        /// The image reference.
+        reference: String,
+        /// The file in the image.
+        path: String,
+        /// Its uncompressed size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The manifest or config is not valid JSON of the expected shape.
     #[error("{reference}: malformed {what}: {detail}")]
     Malformed {
@@ -282,10 +296,13 @@ pub fn wasm_location(
 }
 
 /// Finds `path` in the tar layers (given in order, each with its media type
-/// and bytes); the last layer holding it wins.
+/// and bytes); the last layer holding it wins. A file larger than
+/// `max_bytes` is refused before it is read, so a small compressed layer
+/// cannot inflate into a memory bomb.
 pub fn extract_from_layers<'a>(
     reference: &str,
     path: &str,
+    max_bytes: u64,
     layers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<Vec<u8>, ImageError> {
     let wanted = path.trim_start_matches('/');
@@ -306,6 +323,14 @@ pub fn extract_from_layers<'a>(
             let normalized = entry_path.to_string_lossy();
             let normalized = normalized.trim_start_matches("./").trim_start_matches('/');
             if normalized == wanted && entry.header().entry_type().is_file() {
+                if entry.size() > max_bytes {
+                    return Err(ImageError::TooLarge {
+                        reference: reference.to_string(),
+                        path: format!("/{wanted}"),
+                        size: entry.size(),
+                        limit: max_bytes,
+                    });
+                }
                 let mut content = Vec::with_capacity(entry.size() as usize);
                 entry
                     .read_to_end(&mut content)
@@ -490,6 +515,7 @@ mod tests {
         let extracted = extract_from_layers(
             "r",
             &path,
+            u64::MAX,
             [(
                 layers[0].media_type.as_str(),
                 built.layers[0].bytes.as_slice(),
@@ -554,11 +580,30 @@ mod tests {
     }
 
     #[test]
+    fn a_component_inflating_past_the_limit_is_refused_before_reading() {
+        let big = vec![0u8; 1 << 20];
+        let built = build(ImageForm::Image, &big);
+        assert!(built.layers[0].bytes.len() < 4096, "zeros compress well");
+        let error = extract_from_layers(
+            "r",
+            "function.wasm",
+            1 << 16,
+            [(OCI_LAYER_TAR_GZIP, built.layers[0].bytes.as_slice())],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, ImageError::TooLarge { size, .. } if size == 1 << 20),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn entrypoint_missing_from_layers_is_named() {
         let built = build(ImageForm::Image, WASM);
         let error = extract_from_layers(
             "r",
             "other.wasm",
+            u64::MAX,
             [(OCI_LAYER_TAR_GZIP, built.layers[0].bytes.as_slice())],
         )
         .unwrap_err();

@@ -467,6 +467,8 @@ pub struct FetchedManifest {
     pub digest: String,
     /// The parsed manifest.
     pub manifest: image::Manifest,
+    /// Manifest requests it took: 2 when an index was resolved.
+    pub requests: u64,
 }
 
 impl RegistryClient {
@@ -661,7 +663,8 @@ impl RegistryClient {
             });
         };
         let platform_reference = reference.clone_with_digest(entry.digest.clone());
-        let platform = self.fetch_one_manifest(&platform_reference).await?;
+        let mut platform = self.fetch_one_manifest(&platform_reference).await?;
+        platform.requests += fetched.requests;
         if platform.manifest.is_index() {
             return Err(RegistryError::Protocol {
                 registry: self.registry().to_string(),
@@ -708,6 +711,7 @@ impl RegistryClient {
             bytes: bytes.to_vec(),
             digest: actual,
             manifest,
+            requests: 1,
         })
     }
 
