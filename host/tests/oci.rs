@@ -9,7 +9,9 @@ use hearth_prewarm::image::{self, BuiltImage, ImageForm};
 use hearth_prewarm::registry::{RegistryClient, RegistryError, RegistrySettings, parse_reference};
 use hearth_testkit::http::get;
 use hearth_testkit::process::{Running, run_to_end};
-use hearth_testkit::registry::{Fault, FaultProxy, Registry, TokenServer, free_port};
+use hearth_testkit::registry::{
+    Fault, FaultProxy, Registry, TokenServer, free_port, non_loopback_ip,
+};
 use hearth_testkit::{ECHO, HELLO, LIFECYCLE, wasm_bytes};
 use std::path::Path;
 use std::process::Command;
@@ -366,6 +368,47 @@ fn hearthd_prewarms_images_so_first_use_is_a_cache_hit() {
     let addr = hearthd.serving_addr("hello");
     let reply = tokio_block_on(get(addr, "/")).unwrap();
     assert_eq!(reply.status, 200);
+
+    // Restarted with the registry gone, hearthd starts from both caches.
+    let mut hearthd = hearthd;
+    assert!(hearthd.terminate().success(), "{}", hearthd.log_text());
+    let mut registry = registry;
+    registry.stop();
+    let restarted = Running::start(
+        Command::new(HEARTHD)
+            .env("DOCKER_CONFIG", scratch.docker.path())
+            .arg("--config")
+            .arg(&config),
+    );
+    restarted.wait_for_line("hearthd ready");
+    let log = restarted.log_text();
+    assert!(
+        log.contains("loaded precompiled component from disk"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(" compiled component"),
+        "no compile after a restart:\n{log}"
+    );
+    let reply = tokio_block_on(get(restarted.serving_addr("hello"), "/")).unwrap();
+    assert_eq!(reply.status, 200);
+}
+
+#[test]
+fn plain_http_needs_the_flag_unless_the_registry_is_on_loopback() {
+    let ip = non_loopback_ip();
+    let registry = Registry::start_on(ip);
+    let scratch = Scratch::new();
+    let reference = registry.reference("fn/hello", "insecure");
+    let (code, log) = scratch.run(&["push", HELLO, &reference]);
+    assert_eq!(code, 2, "HTTPS is the default off loopback:\n{log}");
+    assert!(log.contains(&registry.addr), "{log}");
+
+    let flag = ["--insecure-registry", registry.addr.as_str()];
+    let (code, log) = scratch.run(&[&["push", HELLO, &reference][..], &flag].concat());
+    assert_eq!(code, 0, "{log}");
+    let (code, log) = scratch.run(&[&["pull", &reference][..], &flag].concat());
+    assert_eq!(code, 0, "{log}");
 }
 
 // ---- bad input: each case is named, logged, and leaves nothing cached ----

@@ -23,6 +23,19 @@ use std::time::{Duration, Instant};
 /// The registry binary from Debian's `docker-registry` package.
 pub const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
 
+/// This machine's address on its default route (not loopback), found
+/// without sending anything. Panics, saying so, on a machine with none.
+pub fn non_loopback_ip() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+    socket
+        .connect("192.0.2.1:9")
+        .and_then(|()| socket.local_addr())
+        .map(|addr| addr.ip())
+        .ok()
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .expect("this test needs a network interface with a non-loopback IPv4 address (a default route)")
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -43,27 +56,32 @@ pub struct Registry {
 impl Registry {
     /// Starts an anonymous registry.
     pub fn start() -> Self {
-        Self::start_inner(Auth::None)
+        Self::start_inner(Auth::None, "127.0.0.1")
+    }
+
+    /// Starts an anonymous registry listening on `ip` instead of loopback.
+    pub fn start_on(ip: std::net::IpAddr) -> Self {
+        Self::start_inner(Auth::None, &ip.to_string())
     }
 
     /// Starts a registry that requires HTTP basic auth as `user`/`password`.
     pub fn start_with_basic_auth(user: &str, password: &str) -> Self {
-        Self::start_inner(Auth::Basic(user, password))
+        Self::start_inner(Auth::Basic(user, password), "127.0.0.1")
     }
 
     /// Starts a registry that requires bearer tokens from `tokens`.
     pub fn start_with_token_auth(tokens: &TokenServer) -> Self {
-        Self::start_inner(Auth::Token(tokens))
+        Self::start_inner(Auth::Token(tokens), "127.0.0.1")
     }
 
-    fn start_inner(auth: Auth<'_>) -> Self {
+    fn start_inner(auth: Auth<'_>, ip: &str) -> Self {
         assert!(
             Path::new(REGISTRY_BINARY).exists(),
             "{REGISTRY_BINARY} is missing: install Debian's docker-registry package (scripts/setup.sh does)"
         );
         let storage = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("{ip}:{port}");
         let auth_section = match auth {
             Auth::Token(tokens) => {
                 let bundle = storage.path().join("token-root.pem");
