@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the build, the tests and the README's example need.
 # docker-registry and skopeo: the OCI tests push to and pull from a real registry.
-APT_PACKAGES=(curl ca-certificates pkg-config docker-registry skopeo)
+# protobuf-compiler: the control API is generated from control/proto; iproute2: netns tests.
+APT_PACKAGES=(curl ca-certificates pkg-config docker-registry skopeo protobuf-compiler iproute2)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

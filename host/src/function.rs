@@ -16,7 +16,9 @@ use crate::engine::{EngineSettings, HostEngine};
 use crate::limits::DeadlineExceeded;
 use crate::state::{FunctionEnv, FunctionState};
 use hearth_prewarm::artifact_cache::{CachedFunction, PullError};
-use hearth_prewarm::{ArtifactCache, CompiledCache, CompiledFunction, CompiledStore, LoadError};
+use hearth_prewarm::{
+    ArtifactCache, CompiledCache, CompiledFrom, CompiledFunction, CompiledStore, LoadError,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -276,22 +278,24 @@ impl Host {
     ) -> Result<Arc<Function>, FunctionLoadError> {
         let host = self.clone();
         let name = env.name.to_string();
-        let compiled = tokio::task::spawn_blocking(move || host.compiled.get_or_compile(&bytes))
-            .await
-            .map_err(|e| FunctionLoadError::Interrupted {
-                function: name.clone(),
-                detail: e.to_string(),
-            })?
-            .map_err(|cause| FunctionLoadError::Load {
-                function: name.clone(),
-                cause,
-            })?;
+        let (compiled, compiled_from) =
+            tokio::task::spawn_blocking(move || host.compiled.get_or_compile_traced(&bytes))
+                .await
+                .map_err(|e| FunctionLoadError::Interrupted {
+                    function: name.clone(),
+                    detail: e.to_string(),
+                })?
+                .map_err(|cause| FunctionLoadError::Load {
+                    function: name.clone(),
+                    cause,
+                })?;
         let kind = classify(&name, &compiled)?;
         Ok(Arc::new(Function {
             host: self.clone(),
             slots: Arc::new(Semaphore::new(env.limits.max_concurrent_instances as usize)),
             env,
             compiled,
+            compiled_from,
             kind,
         }))
     }
@@ -363,6 +367,7 @@ pub struct Function {
     host: Arc<Host>,
     env: FunctionEnv,
     compiled: Arc<CompiledFunction<FunctionState>>,
+    compiled_from: CompiledFrom,
     kind: FunctionKind,
     slots: Arc<Semaphore>,
 }
@@ -411,6 +416,19 @@ impl Function {
     /// The compiled component behind it.
     pub fn compiled(&self) -> &Arc<CompiledFunction<FunctionState>> {
         &self.compiled
+    }
+
+    /// Where this function's compiled code came from when it was loaded.
+    pub fn compiled_from(&self) -> CompiledFrom {
+        self.compiled_from
+    }
+
+    /// Instances of this function alive now.
+    pub fn live_instances(&self) -> u32 {
+        self.env
+            .limits
+            .max_concurrent_instances
+            .saturating_sub(self.slots.available_permits() as u32)
     }
 
     /// The host it was loaded into.

@@ -139,6 +139,28 @@ pub struct CompiledFunction<T: 'static> {
     pub compile_time: Duration,
 }
 
+/// Where a [`CompiledCache`] found a function's compiled code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompiledFrom {
+    /// Already in memory: a pool hit.
+    Memory,
+    /// Loaded from the on-disk compiled store.
+    Disk,
+    /// Compiled now.
+    Compiled,
+}
+
+impl CompiledFrom {
+    /// `memory`, `disk` or `compiled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompiledFrom::Memory => "memory",
+            CompiledFrom::Disk => "disk",
+            CompiledFrom::Compiled => "compiled",
+        }
+    }
+}
+
 /// Counters describing what a [`CompiledCache`] has done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -206,13 +228,25 @@ impl<T: 'static> CompiledCache<T> {
     /// Returns the compiled form of `bytes`, compiling on a miss. This is CPU
     /// heavy on a miss: async callers should run it on a blocking thread.
     pub fn get_or_compile(&self, bytes: &[u8]) -> Result<Arc<CompiledFunction<T>>, LoadError> {
+        self.get_or_compile_traced(bytes)
+            .map(|(compiled, _)| compiled)
+    }
+
+    /// [`CompiledCache::get_or_compile`], also saying where the compiled code
+    /// came from.
+    pub fn get_or_compile_traced(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(Arc<CompiledFunction<T>>, CompiledFrom), LoadError> {
         let digest = Digest::of(bytes);
         if let Some(hit) = self.get(&digest) {
-            return Ok(hit);
+            return Ok((hit, CompiledFrom::Memory));
         }
+        let mut from = CompiledFrom::Disk;
         let compiled = Arc::new(match self.load_from_store(digest)? {
             Some(loaded) => loaded,
             None => {
+                from = CompiledFrom::Compiled;
                 let compiled = self.compile(digest, bytes)?;
                 self.compiles.fetch_add(1, Ordering::Relaxed);
                 if let Some(store) = &self.store
@@ -225,7 +259,7 @@ impl<T: 'static> CompiledCache<T> {
             }
         });
         let mut entries = self.lock();
-        Ok(entries.entry(digest).or_insert(compiled).clone())
+        Ok((entries.entry(digest).or_insert(compiled).clone(), from))
     }
 
     /// Returns the entry for `digest` if it is cached, counting a hit.

@@ -6,6 +6,12 @@
 //! and skipped: the node keeps serving the rest. A `[[function]]` that cannot
 //! be loaded stops start-up.
 //!
+//! hearthd always serves the control API (see `hearth_host::control`) on
+//! `--socket` (default `$HEARTH_SOCKET`, else `/run/hearth/hearthd.sock`):
+//! with an empty config it is the node daemon, serving only what shims hand
+//! it. On SIGTERM it stops accepting control calls and drains its
+//! `[[function]]` listeners.
+//!
 //! ```text
 //! hearthd --config hearth.toml
 //! ```
@@ -23,6 +29,9 @@ struct Args {
     /// functions are handed to it.
     #[arg(long, env = "HEARTH_CONFIG")]
     config: Option<PathBuf>,
+    /// The control socket [default: $HEARTH_SOCKET, else /run/hearth/hearthd.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -91,6 +100,23 @@ async fn run(args: Args) -> Result<()> {
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(hearth_control::socket_path);
+    let control = hearth_host::control::ControlService::new(host.clone(), config.limits);
+    let control_listener = hearth_host::control::bind_socket(&socket).await?;
+    {
+        let mut stopped = stopped.clone();
+        tasks.spawn(hearth_host::control::serve(
+            control,
+            control_listener,
+            socket,
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ));
+    }
     for (function, listener) in servers {
         let name = function.name().to_string();
         tracing::info!(function = %name, "serving function `{name}` on http://{}", listener.local_addr()?);

@@ -1,0 +1,499 @@
+//! hearthd's control API server: functions handed over by shims (or any
+//! client of `control.proto`), keyed by container id.
+//!
+//! # Contract
+//!
+//! * `Create` loads the function through the host's caches (a compiled-code
+//!   hit when it is warm) and reports where the compiled code came from;
+//!   nothing runs yet. A component that cannot be loaded is
+//!   `INVALID_ARGUMENT` with the load error's message; a used id is
+//!   `ALREADY_EXISTS`.
+//! * `Start` of a service binds its listener, inside the requested network
+//!   namespace when one is given (a dedicated thread enters it with
+//!   `setns`, binds, and exits), and serves until killed. `Start` of a job
+//!   runs it to completion.
+//! * `Kill` with SIGTERM drains a service (no new connections, in-flight
+//!   requests finish, exit status 0); SIGKILL, or any signal to a job,
+//!   aborts at once with status 128 + signal. Killing an exited function
+//!   is a no-op; killing a created one marks it exited.
+//! * `Wait` resolves once the function has exited, with its status and a
+//!   reason; every waiter sees the same result.
+//! * `Delete` forgets an exited or never-started function; a running one
+//!   is `FAILED_PRECONDITION`, an unknown id `NOT_FOUND`.
+//! * Every transition is logged with the id and the function's name.
+
+use crate::distribution::PullPolicy;
+use crate::function::{Function, Host};
+use crate::limits::Limits;
+use crate::state::FunctionEnv;
+use hearth_control::v1::control_server::Control;
+use hearth_control::v1::{
+    CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, FunctionState, KillRequest,
+    KillResponse, ListRequest, ListResponse, StartRequest, StartResponse, StateRequest,
+    WaitRequest, WaitResponse, create_request::Source,
+};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{oneshot, watch};
+use tonic::{Request, Response, Status};
+
+/// SIGKILL.
+const SIGKILL: u32 = 9;
+/// SIGTERM.
+const SIGTERM: u32 = 15;
+
+/// The control service; see the module docs.
+pub struct ControlService {
+    host: Arc<Host>,
+    defaults: Limits,
+    functions: Mutex<HashMap<String, Arc<Managed>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Created,
+    Running,
+    Exited,
+}
+
+struct Managed {
+    id: String,
+    sandbox_id: String,
+    listen: String,
+    netns: String,
+    function: Arc<Function>,
+    phase: Mutex<Phase>,
+    listening: Mutex<String>,
+    drain: Mutex<Option<oneshot::Sender<()>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    exit: watch::Sender<Option<(i32, String)>>,
+}
+
+impl Managed {
+    fn phase(&self) -> Phase {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+    }
+
+    /// Records the exit once; later calls keep the first result.
+    fn exited(&self, status: i32, reason: &str) {
+        let first = self.exit.send_if_modified(|exit| {
+            if exit.is_some() {
+                return false;
+            }
+            *exit = Some((status, reason.to_string()));
+            true
+        });
+        if first {
+            self.set_phase(Phase::Exited);
+            tracing::info!(id = %self.id, function = self.function.name(), status, reason, "function exited");
+        }
+    }
+
+    fn state(&self) -> FunctionState {
+        let exit = self.exit.borrow().clone();
+        FunctionState {
+            id: self.id.clone(),
+            name: self.function.name().to_string(),
+            status: match self.phase() {
+                Phase::Created => "created",
+                Phase::Running => "running",
+                Phase::Exited => "exited",
+            }
+            .into(),
+            exit_status: exit.map(|(status, _)| status).unwrap_or(0),
+            sandbox_id: self.sandbox_id.clone(),
+            kind: kind_name(&self.function).into(),
+            listening: self
+                .listening
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            instances: self.function.live_instances(),
+        }
+    }
+}
+
+fn kind_name(function: &Function) -> &'static str {
+    if function.is_service() {
+        "service"
+    } else {
+        "job"
+    }
+}
+
+impl ControlService {
+    /// A service loading functions into `host`, with `defaults` for limits
+    /// a request leaves at zero.
+    pub fn new(host: Arc<Host>, defaults: Limits) -> Self {
+        ControlService {
+            host,
+            defaults,
+            functions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Managed>, Status> {
+        self.functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("no function with id `{id}`")))
+    }
+
+    fn limits_from(&self, request: Option<&hearth_control::v1::Limits>) -> Result<Limits, Status> {
+        let pick = |value: u64, default: u64| if value == 0 { default } else { value };
+        let limits = match request {
+            None => self.defaults,
+            Some(given) => Limits {
+                request_timeout_ms: pick(
+                    given.request_timeout_ms,
+                    self.defaults.request_timeout_ms,
+                ),
+                max_memory_mib: pick(given.max_memory_mib, self.defaults.max_memory_mib),
+                max_request_body_bytes: pick(
+                    given.max_request_body_bytes,
+                    self.defaults.max_request_body_bytes,
+                ),
+                max_concurrent_instances: if given.max_concurrent_instances == 0 {
+                    self.defaults.max_concurrent_instances
+                } else {
+                    given.max_concurrent_instances
+                },
+            },
+        };
+        limits
+            .validate()
+            .map_err(|e| Status::invalid_argument(format!("limits: {e}")))?;
+        Ok(limits)
+    }
+}
+
+/// Binds `addr`, inside the network namespace at `netns` if it is not empty.
+async fn bind_in_netns(addr: SocketAddr, netns: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = if netns.is_empty() {
+        std::net::TcpListener::bind(addr)?
+    } else {
+        let netns = std::path::PathBuf::from(netns);
+        // setns changes only the calling thread's namespace: do it on a
+        // thread of its own that ends right after binding.
+        tokio::task::spawn_blocking(move || -> std::io::Result<std::net::TcpListener> {
+            std::thread::spawn(move || {
+                let file = std::fs::File::open(&netns).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot open netns {}: {e}", netns.display()),
+                    )
+                })?;
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    std::io::Error::other(format!("cannot enter netns {}: {e}", netns.display()))
+                })?;
+                std::net::TcpListener::bind(addr)
+            })
+            .join()
+            .map_err(|_| std::io::Error::other("the netns thread panicked"))?
+        })
+        .await
+        .map_err(std::io::Error::other)??
+    };
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn create(
+        &self,
+        request: Request<CreateRequest>,
+    ) -> Result<Response<CreateResponse>, Status> {
+        let request = request.into_inner();
+        if request.id.is_empty() {
+            return Err(Status::invalid_argument("id must not be empty"));
+        }
+        if self
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&request.id)
+        {
+            return Err(Status::already_exists(format!(
+                "a function with id `{}` exists",
+                request.id
+            )));
+        }
+        let limits = self.limits_from(request.limits.as_ref())?;
+        let name = if request.name.is_empty() {
+            request.id.clone()
+        } else {
+            request.name.clone()
+        };
+        let mut args = vec![name.clone()];
+        args.extend(request.args.iter().cloned());
+        let env = FunctionEnv {
+            name: name.as_str().into(),
+            env: request
+                .env
+                .iter()
+                .map(|v| (v.key.clone(), v.value.clone()))
+                .collect(),
+            args,
+            allowed_outbound_hosts: Arc::from(Vec::<String>::new()),
+            limits,
+        };
+        let loaded = match &request.source {
+            Some(Source::WasmPath(path)) => self.host.load_file(env, path.as_ref()).await,
+            Some(Source::Image(image)) => {
+                self.host.load_image(env, image, PullPolicy::Missing).await
+            }
+            None => return Err(Status::invalid_argument("give wasm_path or image")),
+        };
+        let function = loaded.map_err(|error| {
+            tracing::error!(id = %request.id, function = %name, "create failed: {error}");
+            Status::invalid_argument(error.to_string())
+        })?;
+        if function.is_service() && request.listen.parse::<SocketAddr>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "listen must be an address like 0.0.0.0:8080 for a service, got `{}`",
+                request.listen
+            )));
+        }
+        let response = CreateResponse {
+            digest: function.compiled().digest.to_string(),
+            kind: kind_name(&function).into(),
+            compiled_from: function.compiled_from().as_str().into(),
+        };
+        tracing::info!(id = %request.id, function = %name, digest = %response.digest, compiled_from = %response.compiled_from, "function created");
+        let managed = Arc::new(Managed {
+            id: request.id.clone(),
+            sandbox_id: request.sandbox_id,
+            listen: request.listen,
+            netns: request.netns,
+            function,
+            phase: Mutex::new(Phase::Created),
+            listening: Mutex::new(String::new()),
+            drain: Mutex::new(None),
+            task: Mutex::new(None),
+            exit: watch::channel(None).0,
+        });
+        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if functions.contains_key(&request.id) {
+            return Err(Status::already_exists(format!(
+                "a function with id `{}` exists",
+                request.id
+            )));
+        }
+        functions.insert(request.id, managed);
+        Ok(Response::new(response))
+    }
+
+    async fn start(
+        &self,
+        request: Request<StartRequest>,
+    ) -> Result<Response<StartResponse>, Status> {
+        let managed = self.get(&request.into_inner().id)?;
+        if managed.phase() != Phase::Created {
+            return Err(Status::failed_precondition(format!(
+                "`{}` was already started",
+                managed.id
+            )));
+        }
+        managed.set_phase(Phase::Running);
+        let function = managed.function.clone();
+        if function.is_service() {
+            let addr: SocketAddr = managed.listen.parse().expect("validated at create");
+            let listener = match bind_in_netns(addr, &managed.netns).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    managed.set_phase(Phase::Created);
+                    tracing::error!(id = %managed.id, "cannot listen on {addr}: {error}");
+                    return Err(Status::failed_precondition(format!(
+                        "cannot listen on {addr}: {error}"
+                    )));
+                }
+            };
+            let listening = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            *managed.listening.lock().unwrap_or_else(|e| e.into_inner()) = listening.clone();
+            let (drain, drained) = oneshot::channel::<()>();
+            *managed.drain.lock().unwrap_or_else(|e| e.into_inner()) = Some(drain);
+            let task_managed = managed.clone();
+            let task = tokio::spawn(async move {
+                let result = crate::http::serve(function, listener, async move {
+                    let _ = drained.await;
+                })
+                .await;
+                match result {
+                    Ok(()) => task_managed.exited(0, "drained"),
+                    Err(error) => task_managed.exited(1, &format!("listener failed: {error}")),
+                }
+            });
+            *managed.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+            tracing::info!(id = %managed.id, function = managed.function.name(), "serving function `{}` on http://{listening}", managed.function.name());
+            Ok(Response::new(StartResponse { listening }))
+        } else {
+            let task_managed = managed.clone();
+            let timeout = None;
+            let task = tokio::spawn(async move {
+                match crate::job::run_job(&function, timeout).await {
+                    Ok(code) => task_managed.exited(code, "job exited"),
+                    Err(error) => task_managed.exited(error.exit_code(), error.name()),
+                }
+            });
+            *managed.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+            tracing::info!(id = %managed.id, function = managed.function.name(), "job started");
+            Ok(Response::new(StartResponse::default()))
+        }
+    }
+
+    async fn kill(&self, request: Request<KillRequest>) -> Result<Response<KillResponse>, Status> {
+        let request = request.into_inner();
+        let managed = self.get(&request.id)?;
+        tracing::info!(id = %managed.id, function = managed.function.name(), signal = request.signal, "kill");
+        match managed.phase() {
+            Phase::Exited => {}
+            Phase::Created => managed.exited(128 + request.signal as i32, "killed before start"),
+            Phase::Running => {
+                let drain = managed
+                    .drain
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                match (request.signal, drain) {
+                    (SIGTERM, Some(drain)) => {
+                        let _ = drain.send(());
+                    }
+                    (signal, _) => {
+                        if let Some(task) = managed
+                            .task
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .take()
+                        {
+                            task.abort();
+                        }
+                        let reason = if signal == SIGKILL {
+                            "killed"
+                        } else {
+                            "terminated"
+                        };
+                        managed.exited(128 + signal as i32, reason);
+                    }
+                }
+            }
+        }
+        Ok(Response::new(KillResponse {}))
+    }
+
+    async fn wait(&self, request: Request<WaitRequest>) -> Result<Response<WaitResponse>, Status> {
+        let managed = self.get(&request.into_inner().id)?;
+        let mut exit = managed.exit.subscribe();
+        let result = exit
+            .wait_for(|exit| exit.is_some())
+            .await
+            .map_err(|_| Status::internal("the function's state was dropped"))?
+            .clone()
+            .expect("waited for Some");
+        Ok(Response::new(WaitResponse {
+            exit_status: result.0,
+            reason: result.1,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let id = request.into_inner().id;
+        let managed = self.get(&id)?;
+        if managed.phase() == Phase::Running {
+            return Err(Status::failed_precondition(format!(
+                "`{id}` is running; kill it first"
+            )));
+        }
+        self.functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        tracing::info!(id = %id, function = managed.function.name(), "function deleted");
+        Ok(Response::new(DeleteResponse {}))
+    }
+
+    async fn state(
+        &self,
+        request: Request<StateRequest>,
+    ) -> Result<Response<FunctionState>, Status> {
+        Ok(Response::new(self.get(&request.into_inner().id)?.state()))
+    }
+
+    async fn list(&self, _request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let mut functions: Vec<FunctionState> = self
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|managed| managed.state())
+            .collect();
+        functions.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Response::new(ListResponse { functions }))
+    }
+}
+
+/// Creates the control socket at `path` as the `hearth_control` crate docs
+/// say: a 0700 parent directory if missing, a stale socket removed only when
+/// nothing answers on it, mode 0600.
+pub async fn bind_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use anyhow::Context as _;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another hearthd is already listening on {} (set HEARTH_SOCKET to run a second one)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    tracing::info!(socket = %path.display(), "control API listening");
+    Ok(listener)
+}
+
+/// Serves the control API on `listener` (bound at `path`) until `shutdown`
+/// resolves, then removes the socket file.
+pub async fn serve(
+    service: ControlService,
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(hearth_control::v1::control_server::ControlServer::new(
+            service,
+        ))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    let _ = std::fs::remove_file(&path);
+    result.map_err(std::io::Error::other)
+}

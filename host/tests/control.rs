@@ -1,0 +1,333 @@
+//! hearthd's control API as a shim drives it: over the unix socket, a
+//! function is created, started, killed, waited for and deleted.
+
+use hearth_control::v1::{
+    CreateRequest, DeleteRequest, EnvVar, KillRequest, ListRequest, StartRequest, StateRequest,
+    WaitRequest, create_request::Source,
+};
+use hearth_control::{ControlClient, connect};
+use hearth_testkit::http::get;
+use hearth_testkit::process::{Running, run_to_end};
+use hearth_testkit::{HELLO, JOB_EXIT};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const HEARTHD: &str = env!("CARGO_BIN_EXE_hearthd");
+
+/// A hearthd in daemon mode (no config) on a private socket.
+struct Daemon {
+    process: Running,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run/hearthd.sock");
+        let process = Running::start(
+            Command::new(HEARTHD)
+                .env("HEARTH_SOCKET", &socket)
+                .env("HEARTH_CACHE_DIR", dir.path().join("cache")),
+        );
+        process.wait_for_line("hearthd ready");
+        Daemon {
+            process,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    async fn client(&self) -> ControlClient {
+        connect(&self.socket).await.expect("connect to hearthd")
+    }
+}
+
+fn create(id: &str, path: &str, env: &[(&str, &str)]) -> CreateRequest {
+    CreateRequest {
+        id: id.into(),
+        name: Path::new(path)
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into(),
+        source: Some(Source::WasmPath(path.into())),
+        env: env
+            .iter()
+            .map(|(key, value)| EnvVar {
+                key: key.to_string(),
+                value: value.to_string(),
+            })
+            .collect(),
+        listen: "127.0.0.1:0".into(),
+        ..CreateRequest::default()
+    }
+}
+
+fn id(id: &str) -> String {
+    id.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_is_created_served_drained_and_deleted_and_the_second_create_is_a_pool_hit() {
+    let daemon = Daemon::start();
+    let mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the control socket is root-only");
+    let mut client = daemon.client().await;
+
+    let created = client
+        .create(create("pod-a", HELLO, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (created.kind.as_str(), created.compiled_from.as_str()),
+        ("service", "compiled")
+    );
+    let started = client
+        .start(StartRequest { id: id("pod-a") })
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = get(started.listening.parse().unwrap(), "/").await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(reply.text().contains("Hello"), "{}", reply.text());
+    let state = client
+        .state(StateRequest { id: id("pod-a") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (state.status.as_str(), state.kind.as_str()),
+        ("running", "service")
+    );
+
+    client
+        .kill(KillRequest {
+            id: id("pod-a"),
+            signal: 15,
+        })
+        .await
+        .unwrap();
+    let exit = client
+        .wait(WaitRequest { id: id("pod-a") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((exit.exit_status, exit.reason.as_str()), (0, "drained"));
+    assert!(
+        get(started.listening.parse().unwrap(), "/").await.is_err(),
+        "no longer listening"
+    );
+    client
+        .delete(DeleteRequest { id: id("pod-a") })
+        .await
+        .unwrap();
+    assert!(
+        client
+            .list(ListRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .functions
+            .is_empty()
+    );
+
+    // The same function for another Pod: already compiled in the daemon.
+    let again = client
+        .create(create("pod-b", HELLO, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.compiled_from, "memory");
+    assert_eq!(again.digest, created.digest);
+    let log = daemon.process.log_text();
+    assert!(
+        log.contains("id=pod-a") && log.contains("function exited"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_exits_with_its_status_and_sigkill_stops_a_service_at_once() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client().await;
+    client
+        .create(create("job", JOB_EXIT, &[("MODE", "code:9")]))
+        .await
+        .unwrap();
+    client.start(StartRequest { id: id("job") }).await.unwrap();
+    let exit = client
+        .wait(WaitRequest { id: id("job") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(exit.exit_status, 9);
+
+    client.create(create("svc", HELLO, &[])).await.unwrap();
+    client.start(StartRequest { id: id("svc") }).await.unwrap();
+    client
+        .kill(KillRequest {
+            id: id("svc"),
+            signal: 9,
+        })
+        .await
+        .unwrap();
+    let exit = client
+        .wait(WaitRequest { id: id("svc") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((exit.exit_status, exit.reason.as_str()), (137, "killed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_named_errors_and_the_daemon_keeps_serving() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client().await;
+    let not_wasm = daemon._dir.path().join("not.wasm");
+    std::fs::write(&not_wasm, "#!/bin/sh\n").unwrap();
+
+    let error = client
+        .create(create("bad", not_wasm.to_str().unwrap(), &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(
+        error.message().contains("not a WebAssembly binary"),
+        "{}",
+        error.message()
+    );
+
+    let error = client
+        .delete(DeleteRequest { id: id("nope") })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound);
+    assert!(error.message().contains("nope"), "{}", error.message());
+
+    client.create(create("svc", HELLO, &[])).await.unwrap();
+    let error = client.create(create("svc", HELLO, &[])).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::AlreadyExists);
+    client.start(StartRequest { id: id("svc") }).await.unwrap();
+    let error = client
+        .delete(DeleteRequest { id: id("svc") })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition);
+
+    let log = daemon.process.log_text();
+    assert!(
+        log.contains("create failed") && log.contains("id=bad"),
+        "{log}"
+    );
+
+    // A second daemon on the same socket is refused, naming it.
+    let (status, log) = run_to_end(
+        Command::new(HEARTHD)
+            .env("HEARTH_SOCKET", &daemon.socket)
+            .env("HEARTH_CACHE_DIR", daemon._dir.path().join("cache2")),
+    );
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("another hearthd is already listening"),
+        "{log}"
+    );
+    // ...and the first one still answers.
+    assert_eq!(
+        client
+            .list(ListRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .functions
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_daemon_is_named_by_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("absent.sock");
+    let error = connect(&socket).await.unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains(&socket.display().to_string()), "{message}");
+    assert!(message.contains("HEARTH_SOCKET"), "{message}");
+}
+
+/// A network namespace made for one test, deleted on drop.
+struct NetNs(String);
+
+impl NetNs {
+    fn create() -> Self {
+        let name = format!("hearth-test-{}", std::process::id());
+        let output = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "this test needs `ip` (Debian's iproute2; scripts/setup.sh installs it): {e}"
+                )
+            });
+        assert!(
+            output.status.success(),
+            "this test needs root to create a network namespace: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let netns = NetNs(name);
+        let up = Command::new("ip")
+            .args(["-n", &netns.0, "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(up.success());
+        netns
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_listens_inside_the_requested_network_namespace() {
+    let netns = NetNs::create();
+    let daemon = Daemon::start();
+    let mut client = daemon.client().await;
+    let port = hearth_testkit::registry::free_port();
+    let mut request = create("in-netns", HELLO, &[]);
+    request.listen = format!("127.0.0.1:{port}");
+    request.netns = netns.path();
+    client.create(request).await.unwrap();
+    client
+        .start(StartRequest { id: id("in-netns") })
+        .await
+        .unwrap();
+
+    let inside = Command::new("ip")
+        .args(["netns", "exec", &netns.0, "curl", "-sS", "--max-time", "10"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&inside.stdout);
+    assert!(
+        body.contains("Hello"),
+        "{body}{}",
+        String::from_utf8_lossy(&inside.stderr)
+    );
+    let outside = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        get(outside, "/").await.is_err(),
+        "not reachable from the host's namespace"
+    );
+}
