@@ -14,8 +14,9 @@
 //!   runs it to completion.
 //! * `Kill` with SIGTERM drains a service (no new connections, in-flight
 //!   requests finish, exit status 0); SIGKILL, or any signal to a job,
-//!   aborts at once with status 128 + signal. Killing an exited function
-//!   is a no-op; killing a created one marks it exited.
+//!   aborts at once with status 128 + signal; so does a second SIGTERM while
+//!   a service drains. Killing an exited function is a no-op; killing a
+//!   created one marks it exited.
 //! * `Wait` resolves once the function has exited, with its status and a
 //!   reason; every waiter sees the same result.
 //! * `Delete` forgets an exited or never-started function; a running one
