@@ -228,3 +228,15 @@ fn hearthd_refuses_a_job_and_a_broken_function_at_start() {
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(log.contains("core WebAssembly module"), "{log}");
 }
+
+#[test]
+fn hearth_run_of_a_file_works_without_a_usable_cache_dir() {
+    // /proc does not allow creating directories, even for root.
+    let (status, log) = run_to_end(
+        Command::new(HEARTH)
+            .env("HEARTH_CACHE_DIR", "/proc/hearth-no-cache-here")
+            .args(["run", hearth_testkit::JOB_EXIT]),
+    );
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("running without the on-disk caches"), "{log}");
+}

@@ -320,10 +320,20 @@ async fn run(args: RunArgs) -> Result<i32> {
         allowed_outbound_hosts: Arc::from(args.allow_outbound),
         limits,
     };
-    let host = Host::with_caches(
-        &EngineSettings::for_limits([&limits]),
-        &args.cache.settings(),
-    )?;
+    let settings = EngineSettings::for_limits([&limits]);
+    let host = match (
+        Host::with_caches(&settings, &args.cache.settings()),
+        &source,
+    ) {
+        (Ok(host), _) => host,
+        // A file still runs without caches (e.g. a read-only home): it just
+        // compiles every time.
+        (Err(error), FunctionSource::File(_)) => {
+            tracing::warn!("running without the on-disk caches: {error}");
+            Host::new(&settings)?
+        }
+        (Err(error), FunctionSource::Image(_)) => return Err(error.into()),
+    };
     let function = match &source {
         FunctionSource::File(path) => host.load_file(env, path).await?,
         FunctionSource::Image(reference) => host.load_image(env, reference, args.pull).await?,
