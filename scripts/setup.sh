@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 # Debian packages the build, the tests and the README's example need.
 # docker-registry and skopeo: the OCI tests push to and pull from a real registry.
 # protobuf-compiler: the control API is generated from control/proto; iproute2: netns tests.
-APT_PACKAGES=(curl ca-certificates pkg-config docker-registry skopeo protobuf-compiler iproute2)
+# containerd, runc, containernetworking-plugins: the shim tests drive a private
+# containerd (ctr and CRI) with Pod networking through the ptp CNI plugin.
+APT_PACKAGES=(curl ca-certificates pkg-config docker-registry skopeo protobuf-compiler iproute2
+  containerd runc containernetworking-plugins)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

@@ -35,8 +35,20 @@ pub type ControlClient = v1::control_client::ControlClient<tonic::transport::Cha
 
 /// Connects to hearthd's control socket at `path`.
 pub async fn connect(path: &Path) -> Result<ControlClient, ConnectError> {
+    let channel = unix_channel(path).await.map_err(|error| ConnectError {
+        socket: path.to_path_buf(),
+        detail: error_chain(&error),
+    })?;
+    Ok(v1::control_client::ControlClient::new(channel))
+}
+
+/// A gRPC channel over the unix socket at `path` (hearthd's, or any other
+/// gRPC server's such as containerd's CRI).
+pub async fn unix_channel(
+    path: &Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let socket = path.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://hearthd.invalid")
+    tonic::transport::Endpoint::from_static("http://unix.invalid")
         .connect_with_connector(tower::service_fn(move |_| {
             let socket = socket.clone();
             async move {
@@ -45,11 +57,6 @@ pub async fn connect(path: &Path) -> Result<ControlClient, ConnectError> {
             }
         }))
         .await
-        .map_err(|error| ConnectError {
-            socket: path.to_path_buf(),
-            detail: error_chain(&error),
-        })?;
-    Ok(v1::control_client::ControlClient::new(channel))
 }
 
 /// hearthd could not be reached.

@@ -177,6 +177,8 @@ impl FunctionConfig {
             args: vec![self.name.clone()],
             allowed_outbound_hosts: Arc::from(self.allowed_outbound_hosts.clone()),
             limits: self.limits.apply(defaults),
+            output_files: None,
+            memory: Default::default(),
         }
     }
 }

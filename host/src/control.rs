@@ -21,10 +21,17 @@
 //!   reason; every waiter sees the same result.
 //! * `Delete` forgets an exited or never-started function; a running one
 //!   is `FAILED_PRECONDITION`, an unknown id `NOT_FOUND`.
+//! * A function created with an `owner_pid` (its shim) lives only as long as
+//!   that process: hearthd checks owners every [`OWNER_SWEEP`], and a
+//!   function whose owner is gone (the pid is dead, or was reused: the
+//!   process start time is compared) is stopped at once and forgotten.
+//! * `stdout_path`/`stderr_path` receive the guest's output a line at a time
+//!   (see [`crate::guest_output`]).
 //! * Every transition is logged with the id and the function's name.
 
 use crate::distribution::PullPolicy;
 use crate::function::{Function, Host};
+use crate::guest_output::GuestOutputFiles;
 use crate::limits::Limits;
 use crate::state::FunctionEnv;
 use hearth_control::v1::control_server::Control;
@@ -44,11 +51,40 @@ const SIGKILL: u32 = 9;
 /// SIGTERM.
 const SIGTERM: u32 = 15;
 
+/// How often functions are checked for a dead owner.
+pub const OWNER_SWEEP: std::time::Duration = std::time::Duration::from_millis(500);
+
+type Functions = Arc<Mutex<HashMap<String, Arc<Managed>>>>;
+
 /// The control service; see the module docs.
 pub struct ControlService {
     host: Arc<Host>,
     defaults: Limits,
-    functions: Mutex<HashMap<String, Arc<Managed>>>,
+    functions: Functions,
+}
+
+/// A process identified by pid and start time, so a reused pid is not
+/// mistaken for the owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OwnerProcess {
+    pid: u32,
+    started_at: u64,
+}
+
+impl OwnerProcess {
+    /// The process `pid` as it is now, if it exists.
+    fn find(pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may hold spaces and parentheses; the
+        // fields after its closing parenthesis start at field 3.
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        let started_at = after_name.split_whitespace().nth(19)?.parse().ok()?;
+        Some(OwnerProcess { pid, started_at })
+    }
+
+    fn is_alive(&self) -> bool {
+        OwnerProcess::find(self.pid) == Some(*self)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +99,7 @@ struct Managed {
     sandbox_id: String,
     listen: String,
     netns: String,
+    owner: Option<OwnerProcess>,
     function: Arc<Function>,
     phase: Mutex<Phase>,
     listening: Mutex<String>,
@@ -106,7 +143,7 @@ impl Managed {
                 Phase::Exited => "exited",
             }
             .into(),
-            exit_status: exit.map(|(status, _)| status).unwrap_or(0),
+            exit_status: exit.as_ref().map(|(status, _)| *status).unwrap_or(0),
             sandbox_id: self.sandbox_id.clone(),
             kind: kind_name(&self.function).into(),
             listening: self
@@ -115,7 +152,18 @@ impl Managed {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             instances: self.function.live_instances(),
+            memory_bytes: self.function.env().memory.bytes(),
+            exit_reason: exit.map(|(_, reason)| reason).unwrap_or_default(),
         }
+    }
+
+    /// Stops the function at once (SIGKILL semantics).
+    fn stop_now(&self, status: i32, reason: &str) {
+        self.drain.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        self.exited(status, reason);
     }
 }
 
@@ -134,8 +182,40 @@ impl ControlService {
         ControlService {
             host,
             defaults,
-            functions: Mutex::new(HashMap::new()),
+            functions: Functions::default(),
         }
+    }
+
+    /// Every [`OWNER_SWEEP`], stops and forgets functions whose owner
+    /// process is gone. Runs until the runtime shuts down.
+    fn spawn_owner_sweeper(&self) {
+        let functions = Arc::downgrade(&self.functions);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(OWNER_SWEEP);
+            loop {
+                ticks.tick().await;
+                let Some(functions) = functions.upgrade() else {
+                    return;
+                };
+                let orphans: Vec<Arc<Managed>> = {
+                    let mut functions = functions.lock().unwrap_or_else(|e| e.into_inner());
+                    let orphan_ids: Vec<String> = functions
+                        .values()
+                        .filter(|managed| managed.owner.is_some_and(|owner| !owner.is_alive()))
+                        .map(|managed| managed.id.clone())
+                        .collect();
+                    orphan_ids
+                        .iter()
+                        .filter_map(|id| functions.remove(id))
+                        .collect()
+                };
+                for managed in orphans {
+                    let pid = managed.owner.map(|owner| owner.pid).unwrap_or_default();
+                    tracing::warn!(id = %managed.id, function = managed.function.name(), owner_pid = pid, "owner process is gone: function stopped and forgotten");
+                    managed.stop_now(128 + SIGKILL as i32, "owner gone");
+                }
+            }
+        });
     }
 
     fn get(&self, id: &str) -> Result<Arc<Managed>, Status> {
@@ -235,6 +315,21 @@ impl Control for ControlService {
         };
         let mut args = vec![name.clone()];
         args.extend(request.args.iter().cloned());
+        let owner = match request.owner_pid {
+            0 => None,
+            pid => Some(OwnerProcess::find(pid).ok_or_else(|| {
+                Status::invalid_argument(format!("owner_pid {pid} is not a running process"))
+            })?),
+        };
+        let path_or_none = |path: &str| (!path.is_empty()).then(|| std::path::PathBuf::from(path));
+        let output_files = (!request.stdout_path.is_empty() || !request.stderr_path.is_empty())
+            .then(|| {
+                Arc::new(GuestOutputFiles::new(
+                    &name,
+                    path_or_none(&request.stdout_path),
+                    path_or_none(&request.stderr_path),
+                ))
+            });
         let env = FunctionEnv {
             name: name.as_str().into(),
             env: request
@@ -245,6 +340,8 @@ impl Control for ControlService {
             args,
             allowed_outbound_hosts: Arc::from(Vec::<String>::new()),
             limits,
+            output_files,
+            memory: Default::default(),
         };
         let loaded = match &request.source {
             Some(Source::WasmPath(path)) => self.host.load_file(env, path.as_ref()).await,
@@ -274,6 +371,7 @@ impl Control for ControlService {
             sandbox_id: request.sandbox_id,
             listen: request.listen,
             netns: request.netns,
+            owner,
             function,
             phase: Mutex::new(Phase::Created),
             listening: Mutex::new(String::new()),
@@ -371,20 +469,12 @@ impl Control for ControlService {
                         let _ = drain.send(());
                     }
                     (signal, _) => {
-                        if let Some(task) = managed
-                            .task
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .take()
-                        {
-                            task.abort();
-                        }
                         let reason = if signal == SIGKILL {
                             "killed"
                         } else {
                             "terminated"
                         };
-                        managed.exited(128 + signal as i32, reason);
+                        managed.stop_now(128 + signal as i32, reason);
                     }
                 }
             }
@@ -488,6 +578,7 @@ pub async fn serve(
     path: std::path::PathBuf,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    service.spawn_owner_sweeper();
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .add_service(hearth_control::v1::control_server::ControlServer::new(

@@ -5,11 +5,19 @@
 //! (`stdout` or `stderr`). Lines are split on `\n`; a line longer than
 //! [`MAX_LINE`] is emitted in pieces; a trailing partial line is emitted
 //! when the stream is dropped (the instance ends), so nothing is lost.
+//!
+//! When the function was given [`GuestOutputFiles`] (a containerd task's
+//! stdio paths, so CRI log files and `kubectl logs` see them), each line is
+//! written there instead, with its `\n`, by one writer thread per file: a
+//! slow reader never blocks an instance. A file that cannot be opened is
+//! reported once in hearthd's log and its lines go to the log instead.
 
 use bytes::Bytes;
-use std::io;
+use std::io::{self, Write};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -36,17 +44,94 @@ impl GuestStream {
     }
 }
 
-/// A [`StdoutStream`] that turns guest output into host log lines.
+/// Files a function's stdout and stderr are written to.
+#[derive(Debug)]
+pub struct GuestOutputFiles {
+    stdout: Option<OutputFile>,
+    stderr: Option<OutputFile>,
+}
+
+impl GuestOutputFiles {
+    /// Writes stdout to `stdout` and stderr to `stderr` (either may be
+    /// absent: that stream goes to the log). Files are opened for append by
+    /// their writer threads, so opening a FIFO waits for its reader there.
+    pub fn new(function: &str, stdout: Option<PathBuf>, stderr: Option<PathBuf>) -> Self {
+        GuestOutputFiles {
+            stdout: stdout.map(|path| OutputFile::spawn(function, path)),
+            stderr: stderr.map(|path| OutputFile::spawn(function, path)),
+        }
+    }
+
+    fn for_stream(&self, stream: GuestStream) -> Option<&OutputFile> {
+        match stream {
+            GuestStream::Stdout => self.stdout.as_ref(),
+            GuestStream::Stderr => self.stderr.as_ref(),
+        }
+    }
+}
+
+/// One output file and the thread that writes lines to it; the thread ends
+/// (closing the file) once every sender is gone.
+#[derive(Debug)]
+struct OutputFile {
+    lines: mpsc::Sender<Vec<u8>>,
+}
+
+impl OutputFile {
+    fn spawn(function: &str, path: PathBuf) -> Self {
+        let (lines, received) = mpsc::channel::<Vec<u8>>();
+        let function = function.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("guest-output".into())
+            .spawn(move || {
+                let opened = std::fs::OpenOptions::new().append(true).open(&path);
+                let mut file = match opened {
+                    Ok(file) => Some(file),
+                    Err(error) => {
+                        tracing::warn!(%function, path = %path.display(), "cannot open the output file; guest output goes to the log: {error}");
+                        None
+                    }
+                };
+                for line in received {
+                    let written = file.as_mut().map(|file| file.write_all(&line));
+                    if !matches!(written, Some(Ok(()))) {
+                        if let Some(Err(error)) = written {
+                            tracing::warn!(%function, path = %path.display(), "writing guest output failed; further output goes to the log: {error}");
+                            file = None;
+                        }
+                        let text = String::from_utf8_lossy(&line);
+                        tracing::info!(target: "guest", %function, "{}", text.trim_end());
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!("cannot start a guest output thread: {error}");
+        }
+        OutputFile { lines }
+    }
+}
+
+/// A [`StdoutStream`] that turns guest output into host log lines, or into
+/// lines of an output file.
 #[derive(Debug, Clone)]
 pub struct GuestOutput {
     function: Arc<str>,
     stream: GuestStream,
+    files: Option<Arc<GuestOutputFiles>>,
 }
 
 impl GuestOutput {
-    /// Output of `function` on `stream`.
-    pub fn new(function: Arc<str>, stream: GuestStream) -> Self {
-        GuestOutput { function, stream }
+    /// Output of `function` on `stream`, to `files` when given.
+    pub fn new(
+        function: Arc<str>,
+        stream: GuestStream,
+        files: Option<Arc<GuestOutputFiles>>,
+    ) -> Self {
+        GuestOutput {
+            function,
+            stream,
+            files,
+        }
     }
 
     fn writer(&self) -> LineWriter {
@@ -94,6 +179,20 @@ impl LineWriter {
     }
 
     fn emit(&mut self) {
+        if let Some(file) =
+            (self.output.files.as_ref()).and_then(|f| f.for_stream(self.output.stream))
+        {
+            let mut line = std::mem::take(&mut self.pending);
+            line.push(b'\n');
+            match file.lines.send(line) {
+                Ok(()) => return,
+                // The writer thread is gone: log the line instead.
+                Err(mpsc::SendError(mut line)) => {
+                    line.pop();
+                    self.pending = line;
+                }
+            }
+        }
         let line = String::from_utf8_lossy(&self.pending);
         let line = line.strip_suffix('\r').unwrap_or(&line);
         tracing::info!(

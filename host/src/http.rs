@@ -15,7 +15,8 @@
 //!   listener keeps serving.
 //! * [`serve`] stops accepting when its shutdown future resolves, lets
 //!   in-flight requests finish (bounded by the request deadline plus a
-//!   second), then returns.
+//!   second), then returns. Dropping the [`serve`] future instead (SIGKILL)
+//!   drops every open connection and in-flight request with it.
 
 use crate::function::{Function, FunctionKind};
 use crate::invocation_error::{InvocationError, log_failure};
@@ -49,9 +50,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
+    // Connections live in this set, owned by this future: when it is
+    // dropped (SIGKILL aborts the serving task) every connection, with the
+    // request and instance in it, is dropped at once.
+    let mut connections = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -73,7 +79,7 @@ pub async fn serve(
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }

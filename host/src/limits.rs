@@ -12,8 +12,14 @@
 //! * `max_request_body_bytes`: larger bodies are refused with 413.
 //! * `max_concurrent_instances`: instances alive at once per function; a
 //!   request that cannot get a slot within its deadline gets 503.
+//!
+//! Each function also has a [`MemoryGauge`]: the linear memory its live
+//! instances hold now, counted as the limiter grants growth and released when
+//! the instance's store is dropped. It is what the shim's Stats reports.
 
 use serde::Deserialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wasmtime::ResourceLimiter;
 
@@ -91,25 +97,47 @@ pub struct MemoryLimitExceeded {
     pub limit: usize,
 }
 
+/// Linear memory held by the live instances of one function, in bytes.
+#[derive(Debug, Default)]
+pub struct MemoryGauge(AtomicU64);
+
+impl MemoryGauge {
+    /// Bytes held now.
+    pub fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// The [`ResourceLimiter`] every store carries.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StoreLimiter {
     max_memory_bytes: usize,
+    gauge: Arc<MemoryGauge>,
+    /// What this store has added to `gauge`; given back on drop.
+    charged: u64,
 }
 
 impl StoreLimiter {
-    /// A limiter enforcing `limits`.
-    pub fn new(limits: &Limits) -> Self {
+    /// A limiter enforcing `limits` and counting granted memory in `gauge`.
+    pub fn new(limits: &Limits, gauge: Arc<MemoryGauge>) -> Self {
         StoreLimiter {
             max_memory_bytes: limits.max_memory_bytes(),
+            gauge,
+            charged: 0,
         }
+    }
+}
+
+impl Drop for StoreLimiter {
+    fn drop(&mut self) {
+        self.gauge.0.fetch_sub(self.charged, Ordering::Relaxed);
     }
 }
 
 impl ResourceLimiter for StoreLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -120,6 +148,9 @@ impl ResourceLimiter for StoreLimiter {
             }
             .into());
         }
+        let grown = desired.saturating_sub(current) as u64;
+        self.gauge.0.fetch_add(grown, Ordering::Relaxed);
+        self.charged += grown;
         Ok(true)
     }
 

@@ -4,8 +4,8 @@
 //! One [`FunctionState`] is made per instance and dropped with it; nothing in
 //! it is shared between instances except the immutable [`FunctionEnv`].
 
-use crate::guest_output::{GuestOutput, GuestStream};
-use crate::limits::{Limits, StoreLimiter};
+use crate::guest_output::{GuestOutput, GuestOutputFiles, GuestStream};
+use crate::limits::{Limits, MemoryGauge, StoreLimiter};
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -28,6 +28,11 @@ pub struct FunctionEnv {
     pub allowed_outbound_hosts: Arc<[String]>,
     /// Limits in force.
     pub limits: Limits,
+    /// Where guest stdout/stderr go: files (e.g. the FIFOs containerd gives
+    /// a task), or, when `None`, hearthd's log.
+    pub output_files: Option<Arc<GuestOutputFiles>>,
+    /// Linear memory held by this function's live instances.
+    pub memory: Arc<MemoryGauge>,
 }
 
 impl FunctionEnv {
@@ -39,6 +44,8 @@ impl FunctionEnv {
             args: vec![name.to_string()],
             allowed_outbound_hosts: Arc::from(Vec::new()),
             limits: Limits::default(),
+            output_files: None,
+            memory: Arc::default(),
         }
     }
 }
@@ -58,8 +65,16 @@ impl FunctionState {
         let mut wasi = WasiCtx::builder();
         wasi.envs(&env.env)
             .args(&env.args)
-            .stdout(GuestOutput::new(env.name.clone(), GuestStream::Stdout))
-            .stderr(GuestOutput::new(env.name.clone(), GuestStream::Stderr));
+            .stdout(GuestOutput::new(
+                env.name.clone(),
+                GuestStream::Stdout,
+                env.output_files.clone(),
+            ))
+            .stderr(GuestOutput::new(
+                env.name.clone(),
+                GuestStream::Stderr,
+                env.output_files.clone(),
+            ));
         FunctionState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
@@ -67,7 +82,7 @@ impl FunctionState {
             outbound: OutboundPolicy {
                 allowed_hosts: env.allowed_outbound_hosts.clone(),
             },
-            limiter: StoreLimiter::new(&env.limits),
+            limiter: StoreLimiter::new(&env.limits, env.memory.clone()),
         }
     }
 }

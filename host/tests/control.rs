@@ -8,7 +8,7 @@ use hearth_control::v1::{
 use hearth_control::{ControlClient, connect};
 use hearth_testkit::http::get;
 use hearth_testkit::process::{Running, run_to_end};
-use hearth_testkit::{HELLO, JOB_EXIT};
+use hearth_testkit::{HELLO, JOB_EXIT, MISBEHAVE};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -330,4 +330,105 @@ async fn a_service_listens_inside_the_requested_network_namespace() {
         get(outside, "/").await.is_err(),
         "not reachable from the host's namespace"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_whose_owner_dies_is_stopped_and_forgotten() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client().await;
+    let mut owner = Command::new("sleep").arg("600").spawn().unwrap();
+    let mut request = create("owned", HELLO, &[]);
+    request.owner_pid = owner.id();
+    client.create(request).await.unwrap();
+    let started = client
+        .start(StartRequest { id: id("owned") })
+        .await
+        .unwrap()
+        .into_inner();
+    let addr = started.listening.parse().unwrap();
+    assert_eq!(get(addr, "/").await.unwrap().status, 200);
+
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let listed = client.list(ListRequest {}).await.unwrap().into_inner();
+        if listed.functions.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still held: {listed:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(get(addr, "/").await.is_err(), "still serving");
+    daemon.process.wait_for_line("owner process is gone");
+
+    // An owner that is not running is refused at create.
+    let mut request = create("orphaned", HELLO, &[]);
+    request.owner_pid = owner.id();
+    let refused = client.create(request).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("owner_pid"),
+        "{}",
+        refused.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_output_goes_to_the_given_files_and_memory_is_reported() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = dir.path().join("stdout");
+    let stderr = dir.path().join("stderr");
+    std::fs::write(&stdout, "").unwrap();
+    std::fs::write(&stderr, "").unwrap();
+    let mut request = create("printer", MISBEHAVE, &[]);
+    request.stdout_path = stdout.to_string_lossy().into();
+    request.stderr_path = stderr.to_string_lossy().into();
+    client.create(request).await.unwrap();
+    let started = client
+        .start(StartRequest { id: id("printer") })
+        .await
+        .unwrap()
+        .into_inner();
+    let addr: std::net::SocketAddr = started.listening.parse().unwrap();
+    assert_eq!(get(addr, "/print").await.unwrap().status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(&stderr).unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing written to stderr"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&stdout).unwrap(),
+        "misbehave: to stdout\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&stderr).unwrap(),
+        "misbehave: to stderr\n"
+    );
+
+    // While a request holds an instance, its linear memory is counted.
+    let in_flight = tokio::spawn(get(addr, "/sleep?ms=1500"));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let state = client
+        .state(StateRequest { id: id("printer") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state.instances, 1);
+    assert!(state.memory_bytes >= 64 * 1024, "{state:?}");
+    in_flight.await.unwrap().unwrap();
+    let state = client
+        .state(StateRequest { id: id("printer") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((state.instances, state.memory_bytes), (0, 0), "released");
 }

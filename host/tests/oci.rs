@@ -10,7 +10,7 @@ use hearth_prewarm::registry::{RegistryClient, RegistryError, RegistrySettings, 
 use hearth_testkit::http::get;
 use hearth_testkit::process::{Running, run_to_end};
 use hearth_testkit::registry::{
-    Fault, FaultProxy, Registry, TokenServer, free_port, non_loopback_ip,
+    Fault, FaultProxy, Registry, TokenServer, free_port, non_loopback_ip, skopeo_push,
 };
 use hearth_testkit::{ECHO, HELLO, LIFECYCLE, wasm_bytes};
 use std::path::Path;
@@ -140,57 +140,8 @@ fn push_pull_and_run_round_trip_in_both_forms() {
     }
 }
 
-/// Writes `built` as an OCI image layout that skopeo can copy. With
-/// `as_index`, the tag names an image index whose one entry is `built` for
-/// platform wasip2/wasm, as multi-platform builders push it.
-fn write_oci_layout(dir: &Path, built: &BuiltImage, tag: &str, as_index: bool) {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let write_blob = |digest: &str, bytes: &[u8]| {
-        std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), bytes).unwrap();
-    };
-    write_blob(&built.config.descriptor.digest, &built.config.bytes);
-    for layer in &built.layers {
-        write_blob(&layer.descriptor.digest, &layer.bytes);
-    }
-    write_blob(&built.manifest_digest(), &built.manifest);
-    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let mut top = serde_json::json!({
-        "mediaType": built.manifest_media_type,
-        "digest": built.manifest_digest(),
-        "size": built.manifest.len(),
-    });
-    if as_index {
-        let platform_index = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": image::OCI_INDEX,
-            "manifests": [{
-                "mediaType": built.manifest_media_type,
-                "digest": built.manifest_digest(),
-                "size": built.manifest.len(),
-                "platform": { "os": "wasip2", "architecture": "wasm" },
-            }],
-        })
-        .to_string();
-        let digest = image::sha256_digest(platform_index.as_bytes());
-        write_blob(&digest, platform_index.as_bytes());
-        top = serde_json::json!({
-            "mediaType": image::OCI_INDEX,
-            "digest": digest,
-            "size": platform_index.len(),
-        });
-    }
-    top["annotations"] = serde_json::json!({ "org.opencontainers.image.ref.name": tag });
-    let index = serde_json::json!({ "schemaVersion": 2, "manifests": [top] });
-    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
-}
-
 #[test]
 fn images_pushed_by_skopeo_run_in_both_forms_and_as_an_index() {
-    assert!(
-        Path::new("/usr/bin/skopeo").exists(),
-        "/usr/bin/skopeo is missing: install Debian's skopeo package (scripts/setup.sh does)"
-    );
     let registry = Registry::start();
     for (form, as_index) in [
         (ImageForm::Image, false),
@@ -198,27 +149,10 @@ fn images_pushed_by_skopeo_run_in_both_forms_and_as_an_index() {
         (ImageForm::Image, true),
     ] {
         let scratch = Scratch::new();
-        let layout = tempfile::tempdir().unwrap();
         let built = image::build(form, &wasm_bytes(HELLO));
-        write_oci_layout(layout.path(), &built, "1", as_index);
         let repository = format!("skopeo/{form:?}{}", if as_index { "-index" } else { "" });
         let reference = registry.reference(&repository.to_lowercase(), "1");
-        let output = Command::new("skopeo")
-            .args([
-                "--insecure-policy",
-                "copy",
-                "--all",
-                "--dest-tls-verify=false",
-            ])
-            .arg(format!("oci:{}:1", layout.path().display()))
-            .arg(format!("docker://{reference}"))
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "skopeo copy failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        skopeo_push(&built, &reference, as_index);
         let (_server, body) = serve_and_get(&scratch, &reference, &[]);
         assert!(body.contains("Hello"), "{body}");
     }

@@ -7,6 +7,7 @@
 //! hearth pull 127.0.0.1:5000/hello:1            # into the caches, compiled and ready
 //! hearth run 127.0.0.1:5000/hello:1             # straight from a registry reference
 //! hearth cache ls | hearth cache gc
+//! hearth status                                 # what the node's hearthd runs
 //! ```
 //!
 //! Every command shares the caches under `--cache-dir` (see
@@ -44,6 +45,8 @@ enum Command {
     Push(PushArgs),
     /// Pull a reference into the artifact cache and precompile it.
     Pull(PullArgs),
+    /// List the functions the node's hearthd runs (over its control socket).
+    Status(StatusArgs),
     /// Inspect or clean the caches.
     Cache {
         #[command(subcommand)]
@@ -58,6 +61,13 @@ enum CacheCommand {
     /// Remove incomplete entries, unreferenced blobs and crash leftovers,
     /// evict to the size bound, and drop compiled code of other engines.
     Gc(CacheArgs),
+}
+
+#[derive(Parser)]
+struct StatusArgs {
+    /// hearthd's control socket [default: $HEARTH_SOCKET, else /run/hearth/hearthd.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
 }
 
 /// Where the caches are and how registries are reached.
@@ -177,6 +187,7 @@ async fn main() {
         Command::Run(args) => run(args).await,
         Command::Push(args) => push(args).await,
         Command::Pull(args) => pull(args).await,
+        Command::Status(args) => status(args).await,
         Command::Cache {
             command: CacheCommand::Ls(args),
         } => cache_ls(args),
@@ -192,6 +203,39 @@ async fn main() {
             std::process::exit(2);
         }
     }
+}
+
+async fn status(args: StatusArgs) -> Result<i32> {
+    let socket = args.socket.unwrap_or_else(hearth_control::socket_path);
+    let mut client = hearth_control::connect(&socket).await?;
+    let functions = client
+        .list(hearth_control::v1::ListRequest {})
+        .await
+        .context("hearthd refused to list its functions")?
+        .into_inner()
+        .functions;
+    println!(
+        "{:<16} {:<16} {:<8} {:<8} {:>9} {:>10}  LISTENING / EXIT",
+        "ID", "POD", "KIND", "STATUS", "INSTANCES", "MEMORY KiB"
+    );
+    for function in &functions {
+        let short = |id: &str| id.chars().take(16).collect::<String>();
+        let detail = if function.status == "exited" {
+            format!("{} ({})", function.exit_status, function.exit_reason)
+        } else {
+            function.listening.clone()
+        };
+        println!(
+            "{:<16} {:<16} {:<8} {:<8} {:>9} {:>10}  {detail}",
+            short(&function.id),
+            short(&function.sandbox_id),
+            function.kind,
+            function.status,
+            function.instances,
+            function.memory_bytes / 1024,
+        );
+    }
+    Ok(0)
 }
 
 async fn push(args: PushArgs) -> Result<i32> {
@@ -319,6 +363,8 @@ async fn run(args: RunArgs) -> Result<i32> {
         args: guest_args,
         allowed_outbound_hosts: Arc::from(args.allow_outbound),
         limits,
+        output_files: None,
+        memory: Default::default(),
     };
     let settings = EngineSettings::for_limits([&limits]);
     let host = match (

@@ -4,7 +4,15 @@
 //! scripts/bench-host.sh            # installs the peer and wrk, then runs:
 //! hearth-bench host --hearth target/release/hearth --wasmtime PATH/TO/wasmtime
 //! scripts/bench-oci.sh             # hearth-bench oci --hearth target/release/hearth
+//! scripts/bench-pods.sh            # hearth-bench pods --bin-dir target/release
 //! ```
+//!
+//! `pods` (needs root, containerd, docker-registry, skopeo) starts a private
+//! hearthd, registry and containerd as the shim tests do, runs N idle
+//! Pod-network Pods of `functions/hello` through the CRI with the `hearth`
+//! handler, and reports memory per Pod: the RSS (and PSS) of the Pod's
+//! processes (its shim and namespace holder) plus hearthd's RSS growth
+//! over the baseline, divided by N.
 //!
 //! `oci` measures the time from starting `hearth run <reference>` to the
 //! first HTTP 200 of `hello`, served from a real `docker-registry` on
@@ -38,6 +46,19 @@ enum Bench {
     Host(HostArgs),
     /// Time from `hearth run <reference>` to the first 200, per cache state.
     Oci(OciArgs),
+    /// Memory per idle Pod through containerd's CRI.
+    Pods(PodsArgs),
+}
+
+#[derive(Parser)]
+struct PodsArgs {
+    /// Directory holding release builds of hearthd, hearth and
+    /// containerd-shim-hearth-v1.
+    #[arg(long)]
+    bin_dir: PathBuf,
+    /// Pod counts to measure, each from a fresh node.
+    #[arg(long, value_delimiter = ',', default_values_t = [50, 200])]
+    pods: Vec<usize>,
 }
 
 #[derive(Parser)]
@@ -74,7 +95,130 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Bench::Host(args) => host(args),
         Bench::Oci(args) => oci(args),
+        Bench::Pods(args) => pods(args),
     }
+}
+
+/// Memory of one process: (RSS, PSS) in bytes.
+fn process_memory(pid: u32) -> (u64, u64) {
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+            .unwrap_or(0)
+    };
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    (field(&rollup, "Rss:"), field(&rollup, "Pss:"))
+}
+
+/// The bench's one container per Pod: `functions/hello` from `image`.
+fn hello_container(image: &str) -> hearth_testkit::cri::ContainerSpec<'_> {
+    hearth_testkit::cri::ContainerSpec {
+        name: "hello",
+        image,
+        env: &[],
+        command: &[],
+    }
+}
+
+fn pods(args: PodsArgs) -> Result<()> {
+    use hearth_testkit::cri::{Cri, Network};
+    let bin_dir = std::fs::canonicalize(&args.bin_dir)
+        .with_context(|| format!("--bin-dir {}", args.bin_dir.display()))?;
+    hearth_testkit::containerd::use_prebuilt_binaries(bin_dir);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _in_runtime = runtime.enter();
+    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+    let mut rows = Vec::new();
+    for &count in &args.pods {
+        let node = hearth_testkit::node::Node::start();
+        let cri = runtime.block_on(Cri::connect(&node.containerd));
+        let image = node.push(hearth_testkit::HELLO, "bench/hello");
+        let logs = node.dir.path().join("pods");
+        runtime.block_on(cri.pull(&image))?;
+        // A warm-up Pod loads and compiles the component once: a per-node
+        // cost, not a per-Pod one, so it is in the baseline.
+        let warm = runtime.block_on(cri.run_pod("warm-up", Network::Pod, &logs))?;
+        runtime.block_on(cri.run_container(&warm, &hello_container(&image)))?;
+        runtime.block_on(cri.remove_pod(&warm))?;
+        std::thread::sleep(Duration::from_secs(2));
+        let (hearthd_before, _) = process_memory(node.hearthd.pid());
+
+        let started = Instant::now();
+        let mut starting = tokio::task::JoinSet::new();
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+        for index in 0..count {
+            let (cri, logs, image, gate) = (cri.clone(), logs.clone(), image.clone(), gate.clone());
+            starting.spawn(async move {
+                let _permit = gate.acquire().await;
+                let pod = cri
+                    .run_pod(&format!("idle-{index}"), Network::Pod, &logs)
+                    .await?;
+                cri.run_container(&pod, &hello_container(&image)).await?;
+                Ok::<_, tonic::Status>(pod)
+            });
+        }
+        let pods = runtime
+            .block_on(starting.join_all())
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        let start_seconds = started.elapsed().as_secs_f64();
+        for pod in &pods {
+            let addr = std::net::SocketAddr::new(pod.ip.context("a Pod IP")?, 8080);
+            let reply = runtime.block_on(hearth_testkit::http::get(addr, "/"))?;
+            if reply.status != 200 {
+                bail!("Pod at {addr} answered {}", reply.status);
+            }
+        }
+        // Idle: every Pod has served once; let allocators settle.
+        std::thread::sleep(Duration::from_secs(3));
+        let (hearthd_after, _) = process_memory(node.hearthd.pid());
+        let pod_processes = node.shims();
+        let is_holder = |pid: &u32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("--hearth-pause"))
+        };
+        let sum = |pids: &mut dyn Iterator<Item = &u32>| {
+            pids.map(|pid| process_memory(*pid))
+                .fold((0, 0), |(rss, pss), (r, p)| (rss + r, pss + p))
+        };
+        let (shim_rss, shim_pss) = sum(&mut pod_processes.iter().filter(|pid| !is_holder(pid)));
+        let (holder_rss, holder_pss) = sum(&mut pod_processes.iter().filter(|pid| is_holder(pid)));
+        let per_pod = |bytes: u64| mib(bytes as f64 / count as f64);
+        let hearthd_delta = hearthd_after.saturating_sub(hearthd_before);
+        rows.push(format!(
+            "| {count} | {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | **{:.2}** | **{:.2}** | {:.1} |",
+            pod_processes.len(),
+            per_pod(shim_rss),
+            per_pod(shim_pss),
+            per_pod(holder_rss),
+            per_pod(holder_pss),
+            per_pod(hearthd_delta),
+            per_pod(shim_rss + holder_rss + hearthd_delta),
+            per_pod(shim_pss + holder_pss + hearthd_delta),
+            start_seconds,
+        ));
+        runtime.block_on(cri.remove_pods(pods))?;
+    }
+    println!("## Memory per idle Pod (functions/hello, Pod network, CRI handler `hearth`)\n");
+    println!(
+        "Per Pod = (RSS of the Pod's shim and namespace holder + hearthd's RSS growth over a node with no Pods) / Pods. PSS splits pages shared between the shims (same binary) among them.\n"
+    );
+    println!(
+        "| Pods | Pod processes | shim RSS / PSS MiB/Pod | holder RSS / PSS MiB/Pod | hearthd RSS delta MiB/Pod | total RSS MiB/Pod | total PSS MiB/Pod | all started in s |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        println!("{row}");
+    }
+    Ok(())
 }
 
 fn host(args: HostArgs) -> Result<()> {

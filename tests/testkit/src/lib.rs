@@ -6,10 +6,15 @@
 //! * [`http`]: a minimal HTTP/1 client for talking to a function.
 //! * [`process`]: running Hearth's binaries and reading their logs.
 //! * [`registry`]: a real `docker-registry` on loopback, and a fault-injecting proxy.
+//! * [`containerd`]: a private containerd; [`node`]: it with a hearthd and a
+//!   registry holding a pause image; [`cri`]: a CRI client playing kubelet.
 
 include!(concat!(env!("OUT_DIR"), "/functions.rs"));
 
+pub mod containerd;
+pub mod cri;
 pub mod http;
+pub mod node;
 pub mod process;
 pub mod registry;
 

@@ -10,6 +10,7 @@
 //! status for every request, blob bodies cut short, or blob bodies that stall.
 
 use bytes::Bytes;
+use hearth_prewarm::image::{self, BuiltImage};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
@@ -555,4 +556,77 @@ async fn forward(
         .send_request(request)
         .await
         .map_err(std::io::Error::other)
+}
+
+/// Writes `built` as an OCI image layout that skopeo can copy. With
+/// `as_index`, the tag names an image index whose one entry is `built` for
+/// platform wasip2/wasm, as multi-platform builders push it.
+pub fn write_oci_layout(dir: &Path, built: &BuiltImage, tag: &str, as_index: bool) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let write_blob = |digest: &str, bytes: &[u8]| {
+        std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), bytes).unwrap();
+    };
+    write_blob(&built.config.descriptor.digest, &built.config.bytes);
+    for layer in &built.layers {
+        write_blob(&layer.descriptor.digest, &layer.bytes);
+    }
+    write_blob(&built.manifest_digest(), &built.manifest);
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut top = serde_json::json!({
+        "mediaType": built.manifest_media_type,
+        "digest": built.manifest_digest(),
+        "size": built.manifest.len(),
+    });
+    if as_index {
+        let platform_index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": image::OCI_INDEX,
+            "manifests": [{
+                "mediaType": built.manifest_media_type,
+                "digest": built.manifest_digest(),
+                "size": built.manifest.len(),
+                "platform": { "os": "wasip2", "architecture": "wasm" },
+            }],
+        })
+        .to_string();
+        let digest = image::sha256_digest(platform_index.as_bytes());
+        write_blob(&digest, platform_index.as_bytes());
+        top = serde_json::json!({
+            "mediaType": image::OCI_INDEX,
+            "digest": digest,
+            "size": platform_index.len(),
+        });
+    }
+    top["annotations"] = serde_json::json!({ "org.opencontainers.image.ref.name": tag });
+    let index = serde_json::json!({ "schemaVersion": 2, "manifests": [top] });
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+}
+
+/// Pushes `built` to `reference` the way other tools do, with skopeo from an
+/// OCI layout (as an image index with one wasip2/wasm entry if `as_index`),
+/// bypassing every check `hearth push` makes.
+pub fn skopeo_push(built: &BuiltImage, reference: &str, as_index: bool) {
+    assert!(
+        std::path::Path::new("/usr/bin/skopeo").exists(),
+        "/usr/bin/skopeo is missing: install Debian's skopeo package (scripts/setup.sh does)"
+    );
+    let layout = tempfile::tempdir().unwrap();
+    write_oci_layout(layout.path(), built, "1", as_index);
+    let output = std::process::Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:1", layout.path().display()))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "skopeo copy failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
