@@ -398,10 +398,14 @@ async fn guest_output_goes_to_the_given_files_and_memory_is_reported() {
     let addr: std::net::SocketAddr = started.listening.parse().unwrap();
     assert_eq!(get(addr, "/print").await.unwrap().status, 200);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::fs::read_to_string(&stderr).unwrap().is_empty() {
+    // Each file has its own writer thread, so the two lines land in
+    // either order: wait for both.
+    while std::fs::read_to_string(&stdout).unwrap().is_empty()
+        || std::fs::read_to_string(&stderr).unwrap().is_empty()
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "nothing written to stderr"
+            "stdout or stderr was never written"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
