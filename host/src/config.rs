@@ -17,6 +17,15 @@
 //!
 //! [prewarm]                     # optional
 //! images = ["127.0.0.1:5000/fn/hello:1"]  # pulled and compiled at start
+//! min_idle = 2                  # idle instances for functions from these images
+//!
+//! [admin]                       # optional
+//! listen = "127.0.0.1:9464"     # /metrics, /healthz, /readyz (off if unset)
+//!
+//! [pool]                        # optional
+//! instance_slots = 512          # pooling-allocator instance slots on this node
+//! max_invocations = 1           # default calls per instance before it retires
+//! compiled_memory_bytes = 1073741824  # compiled code kept in memory (LRU)
 //!
 //! [[function]]
 //! name = "hello"
@@ -25,6 +34,8 @@
 //! listen = "127.0.0.1:8080"
 //! env = { GREETING = "hi" }     # optional
 //! allowed_outbound_hosts = []   # optional; "*" allows any host
+//! min_idle = 1                  # optional; idle instances kept ready
+//! max_invocations = 1           # optional; overrides [pool] max_invocations
 //! [function.limits]             # optional per-function overrides
 //! max_memory_mib = 64
 //! ```
@@ -39,8 +50,10 @@
 //! valid: hearthd then serves only what shims hand it.
 
 use crate::distribution::{CacheSettings, DEFAULT_ARTIFACT_CACHE_BYTES, default_cache_dir};
+use crate::engine::EngineSettings;
 use crate::limits::Limits;
 use crate::state::FunctionEnv;
+use hearth_prewarm::pool::PoolSettings;
 use hearth_prewarm::registry::{RegistrySettings, parse_reference};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -74,6 +87,12 @@ pub struct HearthConfig {
     /// What to have ready before serving.
     #[serde(default)]
     pub prewarm: PrewarmConfig,
+    /// The instance pool.
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// The admin endpoint.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Functions to serve.
     #[serde(default)]
     pub function: Vec<FunctionConfig>,
@@ -107,6 +126,45 @@ pub struct PrewarmConfig {
     /// References pulled and compiled at start.
     #[serde(default)]
     pub images: Vec<String>,
+    /// Idle instances kept for functions started from these images (unless
+    /// the function asks for its own, e.g. by the `hearth.dev/min-idle` Pod
+    /// annotation).
+    #[serde(default)]
+    pub min_idle: u32,
+}
+
+/// Default instance slots of the pooling allocator on a node.
+pub const DEFAULT_INSTANCE_SLOTS: u32 = 512;
+/// Default bound of compiled code kept in memory.
+pub const DEFAULT_COMPILED_MEMORY_BYTES: u64 = 1 << 30;
+
+impl PoolConfig {
+    /// Calls per instance before it retires, by default.
+    pub fn max_invocations(&self) -> u32 {
+        self.max_invocations.unwrap_or(1)
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; none if unset.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[pool]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Instance slots reserved in the pooling allocator: the most instances,
+    /// idle and busy, alive at once on this node.
+    pub instance_slots: Option<u32>,
+    /// Default calls per instance before it is retired.
+    pub max_invocations: Option<u32>,
+    /// Bound of compiled code kept in memory; least recently used functions
+    /// that nothing runs are evicted past it (and reloaded from disk).
+    pub compiled_memory_bytes: Option<u64>,
 }
 
 /// One `[[function]]` entry.
@@ -130,6 +188,11 @@ pub struct FunctionConfig {
     /// Overrides of the default limits.
     #[serde(default)]
     pub limits: LimitsOverride,
+    /// Idle instances kept ready.
+    #[serde(default)]
+    pub min_idle: u32,
+    /// Calls per instance before it retires; default `[pool] max_invocations`.
+    pub max_invocations: Option<u32>,
 }
 
 /// Per-function limit overrides; unset fields take the defaults.
@@ -166,7 +229,7 @@ impl LimitsOverride {
 
 impl FunctionConfig {
     /// The environment instances of this function start with.
-    pub fn function_env(&self, defaults: Limits) -> FunctionEnv {
+    pub fn function_env(&self, defaults: Limits, pool: &PoolConfig) -> FunctionEnv {
         FunctionEnv {
             name: self.name.as_str().into(),
             env: self
@@ -179,6 +242,11 @@ impl FunctionConfig {
             limits: self.limits.apply(defaults),
             output_files: None,
             memory: Default::default(),
+            pool: PoolSettings {
+                min_idle: self.min_idle,
+                max_invocations: self.max_invocations.unwrap_or(pool.max_invocations()),
+                ..PoolSettings::default()
+            },
         }
     }
 }
@@ -218,6 +286,12 @@ impl HearthConfig {
     /// Checks everything `parse` cannot: ranges, uniqueness, existing paths.
     pub fn validate(&self) -> Result<(), String> {
         self.limits.validate().map_err(|e| format!("limits.{e}"))?;
+        if self.pool.instance_slots == Some(0) {
+            return Err("pool.instance_slots: must be at least 1".into());
+        }
+        if self.pool.max_invocations == Some(0) {
+            return Err("pool.max_invocations: must be at least 1".into());
+        }
         for (index, image) in self.prewarm.images.iter().enumerate() {
             parse_reference(image).map_err(|e| format!("prewarm.images[{index}]: {e}"))?;
         }
@@ -261,6 +335,9 @@ impl HearthConfig {
                     ));
                 }
             }
+            if function.max_invocations == Some(0) {
+                return Err(format!("{}: must be at least 1", key("max_invocations")));
+            }
             function
                 .limits
                 .apply(self.limits)
@@ -284,7 +361,22 @@ impl HearthConfig {
                     .unwrap_or(defaults.max_layer_bytes),
                 ..defaults
             },
+            max_compiled_memory_bytes: Some(
+                self.pool
+                    .compiled_memory_bytes
+                    .unwrap_or(DEFAULT_COMPILED_MEMORY_BYTES),
+            ),
         }
+    }
+
+    /// The engine hearthd runs: room for every configured function's
+    /// instances, and at least `[pool] instance_slots` instances in all.
+    pub fn engine_settings(&self) -> EngineSettings {
+        let mut settings = EngineSettings::for_limits(&self.all_limits());
+        settings.total_instances = settings
+            .total_instances
+            .max(self.pool.instance_slots.unwrap_or(DEFAULT_INSTANCE_SLOTS));
+        settings
     }
 
     /// The limits of every function, after overrides.
@@ -336,7 +428,7 @@ max_memory_mib = 16
         let config = HearthConfig::load(&file).unwrap();
         let function = &config.function[0];
         assert_eq!(function.path, Some(dir.path().join("hello.wasm")));
-        let env = function.function_env(config.limits);
+        let env = function.function_env(config.limits, &config.pool);
         assert_eq!(env.limits.request_timeout_ms, 1000);
         assert_eq!(env.limits.max_memory_mib, 16);
         assert_eq!(env.env, vec![("GREETING".to_string(), "hi".to_string())]);

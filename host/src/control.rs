@@ -7,7 +7,11 @@
 //!   hit when it is warm) and reports where the compiled code came from;
 //!   nothing runs yet. A component that cannot be loaded is
 //!   `INVALID_ARGUMENT` with the load error's message; a used id is
-//!   `ALREADY_EXISTS`.
+//!   `ALREADY_EXISTS`. A service gets an instance pool with the request's
+//!   `min_idle` and `max_invocations` (zero: the [`PoolDefaults`]; an image
+//!   listed in `[prewarm]` gets its `min_idle`), and the pool starts filling
+//!   at once, so idle instances are ready by `Start`. A `min_idle` the
+//!   node's instance slots cannot hold is `RESOURCE_EXHAUSTED`.
 //! * `Start` of a service binds its listener, inside the requested network
 //!   namespace when one is given (a dedicated thread enters it with
 //!   `setns`, binds, and exits), and serves until killed. `Start` of a job
@@ -30,7 +34,7 @@
 //! * Every transition is logged with the id and the function's name.
 
 use crate::distribution::PullPolicy;
-use crate::function::{Function, Host};
+use crate::function::{Function, FunctionLoadError, Host};
 use crate::guest_output::GuestOutputFiles;
 use crate::limits::Limits;
 use crate::state::FunctionEnv;
@@ -40,6 +44,7 @@ use hearth_control::v1::{
     KillResponse, ListRequest, ListResponse, StartRequest, StartResponse, StateRequest,
     WaitRequest, WaitResponse, create_request::Source,
 };
+use hearth_prewarm::pool::PoolSettings;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -60,7 +65,31 @@ type Functions = Arc<Mutex<HashMap<String, Arc<Managed>>>>;
 pub struct ControlService {
     host: Arc<Host>,
     defaults: Limits,
+    pool_defaults: PoolDefaults,
     functions: Functions,
+}
+
+struct ControlFunctions(Functions);
+
+impl crate::admin::FunctionSource for ControlFunctions {
+    fn functions(&self) -> Vec<(String, Arc<Function>)> {
+        let functions = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        functions
+            .iter()
+            .map(|(id, managed)| (id.clone(), managed.function.clone()))
+            .collect()
+    }
+}
+
+/// Pool settings for requests that leave them at zero.
+#[derive(Debug, Clone, Default)]
+pub struct PoolDefaults {
+    /// Calls per instance before it retires (0 means 1).
+    pub max_invocations: u32,
+    /// Images listed in `[prewarm]`...
+    pub prewarm_images: Vec<String>,
+    /// ...and the idle instances their functions keep.
+    pub prewarm_min_idle: u32,
 }
 
 /// A process identified by pid and start time, so a reused pid is not
@@ -134,6 +163,7 @@ impl Managed {
 
     fn state(&self) -> FunctionState {
         let exit = self.exit.borrow().clone();
+        let pool = self.function.pool().map(|p| p.stats()).unwrap_or_default();
         FunctionState {
             id: self.id.clone(),
             name: self.function.name().to_string(),
@@ -154,6 +184,9 @@ impl Managed {
             instances: self.function.live_instances(),
             memory_bytes: self.function.env().memory.bytes(),
             exit_reason: exit.map(|(_, reason)| reason).unwrap_or_default(),
+            idle_instances: pool.idle,
+            pool_hits: pool.hits,
+            pool_misses: pool.misses,
         }
     }
 
@@ -182,7 +215,37 @@ impl ControlService {
         ControlService {
             host,
             defaults,
+            pool_defaults: PoolDefaults::default(),
             functions: Functions::default(),
+        }
+    }
+
+    /// A live view of the functions this service holds, for the admin
+    /// endpoint.
+    pub fn function_source(&self) -> Arc<dyn crate::admin::FunctionSource> {
+        Arc::new(ControlFunctions(self.functions.clone()))
+    }
+
+    /// Uses `defaults` for pool settings a request leaves at zero.
+    pub fn with_pool_defaults(mut self, defaults: PoolDefaults) -> Self {
+        self.pool_defaults = defaults;
+        self
+    }
+
+    fn pool_settings(&self, request: &CreateRequest) -> PoolSettings {
+        let prewarmed = matches!(&request.source, Some(Source::Image(image)) if self.pool_defaults.prewarm_images.contains(image));
+        let min_idle = match request.min_idle {
+            0 if prewarmed => self.pool_defaults.prewarm_min_idle,
+            given => given,
+        };
+        let max_invocations = match request.max_invocations {
+            0 => self.pool_defaults.max_invocations.max(1),
+            given => given,
+        };
+        PoolSettings {
+            min_idle,
+            max_invocations,
+            ..PoolSettings::default()
         }
     }
 
@@ -342,6 +405,7 @@ impl Control for ControlService {
             limits,
             output_files,
             memory: Default::default(),
+            pool: self.pool_settings(&request),
         };
         let loaded = match &request.source {
             Some(Source::WasmPath(path)) => self.host.load_file(env, path.as_ref()).await,
@@ -352,7 +416,10 @@ impl Control for ControlService {
         };
         let function = loaded.map_err(|error| {
             tracing::error!(id = %request.id, function = %name, "create failed: {error}");
-            Status::invalid_argument(error.to_string())
+            match error {
+                FunctionLoadError::Capacity { .. } => Status::resource_exhausted(error.to_string()),
+                _ => Status::invalid_argument(error.to_string()),
+            }
         })?;
         if function.is_service() && request.listen.parse::<SocketAddr>().is_err() {
             return Err(Status::invalid_argument(format!(

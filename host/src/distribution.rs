@@ -29,6 +29,8 @@ pub struct CacheSettings {
     pub max_artifact_bytes: u64,
     /// Registry access.
     pub registry: RegistrySettings,
+    /// Bound of compiled code kept in memory; `None`: unbounded.
+    pub max_compiled_memory_bytes: Option<u64>,
 }
 
 impl CacheSettings {
@@ -38,6 +40,7 @@ impl CacheSettings {
             dir: default_cache_dir(),
             max_artifact_bytes: DEFAULT_ARTIFACT_CACHE_BYTES,
             registry: RegistrySettings::default(),
+            max_compiled_memory_bytes: None,
         }
     }
 }

@@ -10,17 +10,31 @@
 //! limiter and a deadline (see [`crate::limits`]). Instances of one function
 //! are bounded by `max_concurrent_instances`; a request waits for a slot at
 //! most until its deadline.
+//!
+//! A service's instances come from its [`InstancePool`] (see
+//! [`hearth_prewarm::pool`] for the pool's contract), with the function's
+//! [`PoolSettings`](hearth_prewarm::pool::PoolSettings) from its [`FunctionEnv`]. An instance is made by
+//! instantiating the compiled `InstancePre` in a fresh store and running the
+//! guest's lifecycle `init`, if exported; `shutdown` runs when the instance
+//! retires after its last invocation. Idle instances reserve slots in the
+//! host's [`PoolCapacity`]; a function whose `min_idle` does not fit is
+//! refused at load with [`FunctionLoadError::Capacity`]. Jobs are not pooled:
+//! each run gets a fresh instance.
 
 use crate::distribution::{CacheSettings, PullPolicy};
 use crate::engine::{EngineSettings, HostEngine};
 use crate::limits::DeadlineExceeded;
 use crate::state::{FunctionEnv, FunctionState};
 use hearth_prewarm::artifact_cache::{CachedFunction, PullError};
+use hearth_prewarm::pool::{
+    CapacityError, Checkout, InstanceFactory, InstancePool, PoolCapacity, PoolError, Ready,
+};
 use hearth_prewarm::{
     ArtifactCache, CompiledCache, CompiledFrom, CompiledFunction, CompiledStore, LoadError,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{ComponentExportIndex, Instance, Linker};
@@ -100,6 +114,14 @@ pub enum FunctionLoadError {
         /// Why.
         detail: String,
     },
+    /// The function's idle instances do not fit in the pool.
+    #[error("cannot load function `{function}`: {cause}")]
+    Capacity {
+        /// The function's name.
+        function: String,
+        /// What was asked and what is free.
+        cause: CapacityError,
+    },
     /// Compilation was interrupted (the blocking task panicked or was cancelled).
     #[error("cannot load function `{function}`: compilation did not finish: {detail}")]
     Interrupted {
@@ -139,6 +161,19 @@ pub struct Host {
     engine: HostEngine,
     compiled: CompiledCache<FunctionState>,
     artifacts: Option<ArtifactCache>,
+    capacity: PoolCapacity,
+    loads: [AtomicU64; 3],
+}
+
+/// Functions loaded, by where their compiled code came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadCounts {
+    /// Found compiled in memory: a compiled-cache hit.
+    pub memory: u64,
+    /// Loaded precompiled from disk.
+    pub disk: u64,
+    /// Compiled.
+    pub compiled: u64,
 }
 
 impl Host {
@@ -150,6 +185,8 @@ impl Host {
             engine,
             compiled,
             artifacts: None,
+            capacity: PoolCapacity::new(settings.total_instances),
+            loads: Default::default(),
         }))
     }
 
@@ -173,10 +210,16 @@ impl Host {
             caches.registry.clone(),
         )
         .map_err(|e| cache_error(e.to_string()))?;
+        let mut compiled = compiled.with_store(store);
+        if let Some(budget) = caches.max_compiled_memory_bytes {
+            compiled = compiled.with_memory_budget(budget);
+        }
         Ok(Arc::new(Host {
             engine,
-            compiled: compiled.with_store(store),
+            compiled,
             artifacts: Some(artifacts),
+            capacity: PoolCapacity::new(settings.total_instances),
+            loads: Default::default(),
         }))
     }
 
@@ -253,6 +296,21 @@ impl Host {
         &self.compiled
     }
 
+    /// Functions loaded so far, by where their compiled code came from.
+    pub fn load_counts(&self) -> LoadCounts {
+        let [memory, disk, compiled] = self.loads.each_ref().map(|c| c.load(Ordering::Relaxed));
+        LoadCounts {
+            memory,
+            disk,
+            compiled,
+        }
+    }
+
+    /// The ledger of instance slots idle instances may hold.
+    pub fn capacity(&self) -> &PoolCapacity {
+        &self.capacity
+    }
+
     /// Reads `path` and loads it as the function described by `env`.
     pub async fn load_file(
         self: &Arc<Self>,
@@ -290,6 +348,28 @@ impl Host {
                     cause,
                 })?;
         let kind = classify(&name, &compiled)?;
+        let counter = match compiled_from {
+            CompiledFrom::Memory => 0,
+            CompiledFrom::Disk => 1,
+            CompiledFrom::Compiled => 2,
+        };
+        self.loads[counter].fetch_add(1, Ordering::Relaxed);
+        let pool = match kind {
+            FunctionKind::Service { lifecycle, .. } => {
+                let admission = self
+                    .capacity
+                    .admit(&name, env.pool.min_idle)
+                    .map_err(|cause| FunctionLoadError::Capacity {
+                        function: name.clone(),
+                        cause,
+                    })?;
+                let factory = instance_factory(self.clone(), &env, &compiled, lifecycle);
+                let pool = InstancePool::new(&name, env.pool, factory, Some(admission));
+                pool.warm();
+                Some(pool)
+            }
+            FunctionKind::Job { .. } => None,
+        };
         Ok(Arc::new(Function {
             host: self.clone(),
             slots: Arc::new(Semaphore::new(env.limits.max_concurrent_instances as usize)),
@@ -297,8 +377,42 @@ impl Host {
             compiled,
             compiled_from,
             kind,
+            pool,
         }))
     }
+}
+
+/// Makes a service's instances: a fresh store, the compiled `InstancePre`
+/// instantiated in it, and the guest's `init` run under the request deadline.
+fn instance_factory(
+    host: Arc<Host>,
+    env: &FunctionEnv,
+    compiled: &Arc<CompiledFunction<FunctionState>>,
+    lifecycle: Option<LifecycleExports>,
+) -> InstanceFactory<FunctionState> {
+    let env = env.clone();
+    let compiled = compiled.clone();
+    Arc::new(move || {
+        let (host, env, compiled) = (host.clone(), env.clone(), compiled.clone());
+        Box::pin(async move {
+            let mut store = new_store(&host, &env, Some(env.limits.request_timeout()));
+            let instance = compiled.instance_pre.instantiate_async(&mut store).await?;
+            if let Some(lifecycle) = lifecycle {
+                let init = instance
+                    .get_typed_func::<(), (Result<(), String>,)>(&mut store, lifecycle.init)?;
+                let (result,) = init.call_async(&mut store, ()).await?;
+                result.map_err(|message| InitFailed { message })?;
+            }
+            Ok(Ready { store, instance })
+        })
+    })
+}
+
+fn new_store(host: &Host, env: &FunctionEnv, timeout: Option<Duration>) -> Store<FunctionState> {
+    let mut store = Store::new(host.engine(), FunctionState::new(env));
+    store.limiter(|state| &mut state.limiter);
+    set_deadline(&mut store, timeout);
+    store
 }
 
 fn export_names(compiled: &CompiledFunction<FunctionState>, engine: &wasmtime::Engine) -> String {
@@ -370,6 +484,7 @@ pub struct Function {
     compiled_from: CompiledFrom,
     kind: FunctionKind,
     slots: Arc<Semaphore>,
+    pool: Option<InstancePool<FunctionState>>,
 }
 
 /// A store and instance, holding one of the function's concurrency slots
@@ -380,6 +495,26 @@ pub struct LiveInstance {
     /// The instance.
     pub instance: Instance,
     _slot: OwnedSemaphorePermit,
+}
+
+/// A service instance checked out of the pool for one request, holding one
+/// of the function's concurrency slots. Dropping it without
+/// [`PooledInstance::finish`] discards the instance (a failed call).
+pub struct PooledInstance {
+    checkout: Checkout<FunctionState>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl PooledInstance {
+    /// The store and instance.
+    pub fn ready(&mut self) -> &mut Ready<FunctionState> {
+        self.checkout.ready()
+    }
+
+    /// Whether the instance was idle in the pool (a hit).
+    pub fn was_hit(&self) -> bool {
+        self.checkout.was_hit()
+    }
 }
 
 /// A slot could not be had before the deadline.
@@ -451,10 +586,44 @@ impl Function {
     /// A fresh store for one instance, with the limiter installed and a
     /// deadline `timeout` from now (none if `timeout` is `None`).
     pub fn new_store(&self, timeout: Option<Duration>) -> Store<FunctionState> {
-        let mut store = Store::new(self.host.engine(), FunctionState::new(&self.env));
-        store.limiter(|state| &mut state.limiter);
-        set_deadline(&mut store, timeout);
-        store
+        new_store(&self.host, &self.env, timeout)
+    }
+
+    /// The service's instance pool (`None` for a job).
+    pub fn pool(&self) -> Option<&InstancePool<FunctionState>> {
+        self.pool.as_ref()
+    }
+
+    /// Checks an instance of this service out of its pool for one request,
+    /// holding `slot`, with a deadline `timeout` from now.
+    pub async fn checkout(
+        &self,
+        slot: OwnedSemaphorePermit,
+        timeout: Duration,
+    ) -> wasmtime::Result<PooledInstance> {
+        let Some(pool) = &self.pool else {
+            wasmtime::bail!("function `{}` is a job, not a service", self.name());
+        };
+        let mut checkout = pool.checkout().await.map_err(|error| match error {
+            PoolError::Instantiate(error) => error,
+        })?;
+        set_deadline(&mut checkout.ready().store, Some(timeout));
+        Ok(PooledInstance {
+            checkout,
+            _slot: slot,
+        })
+    }
+
+    /// The request on `pooled` succeeded: gives the instance back to the
+    /// pool, running the guest's `shutdown` first if this was its last
+    /// invocation.
+    pub async fn finish(&self, mut pooled: PooledInstance) {
+        let last = pooled.checkout.invocations() + 1 >= self.env.pool.max_invocations.max(1);
+        if last && let Some(lifecycle) = self.lifecycle() {
+            let ready = pooled.ready();
+            run_shutdown(&self.env, lifecycle, &mut ready.store, ready.instance).await;
+        }
+        pooled.checkout.release();
     }
 
     /// Creates an instance in `store`, holding `slot` for its lifetime.
@@ -475,43 +644,30 @@ impl Function {
         })
     }
 
-    /// Runs `init` if the function exports the lifecycle interface. An `err`
-    /// from the guest becomes [`InitFailed`].
-    pub async fn run_init(&self, live: &mut LiveInstance) -> wasmtime::Result<()> {
-        let Some(lifecycle) = self.lifecycle() else {
-            return Ok(());
-        };
-        let init = live
-            .instance
-            .get_typed_func::<(), (Result<(), String>,)>(&mut live.store, lifecycle.init)?;
-        let (result,) = init.call_async(&mut live.store, ()).await?;
-        result.map_err(|message| InitFailed { message }.into())
-    }
-
-    /// Runs `shutdown` if exported, with a fresh deadline. Failures are
-    /// logged, never returned: the instance is being discarded anyway.
-    pub async fn run_shutdown(&self, live: &mut LiveInstance) {
-        let Some(lifecycle) = self.lifecycle() else {
-            return;
-        };
-        set_deadline(&mut live.store, Some(self.env.limits.request_timeout()));
-        let result = async {
-            let shutdown = live
-                .instance
-                .get_typed_func::<(), ()>(&mut live.store, lifecycle.shutdown)?;
-            shutdown.call_async(&mut live.store, ()).await
-        }
-        .await;
-        if let Err(error) = result {
-            tracing::warn!(function = %self.env.name, error = %format!("{error:#}"), "lifecycle shutdown failed");
-        }
-    }
-
     fn lifecycle(&self) -> Option<LifecycleExports> {
         match &self.kind {
             FunctionKind::Service { lifecycle, .. } => *lifecycle,
             FunctionKind::Job { .. } => None,
         }
+    }
+}
+
+/// Runs the guest's `shutdown` with a fresh deadline. Failures are logged,
+/// never returned: the instance is being discarded anyway.
+async fn run_shutdown(
+    env: &FunctionEnv,
+    lifecycle: LifecycleExports,
+    store: &mut Store<FunctionState>,
+    instance: Instance,
+) {
+    set_deadline(store, Some(env.limits.request_timeout()));
+    let result = async {
+        let shutdown = instance.get_typed_func::<(), ()>(&mut *store, lifecycle.shutdown)?;
+        shutdown.call_async(&mut *store, ()).await
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::warn!(function = %env.name, error = %format!("{error:#}"), "lifecycle shutdown failed");
     }
 }
 

@@ -2,10 +2,14 @@
 //!
 //! # Contract
 //!
-//! * Every request gets a fresh instance in a fresh store, created from the
-//!   function's `InstancePre`; nothing a request does is visible to the next.
-//!   If the function exports `hearth:function/lifecycle`, `init` runs on the
-//!   instance before the request and `shutdown` after it.
+//! * Every request gets an instance from the function's pool (see
+//!   [`crate::function`]): with the default `max_invocations` of 1 it is a
+//!   fresh instance in a fresh store, made from the function's `InstancePre`
+//!   ahead of time when `min_idle > 0`, so nothing a request does is visible
+//!   to the next. If the function exports `hearth:function/lifecycle`,
+//!   `init` runs on the instance before its first request and `shutdown`
+//!   after its last. An instance whose request failed in any way is
+//!   discarded, never reused.
 //! * A request whose `Content-Length` is over `max_request_body_bytes` is
 //!   refused with 413 before any instance is made. A body without a length is
 //!   counted as it streams; if it goes over, the guest's read fails and the
@@ -18,7 +22,7 @@
 //!   second), then returns. Dropping the [`serve`] future instead (SIGKILL)
 //!   drops every open connection and in-flight request with it.
 
-use crate::function::{Function, FunctionKind};
+use crate::function::{Function, FunctionKind, PooledInstance};
 use crate::invocation_error::{InvocationError, log_failure};
 use crate::limits::DeadlineExceeded;
 use bytes::Bytes;
@@ -170,7 +174,19 @@ async fn invoke(
         .await
         .map_err(InvocationError::Overloaded)?;
     let remaining = timeout.saturating_sub(started.elapsed());
-    let mut store = function.new_store(Some(remaining));
+    let mut pooled = match function.checkout(slot, remaining).await {
+        Ok(pooled) => pooled,
+        Err(raw) => {
+            let error = InvocationError::from_wasmtime(&raw);
+            log_failure(function.name(), &error, Some(&raw));
+            return Err(Failure {
+                error,
+                logged: true,
+            });
+        }
+    };
+    let remaining = timeout.saturating_sub(started.elapsed());
+    let store = &mut pooled.ready().store;
 
     let body_over_limit = Arc::new(AtomicBool::new(false));
     let (parts, body) = request.into_parts();
@@ -203,8 +219,7 @@ async fn invoke(
 
     let task = tokio::spawn(run_request(
         function.clone(),
-        store,
-        slot,
+        pooled,
         incoming,
         outparam,
         remaining,
@@ -237,8 +252,7 @@ async fn invoke(
 
 async fn run_request(
     function: Arc<Function>,
-    store: wasmtime::Store<crate::state::FunctionState>,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    mut pooled: PooledInstance,
     incoming: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
     outparam: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
     timeout: Duration,
@@ -249,16 +263,17 @@ async fn run_request(
             function.name()
         )));
     };
-    let run = async {
-        let mut live = function.instantiate(store, slot).await?;
-        function.run_init(&mut live).await?;
-        let proxy = handler.load(&mut live.store, &live.instance)?;
+    let serving = function.clone();
+    let run = async move {
+        let ready = pooled.ready();
+        let proxy = handler.load(&mut ready.store, &ready.instance)?;
         proxy
             .wasi_http_incoming_handler()
-            .call_handle(&mut live.store, incoming, outparam)
+            .call_handle(&mut ready.store, incoming, outparam)
             .await?;
-        // A trapped instance is poisoned and skips this: it is just dropped.
-        function.run_shutdown(&mut live).await;
+        // A trapped (or timed-out) instance skips this: dropping `pooled`
+        // poisons it and the pool discards it.
+        serving.finish(pooled).await;
         wasmtime::Result::Ok(())
     };
     let result = match tokio::time::timeout(timeout + DEADLINE_SLACK, run).await {

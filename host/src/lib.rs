@@ -18,6 +18,7 @@
 //! [`limits`], [`invocation_error`] (what callers see when things fail),
 //! [`config`] (`hearth.toml`), [`control`] (the control API hearthd serves to shims), [`distribution`] (files, references and the caches), [`guest_output`] (guest stdout/stderr to logs).
 
+pub mod admin;
 pub mod config;
 pub mod control;
 pub mod distribution;

@@ -6,6 +6,7 @@
 
 use crate::guest_output::{GuestOutput, GuestOutputFiles, GuestStream};
 use crate::limits::{Limits, MemoryGauge, StoreLimiter};
+use hearth_prewarm::pool::PoolSettings;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -31,8 +32,11 @@ pub struct FunctionEnv {
     /// Where guest stdout/stderr go: files (e.g. the FIFOs containerd gives
     /// a task), or, when `None`, hearthd's log.
     pub output_files: Option<Arc<GuestOutputFiles>>,
-    /// Linear memory held by this function's live instances.
+    /// Linear memory held by this function's live instances (idle ones in
+    /// its pool included).
     pub memory: Arc<MemoryGauge>,
+    /// How its instance pool behaves (services only).
+    pub pool: PoolSettings,
 }
 
 impl FunctionEnv {
@@ -46,6 +50,7 @@ impl FunctionEnv {
             limits: Limits::default(),
             output_files: None,
             memory: Arc::default(),
+            pool: PoolSettings::default(),
         }
     }
 }

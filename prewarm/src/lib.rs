@@ -21,7 +21,14 @@
 //!   which host functions exist: the caller supplies the engine and linker.
 //! * Concurrent loads of the same digest may both compile; the first to
 //!   finish is kept and the other result is dropped. Entries live until
-//!   [`CompiledCache::remove`] or the cache is dropped.
+//!   [`CompiledCache::remove`], eviction, or the cache is dropped.
+//! * With a memory budget ([`CompiledCache::with_memory_budget`]), the
+//!   entries' compiled code (its image size) is kept under the budget by
+//!   evicting the least recently used entries that nothing else holds. An
+//!   entry a live function still holds is never evicted, so the cache may sit
+//!   over budget while those functions run; the next insert trims it again.
+//!   Evicted entries are counted in [`CacheStats::evictions`] and, with a
+//!   store attached, are loaded back from disk rather than recompiled.
 //! * With a [`CompiledStore`] attached ([`CompiledCache::with_store`]), a
 //!   memory miss is looked up on disk before compiling, and every compile is
 //!   written back, so a restarted process does not compile again. A corrupt or
@@ -49,6 +56,7 @@ pub mod artifact_cache;
 mod atomic_file;
 pub mod compiled_store;
 pub mod image;
+pub mod pool;
 pub mod registry;
 
 pub use artifact_cache::ArtifactCache;
@@ -174,6 +182,70 @@ pub struct CacheStats {
     pub disk_rejected: u64,
     /// Entries currently held.
     pub entries: usize,
+    /// Entries evicted to stay under the memory budget.
+    pub evictions: u64,
+    /// Bytes of compiled code held now.
+    pub resident_bytes: u64,
+    /// Time spent compiling (and loading from disk), in all.
+    pub compile_time: Duration,
+}
+
+/// One cached function and when it was last used.
+struct CacheEntry<T: 'static> {
+    compiled: Arc<CompiledFunction<T>>,
+    last_used: u64,
+    bytes: u64,
+}
+
+/// The entries and the use clock, under one lock.
+struct Entries<T: 'static> {
+    map: HashMap<Digest, CacheEntry<T>>,
+    clock: u64,
+    resident_bytes: u64,
+}
+
+impl<T: 'static> Entries<T> {
+    fn touch(&mut self, digest: &Digest) -> Option<Arc<CompiledFunction<T>>> {
+        self.clock += 1;
+        let clock = self.clock;
+        let entry = self.map.get_mut(digest)?;
+        entry.last_used = clock;
+        Some(entry.compiled.clone())
+    }
+
+    fn remove(&mut self, digest: &Digest) -> bool {
+        match self.map.remove(digest) {
+            Some(entry) => {
+                self.resident_bytes -= entry.bytes;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Evicts least recently used, unheld entries until under `budget`.
+    fn trim(&mut self, budget: u64) -> u64 {
+        let mut evicted = 0;
+        while self.resident_bytes > budget {
+            let victim = self
+                .map
+                .iter()
+                .filter(|(_, entry)| Arc::strong_count(&entry.compiled) == 1)
+                .min_by_key(|(_, entry)| entry.last_used)
+                .map(|(digest, _)| *digest);
+            let Some(victim) = victim else { break };
+            self.remove(&victim);
+            tracing::info!(digest = %victim, "evicted compiled component (memory budget)");
+            evicted += 1;
+        }
+        evicted
+    }
+}
+
+/// The size of a component's compiled code in memory.
+fn image_bytes(component: &Component) -> u64 {
+    let range = component.image_range();
+    (range.end.addr() - range.start.addr()) as u64
 }
 
 /// Compiled components in memory, keyed by [`Digest`]. See the crate docs for
@@ -181,8 +253,11 @@ pub struct CacheStats {
 pub struct CompiledCache<T: 'static> {
     engine: Engine,
     linker: Linker<T>,
-    entries: Mutex<HashMap<Digest, Arc<CompiledFunction<T>>>>,
+    entries: Mutex<Entries<T>>,
     store: Option<CompiledStore>,
+    memory_budget: Option<u64>,
+    evictions: AtomicU64,
+    compile_nanos: AtomicU64,
     hits: AtomicU64,
     compiles: AtomicU64,
     disk_hits: AtomicU64,
@@ -195,8 +270,15 @@ impl<T: 'static> CompiledCache<T> {
         CompiledCache {
             engine,
             linker,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries {
+                map: HashMap::new(),
+                clock: 0,
+                resident_bytes: 0,
+            }),
             store: None,
+            memory_budget: None,
+            evictions: AtomicU64::new(0),
+            compile_nanos: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             compiles: AtomicU64::new(0),
             disk_hits: AtomicU64::new(0),
@@ -207,6 +289,12 @@ impl<T: 'static> CompiledCache<T> {
     /// Backs the cache with an on-disk [`CompiledStore`].
     pub fn with_store(mut self, store: CompiledStore) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Keeps compiled code in memory under `max_bytes` (see the contract).
+    pub fn with_memory_budget(mut self, max_bytes: u64) -> Self {
+        self.memory_budget = Some(max_bytes);
         self
     }
 
@@ -258,13 +346,33 @@ impl<T: 'static> CompiledCache<T> {
                 compiled
             }
         });
+        self.compile_nanos
+            .fetch_add(compiled.compile_time.as_nanos() as u64, Ordering::Relaxed);
         let mut entries = self.lock();
-        Ok((entries.entry(digest).or_insert(compiled).clone(), from))
+        if let Some(existing) = entries.touch(&digest) {
+            return Ok((existing, from));
+        }
+        let bytes = image_bytes(&compiled.component);
+        let clock = entries.clock;
+        entries.map.insert(
+            digest,
+            CacheEntry {
+                compiled: compiled.clone(),
+                last_used: clock,
+                bytes,
+            },
+        );
+        entries.resident_bytes += bytes;
+        if let Some(budget) = self.memory_budget {
+            let evicted = entries.trim(budget);
+            self.evictions.fetch_add(evicted, Ordering::Relaxed);
+        }
+        Ok((compiled, from))
     }
 
     /// Returns the entry for `digest` if it is cached, counting a hit.
     pub fn get(&self, digest: &Digest) -> Option<Arc<CompiledFunction<T>>> {
-        let hit = self.lock().get(digest).cloned();
+        let hit = self.lock().touch(digest);
         if hit.is_some() {
             self.hits.fetch_add(1, Ordering::Relaxed);
         }
@@ -273,7 +381,7 @@ impl<T: 'static> CompiledCache<T> {
 
     /// Drops the entry for `digest`; returns whether there was one.
     pub fn remove(&self, digest: &Digest) -> bool {
-        self.lock().remove(digest).is_some()
+        self.lock().remove(digest)
     }
 
     /// What the cache has done so far.
@@ -283,11 +391,14 @@ impl<T: 'static> CompiledCache<T> {
             compiles: self.compiles.load(Ordering::Relaxed),
             disk_hits: self.disk_hits.load(Ordering::Relaxed),
             disk_rejected: self.disk_rejected.load(Ordering::Relaxed),
-            entries: self.lock().len(),
+            entries: self.lock().map.len(),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            resident_bytes: self.lock().resident_bytes,
+            compile_time: Duration::from_nanos(self.compile_nanos.load(Ordering::Relaxed)),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<CompiledFunction<T>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries<T>> {
         // A panic while holding this lock cannot leave the map half-updated
         // (every mutation is a single insert or remove), so poisoning is safe
         // to ignore.
@@ -399,16 +510,58 @@ mod tests {
         let a = cache.get_or_compile(&bytes).unwrap();
         let b = cache.get_or_compile(&bytes).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
+        let stats = cache.stats();
         assert_eq!(
-            cache.stats(),
-            CacheStats {
-                hits: 1,
-                compiles: 1,
-                entries: 1,
-                ..CacheStats::default()
-            }
+            (stats.hits, stats.compiles, stats.entries, stats.evictions),
+            (1, 1, 1, 0)
         );
+        assert!(stats.resident_bytes > 0);
         assert_eq!(a.digest, Digest::of(&bytes));
+    }
+
+    /// A component whose compiled code differs per `n`.
+    fn numbered_component(n: u32) -> Vec<u8> {
+        wat::parse_str(format!(
+            "(component (core module (func (export \"f\") (result i32) i32.const {n})))"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_least_recently_used_unheld_entry_is_evicted_over_budget() {
+        let engine = Engine::new(&Config::new()).unwrap();
+        let probe = cache();
+        let one_entry = probe
+            .get_or_compile(&numbered_component(0))
+            .map(|c| image_bytes(&c.component))
+            .unwrap();
+        // Room for two entries, not three.
+        let cache = CompiledCache::<()>::new(engine.clone(), Linker::new(&engine))
+            .with_memory_budget(one_entry * 2 + one_entry / 2);
+        let (a, b, c) = (
+            numbered_component(1),
+            numbered_component(2),
+            numbered_component(3),
+        );
+        drop(cache.get_or_compile(&a).unwrap());
+        drop(cache.get_or_compile(&b).unwrap());
+        drop(cache.get_or_compile(&a).unwrap()); // a is now more recent than b
+        drop(cache.get_or_compile(&c).unwrap());
+        let stats = cache.stats();
+        assert_eq!((stats.entries, stats.evictions), (2, 1));
+        assert!(cache.get(&Digest::of(&a)).is_some(), "a was used recently");
+        assert!(
+            cache.get(&Digest::of(&b)).is_none(),
+            "b was least recently used"
+        );
+
+        // An entry a live function holds is never evicted, even over budget.
+        let held = cache.get_or_compile(&a).unwrap();
+        drop(cache.get_or_compile(&b).unwrap());
+        drop(cache.get_or_compile(&numbered_component(4)).unwrap());
+        assert!(cache.get(&Digest::of(&a)).is_some());
+        assert!(Arc::ptr_eq(&held, &cache.get(&Digest::of(&a)).unwrap()));
+        assert!(cache.stats().evictions >= 2);
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 pub const IMAGE_NAME_ANNOTATION: &str = "io.kubernetes.cri.image-name";
 /// Annotation holding the container's name in the Pod.
 pub const CONTAINER_NAME_ANNOTATION: &str = "io.kubernetes.cri.container-name";
+/// Pod annotation: idle instances hearthd keeps ready for the function.
+pub const MIN_IDLE_ANNOTATION: &str = "hearth.dev/min-idle";
+/// Pod annotation: calls an instance serves before it retires.
+pub const MAX_INVOCATIONS_ANNOTATION: &str = "hearth.dev/max-invocations";
 /// Where `hearth push` puts the component in an image (the default
 /// entrypoint), as `hearth_prewarm::image::IMAGE_WASM_PATH` defines it; the
 /// shim does not link the OCI code, so the path is repeated here.
@@ -197,6 +201,24 @@ impl BundleSpec {
             .filter_map(|entry| entry.split_once('='))
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect()
+    }
+
+    /// The pool settings the Pod asks for with the `hearth.dev/min-idle` and
+    /// `hearth.dev/max-invocations` annotations (containerd passes Pod
+    /// annotations matching the runtime's `pod_annotations` into every
+    /// container's spec): `(min_idle, max_invocations)`, 0 where unset.
+    pub fn pool_annotations(&self) -> Result<(u32, u32), String> {
+        let number = |key: &str| match self.annotation(key) {
+            None => Ok(0),
+            Some(value) => value
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| format!("annotation {key} must be a whole number, got `{value}`")),
+        };
+        Ok((
+            number(MIN_IDLE_ANNOTATION)?,
+            number(MAX_INVOCATIONS_ANNOTATION)?,
+        ))
     }
 
     /// Where a function service listens: `0.0.0.0:$PORT`.
@@ -502,5 +524,23 @@ mod tests {
         assert_eq!(pulled.unwrap(), Entrypoint::Image("reg/fn:1".into()));
         let error = find_entrypoint(&with_entry("/function.wasm", None), &empty).unwrap_err();
         assert!(error.to_string().contains("/function.wasm"), "{error}");
+    }
+
+    #[test]
+    fn pool_annotations_are_read_and_malformed_ones_named() {
+        let mut spec = BundleSpec::default();
+        assert_eq!(spec.pool_annotations(), Ok((0, 0)));
+        spec.annotations
+            .insert(MIN_IDLE_ANNOTATION.into(), "3".into());
+        spec.annotations
+            .insert(MAX_INVOCATIONS_ANNOTATION.into(), "10".into());
+        assert_eq!(spec.pool_annotations(), Ok((3, 10)));
+        spec.annotations
+            .insert(MIN_IDLE_ANNOTATION.into(), "lots".into());
+        let error = spec.pool_annotations().unwrap_err();
+        assert!(
+            error.contains("hearth.dev/min-idle") && error.contains("lots"),
+            "{error}"
+        );
     }
 }

@@ -325,6 +325,9 @@ impl HearthTask {
             (None, false) => String::new(),
         };
         let listen = spec.listen_address().map_err(ShimError::InvalidArgument)?;
+        let (min_idle, max_invocations) = spec
+            .pool_annotations()
+            .map_err(ShimError::InvalidArgument)?;
         let name = spec
             .annotation(CONTAINER_NAME_ANNOTATION)
             .unwrap_or(&request.id)
@@ -349,6 +352,8 @@ impl HearthTask {
             stdout_path: request.stdout.clone(),
             stderr_path: request.stderr.clone(),
             owner_pid: std::process::id(),
+            min_idle,
+            max_invocations,
         };
         let created = async {
             let mut client = self.hearthd.client().await?;

@@ -18,6 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use hearth_host::distribution::{CacheSettings, DEFAULT_ARTIFACT_CACHE_BYTES, default_cache_dir};
 use hearth_host::{EngineSettings, FunctionEnv, FunctionSource, Host, Limits, PullPolicy};
 use hearth_prewarm::image::{self, ImageForm};
+use hearth_prewarm::pool::PoolSettings;
 use hearth_prewarm::registry::{RegistryClient, RegistrySettings, parse_reference};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -98,6 +99,7 @@ impl CacheArgs {
                 progress: std::io::stderr().is_terminal(),
                 ..RegistrySettings::default()
             },
+            max_compiled_memory_bytes: None,
         }
     }
 }
@@ -133,6 +135,13 @@ struct RunArgs {
     /// Instances alive at once.
     #[arg(long, default_value_t = Limits::default().max_concurrent_instances)]
     max_concurrent_instances: u32,
+    /// Idle instances of a service kept ready (the prewarm pool).
+    #[arg(long, default_value_t = 0)]
+    min_idle: u32,
+    /// Requests an instance serves before it is replaced; 1 gives every
+    /// request a fresh instance.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    max_invocations: u32,
     /// Arguments passed to a job after its name.
     #[arg(last = true)]
     args: Vec<String>,
@@ -365,8 +374,16 @@ async fn run(args: RunArgs) -> Result<i32> {
         limits,
         output_files: None,
         memory: Default::default(),
+        pool: PoolSettings {
+            min_idle: args.min_idle,
+            max_invocations: args.max_invocations,
+            ..PoolSettings::default()
+        },
     };
-    let settings = EngineSettings::for_limits([&limits]);
+    let mut settings = EngineSettings::for_limits([&limits]);
+    settings.total_instances = settings
+        .total_instances
+        .max(args.min_idle + limits.max_concurrent_instances);
     let host = match (
         Host::with_caches(&settings, &args.cache.settings()),
         &source,

@@ -12,15 +12,23 @@
 //! it. On SIGTERM it stops accepting control calls and drains its
 //! `[[function]]` listeners.
 //!
+//! With `--admin ADDR` (or `[admin] listen`) hearthd serves `/metrics`,
+//! `/healthz` and `/readyz` there (see `hearth_host::admin`) and logs
+//! "admin endpoint on http://ADDR"; without it there is no admin endpoint.
+//!
 //! ```text
-//! hearthd --config hearth.toml
+//! hearthd --config hearth.toml --admin 127.0.0.1:9464
 //! ```
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use hearth_host::admin::Admin;
 use hearth_host::config::HearthConfig;
-use hearth_host::{EngineSettings, FunctionEnv, FunctionSource, Host, PullPolicy};
+use hearth_host::control::PoolDefaults;
+use hearth_host::{FunctionEnv, FunctionSource, Host, PullPolicy};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser)]
 #[command(name = "hearthd", version, about = "Hearth node daemon")]
@@ -32,6 +40,9 @@ struct Args {
     /// The control socket [default: $HEARTH_SOCKET, else /run/hearth/hearthd.sock].
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Serve /metrics, /healthz and /readyz on this address [default: `[admin] listen`].
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -49,10 +60,32 @@ async fn run(args: Args) -> Result<()> {
         Some(file) => HearthConfig::load(file)?,
         None => HearthConfig::default(),
     };
-    let limits = config.all_limits();
     let caches = config.cache_settings();
-    let host = Host::with_caches(&EngineSettings::for_limits(&limits), &caches)?;
-    tracing::info!(cache = %caches.dir.display(), "caches opened");
+    let engine_settings = config.engine_settings();
+    let host = Host::with_caches(&engine_settings, &caches)?;
+    tracing::info!(cache = %caches.dir.display(), instance_slots = engine_settings.total_instances, "caches opened");
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let control = hearth_host::control::ControlService::new(host.clone(), config.limits)
+        .with_pool_defaults(PoolDefaults {
+            max_invocations: config.pool.max_invocations(),
+            prewarm_images: config.prewarm.images.clone(),
+            prewarm_min_idle: config.prewarm.min_idle,
+        });
+    let mut admin_sources = vec![control.function_source()];
+    let admin_listener = match args.admin.or(config.admin.listen) {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("admin endpoint: cannot listen on {addr}"))?;
+            tracing::info!("admin endpoint on http://{}", listener.local_addr()?);
+            Some(listener)
+        }
+        None => {
+            tracing::info!("no admin endpoint (give --admin ADDR for /metrics)");
+            None
+        }
+    };
 
     for reference in &config.prewarm.images {
         let name = FunctionSource::Image(reference.clone()).default_name();
@@ -72,7 +105,7 @@ async fn run(args: Args) -> Result<()> {
     // Load everything before serving anything, so a bad function stops start-up.
     let mut servers = Vec::new();
     for function_config in &config.function {
-        let env = function_config.function_env(config.limits);
+        let env = function_config.function_env(config.limits, &config.pool);
         let (function, origin) = match (&function_config.path, &function_config.image) {
             (Some(path), _) => (host.load_file(env, path).await?, path.display().to_string()),
             (None, Some(image)) => (
@@ -100,11 +133,27 @@ async fn run(args: Args) -> Result<()> {
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    admin_sources.push(Arc::new(
+        servers
+            .iter()
+            .map(|(function, _)| (function.name().to_string(), function.clone()))
+            .collect::<Vec<_>>(),
+    ));
+    if let Some(listener) = admin_listener {
+        let admin = Arc::new(Admin {
+            host: host.clone(),
+            sources: admin_sources,
+            ready: ready.clone(),
+        });
+        let mut stopped = stopped.clone();
+        tasks.spawn(hearth_host::admin::serve(admin, listener, async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+    }
     let socket = args
         .socket
         .clone()
         .unwrap_or_else(hearth_control::socket_path);
-    let control = hearth_host::control::ControlService::new(host.clone(), config.limits);
     let control_listener = hearth_host::control::bind_socket(&socket).await?;
     {
         let mut stopped = stopped.clone();
@@ -125,6 +174,7 @@ async fn run(args: Args) -> Result<()> {
             let _ = stopped.wait_for(|stop| *stop).await;
         }));
     }
+    ready.store(true, Ordering::Relaxed);
     tracing::info!(functions = config.function.len(), "hearthd ready");
     hearth_host::shutdown_signal().await;
     tracing::info!("shutting down");

@@ -1,0 +1,271 @@
+//! hearthd's admin endpoint: `/metrics` (Prometheus text format 0.0.4),
+//! `/healthz` and `/readyz`.
+//!
+//! # Contract
+//!
+//! * `/healthz` answers 200 while the process serves at all; `/readyz`
+//!   answers 200 once start-up (prewarm included) is done, 503 before.
+//! * `/metrics` is computed from live counters on every scrape; nothing is
+//!   sampled in the background. Counters only grow for the life of the
+//!   process; per-function series disappear with the function.
+//! * Series (all prefixed `hearth_`):
+//!   - `pool_hits_total`, `pool_misses_total`, `pool_retired_total`,
+//!     `pool_poisoned_total`, `pool_refill_failures_total` and
+//!     `pool_instances{state="idle"|"busy"}`, labelled `id` and `function`;
+//!   - `function_loads_total{compiled_from="memory"|"disk"|"compiled"}`:
+//!     functions loaded, by where their compiled code came from (`memory` is
+//!     a compiled-cache hit);
+//!   - `compiles_total`, `compile_seconds_total` (compiling and loading from
+//!     disk), `compiled_evictions_total`, `compiled_entries`,
+//!     `compiled_resident_bytes`;
+//!   - `instance_slots{state="reserved"|"total"}`: the pool's capacity
+//!     ledger.
+//! * Any other path is 404. The endpoint has no authentication: bind it to
+//!   loopback or a node-local address.
+
+use crate::function::{Function, Host};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpListener;
+
+/// Where the admin endpoint finds the functions to report.
+pub trait FunctionSource: Send + Sync {
+    /// Every function served now, with its id.
+    fn functions(&self) -> Vec<(String, Arc<Function>)>;
+}
+
+impl FunctionSource for Vec<(String, Arc<Function>)> {
+    fn functions(&self) -> Vec<(String, Arc<Function>)> {
+        self.clone()
+    }
+}
+
+/// What the admin endpoint reports on.
+pub struct Admin {
+    /// The host (compiled cache, capacity).
+    pub host: Arc<Host>,
+    /// Sources of functions (the control API's, the config's).
+    pub sources: Vec<Arc<dyn FunctionSource>>,
+    /// Set once start-up is done.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Admin {
+    /// The `/metrics` text.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        let functions: Vec<_> = self.sources.iter().flat_map(|s| s.functions()).collect();
+        let pools: Vec<_> = functions
+            .iter()
+            .filter_map(|(id, function)| {
+                function
+                    .pool()
+                    .map(|pool| (id, function.name(), pool.stats()))
+            })
+            .collect();
+        let counters: [(&str, &str, fn(&hearth_prewarm::pool::PoolStats) -> u64); 5] = [
+            (
+                "pool_hits_total",
+                "Checkouts served by an idle instance.",
+                |s| s.hits,
+            ),
+            (
+                "pool_misses_total",
+                "Checkouts that instantiated on the request path.",
+                |s| s.misses,
+            ),
+            (
+                "pool_retired_total",
+                "Instances retired after max_invocations.",
+                |s| s.retired,
+            ),
+            (
+                "pool_poisoned_total",
+                "Instances discarded after a failed call.",
+                |s| s.poisoned,
+            ),
+            (
+                "pool_refill_failures_total",
+                "Background instantiations that failed.",
+                |s| s.refill_failures,
+            ),
+        ];
+        for (name, help, value) in counters {
+            header(&mut out, name, help, "counter");
+            for (id, function, stats) in &pools {
+                let _ = writeln!(
+                    out,
+                    "hearth_{name}{{id=\"{}\",function=\"{}\"}} {}",
+                    escape(id),
+                    escape(function),
+                    value(stats)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "pool_instances",
+            "Instances in a function's pool, by state.",
+            "gauge",
+        );
+        for (id, function, stats) in &pools {
+            for (state, count) in [("idle", stats.idle), ("busy", stats.busy)] {
+                let _ = writeln!(
+                    out,
+                    "hearth_pool_instances{{id=\"{}\",function=\"{}\",state=\"{state}\"}} {count}",
+                    escape(id),
+                    escape(function),
+                );
+            }
+        }
+
+        let loads = self.host.load_counts();
+        header(
+            &mut out,
+            "function_loads_total",
+            "Functions loaded, by where their compiled code came from.",
+            "counter",
+        );
+        for (from, count) in [
+            ("memory", loads.memory),
+            ("disk", loads.disk),
+            ("compiled", loads.compiled),
+        ] {
+            let _ = writeln!(
+                out,
+                "hearth_function_loads_total{{compiled_from=\"{from}\"}} {count}"
+            );
+        }
+        let cache = self.host.compiled().stats();
+        let scalars: [(&str, &str, &str, String); 5] = [
+            (
+                "compiles_total",
+                "Components compiled.",
+                "counter",
+                cache.compiles.to_string(),
+            ),
+            (
+                "compile_seconds_total",
+                "Time spent compiling or loading compiled code from disk.",
+                "counter",
+                format!("{:.6}", cache.compile_time.as_secs_f64()),
+            ),
+            (
+                "compiled_evictions_total",
+                "Compiled components evicted from memory (LRU budget).",
+                "counter",
+                cache.evictions.to_string(),
+            ),
+            (
+                "compiled_entries",
+                "Compiled components held in memory.",
+                "gauge",
+                cache.entries.to_string(),
+            ),
+            (
+                "compiled_resident_bytes",
+                "Bytes of compiled code held in memory.",
+                "gauge",
+                cache.resident_bytes.to_string(),
+            ),
+        ];
+        for (name, help, kind, value) in scalars {
+            header(&mut out, name, help, kind);
+            let _ = writeln!(out, "hearth_{name} {value}");
+        }
+        let (reserved, total) = self.host.capacity().usage();
+        header(
+            &mut out,
+            "instance_slots",
+            "Pooling-allocator instance slots: reserved for idle instances, and in all.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "hearth_instance_slots{{state=\"reserved\"}} {reserved}"
+        );
+        let _ = writeln!(out, "hearth_instance_slots{{state=\"total\"}} {total}");
+        out
+    }
+
+    fn respond(&self, path: &str) -> Response<Full<Bytes>> {
+        let (status, body) = match path {
+            "/metrics" => (StatusCode::OK, self.render_metrics()),
+            "/healthz" => (StatusCode::OK, "ok\n".into()),
+            "/readyz" if self.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ready\n".into()),
+            "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
+            _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+        };
+        let content_type = if path == "/metrics" {
+            "text/plain; version=0.0.4; charset=utf-8"
+        } else {
+            "text/plain; charset=utf-8"
+        };
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid")
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP hearth_{name} {help}");
+    let _ = writeln!(out, "# TYPE hearth_{name} {kind}");
+}
+
+/// Escapes a label value per the text format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves `admin` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    admin: Arc<Admin>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<_>| {
+                let response = admin.respond(request.uri().path());
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("x\ny"), "x\\ny");
+    }
+}
