@@ -386,14 +386,18 @@ impl<T: 'static> CompiledCache<T> {
 
     /// What the cache has done so far.
     pub fn stats(&self) -> CacheStats {
+        let (entries, resident_bytes) = {
+            let held = self.lock();
+            (held.map.len(), held.resident_bytes)
+        };
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             compiles: self.compiles.load(Ordering::Relaxed),
             disk_hits: self.disk_hits.load(Ordering::Relaxed),
             disk_rejected: self.disk_rejected.load(Ordering::Relaxed),
-            entries: self.lock().map.len(),
+            entries,
             evictions: self.evictions.load(Ordering::Relaxed),
-            resident_bytes: self.lock().resident_bytes,
+            resident_bytes,
             compile_time: Duration::from_nanos(self.compile_nanos.load(Ordering::Relaxed)),
         }
     }
