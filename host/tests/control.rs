@@ -8,7 +8,7 @@ use hearth_control::v1::{
 use hearth_control::{ControlClient, connect};
 use hearth_testkit::http::get;
 use hearth_testkit::process::{Running, run_to_end};
-use hearth_testkit::{HELLO, JOB_EXIT, MISBEHAVE};
+use hearth_testkit::{HELLO, JOB_EXIT, MISBEHAVE, metric};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,12 +24,22 @@ struct Daemon {
 
 impl Daemon {
     fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// A hearthd with `toml` as its config file and an admin endpoint.
+    fn start_with_config(toml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("run/hearthd.sock");
+        let config = dir.path().join("hearth.toml");
+        std::fs::write(&config, toml).unwrap();
         let process = Running::start(
             Command::new(HEARTHD)
                 .env("HEARTH_SOCKET", &socket)
-                .env("HEARTH_CACHE_DIR", dir.path().join("cache")),
+                .env("HEARTH_CACHE_DIR", dir.path().join("cache"))
+                .arg("--config")
+                .arg(&config)
+                .args(["--admin", "127.0.0.1:0"]),
         );
         process.wait_for_line("hearthd ready");
         Daemon {
@@ -37,6 +47,15 @@ impl Daemon {
             socket,
             _dir: dir,
         }
+    }
+
+    async fn metrics(&self) -> String {
+        let line = self.process.wait_for_line("admin endpoint on http://");
+        let addr = line.split("on http://").nth(1).unwrap();
+        let addr = addr.split_whitespace().next().unwrap().parse().unwrap();
+        let reply = get(addr, "/metrics").await.unwrap();
+        assert_eq!(reply.status, 200);
+        reply.text()
     }
 
     async fn client(&self) -> ControlClient {
@@ -435,4 +454,157 @@ async fn guest_output_goes_to_the_given_files_and_memory_is_reported() {
         .unwrap()
         .into_inner();
     assert_eq!((state.instances, state.memory_bytes), (0, 0), "released");
+}
+
+async fn pool_state(
+    client: &mut ControlClient,
+    function: &str,
+) -> hearth_control::v1::FunctionState {
+    client
+        .state(StateRequest { id: id(function) })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn wait_for_idle(client: &mut ControlClient, function: &str, idle: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while pool_state(client, function).await.idle_instances != idle {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{function} never had {idle} idle instances"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_idle_instances_are_ready_before_the_first_request_and_metrics_count_hits() {
+    let daemon = Daemon::start_with_config("");
+    let mut client = daemon.client().await;
+    let mut request = create("warm", HELLO, &[]);
+    request.min_idle = 2;
+    client.create(request).await.unwrap();
+    // The pool fills at Create, before Start.
+    wait_for_idle(&mut client, "warm", 2).await;
+    let started = client
+        .start(StartRequest { id: id("warm") })
+        .await
+        .unwrap()
+        .into_inner();
+    let addr: std::net::SocketAddr = started.listening.parse().unwrap();
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/").await.unwrap().status, 200);
+    }
+    let state = pool_state(&mut client, "warm").await;
+    assert_eq!((state.pool_hits, state.pool_misses), (3, 0), "{state:?}");
+    wait_for_idle(&mut client, "warm", 2).await;
+
+    let metrics = daemon.metrics().await;
+    let series = |name: &str| format!("hearth_{name}{{id=\"warm\",function=\"hello\"");
+    assert_eq!(
+        metric(&metrics, &series("pool_hits_total")),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, &series("pool_misses_total")), Some(0.0));
+    // Each instance served once (max_invocations 1) and was retired.
+    assert_eq!(metric(&metrics, &series("pool_retired_total")), Some(3.0));
+    assert_eq!(
+        metric(
+            &metrics,
+            "hearth_pool_instances{id=\"warm\",function=\"hello\",state=\"idle\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(metric(&metrics, "hearth_compiles_total"), Some(1.0));
+    assert_eq!(
+        metric(&metrics, "hearth_instance_slots{state=\"reserved\"}"),
+        Some(2.0)
+    );
+
+    // Without min_idle every request is a miss, and a second function from
+    // the same bytes is a compiled-cache hit.
+    client.create(create("cold", HELLO, &[])).await.unwrap();
+    let started = client
+        .start(StartRequest { id: id("cold") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        get(started.listening.parse().unwrap(), "/")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let state = pool_state(&mut client, "cold").await;
+    assert_eq!(
+        (state.pool_hits, state.pool_misses, state.idle_instances),
+        (0, 1, 0)
+    );
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "hearth_function_loads_total{compiled_from=\"memory\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&metrics, "hearth_compiles_total"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_request_poisons_its_instance_and_the_pool_replaces_it() {
+    let daemon = Daemon::start_with_config("[pool]\nmax_invocations = 100\n");
+    let mut client = daemon.client().await;
+    let mut request = create("reused", MISBEHAVE, &[]);
+    request.min_idle = 1;
+    client.create(request).await.unwrap();
+    wait_for_idle(&mut client, "reused", 1).await;
+    let started = client
+        .start(StartRequest { id: id("reused") })
+        .await
+        .unwrap()
+        .into_inner();
+    let addr: std::net::SocketAddr = started.listening.parse().unwrap();
+    assert_eq!(get(addr, "/ok").await.unwrap().status, 200);
+    let trapped = get(addr, "/trap").await.unwrap();
+    assert_eq!(trapped.status, 500, "{}", trapped.text());
+    wait_for_idle(&mut client, "reused", 1).await;
+    assert_eq!(get(addr, "/ok").await.unwrap().status, 200);
+    let metrics = daemon.metrics().await;
+    let series = |name: &str| format!("hearth_{name}{{id=\"reused\",function=\"misbehave\"");
+    assert_eq!(
+        metric(&metrics, &series("pool_poisoned_total")),
+        Some(1.0),
+        "{metrics}"
+    );
+    // max_invocations 100: the instance that served /ok went back to idle.
+    assert_eq!(metric(&metrics, &series("pool_retired_total")), Some(0.0));
+    assert_eq!(metric(&metrics, &series("pool_hits_total")), Some(3.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_idle_beyond_the_instance_slots_is_refused_with_a_clear_error() {
+    let daemon = Daemon::start_with_config("[pool]\ninstance_slots = 4\n");
+    let mut client = daemon.client().await;
+    let mut request = create("greedy", HELLO, &[]);
+    request.min_idle = 5;
+    let refused = client.create(request).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("asks for 5 idle instances")
+            && refused
+                .message()
+                .contains("only 4 of 4 instance slots are free"),
+        "{}",
+        refused.message()
+    );
+    daemon.process.wait_for_line("create failed");
+    // The daemon keeps serving, and a pool that fits is admitted.
+    let mut request = create("modest", HELLO, &[]);
+    request.min_idle = 4;
+    client.create(request).await.unwrap();
+    wait_for_idle(&mut client, "modest", 4).await;
 }

@@ -1,15 +1,16 @@
 //! The shim under a real containerd's CRI, with a Rust CRI client playing
 //! kubelet: Pods run with `runtime_handler = "hearth"`, host-network and
 //! Pod-network (CNI `ptp`), CRI log files, container status, drain on
-//! StopContainer, bad input, and churn with every leak counted.
+//! StopContainer, bad input, churn with every leak counted, and a Pod start
+//! after `[prewarm]` that hits the compiled cache and the instance pool.
 
 use hearth_testkit::containerd::{Containerd, mounts_under, workspace_binary};
-use hearth_testkit::cri::{ContainerSpec, ContainerState, Cri, Network, Pod};
+use hearth_testkit::cri::{ContainerSpec, ContainerState, Cri, Network, Pod, PodOptions};
 use hearth_testkit::http::get;
 use hearth_testkit::node::{Node, linux_image, symlinked_function_image, wait_until};
 use hearth_testkit::process::run_to_end;
 use hearth_testkit::registry::{free_port, skopeo_push};
-use hearth_testkit::{JOB_EXIT, MISBEHAVE};
+use hearth_testkit::{HELLO, JOB_EXIT, MISBEHAVE, metric};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -490,4 +491,71 @@ fn churn_of_50_pods_3_rounds_leaks_nothing() {
             "round {round}: leaked (shims, mounts, shim sockets, hearthd functions, sandboxes)"
         );
     }
+}
+
+#[test]
+fn a_pod_started_after_prewarm_hits_the_compiled_cache_and_its_annotation_fills_the_pool() {
+    let mut kubelet = Kubelet::start();
+    let image = kubelet.node.push(HELLO, "prewarmed");
+    kubelet
+        .node
+        .configure_hearthd(&format!("[prewarm]\nimages = [\"{image}\"]\n"));
+    kubelet.node.hearthd.wait_for_line("prewarmed");
+    let before = kubelet.runtime.block_on(kubelet.node.metrics());
+    assert_eq!(
+        metric(&before, "hearth_compiles_total"),
+        Some(1.0),
+        "{before}"
+    );
+
+    let pod = kubelet
+        .runtime
+        .block_on(kubelet.cri.run_pod_with(
+            "prewarmed",
+            Network::Pod,
+            &kubelet.logs,
+            &PodOptions {
+                annotations: &[("hearth.dev/min-idle", "2")],
+                ..PodOptions::default()
+            },
+        ))
+        .unwrap();
+    let container = kubelet.run_container(
+        &pod,
+        &ContainerSpec {
+            name: "hello",
+            image: &image,
+            env: &[],
+            command: &[],
+        },
+    );
+    let after = kubelet.runtime.block_on(kubelet.node.metrics());
+    assert_eq!(
+        metric(&after, "hearth_compiles_total"),
+        Some(1.0),
+        "the Pod start compiled nothing:\n{after}"
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "hearth_function_loads_total{compiled_from=\"memory\"}"
+        ),
+        Some(1.0),
+        "the Pod's function was a compiled-cache hit:\n{after}"
+    );
+    let idle =
+        format!("hearth_pool_instances{{id=\"{container}\",function=\"hello\",state=\"idle\"}}");
+    wait_until("the annotation's 2 idle instances", || {
+        let text = kubelet.runtime.block_on(kubelet.node.metrics());
+        metric(&text, &idle) == Some(2.0)
+    });
+    let addr = SocketAddr::new(pod.ip.expect("a Pod IP"), 8080);
+    let reply = kubelet.runtime.block_on(get(addr, "/")).unwrap();
+    assert_eq!(reply.status, 200);
+    let served = kubelet.runtime.block_on(kubelet.node.metrics());
+    let hits = format!("hearth_pool_hits_total{{id=\"{container}\"");
+    let misses = format!("hearth_pool_misses_total{{id=\"{container}\"");
+    assert_eq!(metric(&served, &hits), Some(1.0), "{served}");
+    assert_eq!(metric(&served, &misses), Some(0.0));
+    kubelet.remove_pod_and_check_nothing_is_left(&pod);
 }

@@ -5,7 +5,11 @@
 //! hearth-bench host --hearth target/release/hearth --wasmtime PATH/TO/wasmtime
 //! scripts/bench-oci.sh             # hearth-bench oci --hearth target/release/hearth
 //! scripts/bench-pods.sh            # hearth-bench pods --bin-dir target/release
+//! scripts/bench-cold-start.sh      # hearth-bench cold-start --bin-dir target/release [--runwasi PATH]
 //! ```
+//!
+//! `cold-start` (needs root, containerd, docker-registry, skopeo,
+//! busybox-static): see [`cold_start`].
 //!
 //! `pods` (needs root, containerd, docker-registry, skopeo) starts a private
 //! hearthd, registry and containerd as the shim tests do, runs N idle
@@ -25,6 +29,8 @@
 //! 2. HTTP throughput of `hello` under `wrk`, for `hearth run` and for
 //!    `wasmtime serve` (the peer) on the same component, one after the other,
 //!    each with a fresh instance per request.
+
+mod cold_start;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -48,6 +54,8 @@ enum Bench {
     Oci(OciArgs),
     /// Memory per idle Pod through containerd's CRI.
     Pods(PodsArgs),
+    /// Pod cold start through the CRI: Hearth per cache state, runwasi, runc.
+    ColdStart(cold_start::ColdStartArgs),
 }
 
 #[derive(Parser)]
@@ -96,6 +104,7 @@ fn main() -> Result<()> {
         Bench::Host(args) => host(args),
         Bench::Oci(args) => oci(args),
         Bench::Pods(args) => pods(args),
+        Bench::ColdStart(args) => cold_start::cold_start(args),
     }
 }
 

@@ -127,6 +127,17 @@ impl Containerd {
     /// the CRI's sandbox image `sandbox_image` and plain HTTP to `registry`
     /// (host:port) if given.
     pub fn start(hearth_socket: &Path, sandbox_image: &str, registry: Option<&str>) -> Self {
+        Self::start_with_runtimes(hearth_socket, sandbox_image, registry, &[])
+    }
+
+    /// [`Containerd::start`], with more CRI runtime handlers: `(name, shim
+    /// binary)` pairs, e.g. a peer's shim for a benchmark.
+    pub fn start_with_runtimes(
+        hearth_socket: &Path,
+        sandbox_image: &str,
+        registry: Option<&str>,
+        extra_runtimes: &[(String, PathBuf)],
+    ) -> Self {
         require_containerd();
         let dir = tempfile::Builder::new()
             .prefix("hearth-containerd-")
@@ -190,7 +201,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hearth]
       runtime_type = "{shim}"
       pod_annotations = ["hearth.dev/*"]
-  [plugins."io.containerd.grpc.v1.cri".cni]
+{extra}  [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{root}/cni/conf"
   [plugins."io.containerd.grpc.v1.cri".registry]
@@ -198,6 +209,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 "#,
             root = root.display(),
             shim = shim.display(),
+            extra = extra_runtimes
+                .iter()
+                .map(|(name, shim)| format!(
+                    "    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}]\n      runtime_type = \"{}\"\n",
+                    shim.display()
+                ))
+                .collect::<String>(),
         );
         std::fs::write(root.join("config.toml"), config).unwrap();
         let containerd = Containerd {

@@ -32,6 +32,24 @@ pub enum Network {
     Pod,
 }
 
+/// How a Pod is run besides its name and network.
+#[derive(Debug, Clone, Copy)]
+pub struct PodOptions<'a> {
+    /// The CRI runtime handler ([`HEARTH_HANDLER`], `runc`, a peer's).
+    pub handler: &'a str,
+    /// Pod annotations, e.g. `("hearth.dev/min-idle", "2")`.
+    pub annotations: &'a [(&'a str, &'a str)],
+}
+
+impl Default for PodOptions<'_> {
+    fn default() -> Self {
+        PodOptions {
+            handler: HEARTH_HANDLER,
+            annotations: &[],
+        }
+    }
+}
+
 /// A running Pod sandbox.
 #[derive(Debug, Clone)]
 pub struct Pod {
@@ -98,6 +116,18 @@ impl Cri {
         network: Network,
         log_root: &Path,
     ) -> Result<Pod, tonic::Status> {
+        self.run_pod_with(name, network, log_root, &PodOptions::default())
+            .await
+    }
+
+    /// [`Cri::run_pod`] with a runtime handler and Pod annotations.
+    pub async fn run_pod_with(
+        &self,
+        name: &str,
+        network: Network,
+        log_root: &Path,
+        options: &PodOptions<'_>,
+    ) -> Result<Pod, tonic::Status> {
         let log_dir = log_root.join(name);
         std::fs::create_dir_all(&log_dir).expect("pod log dir");
         let config = api::PodSandboxConfig {
@@ -112,6 +142,11 @@ impl Cri {
                 Network::Pod => name.to_string(),
             },
             log_directory: log_dir.to_string_lossy().into_owned(),
+            annotations: options
+                .annotations
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
             linux: Some(api::LinuxPodSandboxConfig {
                 security_context: Some(api::LinuxSandboxSecurityContext {
                     namespace_options: Some(namespace_options(network)),
@@ -126,7 +161,7 @@ impl Cri {
             .clone()
             .run_pod_sandbox(api::RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: HEARTH_HANDLER.to_string(),
+                runtime_handler: options.handler.to_string(),
             })
             .await?
             .into_inner()
@@ -204,6 +239,33 @@ impl Cri {
             .await?
             .into_inner()
             .container_id)
+    }
+
+    /// Whether the image is in containerd's store (ImageStatus), as kubelet
+    /// checks before pulling with `imagePullPolicy: IfNotPresent`.
+    pub async fn image_present(&self, image: &str) -> Result<bool, tonic::Status> {
+        Ok(self
+            .images
+            .clone()
+            .image_status(api::ImageStatusRequest {
+                image: Some(image_spec(image)),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .image
+            .is_some())
+    }
+
+    /// RemoveImage.
+    pub async fn remove_image(&self, image: &str) -> Result<(), tonic::Status> {
+        self.images
+            .clone()
+            .remove_image(api::RemoveImageRequest {
+                image: Some(image_spec(image)),
+            })
+            .await?;
+        Ok(())
     }
 
     /// StartContainer.

@@ -22,3 +22,18 @@ pub mod registry;
 pub fn wasm_bytes(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
 }
+
+/// The value of the sample `series` (name and labels exactly as printed,
+/// e.g. `hearth_function_loads_total{compiled_from="memory"}`) in Prometheus
+/// text, or `None` when it is absent. Labelled series may be matched by a
+/// prefix ending in a label, e.g. `hearth_pool_hits_total{id="abc"`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.starts_with(series)
+                && matches!(line.as_bytes().get(series.len()), Some(b' ' | b',' | b'}'))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}

@@ -52,29 +52,72 @@ impl Drop for Node {
     }
 }
 
-/// Starts hearthd as the node daemon on `socket`, its caches in `dir`.
+/// Starts hearthd as the node daemon on `socket`, its caches in `dir`,
+/// its admin endpoint on a free loopback port, and its config from
+/// `dir/hearth.toml` when that file exists.
 pub fn start_hearthd(dir: &Path, socket: &Path) -> Running {
-    let hearthd = Running::start(
-        Command::new(workspace_binary("hearthd"))
-            .env("HEARTH_SOCKET", socket)
-            .env("HEARTH_CACHE_DIR", dir.join("cache")),
-    );
+    let mut command = Command::new(workspace_binary("hearthd"));
+    command
+        .env("HEARTH_SOCKET", socket)
+        .env("HEARTH_CACHE_DIR", dir.join("cache"))
+        .args(["--admin", "127.0.0.1:0"]);
+    let config = dir.join("hearth.toml");
+    if config.exists() {
+        command.arg("--config").arg(config);
+    }
+    let hearthd = Running::start(&mut command);
     hearthd.wait_for_line("hearthd ready");
     hearthd
 }
 
+/// What [`Node::start_with`] varies.
+#[derive(Default)]
+pub struct NodeOptions {
+    /// The CRI sandbox image; default [`pause_image_build`] (never run by
+    /// Hearth, but runc Pods need one that runs, e.g. [`busybox_pause_image`]).
+    pub pause_image: Option<BuiltImage>,
+    /// More CRI runtime handlers: `(name, shim binary)`.
+    pub extra_runtimes: Vec<(String, PathBuf)>,
+}
+
+/// A pause image for runc Pods: the static busybox (`busybox-static`)
+/// sleeping forever.
+pub fn busybox_pause_image() -> BuiltImage {
+    let busybox = std::fs::read(BUSYBOX).unwrap_or_else(|e| {
+        panic!("{BUSYBOX}: {e}; install it with `apt-get install busybox-static`")
+    });
+    linux_image(
+        &[("bin/busybox", &busybox, 0o755)],
+        &["/bin/busybox", "sleep", "2147483647"],
+    )
+}
+
+/// Where Debian's `busybox-static` puts its binary.
+pub const BUSYBOX: &str = "/bin/busybox";
+
 impl Node {
     /// Starts hearthd, the registry (with the pause image) and containerd.
     pub fn start() -> Self {
+        Self::start_with(NodeOptions::default())
+    }
+
+    /// [`Node::start`] with `options`.
+    pub fn start_with(options: NodeOptions) -> Self {
         require_containerd();
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("run/hearthd.sock");
         let hearthd = start_hearthd(dir.path(), &socket);
         let registry = Registry::start();
         let pause_image = registry.reference("pause", "3");
-        skopeo_push(&pause_image_build(), &pause_image, false);
+        let pause_build = options.pause_image.unwrap_or_else(pause_image_build);
+        skopeo_push(&pause_build, &pause_image, false);
         let registry_host = pause_image.split('/').next().unwrap().to_string();
-        let containerd = Containerd::start(&socket, &pause_image, Some(&registry_host));
+        let containerd = Containerd::start_with_runtimes(
+            &socket,
+            &pause_image,
+            Some(&registry_host),
+            &options.extra_runtimes,
+        );
         Node {
             containerd,
             hearthd,
@@ -90,6 +133,31 @@ impl Node {
     pub fn restart_hearthd(&mut self) {
         self.hearthd.kill();
         self.hearthd = start_hearthd(self.dir.path(), &self.socket);
+    }
+
+    /// Restarts hearthd with `toml` as its config file (same socket and
+    /// caches). Do it before any Pod runs: shims reattach, but a test that
+    /// reconfigures wants a clean start.
+    pub fn configure_hearthd(&mut self, toml: &str) {
+        std::fs::write(self.dir.path().join("hearth.toml"), toml).unwrap();
+        self.hearthd.terminate();
+        self.hearthd = start_hearthd(self.dir.path(), &self.socket);
+    }
+
+    /// hearthd's admin endpoint.
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        let line = self.hearthd.wait_for_line("admin endpoint on http://");
+        let addr = line.split("on http://").nth(1).unwrap();
+        addr.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// hearthd's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let reply = crate::http::get(self.admin_addr(), "/metrics")
+            .await
+            .expect("GET /metrics");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.text()
     }
 
     /// Pushes `wasm` with `hearth push` as `repository:1`; the reference.
