@@ -15,4 +15,4 @@ if [ ! -x /bin/busybox ]; then
   apt-get install -y --no-install-recommends busybox-static
 fi
 cargo build --release -p hearth-host -p hearth-shim -p hearth-bench
-exec target/release/hearth-bench cold-start --bin-dir target/release "$@"
+exec target/release/hearth bench cold-start --bin-dir target/release "$@"

@@ -53,6 +53,14 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Run Hearth's benchmarks (`hearth bench cold-start --bin-dir DIR`):
+    /// runs the `hearth-bench` binary next to this one with these arguments.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Arguments for hearth-bench, e.g. `cold-start --help`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -197,6 +205,7 @@ async fn main() {
         Command::Push(args) => push(args).await,
         Command::Pull(args) => pull(args).await,
         Command::Status(args) => status(args).await,
+        Command::Bench { args } => bench(&args),
         Command::Cache {
             command: CacheCommand::Ls(args),
         } => cache_ls(args),
@@ -348,6 +357,23 @@ async fn cache_gc(args: CacheArgs) -> Result<i32> {
         report.freed_bytes
     );
     Ok(0)
+}
+
+/// Runs `hearth-bench` from this binary's directory.
+fn bench(args: &[String]) -> Result<i32> {
+    let here = std::env::current_exe().context("locating the hearth binary")?;
+    let bench = here.with_file_name("hearth-bench");
+    if !bench.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p hearth-bench` (the scripts/bench-*.sh scripts do)",
+            bench.display()
+        );
+    }
+    let status = std::process::Command::new(&bench)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", bench.display()))?;
+    Ok(status.code().unwrap_or(1))
 }
 
 async fn run(args: RunArgs) -> Result<i32> {

@@ -245,6 +245,11 @@ fn host(args: HostArgs) -> Result<()> {
         let (p50, p99, mean) = summarize(samples);
         println!("| {allocation:?} | {p50:.1} | {p99:.1} | {mean:.1} |");
     }
+    let (samples, misses) = runtime.block_on(pool_checkout(args.instances))?;
+    let (p50, p99, mean) = summarize(samples);
+    println!(
+        "| Pooling, from the prewarm pool (checkout of an idle instance; {misses} misses) | {p50:.1} | {p99:.1} | {mean:.1} |"
+    );
 
     println!(
         "\n## HTTP throughput of functions/hello (wrk -t2 -c{} -d{}s, fresh instance per request)\n",
@@ -437,6 +442,33 @@ async fn instantiation(allocation: Allocation, count: usize) -> Result<Vec<Durat
         }
     }
     Ok(samples)
+}
+
+/// Time to get an instance ready to serve out of a warm pool (`min_idle`
+/// 4): `Function::checkout`, which takes a concurrency slot, pops an idle
+/// instance and arms its deadline. Refills happen untimed between samples.
+async fn pool_checkout(count: usize) -> Result<(Vec<Duration>, u64)> {
+    let limits = Limits::default();
+    let host = Host::new(&EngineSettings::for_limits([&limits]))?;
+    let mut env = FunctionEnv::new("hello");
+    env.pool.min_idle = 4;
+    let function = host
+        .load(env, hearth_testkit::wasm_bytes(hearth_testkit::HELLO))
+        .await?;
+    let pool = function.pool().context("hello is a service")?;
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count + count / 10 {
+        pool.wait_warm().await;
+        let slot = function.acquire_slot(limits.request_timeout()).await?;
+        let started = Instant::now();
+        let pooled = function.checkout(slot, limits.request_timeout()).await?;
+        let elapsed = started.elapsed();
+        function.finish(pooled).await;
+        if i >= count / 10 {
+            samples.push(elapsed);
+        }
+    }
+    Ok((samples, pool.stats().misses))
 }
 
 fn summarize(mut samples: Vec<Duration>) -> (f64, f64, f64) {
