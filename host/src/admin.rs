@@ -68,7 +68,7 @@ impl Admin {
                     .map(|pool| (id, function.name(), pool.stats()))
             })
             .collect();
-        let counters: [(&str, &str, fn(&hearth_prewarm::pool::PoolStats) -> u64); 5] = [
+        let counters: [PoolCounter; 5] = [
             (
                 "pool_hits_total",
                 "Checkouts served by an idle instance.",
@@ -213,6 +213,13 @@ impl Admin {
             .expect("static response parts are valid")
     }
 }
+
+/// A per-function pool counter: name, help, and how to read it.
+type PoolCounter = (
+    &'static str,
+    &'static str,
+    fn(&hearth_prewarm::pool::PoolStats) -> u64,
+);
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP hearth_{name} {help}");
