@@ -4,7 +4,7 @@
 //! scripts/bench-host.sh            # installs the peer and wrk, then runs:
 //! hearth-bench host --hearth target/release/hearth --wasmtime PATH/TO/wasmtime
 //! scripts/bench-oci.sh             # hearth-bench oci --hearth target/release/hearth
-//! scripts/bench-pods.sh            # hearth-bench pods --bin-dir target/release
+//! scripts/bench-pods.sh            # hearth-bench pods --bin-dir target/release [--runwasi PATH]
 //! scripts/bench-cold-start.sh      # hearth-bench cold-start --bin-dir target/release [--runwasi PATH]
 //! ```
 //!
@@ -14,9 +14,10 @@
 //! `pods` (needs root, containerd, docker-registry, skopeo) starts a private
 //! hearthd, registry and containerd as the shim tests do, runs N idle
 //! Pod-network Pods of `functions/hello` through the CRI with the `hearth`
-//! handler, and reports memory per Pod: the RSS (and PSS) of the Pod's
-//! processes (its shim and namespace holder) plus hearthd's RSS growth
-//! over the baseline, divided by N.
+//! handler (and, with `--runwasi PATH`, runwasi's `wasmtime` handler on a
+//! fresh node), and reports memory per Pod (the RSS and PSS of every process
+//! running the runtime's shim binary, plus, for Hearth, hearthd's RSS growth
+//! over the baseline, divided by N) and Pods started per second.
 //!
 //! `oci` measures the time from starting `hearth run <reference>` to the
 //! first HTTP 200 of `hello`, served from a real `docker-registry` on
@@ -65,8 +66,12 @@ struct PodsArgs {
     #[arg(long)]
     bin_dir: PathBuf,
     /// Pod counts to measure, each from a fresh node.
-    #[arg(long, value_delimiter = ',', default_values_t = [50, 200])]
+    #[arg(long, value_delimiter = ',', default_values_t = [50, 100, 200])]
     pods: Vec<usize>,
+    /// runwasi's `containerd-shim-wasmtime-v1` (built outside this
+    /// repository), measured the same way; skipped with a note without it.
+    #[arg(long)]
+    runwasi: Option<PathBuf>,
 }
 
 #[derive(Parser)]
@@ -137,93 +142,150 @@ fn hello_container(image: &str) -> hearth_testkit::cri::ContainerSpec<'_> {
     }
 }
 
+/// A runtime measured by `pods`: its CRI handler and how its Pod processes
+/// are recognised (their command line names this binary).
+struct PodRuntime {
+    label: &'static str,
+    handler: &'static str,
+    shim_binary: &'static str,
+    extra_runtimes: Vec<(String, PathBuf)>,
+}
+
 fn pods(args: PodsArgs) -> Result<()> {
-    use hearth_testkit::cri::{Cri, Network};
+    use hearth_testkit::containerd::processes_matching;
+    use hearth_testkit::cri::{Cri, Network, PodOptions};
     let bin_dir = std::fs::canonicalize(&args.bin_dir)
         .with_context(|| format!("--bin-dir {}", args.bin_dir.display()))?;
     hearth_testkit::containerd::use_prebuilt_binaries(bin_dir);
+    let mut runtimes = vec![PodRuntime {
+        label: "hearth",
+        handler: hearth_testkit::cri::HEARTH_HANDLER,
+        shim_binary: "containerd-shim-hearth-v1",
+        extra_runtimes: Vec::new(),
+    }];
+    match &args.runwasi {
+        Some(runwasi) => runtimes.push(PodRuntime {
+            label: "runwasi (containerd-shim-wasmtime-v1)",
+            handler: "wasmtime",
+            shim_binary: "containerd-shim-wasmtime-v1",
+            extra_runtimes: vec![(
+                "wasmtime".into(),
+                std::fs::canonicalize(runwasi)
+                    .with_context(|| format!("--runwasi {}", runwasi.display()))?,
+            )],
+        }),
+        None => eprintln!("note: no --runwasi given; runwasi is skipped"),
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     let _in_runtime = runtime.enter();
     let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
     let mut rows = Vec::new();
-    for &count in &args.pods {
-        let node = hearth_testkit::node::Node::start();
-        let cri = runtime.block_on(Cri::connect(&node.containerd));
-        let image = node.push(hearth_testkit::HELLO, "bench/hello");
-        let logs = node.dir.path().join("pods");
-        runtime.block_on(cri.pull(&image))?;
-        // A warm-up Pod loads and compiles the component once: a per-node
-        // cost, not a per-Pod one, so it is in the baseline.
-        let warm = runtime.block_on(cri.run_pod("warm-up", Network::Pod, &logs))?;
-        runtime.block_on(cri.run_container(&warm, &hello_container(&image)))?;
-        runtime.block_on(cri.remove_pod(&warm))?;
-        std::thread::sleep(Duration::from_secs(2));
-        let (hearthd_before, _) = process_memory(node.hearthd.pid());
-
-        let started = Instant::now();
-        let mut starting = tokio::task::JoinSet::new();
-        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
-        for index in 0..count {
-            let (cri, logs, image, gate) = (cri.clone(), logs.clone(), image.clone(), gate.clone());
-            starting.spawn(async move {
-                let _permit = gate.acquire().await;
-                let pod = cri
-                    .run_pod(&format!("idle-{index}"), Network::Pod, &logs)
-                    .await?;
-                cri.run_container(&pod, &hello_container(&image)).await?;
-                Ok::<_, tonic::Status>(pod)
+    for pod_runtime in &runtimes {
+        for &count in &args.pods {
+            eprintln!("{}: {count} Pods", pod_runtime.label);
+            let node = hearth_testkit::node::Node::start_with(hearth_testkit::node::NodeOptions {
+                pause_image: None,
+                extra_runtimes: pod_runtime.extra_runtimes.clone(),
             });
-        }
-        let pods = runtime
-            .block_on(starting.join_all())
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
-        let start_seconds = started.elapsed().as_secs_f64();
-        for pod in &pods {
-            let addr = std::net::SocketAddr::new(pod.ip.context("a Pod IP")?, 8080);
-            let reply = runtime.block_on(hearth_testkit::http::get(addr, "/"))?;
-            if reply.status != 200 {
-                bail!("Pod at {addr} answered {}", reply.status);
+            let cri = runtime.block_on(Cri::connect(&node.containerd));
+            let image = node.push(hearth_testkit::HELLO, "bench/hello");
+            let logs = node.dir.path().join("pods");
+            runtime.block_on(cri.pull(&image))?;
+            let options = PodOptions {
+                handler: pod_runtime.handler,
+                annotations: &[],
+            };
+            // A warm-up Pod loads and compiles the component once: a
+            // per-node cost, not a per-Pod one, so it is in the baseline.
+            let warm =
+                runtime.block_on(cri.run_pod_with("warm-up", Network::Pod, &logs, &options))?;
+            runtime.block_on(cri.run_container(&warm, &hello_container(&image)))?;
+            runtime.block_on(cri.remove_pod(&warm))?;
+            std::thread::sleep(Duration::from_secs(2));
+            let (hearthd_before, _) = process_memory(node.hearthd.pid());
+
+            let started = Instant::now();
+            let mut starting = tokio::task::JoinSet::new();
+            let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+            for index in 0..count {
+                let (cri, logs, image, gate) =
+                    (cri.clone(), logs.clone(), image.clone(), gate.clone());
+                let handler = pod_runtime.handler;
+                starting.spawn(async move {
+                    let _permit = gate.acquire().await;
+                    let options = PodOptions {
+                        handler,
+                        annotations: &[],
+                    };
+                    let pod = cri
+                        .run_pod_with(&format!("idle-{index}"), Network::Pod, &logs, &options)
+                        .await?;
+                    cri.run_container(&pod, &hello_container(&image)).await?;
+                    Ok::<_, tonic::Status>(pod)
+                });
             }
+            let pods = runtime
+                .block_on(starting.join_all())
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
+            let start_seconds = started.elapsed().as_secs_f64();
+            for pod in &pods {
+                let addr = std::net::SocketAddr::new(pod.ip.context("a Pod IP")?, 8080);
+                let mut answered = None;
+                for _ in 0..200 {
+                    match runtime.block_on(hearth_testkit::http::get(addr, "/")) {
+                        Ok(reply) => {
+                            answered = Some(reply.status.as_u16());
+                            break;
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+                if answered != Some(200) {
+                    bail!("Pod at {addr} answered {answered:?}");
+                }
+            }
+            // Idle: every Pod has served once; let allocators settle.
+            std::thread::sleep(Duration::from_secs(3));
+            let (hearthd_after, _) = process_memory(node.hearthd.pid());
+            let address = node.containerd.address();
+            let pod_processes =
+                processes_matching(pod_runtime.shim_binary, &address.to_string_lossy());
+            let (rss, pss) = pod_processes
+                .iter()
+                .map(|pid| process_memory(*pid))
+                .fold((0, 0), |(rss, pss), (r, p)| (rss + r, pss + p));
+            let per_pod = |bytes: u64| mib(bytes as f64 / count as f64);
+            // Only Hearth's Pods live partly in hearthd.
+            let daemon_delta = if pod_runtime.handler == hearth_testkit::cri::HEARTH_HANDLER {
+                hearthd_after.saturating_sub(hearthd_before)
+            } else {
+                0
+            };
+            rows.push(format!(
+                "| {} | {count} | {} | {:.2} / {:.2} | {:.2} | **{:.2}** | **{:.2}** | {:.1} |",
+                pod_runtime.label,
+                pod_processes.len(),
+                per_pod(rss),
+                per_pod(pss),
+                per_pod(daemon_delta),
+                per_pod(rss + daemon_delta),
+                per_pod(pss + daemon_delta),
+                count as f64 / start_seconds,
+            ));
+            runtime.block_on(cri.remove_pods(pods))?;
         }
-        // Idle: every Pod has served once; let allocators settle.
-        std::thread::sleep(Duration::from_secs(3));
-        let (hearthd_after, _) = process_memory(node.hearthd.pid());
-        let pod_processes = node.shims();
-        let is_holder = |pid: &u32| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("--hearth-pause"))
-        };
-        let sum = |pids: &mut dyn Iterator<Item = &u32>| {
-            pids.map(|pid| process_memory(*pid))
-                .fold((0, 0), |(rss, pss), (r, p)| (rss + r, pss + p))
-        };
-        let (shim_rss, shim_pss) = sum(&mut pod_processes.iter().filter(|pid| !is_holder(pid)));
-        let (holder_rss, holder_pss) = sum(&mut pod_processes.iter().filter(|pid| is_holder(pid)));
-        let per_pod = |bytes: u64| mib(bytes as f64 / count as f64);
-        let hearthd_delta = hearthd_after.saturating_sub(hearthd_before);
-        rows.push(format!(
-            "| {count} | {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | **{:.2}** | **{:.2}** | {:.1} |",
-            pod_processes.len(),
-            per_pod(shim_rss),
-            per_pod(shim_pss),
-            per_pod(holder_rss),
-            per_pod(holder_pss),
-            per_pod(hearthd_delta),
-            per_pod(shim_rss + holder_rss + hearthd_delta),
-            per_pod(shim_pss + holder_pss + hearthd_delta),
-            start_seconds,
-        ));
-        runtime.block_on(cri.remove_pods(pods))?;
     }
-    println!("## Memory per idle Pod (functions/hello, Pod network, CRI handler `hearth`)\n");
     println!(
-        "Per Pod = (RSS of the Pod's shim and namespace holder + hearthd's RSS growth over a node with no Pods) / Pods. PSS splits pages shared between the shims (same binary) among them.\n"
+        "## Memory per idle Pod and Pods started per second (functions/hello, Pod network, CRI)\n"
     );
     println!(
-        "| Pods | Pod processes | shim RSS / PSS MiB/Pod | holder RSS / PSS MiB/Pod | hearthd RSS delta MiB/Pod | total RSS MiB/Pod | total PSS MiB/Pod | all started in s |"
+        "Per Pod = (RSS of the Pod's processes: every process running the runtime's shim binary, for Hearth its shim and namespace holder + hearthd's RSS growth over a node with no Pods) / Pods. PSS splits pages shared between processes (same binary) among them. Pods are started 16 at a time.\n"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| runtime | Pods | Pod processes | Pod processes RSS / PSS MiB/Pod | daemon RSS delta MiB/Pod | total RSS MiB/Pod | total PSS MiB/Pod | Pods started/s |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         println!("{row}");
     }
