@@ -16,7 +16,8 @@
 //!     functions loaded, by where their compiled code came from (`memory` is
 //!     a compiled-cache hit);
 //!   - `compiles_total`, `compile_seconds_total` (compiling and loading from
-//!     disk), `compiled_evictions_total`, `compiled_entries`,
+//!     disk), `compiled_evictions_total` (memory budget),
+//!     `compiled_disk_evictions_total` (disk bound), `compiled_entries`,
 //!     `compiled_resident_bytes`;
 //!   - `instance_slots{state="reserved"|"total"}`: the pool's capacity
 //!     ledger.
@@ -142,7 +143,7 @@ impl Admin {
             );
         }
         let cache = self.host.compiled().stats();
-        let scalars: [(&str, &str, &str, String); 5] = [
+        let scalars: [(&str, &str, &str, String); 6] = [
             (
                 "compiles_total",
                 "Components compiled.",
@@ -160,6 +161,12 @@ impl Admin {
                 "Compiled components evicted from memory (LRU budget).",
                 "counter",
                 cache.evictions.to_string(),
+            ),
+            (
+                "compiled_disk_evictions_total",
+                "Compiled components evicted from disk (size bound).",
+                "counter",
+                cache.disk_evictions.to_string(),
             ),
             (
                 "compiled_entries",

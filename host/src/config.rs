@@ -26,6 +26,7 @@
 //! instance_slots = 512          # pooling-allocator instance slots on this node
 //! max_invocations = 1           # default calls per instance before it retires
 //! compiled_memory_bytes = 1073741824  # compiled code kept in memory (LRU)
+//! compiled_disk_bytes = 4294967296    # compiled code kept on disk (LRU)
 //!
 //! [[function]]
 //! name = "hello"
@@ -137,6 +138,8 @@ pub struct PrewarmConfig {
 pub const DEFAULT_INSTANCE_SLOTS: u32 = 512;
 /// Default bound of compiled code kept in memory.
 pub const DEFAULT_COMPILED_MEMORY_BYTES: u64 = 1 << 30;
+/// Default bound of compiled code kept on disk.
+pub const DEFAULT_COMPILED_DISK_BYTES: u64 = 4 << 30;
 
 impl PoolConfig {
     /// Calls per instance before it retires, by default.
@@ -165,6 +168,9 @@ pub struct PoolConfig {
     /// Bound of compiled code kept in memory; least recently used functions
     /// that nothing runs are evicted past it (and reloaded from disk).
     pub compiled_memory_bytes: Option<u64>,
+    /// Bound of compiled code kept on disk, least recently used evicted
+    /// first (evicted functions compile again when next seen).
+    pub compiled_disk_bytes: Option<u64>,
 }
 
 /// One `[[function]]` entry.
@@ -365,6 +371,11 @@ impl HearthConfig {
                 self.pool
                     .compiled_memory_bytes
                     .unwrap_or(DEFAULT_COMPILED_MEMORY_BYTES),
+            ),
+            max_compiled_disk_bytes: Some(
+                self.pool
+                    .compiled_disk_bytes
+                    .unwrap_or(DEFAULT_COMPILED_DISK_BYTES),
             ),
         }
     }

@@ -31,6 +31,8 @@ pub struct CacheSettings {
     pub registry: RegistrySettings,
     /// Bound of compiled code kept in memory; `None`: unbounded.
     pub max_compiled_memory_bytes: Option<u64>,
+    /// Bound of compiled code kept on disk; `None`: unbounded.
+    pub max_compiled_disk_bytes: Option<u64>,
 }
 
 impl CacheSettings {
@@ -41,6 +43,7 @@ impl CacheSettings {
             max_artifact_bytes: DEFAULT_ARTIFACT_CACHE_BYTES,
             registry: RegistrySettings::default(),
             max_compiled_memory_bytes: None,
+            max_compiled_disk_bytes: None,
         }
     }
 }

@@ -202,8 +202,11 @@ impl Host {
         };
         let (engine, compiled) =
             Self::engine_and_cache(settings).map_err(|e| cache_error(format!("{e:#}")))?;
-        let store = CompiledStore::open(&caches.dir, engine.engine())
+        let mut store = CompiledStore::open(&caches.dir, engine.engine())
             .map_err(|e| cache_error(e.to_string()))?;
+        if let Some(max_bytes) = caches.max_compiled_disk_bytes {
+            store = store.with_max_bytes(max_bytes);
+        }
         let artifacts = ArtifactCache::open(
             &caches.dir,
             caches.max_artifact_bytes,

@@ -27,6 +27,10 @@
 //!   crash.
 //! * Objects are loaded with [`Component::deserialize_file`], which maps the
 //!   file rather than copying it, so processes on a node share its pages.
+//! * With a size bound ([`CompiledStore::with_max_bytes`]), every store is
+//!   followed by a trim: entries are removed least recently used first (a
+//!   load touches its pointer's mtime) until the objects fit, never the entry
+//!   just stored. A removed entry is simply a miss next time.
 
 use crate::Digest;
 use crate::atomic_file::{StagedFile, clean_stale_staging, write_atomically};
@@ -76,6 +80,7 @@ pub struct CompiledStore {
     dir: PathBuf,
     staging: PathBuf,
     fingerprint: String,
+    max_bytes: Option<u64>,
 }
 
 impl CompiledStore {
@@ -92,7 +97,51 @@ impl CompiledStore {
             dir,
             staging,
             fingerprint,
+            max_bytes: None,
         })
+    }
+
+    /// Bounds the objects on disk to `max_bytes` (see the contract).
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = Some(max_bytes);
+        self
+    }
+
+    /// Removes least recently used entries, other than `keep`, until the
+    /// objects fit the bound. Returns how many entries went.
+    pub fn trim(&self, keep: &Digest) -> io::Result<u64> {
+        let Some(max_bytes) = self.max_bytes else {
+            return Ok(0);
+        };
+        let keep = hex::encode(keep.as_bytes());
+        let mut pointers = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == "objects" || name == keep || !entry.file_type()?.is_file() {
+                continue;
+            }
+            let used = entry.metadata()?.modified()?;
+            pointers.push((used, entry.path()));
+        }
+        pointers.sort();
+        let (_, mut bytes) = self.usage()?;
+        let mut removed = 0;
+        for (_, pointer) in pointers {
+            if bytes <= max_bytes {
+                break;
+            }
+            let object_hex = fs::read_to_string(&pointer).unwrap_or_default();
+            let object = self.object_path(object_hex.trim());
+            let size = fs::metadata(&object).map(|m| m.len()).unwrap_or(0);
+            let _ = fs::remove_file(&pointer);
+            if fs::remove_file(&object).is_ok() {
+                bytes = bytes.saturating_sub(size);
+            }
+            tracing::info!(pointer = %pointer.display(), "evicted compiled component from disk (size bound)");
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// The engine fingerprint entries are filed under.
@@ -147,7 +196,15 @@ impl CompiledStore {
         #[allow(unsafe_code)]
         let loaded = unsafe { Component::deserialize_file(engine, &object) };
         match loaded {
-            Ok(component) => CompiledLookup::Hit(component),
+            Ok(component) => {
+                // Recency for the size bound; failing to record it only
+                // makes this entry an earlier eviction candidate.
+                let _ = fs::File::options()
+                    .write(true)
+                    .open(&pointer)
+                    .and_then(|file| file.set_modified(std::time::SystemTime::now()));
+                CompiledLookup::Hit(component)
+            }
             Err(error) => self.reject(
                 digest,
                 Some(&object),

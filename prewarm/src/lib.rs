@@ -184,6 +184,8 @@ pub struct CacheStats {
     pub entries: usize,
     /// Entries evicted to stay under the memory budget.
     pub evictions: u64,
+    /// On-disk entries evicted to stay under the store's size bound.
+    pub disk_evictions: u64,
     /// Bytes of compiled code held now.
     pub resident_bytes: u64,
     /// Time spent compiling (and loading from disk), in all.
@@ -257,6 +259,7 @@ pub struct CompiledCache<T: 'static> {
     store: Option<CompiledStore>,
     memory_budget: Option<u64>,
     evictions: AtomicU64,
+    disk_evictions: AtomicU64,
     compile_nanos: AtomicU64,
     hits: AtomicU64,
     compiles: AtomicU64,
@@ -278,6 +281,7 @@ impl<T: 'static> CompiledCache<T> {
             store: None,
             memory_budget: None,
             evictions: AtomicU64::new(0),
+            disk_evictions: AtomicU64::new(0),
             compile_nanos: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             compiles: AtomicU64::new(0),
@@ -337,11 +341,19 @@ impl<T: 'static> CompiledCache<T> {
                 from = CompiledFrom::Compiled;
                 let compiled = self.compile(digest, bytes)?;
                 self.compiles.fetch_add(1, Ordering::Relaxed);
-                if let Some(store) = &self.store
-                    && let Err(error) = store.store(&digest, &compiled.component)
-                {
-                    // The function still runs; the next process compiles again.
-                    tracing::warn!(%digest, dir = %store.dir().display(), "cannot write the compiled cache: {error}");
+                if let Some(store) = &self.store {
+                    match store
+                        .store(&digest, &compiled.component)
+                        .and_then(|()| store.trim(&digest))
+                    {
+                        Ok(evicted) => {
+                            self.disk_evictions.fetch_add(evicted, Ordering::Relaxed);
+                        }
+                        // The function still runs; the next process compiles again.
+                        Err(error) => {
+                            tracing::warn!(%digest, dir = %store.dir().display(), "cannot write the compiled cache: {error}")
+                        }
+                    }
                 }
                 compiled
             }
@@ -397,6 +409,7 @@ impl<T: 'static> CompiledCache<T> {
             disk_rejected: self.disk_rejected.load(Ordering::Relaxed),
             entries,
             evictions: self.evictions.load(Ordering::Relaxed),
+            disk_evictions: self.disk_evictions.load(Ordering::Relaxed),
             resident_bytes,
             compile_time: Duration::from_nanos(self.compile_nanos.load(Ordering::Relaxed)),
         }
@@ -646,6 +659,46 @@ mod tests {
         restarted.get_or_compile(&bytes).unwrap();
         assert_eq!(restarted.stats().compiles, 0);
         assert_eq!(restarted.stats().disk_hits, 1);
+    }
+
+    #[test]
+    fn the_disk_store_evicts_the_least_recently_loaded_entry_over_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            numbered_component(1),
+            numbered_component(2),
+            numbered_component(3),
+        );
+        let one_object = {
+            let cache = cache_on_disk(dir.path());
+            cache.get_or_compile(&a).unwrap();
+            cache.store().unwrap().usage().unwrap().1
+        };
+        let bounded = |dir: &std::path::Path| {
+            let engine = Engine::new(&Config::new()).unwrap();
+            let store = CompiledStore::open(dir, &engine)
+                .unwrap()
+                .with_max_bytes(one_object * 2 + one_object / 2);
+            CompiledCache::<()>::new(engine.clone(), Linker::new(&engine)).with_store(store)
+        };
+        let cache = bounded(dir.path());
+        cache.get_or_compile(&b).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // A new process loads a from disk: a is now more recent than b.
+        let reloaded = bounded(dir.path());
+        reloaded.get_or_compile(&a).unwrap();
+        assert_eq!(reloaded.stats().disk_hits, 1);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        reloaded.get_or_compile(&c).unwrap();
+        assert_eq!(reloaded.stats().disk_evictions, 1);
+        let (entries, _) = reloaded.store().unwrap().usage().unwrap();
+        assert_eq!(entries, 2);
+        let fresh = bounded(dir.path());
+        fresh.get_or_compile(&a).unwrap();
+        fresh.get_or_compile(&c).unwrap();
+        assert_eq!(fresh.stats().disk_hits, 2, "a and c stayed on disk");
+        fresh.get_or_compile(&b).unwrap();
+        assert_eq!(fresh.stats().compiles, 1, "b was evicted");
     }
 
     #[test]

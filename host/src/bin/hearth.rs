@@ -108,6 +108,7 @@ impl CacheArgs {
                 ..RegistrySettings::default()
             },
             max_compiled_memory_bytes: None,
+            max_compiled_disk_bytes: None,
         }
     }
 }
