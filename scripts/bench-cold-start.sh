@@ -2,7 +2,7 @@
 # The Pod cold-start benchmark (issue: prewarm pool): first CRI call to first
 # HTTP 200, for Hearth (pool hit, pool miss, nothing cached), runwasi and
 # runc, on one private containerd in one run. Needs root. Writes the chart to
-# cold-start.svg and prints the table that goes into BENCHMARKS.md.
+# benchmarks/cold-start.svg and prints the table that goes into BENCHMARKS.md.
 #
 # The runwasi scenario needs runwasi's containerd-shim-wasmtime-v1, built
 # from the public containerd/runwasi source outside this repository:
@@ -15,4 +15,5 @@ if [ ! -x /bin/busybox ]; then
   apt-get install -y --no-install-recommends busybox-static
 fi
 cargo build --release -p hearth-host -p hearth-shim -p hearth-bench
-exec target/release/hearth bench cold-start --bin-dir target/release "$@"
+mkdir -p benchmarks
+exec target/release/hearth bench cold-start --bin-dir target/release --chart benchmarks/cold-start.svg "$@"
