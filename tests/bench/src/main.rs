@@ -5,13 +5,14 @@
 //! hearth-bench host --hearth target/release/hearth --wasmtime PATH/TO/wasmtime
 //! scripts/bench-oci.sh             # hearth-bench oci --hearth target/release/hearth
 //! scripts/bench-pods.sh            # hearth-bench pods --bin-dir target/release [--runwasi PATH]
-//! scripts/bench-cold-start.sh      # hearth-bench cold-start --bin-dir target/release [--runwasi PATH]
+//! scripts/bench-cold-start.sh      # hearth-bench cold-start --bin-dir target/release --chart benchmarks/cold-start.svg [--runwasi PATH]
 //! ```
 //!
 //! `cold-start` (needs root, containerd, docker-registry, skopeo,
 //! busybox-static): see [`cold_start`].
 //!
-//! `pods` (needs root, containerd, docker-registry, skopeo) starts a private
+//! `pods` (needs root, containerd, docker-registry, skopeo, busybox-static
+//! for the pause image runwasi runs) starts a private
 //! hearthd, registry and containerd as the shim tests do, runs N idle
 //! Pod-network Pods of `functions/hello` through the CRI with the `hearth`
 //! handler (and, with `--runwasi PATH`, runwasi's `wasmtime` handler on a
@@ -26,7 +27,8 @@
 //!
 //! `host` measures, in one run:
 //! 1. instantiation: time from `InstancePre` to a ready instance of
-//!    `functions/hello`, pooling allocator against on-demand allocation;
+//!    `functions/hello`, pooling allocator against on-demand allocation,
+//!    and a checkout from the prewarm pool (see [`pool_checkout`]);
 //! 2. HTTP throughput of `hello` under `wrk`, for `hearth run` and for
 //!    `wasmtime serve` (the peer) on the same component, one after the other,
 //!    each with a fresh instance per request.
