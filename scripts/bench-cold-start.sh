@@ -15,5 +15,9 @@ if [ ! -x /bin/busybox ]; then
   apt-get install -y --no-install-recommends busybox-static
 fi
 cargo build --release -p hearth-host -p hearth-shim -p hearth-bench
+chart=(--chart benchmarks/cold-start.svg)
+for arg in "$@"; do
+  case "$arg" in --chart | --chart=*) chart=() ;; esac
+done
 mkdir -p benchmarks
-exec target/release/hearth bench cold-start --bin-dir target/release --chart benchmarks/cold-start.svg "$@"
+exec target/release/hearth bench cold-start --bin-dir target/release "${chart[@]}" "$@"
