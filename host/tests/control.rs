@@ -88,6 +88,16 @@ fn id(id: &str) -> String {
     id.to_string()
 }
 
+/// Starts the created service `name` and returns the address it listens on.
+async fn start_service(client: &mut ControlClient, name: &str) -> std::net::SocketAddr {
+    let started = client
+        .start(StartRequest { id: id(name) })
+        .await
+        .unwrap()
+        .into_inner();
+    started.listening.parse().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_is_created_served_drained_and_deleted_and_the_second_create_is_a_pool_hit() {
     let daemon = Daemon::start();
@@ -107,12 +117,8 @@ async fn a_service_is_created_served_drained_and_deleted_and_the_second_create_i
         (created.kind.as_str(), created.compiled_from.as_str()),
         ("service", "compiled")
     );
-    let started = client
-        .start(StartRequest { id: id("pod-a") })
-        .await
-        .unwrap()
-        .into_inner();
-    let reply = get(started.listening.parse().unwrap(), "/").await.unwrap();
+    let addr = start_service(&mut client, "pod-a").await;
+    let reply = get(addr, "/").await.unwrap();
     assert_eq!(reply.status, 200);
     assert!(reply.text().contains("Hello"), "{}", reply.text());
     let state = client
@@ -138,10 +144,7 @@ async fn a_service_is_created_served_drained_and_deleted_and_the_second_create_i
         .unwrap()
         .into_inner();
     assert_eq!((exit.exit_status, exit.reason.as_str()), (0, "drained"));
-    assert!(
-        get(started.listening.parse().unwrap(), "/").await.is_err(),
-        "no longer listening"
-    );
+    assert!(get(addr, "/").await.is_err(), "no longer listening");
     client
         .delete(DeleteRequest { id: id("pod-a") })
         .await
@@ -359,12 +362,7 @@ async fn a_function_whose_owner_dies_is_stopped_and_forgotten() {
     let mut request = create("owned", HELLO, &[]);
     request.owner_pid = owner.id();
     client.create(request).await.unwrap();
-    let started = client
-        .start(StartRequest { id: id("owned") })
-        .await
-        .unwrap()
-        .into_inner();
-    let addr = started.listening.parse().unwrap();
+    let addr = start_service(&mut client, "owned").await;
     assert_eq!(get(addr, "/").await.unwrap().status, 200);
 
     owner.kill().unwrap();
@@ -409,12 +407,7 @@ async fn guest_output_goes_to_the_given_files_and_memory_is_reported() {
     request.stdout_path = stdout.to_string_lossy().into();
     request.stderr_path = stderr.to_string_lossy().into();
     client.create(request).await.unwrap();
-    let started = client
-        .start(StartRequest { id: id("printer") })
-        .await
-        .unwrap()
-        .into_inner();
-    let addr: std::net::SocketAddr = started.listening.parse().unwrap();
+    let addr = start_service(&mut client, "printer").await;
     assert_eq!(get(addr, "/print").await.unwrap().status, 200);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     // Each file has its own writer thread, so the two lines land in
@@ -487,12 +480,7 @@ async fn min_idle_instances_are_ready_before_the_first_request_and_metrics_count
     client.create(request).await.unwrap();
     // The pool fills at Create, before Start.
     wait_for_idle(&mut client, "warm", 2).await;
-    let started = client
-        .start(StartRequest { id: id("warm") })
-        .await
-        .unwrap()
-        .into_inner();
-    let addr: std::net::SocketAddr = started.listening.parse().unwrap();
+    let addr = start_service(&mut client, "warm").await;
     for _ in 0..3 {
         assert_eq!(get(addr, "/").await.unwrap().status, 200);
     }
@@ -526,18 +514,8 @@ async fn min_idle_instances_are_ready_before_the_first_request_and_metrics_count
     // Without min_idle every request is a miss, and a second function from
     // the same bytes is a compiled-cache hit.
     client.create(create("cold", HELLO, &[])).await.unwrap();
-    let started = client
-        .start(StartRequest { id: id("cold") })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        get(started.listening.parse().unwrap(), "/")
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    let addr = start_service(&mut client, "cold").await;
+    assert_eq!(get(addr, "/").await.unwrap().status, 200);
     let state = pool_state(&mut client, "cold").await;
     assert_eq!(
         (state.pool_hits, state.pool_misses, state.idle_instances),
@@ -562,12 +540,7 @@ async fn a_trapping_request_poisons_its_instance_and_the_pool_replaces_it() {
     request.min_idle = 1;
     client.create(request).await.unwrap();
     wait_for_idle(&mut client, "reused", 1).await;
-    let started = client
-        .start(StartRequest { id: id("reused") })
-        .await
-        .unwrap()
-        .into_inner();
-    let addr: std::net::SocketAddr = started.listening.parse().unwrap();
+    let addr = start_service(&mut client, "reused").await;
     assert_eq!(get(addr, "/ok").await.unwrap().status, 200);
     let trapped = get(addr, "/trap").await.unwrap();
     assert_eq!(trapped.status, 500, "{}", trapped.text());
