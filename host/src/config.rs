@@ -28,6 +28,26 @@
 //! compiled_memory_bytes = 1073741824  # compiled code kept in memory (LRU)
 //! compiled_disk_bytes = 4294967296    # compiled code kept on disk (LRU)
 //!
+//! [state]                       # optional; default: one embedded store `default`
+//! default_store = "default"     # the store functions use for their own app
+//! [state.stores.default]
+//! type = "embedded"             # embedded | redis | postgres
+//! path = "state/default.redb"   # embedded; default <cache dir>/state/LABEL.redb
+//! [state.stores.cache]
+//! type = "redis"
+//! url = "redis://127.0.0.1:6379/"
+//! timeout_ms = 2000             # per call (remote backends)
+//! max_value_bytes = 1048576
+//!
+//! [invoke]                      # optional
+//! targets = { billing = "http://10.0.0.7:8080" }   # functions not loaded here
+//! service_domain = "default.svc.cluster.local"    # else try http://NAME.DOMAIN
+//! max_depth = 8
+//! default_timeout_ms = 10000
+//! retries = 2                   # idempotent calls only
+//! breaker_failures = 5
+//! breaker_open_ms = 5000
+//!
 //! [[function]]
 //! name = "hello"
 //! path = "hello.wasm"           # relative to this file
@@ -37,6 +57,12 @@
 //! allowed_outbound_hosts = []   # optional; "*" allows any host
 //! min_idle = 1                  # optional; idle instances kept ready
 //! max_invocations = 1           # optional; overrides [pool] max_invocations
+//! app = "shop"                  # optional; its state namespace (default: its name)
+//! state_store = "default"       # optional; default [state] default_store
+//! shared_stores = ["cache"]     # optional; labels it may open by name
+//! config_dir = "/etc/hearth/cm" # optional; a mounted ConfigMap for wasi:config
+//! [function.config]             # optional; wasi:config values
+//! currency = "EUR"
 //! [function.limits]             # optional per-function overrides
 //! max_memory_mib = 64
 //! ```
@@ -47,9 +73,12 @@
 //! on: a syntax error, an unknown key anywhere, a missing required key, a
 //! limit out of range, a function path that does not exist, a function with
 //! both or neither of `path` and `image`, a malformed image reference, two
-//! functions with one name, or two functions on one listen address. An empty file is
+//! functions with one name, two functions on one listen address, a store
+//! without the keys its `type` needs, or a store label that is not
+//! configured. An empty file is
 //! valid: hearthd then serves only what shims hand it.
 
+use crate::capabilities::{CapabilityGrants, HostCapabilities, InvokeSettings};
 use crate::distribution::{CacheSettings, DEFAULT_ARTIFACT_CACHE_BYTES, default_cache_dir};
 use crate::engine::EngineSettings;
 use crate::limits::Limits;
@@ -94,6 +123,12 @@ pub struct HearthConfig {
     /// The admin endpoint.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// State stores.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Service invocation.
+    #[serde(default)]
+    pub invoke: InvokeConfig,
     /// Functions to serve.
     #[serde(default)]
     pub function: Vec<FunctionConfig>,
@@ -148,6 +183,92 @@ impl PoolConfig {
     }
 }
 
+/// `[state]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The store a function's own app uses unless it names one.
+    pub default_store: Option<String>,
+    /// Stores by label.
+    #[serde(default)]
+    pub stores: BTreeMap<String, StoreConfig>,
+}
+
+/// A state backend type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// redb on this node.
+    Embedded,
+    /// A Redis server.
+    Redis,
+    /// A PostgreSQL database.
+    Postgres,
+}
+
+/// `[state.stores.LABEL]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The backend.
+    #[serde(rename = "type")]
+    pub kind: StoreKind,
+    /// The file (embedded); relative to the config file.
+    pub path: Option<PathBuf>,
+    /// The server (redis, postgres).
+    pub url: Option<String>,
+    /// Bound of one call to a remote backend.
+    pub timeout_ms: Option<u64>,
+    /// Largest value.
+    pub max_value_bytes: Option<u64>,
+}
+
+/// Default bound of one call to a remote state backend.
+pub const DEFAULT_STATE_TIMEOUT_MS: u64 = 2000;
+
+/// `[invoke]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeConfig {
+    /// Base URLs of functions not loaded on this node.
+    #[serde(default)]
+    pub targets: BTreeMap<String, String>,
+    /// Kubernetes Service domain tried for other names.
+    pub service_domain: Option<String>,
+    /// Longest chain of calls.
+    pub max_depth: Option<u32>,
+    /// Timeout of a call that gives none.
+    pub default_timeout_ms: Option<u64>,
+    /// Extra attempts for idempotent calls.
+    pub retries: Option<u32>,
+    /// Consecutive failures that open a target's circuit.
+    pub breaker_failures: Option<u32>,
+    /// How long an open circuit stays open.
+    pub breaker_open_ms: Option<u64>,
+}
+
+impl InvokeConfig {
+    /// The settings, defaults filled in.
+    pub fn settings(&self) -> InvokeSettings {
+        let defaults = InvokeSettings::default();
+        InvokeSettings {
+            targets: self.targets.clone(),
+            service_domain: self.service_domain.clone(),
+            max_depth: self.max_depth.unwrap_or(defaults.max_depth),
+            default_timeout: self
+                .default_timeout_ms
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(defaults.default_timeout),
+            retries: self.retries.unwrap_or(defaults.retries),
+            breaker_failures: self.breaker_failures.unwrap_or(defaults.breaker_failures),
+            breaker_open: self
+                .breaker_open_ms
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(defaults.breaker_open),
+        }
+    }
+}
+
 /// `[admin]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -199,6 +320,18 @@ pub struct FunctionConfig {
     pub min_idle: u32,
     /// Calls per instance before it retires; default `[pool] max_invocations`.
     pub max_invocations: Option<u32>,
+    /// Its app (state namespace); default its name.
+    pub app: Option<String>,
+    /// The label of its own store; default `[state] default_store`.
+    pub state_store: Option<String>,
+    /// Shared store labels it may open by name.
+    #[serde(default)]
+    pub shared_stores: Vec<String>,
+    /// `wasi:config` values.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// A mounted ConfigMap directory read for `wasi:config`.
+    pub config_dir: Option<PathBuf>,
 }
 
 /// Per-function limit overrides; unset fields take the defaults.
@@ -253,6 +386,13 @@ impl FunctionConfig {
                 max_invocations: self.max_invocations.unwrap_or(pool.max_invocations()),
                 ..PoolSettings::default()
             },
+            grants: CapabilityGrants {
+                app: self.app.clone(),
+                state_store: self.state_store.clone(),
+                shared_stores: self.shared_stores.clone(),
+                config: self.config.clone(),
+                config_dir: self.config_dir.clone(),
+            },
         }
     }
 }
@@ -280,6 +420,20 @@ impl HearthConfig {
         {
             *dir = base.join(&*dir);
         }
+        for store in config.state.stores.values_mut() {
+            if let Some(path) = &mut store.path
+                && path.is_relative()
+            {
+                *path = base.join(&*path);
+            }
+        }
+        for function in &mut config.function {
+            if let Some(dir) = &mut function.config_dir
+                && dir.is_relative()
+            {
+                *dir = base.join(&*dir);
+            }
+        }
         config.validate().map_err(error)?;
         Ok(config)
     }
@@ -301,6 +455,7 @@ impl HearthConfig {
         for (index, image) in self.prewarm.images.iter().enumerate() {
             parse_reference(image).map_err(|e| format!("prewarm.images[{index}]: {e}"))?;
         }
+        self.validate_state()?;
         let mut names = BTreeMap::new();
         let mut listens = BTreeMap::new();
         for (index, function) in self.function.iter().enumerate() {
@@ -341,6 +496,27 @@ impl HearthConfig {
                     ));
                 }
             }
+            let known_store = |label: &String| {
+                self.state.stores.is_empty() && label == "default"
+                    || self.state.stores.contains_key(label)
+            };
+            if let Some(label) = &function.state_store
+                && !known_store(label)
+            {
+                return Err(format!(
+                    "{}: no store labelled `{label}` in [state.stores]",
+                    key("state_store")
+                ));
+            }
+            if let Some(label) = function.shared_stores.iter().find(|l| !known_store(l)) {
+                return Err(format!(
+                    "{}: no store labelled `{label}` in [state.stores]",
+                    key("shared_stores")
+                ));
+            }
+            if let Some(app) = &function.app {
+                hearth_state::Namespace::new(app).map_err(|e| format!("{}: {e}", key("app")))?;
+            }
             if function.max_invocations == Some(0) {
                 return Err(format!("{}: must be at least 1", key("max_invocations")));
             }
@@ -351,6 +527,108 @@ impl HearthConfig {
                 .map_err(|e| format!("{}.{e}", key("limits")))?;
         }
         Ok(())
+    }
+
+    fn validate_state(&self) -> Result<(), String> {
+        if let Some(label) = &self.state.default_store
+            && !self.state.stores.contains_key(label)
+        {
+            return Err(format!(
+                "state.default_store: no store labelled `{label}` in [state.stores]"
+            ));
+        }
+        for (label, store) in &self.state.stores {
+            let key = |field: &str| format!("state.stores.{label}.{field}");
+            match (store.kind, &store.url, &store.path) {
+                (StoreKind::Embedded, Some(_), _) => {
+                    return Err(format!("{}: an embedded store has a `path`, not a `url`", key("url")));
+                }
+                (StoreKind::Redis | StoreKind::Postgres, None, _) => {
+                    return Err(format!("{}: missing; a {:?} store needs the server's URL", key("url"), store.kind));
+                }
+                (StoreKind::Redis | StoreKind::Postgres, _, Some(_)) => {
+                    return Err(format!("{}: only an embedded store has a `path`", key("path")));
+                }
+                _ => {}
+            }
+            if store.timeout_ms == Some(0) {
+                return Err(format!("{}: must be at least 1", key("timeout_ms")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The state stores and invoke settings this file asks for. Without
+    /// `[state.stores]` there is one embedded store, `default`, under the
+    /// cache dir. Nothing is connected here: remote backends connect on
+    /// first use, so hearthd starts while they are down.
+    pub fn host_capabilities(&self) -> Result<HostCapabilities, String> {
+        let mut stores = BTreeMap::new();
+        let default_dir = self
+            .cache
+            .dir
+            .clone()
+            .unwrap_or_else(default_cache_dir)
+            .join("state");
+        let configured = if self.state.stores.is_empty() {
+            BTreeMap::from([(
+                "default".to_string(),
+                StoreConfig {
+                    kind: StoreKind::Embedded,
+                    path: None,
+                    url: None,
+                    timeout_ms: None,
+                    max_value_bytes: None,
+                },
+            )])
+        } else {
+            self.state.stores.clone()
+        };
+        for (label, store) in configured {
+            let timeout = std::time::Duration::from_millis(
+                store.timeout_ms.unwrap_or(DEFAULT_STATE_TIMEOUT_MS),
+            );
+            let key = format!("state.stores.{label}");
+            let backend: Arc<dyn hearth_state::StateBackend> = match store.kind {
+                StoreKind::Embedded => {
+                    let path = store
+                        .path
+                        .clone()
+                        .unwrap_or_else(|| default_dir.join(format!("{label}.redb")));
+                    Arc::new(
+                        hearth_state::embedded::EmbeddedBackend::open(&path)
+                            .map_err(|e| format!("{key}: {e}"))?,
+                    )
+                }
+                StoreKind::Redis => Arc::new(
+                    hearth_state::redis::RedisBackend::new(
+                        store.url.as_deref().unwrap_or_default(),
+                        timeout,
+                    )
+                    .map_err(|e| format!("{key}.url: {e}"))?,
+                ),
+                StoreKind::Postgres => Arc::new(
+                    hearth_state::postgres::PostgresBackend::new(
+                        store.url.as_deref().unwrap_or_default(),
+                        timeout,
+                    )
+                    .map_err(|e| format!("{key}.url: {e}"))?,
+                ),
+            };
+            let mut limits = hearth_state::StateLimits::default();
+            if let Some(max) = store.max_value_bytes {
+                limits.max_value_bytes = max;
+            }
+            stores.insert(
+                label.clone(),
+                hearth_state::StateStore::new(&label, backend, limits),
+            );
+        }
+        Ok(HostCapabilities::new(
+            stores,
+            self.state.default_store.clone(),
+            self.invoke.settings(),
+        ))
     }
 
     /// The cache and registry settings this file asks for.

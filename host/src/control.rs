@@ -406,6 +406,7 @@ impl Control for ControlService {
             output_files,
             memory: Default::default(),
             pool: self.pool_settings(&request),
+            grants: Default::default(),
         };
         let loaded = match &request.source {
             Some(Source::WasmPath(path)) => self.host.load_file(env, path.as_ref()).await,

@@ -21,6 +21,7 @@
 //! refused at load with [`FunctionLoadError::Capacity`]. Jobs are not pooled:
 //! each run gets a fresh instance.
 
+use crate::capabilities::{FunctionCapabilities, HostCapabilities};
 use crate::distribution::{CacheSettings, PullPolicy};
 use crate::engine::{EngineSettings, HostEngine};
 use crate::limits::DeadlineExceeded;
@@ -33,8 +34,8 @@ use hearth_prewarm::{
     ArtifactCache, CompiledCache, CompiledFrom, CompiledFunction, CompiledStore, LoadError,
 };
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{ComponentExportIndex, Instance, Linker};
@@ -122,6 +123,14 @@ pub enum FunctionLoadError {
         /// What was asked and what is free.
         cause: CapacityError,
     },
+    /// Its capability grants cannot be met (e.g. an unknown store label).
+    #[error("cannot load function `{function}`: {detail}")]
+    Capability {
+        /// The function's name.
+        function: String,
+        /// What is wrong, naming the config key.
+        detail: String,
+    },
     /// Compilation was interrupted (the blocking task panicked or was cancelled).
     #[error("cannot load function `{function}`: compilation did not finish: {detail}")]
     Interrupted {
@@ -163,6 +172,7 @@ pub struct Host {
     artifacts: Option<ArtifactCache>,
     capacity: PoolCapacity,
     loads: [AtomicU64; 3],
+    capabilities: OnceLock<Arc<HostCapabilities>>,
 }
 
 /// Functions loaded, by where their compiled code came from.
@@ -187,6 +197,7 @@ impl Host {
             artifacts: None,
             capacity: PoolCapacity::new(settings.total_instances),
             loads: Default::default(),
+            capabilities: OnceLock::new(),
         }))
     }
 
@@ -223,6 +234,7 @@ impl Host {
             artifacts: Some(artifacts),
             capacity: PoolCapacity::new(settings.total_instances),
             loads: Default::default(),
+            capabilities: OnceLock::new(),
         }))
     }
 
@@ -233,8 +245,23 @@ impl Host {
         let mut linker = Linker::<FunctionState>::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        crate::capabilities::add_to_linker(&mut linker)?;
         let compiled = CompiledCache::new(engine.engine().clone(), linker);
         Ok((engine, compiled))
+    }
+
+    /// Installs the host's capabilities (state stores, invoke settings).
+    /// Call once, before loading functions; functions loaded before get
+    /// none (and a second call is refused).
+    pub fn install_capabilities(&self, capabilities: HostCapabilities) -> Result<(), String> {
+        self.capabilities
+            .set(Arc::new(capabilities))
+            .map_err(|_| "capabilities are installed already".to_string())
+    }
+
+    /// The host's capabilities (empty unless installed).
+    pub fn capabilities(&self) -> &Arc<HostCapabilities> {
+        self.capabilities.get_or_init(Default::default)
     }
 
     /// The artifact cache, when the host was built with one.
@@ -351,6 +378,14 @@ impl Host {
                     cause,
                 })?;
         let kind = classify(&name, &compiled)?;
+        let capabilities = Arc::new(
+            self.capabilities()
+                .resolve(&name, &env.grants, &env.env)
+                .map_err(|detail| FunctionLoadError::Capability {
+                    function: name.clone(),
+                    detail,
+                })?,
+        );
         let counter = match compiled_from {
             CompiledFrom::Memory => 0,
             CompiledFrom::Disk => 1,
@@ -366,22 +401,33 @@ impl Host {
                         function: name.clone(),
                         cause,
                     })?;
-                let factory = instance_factory(self.clone(), &env, &compiled, lifecycle);
+                let factory = instance_factory(
+                    self.clone(),
+                    &env,
+                    &capabilities,
+                    &compiled,
+                    lifecycle,
+                );
                 let pool = InstancePool::new(&name, env.pool, factory, Some(admission));
                 pool.warm();
                 Some(pool)
             }
             FunctionKind::Job { .. } => None,
         };
-        Ok(Arc::new(Function {
+        let function = Arc::new(Function {
             host: self.clone(),
             slots: Arc::new(Semaphore::new(env.limits.max_concurrent_instances as usize)),
             env,
+            capabilities,
             compiled,
             compiled_from,
             kind,
             pool,
-        }))
+        });
+        if function.is_service() {
+            self.capabilities().register(&function);
+        }
+        Ok(function)
     }
 }
 
@@ -390,15 +436,27 @@ impl Host {
 fn instance_factory(
     host: Arc<Host>,
     env: &FunctionEnv,
+    capabilities: &Arc<FunctionCapabilities>,
     compiled: &Arc<CompiledFunction<FunctionState>>,
     lifecycle: Option<LifecycleExports>,
 ) -> InstanceFactory<FunctionState> {
     let env = env.clone();
     let compiled = compiled.clone();
+    let capabilities = capabilities.clone();
     Arc::new(move || {
-        let (host, env, compiled) = (host.clone(), env.clone(), compiled.clone());
+        let (host, env, compiled, capabilities) = (
+            host.clone(),
+            env.clone(),
+            compiled.clone(),
+            capabilities.clone(),
+        );
         Box::pin(async move {
-            let mut store = new_store(&host, &env, Some(env.limits.request_timeout()));
+            let mut store = new_store(
+                &host,
+                &env,
+                &capabilities,
+                Some(env.limits.request_timeout()),
+            );
             let instance = compiled.instance_pre.instantiate_async(&mut store).await?;
             if let Some(lifecycle) = lifecycle {
                 let init = instance
@@ -411,8 +469,14 @@ fn instance_factory(
     })
 }
 
-fn new_store(host: &Host, env: &FunctionEnv, timeout: Option<Duration>) -> Store<FunctionState> {
-    let mut store = Store::new(host.engine(), FunctionState::new(env));
+fn new_store(
+    host: &Host,
+    env: &FunctionEnv,
+    capabilities: &Arc<FunctionCapabilities>,
+    timeout: Option<Duration>,
+) -> Store<FunctionState> {
+    let state = FunctionState::new(env, capabilities.clone(), host.capabilities().clone());
+    let mut store = Store::new(host.engine(), state);
     store.limiter(|state| &mut state.limiter);
     set_deadline(&mut store, timeout);
     store
@@ -483,6 +547,7 @@ fn classify(
 pub struct Function {
     host: Arc<Host>,
     env: FunctionEnv,
+    capabilities: Arc<FunctionCapabilities>,
     compiled: Arc<CompiledFunction<FunctionState>>,
     compiled_from: CompiledFrom,
     kind: FunctionKind,
@@ -541,6 +606,11 @@ impl Function {
         &self.env
     }
 
+    /// Its resolved capabilities.
+    pub fn capabilities(&self) -> &Arc<FunctionCapabilities> {
+        &self.capabilities
+    }
+
     /// What kind of function it is.
     pub fn kind(&self) -> &FunctionKind {
         &self.kind
@@ -589,7 +659,7 @@ impl Function {
     /// A fresh store for one instance, with the limiter installed and a
     /// deadline `timeout` from now (none if `timeout` is `None`).
     pub fn new_store(&self, timeout: Option<Duration>) -> Store<FunctionState> {
-        new_store(&self.host, &self.env, timeout)
+        new_store(&self.host, &self.env, &self.capabilities, timeout)
     }
 
     /// The service's instance pool (`None` for a job).

@@ -13,12 +13,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Module map: [`engine`] (engine and epoch clock), [`function`] (loading and
+//! Module map: [`capabilities`] (state, invoke and config host functions), [`engine`] (engine and epoch clock), [`function`] (loading and
 //! instances), [`http`] (the HTTP trigger), [`job`] (the job world),
 //! [`limits`], [`invocation_error`] (what callers see when things fail),
 //! [`config`] (`hearth.toml`), [`control`] (the control API hearthd serves to shims), [`distribution`] (files, references and the caches), [`guest_output`] (guest stdout/stderr to logs).
 
 pub mod admin;
+pub mod capabilities;
 pub mod config;
 pub mod control;
 pub mod distribution;

@@ -1,9 +1,13 @@
 //! The data every store carries: WASI contexts, the resource table, the
-//! outbound HTTP policy and the memory limiter.
+//! outbound HTTP policy, the capability context and the memory limiter.
 //!
 //! One [`FunctionState`] is made per instance and dropped with it; nothing in
 //! it is shared between instances except the immutable [`FunctionEnv`].
 
+use crate::capabilities::{
+    CapabilityCtx, CapabilityGrants, CapabilityHost, CapabilityView, FunctionCapabilities,
+    HostCapabilities, RequestContext,
+};
 use crate::guest_output::{GuestOutput, GuestOutputFiles, GuestStream};
 use crate::limits::{Limits, MemoryGauge, StoreLimiter};
 use hearth_prewarm::pool::PoolSettings;
@@ -37,6 +41,8 @@ pub struct FunctionEnv {
     pub memory: Arc<MemoryGauge>,
     /// How its instance pool behaves (services only).
     pub pool: PoolSettings,
+    /// The capabilities its config grants (stores, config values).
+    pub grants: CapabilityGrants,
 }
 
 impl FunctionEnv {
@@ -51,6 +57,7 @@ impl FunctionEnv {
             output_files: None,
             memory: Arc::default(),
             pool: PoolSettings::default(),
+            grants: CapabilityGrants::default(),
         }
     }
 }
@@ -61,12 +68,18 @@ pub struct FunctionState {
     http: WasiHttpCtx,
     table: ResourceTable,
     outbound: OutboundPolicy,
+    capabilities: CapabilityCtx,
     pub(crate) limiter: StoreLimiter,
 }
 
 impl FunctionState {
-    /// Fresh state for one instance of the function described by `env`.
-    pub fn new(env: &FunctionEnv) -> Self {
+    /// Fresh state for one instance of the function described by `env`,
+    /// with its resolved `capabilities` on `host`.
+    pub fn new(
+        env: &FunctionEnv,
+        capabilities: Arc<FunctionCapabilities>,
+        host: Arc<HostCapabilities>,
+    ) -> Self {
         let mut wasi = WasiCtx::builder();
         wasi.envs(&env.env)
             .args(&env.args)
@@ -87,7 +100,26 @@ impl FunctionState {
             outbound: OutboundPolicy {
                 allowed_hosts: env.allowed_outbound_hosts.clone(),
             },
+            capabilities: CapabilityCtx {
+                function: capabilities,
+                host,
+                request: RequestContext::default(),
+            },
             limiter: StoreLimiter::new(&env.limits, env.memory.clone()),
+        }
+    }
+
+    /// Sets the context of the request the instance is about to serve.
+    pub fn set_request_context(&mut self, request: RequestContext) {
+        self.capabilities.request = request;
+    }
+}
+
+impl CapabilityHost for FunctionState {
+    fn capabilities(&mut self) -> CapabilityView<'_> {
+        CapabilityView {
+            ctx: &mut self.capabilities,
+            table: &mut self.table,
         }
     }
 }

@@ -406,6 +406,7 @@ async fn run(args: RunArgs) -> Result<i32> {
             max_invocations: args.max_invocations,
             ..PoolSettings::default()
         },
+        grants: Default::default(),
     };
     let mut settings = EngineSettings::for_limits([&limits]);
     settings.total_instances = settings

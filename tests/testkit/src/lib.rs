@@ -6,6 +6,7 @@
 //! * [`http`]: a minimal HTTP/1 client for talking to a function.
 //! * [`process`]: running Hearth's binaries and reading their logs.
 //! * [`registry`]: a real `docker-registry` on loopback, and a fault-injecting proxy.
+//! * [`services`]: real `redis-server` and PostgreSQL processes on free ports.
 //! * [`containerd`]: a private containerd; [`node`]: it with a hearthd and a
 //!   registry holding a pause image; [`cri`]: a CRI client playing kubelet.
 
@@ -17,6 +18,7 @@ pub mod http;
 pub mod node;
 pub mod process;
 pub mod registry;
+pub mod services;
 
 /// Reads a built function's bytes.
 pub fn wasm_bytes(path: &str) -> Vec<u8> {

@@ -1,0 +1,121 @@
+//! `wasi:config@0.2.0-rc.1`: a function's configuration values.
+//!
+//! The values are, in increasing precedence (a later source wins a key):
+//!
+//! 1. the function's environment (the container's env for a Pod,
+//!    `env = {...}` in `hearth.toml`, `--env` for `hearth run`);
+//! 2. files in `config_dir` (a mounted Kubernetes ConfigMap): one key per
+//!    regular file, named by the file, its contents the value. Hidden
+//!    entries (`..data`, `.x`) are skipped, so the ConfigMap's symlinked
+//!    layout reads as the plain keys;
+//! 3. `[function.config]` in `hearth.toml`.
+//!
+//! They are read once, when the function is loaded; a changed ConfigMap
+//! is seen by functions loaded after the change.
+
+use super::CapabilityView;
+use super::bindings::wasi::config::store;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Largest file read from a config directory.
+const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
+/// The merged values (see the module docs), sorted by key.
+pub fn collect(
+    env: &[(String, String)],
+    config_dir: Option<&Path>,
+    config: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, String> {
+    let mut values: BTreeMap<String, String> = env.iter().cloned().collect();
+    if let Some(dir) = config_dir {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| format!("config_dir: cannot read {}: {e}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("config_dir: {}: {e}", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            // Follows symlinks: a ConfigMap's keys are links into `..data`.
+            let Ok(metadata) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if name.starts_with('.') || !metadata.is_file() {
+                continue;
+            }
+            if metadata.len() > MAX_CONFIG_FILE_BYTES {
+                return Err(format!(
+                    "config_dir: {} is {} bytes, over the limit of {MAX_CONFIG_FILE_BYTES}",
+                    path.display(),
+                    metadata.len()
+                ));
+            }
+            let value = std::fs::read_to_string(&path).map_err(|e| {
+                format!("config_dir: cannot read {} as UTF-8 text: {e}", path.display())
+            })?;
+            values.insert(name, value);
+        }
+    }
+    values.extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(values.into_iter().collect())
+}
+
+impl store::Host for CapabilityView<'_> {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, store::Error>> {
+        Ok(Ok(self
+            .ctx
+            .function
+            .config
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())))
+    }
+
+    async fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, store::Error>> {
+        Ok(Ok(self.ctx.function.config.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_table_beats_configmap_files_which_beat_env() {
+        let dir = tempfile::tempdir().unwrap();
+        // The layout kubelet makes for a ConfigMap volume.
+        let data = dir.path().join("..2026_11_23_10_00_00.1");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("LEVEL"), "file").unwrap();
+        std::fs::write(data.join("ONLY_FILE"), "from-file").unwrap();
+        std::os::unix::fs::symlink(&data, dir.path().join("..data")).unwrap();
+        for key in ["LEVEL", "ONLY_FILE"] {
+            std::os::unix::fs::symlink(
+                format!("..data/{key}"),
+                dir.path().join(key),
+            )
+            .unwrap();
+        }
+        let env = vec![
+            ("LEVEL".to_string(), "env".to_string()),
+            ("ONLY_ENV".to_string(), "from-env".to_string()),
+        ];
+        let table = BTreeMap::from([("LEVEL".to_string(), "table".to_string())]);
+        let values = collect(&env, Some(dir.path()), &table).unwrap();
+        assert_eq!(
+            values,
+            vec![
+                ("LEVEL".to_string(), "table".to_string()),
+                ("ONLY_ENV".to_string(), "from-env".to_string()),
+                ("ONLY_FILE".to_string(), "from-file".to_string()),
+            ]
+        );
+        let without_table = collect(&env, Some(dir.path()), &BTreeMap::new()).unwrap();
+        assert_eq!(without_table[0], ("LEVEL".to_string(), "file".to_string()));
+    }
+
+    #[test]
+    fn a_missing_config_dir_is_named() {
+        let error = collect(&[], Some(Path::new("/nonexistent/cm")), &BTreeMap::new()).unwrap_err();
+        assert!(error.contains("/nonexistent/cm"), "{error}");
+    }
+}

@@ -1,0 +1,526 @@
+//! `hearth:function/invoke`: one function calling another by name.
+//!
+//! # Contract
+//!
+//! * **Routing.** A callee loaded in this hearthd is called directly: the
+//!   request goes into one of its pool instances through the same path the
+//!   HTTP trigger uses (limits, deadline, pool), with no socket. Otherwise
+//!   the name is looked up in `[invoke.targets]` (a base URL) and then, if
+//!   `[invoke] service_domain` is set, sent to `http://NAME.DOMAIN` (a
+//!   Kubernetes Service). Nothing matches: `not-found`.
+//! * **Timeout.** `options.timeout-ms`, else `[invoke] default_timeout_ms`.
+//!   A local callee runs with its deadline cut to the call's, so a callee
+//!   that loops forever is stopped when the caller's timeout fires.
+//! * **Retries** only when the caller sets `idempotent`: an `unavailable`
+//!   failure is retried up to `[invoke] retries` times with doubling
+//!   backoff from 25 ms, within the timeout. Non-idempotent calls are
+//!   tried exactly once.
+//! * **Circuit breaker per target.** After `breaker_failures` consecutive
+//!   `unavailable`/`timeout` failures a target's circuit opens for
+//!   `breaker_open_ms`: calls fail at once with `unavailable` naming the
+//!   breaker. Then one call is let through; its success closes the
+//!   circuit, its failure opens it again.
+//! * **Propagation.** The callee sees `x-request-id` (the caller's, or a
+//!   new one), `traceparent` (the caller's trace id with a new parent
+//!   span id, or a new trace), `x-hearth-caller` and
+//!   `x-hearth-invoke-depth`. A call that would make the chain deeper than
+//!   `max_depth` is `depth-exceeded`, whatever the callee.
+//! * **Errors.** A local callee's failure maps from its
+//!   [`InvocationError`]; a remote Hearth's from its `x-hearth-error`
+//!   header: deadline → `timeout`, overloaded → `unavailable`, body too
+//!   large → `invalid-request`, any other failure of the callee →
+//!   `callee-trapped`. Other responses, any status, are returned as they are.
+
+use super::CapabilityView;
+use super::bindings::hearth::function::invoke as wit;
+use crate::http::ERROR_HEADER;
+use crate::invocation_error::InvocationError;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Header carrying the request id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// W3C trace context header.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// How many invoke hops led to a request.
+pub const DEPTH_HEADER: &str = "x-hearth-invoke-depth";
+/// The calling function's name.
+pub const CALLER_HEADER: &str = "x-hearth-caller";
+
+/// Largest response body a caller receives.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// `[invoke]` in `hearth.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvokeSettings {
+    /// Base URLs of functions not loaded here, by name.
+    pub targets: BTreeMap<String, String>,
+    /// `NAME.DOMAIN` is tried for other names when set.
+    pub service_domain: Option<String>,
+    /// Longest chain of calls.
+    pub max_depth: u32,
+    /// Timeout of a call that gives none.
+    pub default_timeout: Duration,
+    /// Extra attempts for an idempotent call.
+    pub retries: u32,
+    /// Consecutive failures that open a target's circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open.
+    pub breaker_open: Duration,
+}
+
+impl Default for InvokeSettings {
+    fn default() -> Self {
+        InvokeSettings {
+            targets: BTreeMap::new(),
+            service_domain: None,
+            max_depth: 8,
+            default_timeout: Duration::from_secs(10),
+            retries: 2,
+            breaker_failures: 5,
+            breaker_open: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Circuit breakers by target name.
+#[derive(Default)]
+pub struct Breakers(Mutex<HashMap<String, Breaker>>);
+
+#[derive(Default)]
+struct Breaker {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
+impl Breakers {
+    /// `Err(message)` if `target`'s circuit is open.
+    fn admit(&self, target: &str, settings: &InvokeSettings) -> Result<(), String> {
+        let mut breakers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let breaker = breakers.entry(target.to_string()).or_default();
+        match breaker.open_until {
+            Some(until) if Instant::now() < until => Err(format!(
+                "circuit breaker for `{target}` is open after {} consecutive failures; retry in {} ms",
+                breaker.consecutive_failures,
+                until.saturating_duration_since(Instant::now()).as_millis()
+            )),
+            Some(_) if breaker.probing => Err(format!(
+                "circuit breaker for `{target}` is half-open and a probe call is in flight"
+            )),
+            Some(_) => {
+                breaker.probing = true;
+                Ok(())
+            }
+            None => {
+                let _ = settings;
+                Ok(())
+            }
+        }
+    }
+
+    fn record(&self, target: &str, failed: bool, settings: &InvokeSettings) {
+        let mut breakers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let breaker = breakers.entry(target.to_string()).or_default();
+        breaker.probing = false;
+        if failed {
+            breaker.consecutive_failures += 1;
+            if breaker.consecutive_failures >= settings.breaker_failures {
+                if breaker.open_until.is_none() || breaker.consecutive_failures == settings.breaker_failures {
+                    tracing::warn!(target, failures = breaker.consecutive_failures, "invoke circuit breaker opened");
+                }
+                breaker.open_until = Some(Instant::now() + settings.breaker_open);
+            }
+        } else {
+            if breaker.open_until.is_some() {
+                tracing::info!(target, "invoke circuit breaker closed");
+            }
+            *breaker = Breaker::default();
+        }
+    }
+}
+
+fn new_id(bytes: usize) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mixed = (nanos as u64)
+        ^ (COUNTER.fetch_add(1, Ordering::Relaxed)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ ((std::process::id() as u64) << 32);
+    let hash = |seed: u64| {
+        // splitmix64: spreads a counter into well-mixed bits.
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut id = String::new();
+    let mut seed = mixed;
+    while id.len() < bytes * 2 {
+        seed = hash(seed);
+        id.push_str(&format!("{seed:016x}"));
+    }
+    id.truncate(bytes * 2);
+    id
+}
+
+/// The `traceparent` for a call: the caller's trace with a new span, or a
+/// new trace.
+fn child_traceparent(parent: Option<&str>) -> String {
+    let span = new_id(8);
+    match parent.map(|p| p.split('-').collect::<Vec<_>>()) {
+        Some(parts)
+            if parts.len() == 4 && parts[1].len() == 32 && parts[3].len() == 2 =>
+        {
+            format!("00-{}-{span}-{}", parts[1], parts[3])
+        }
+        _ => format!("00-{}-{span}-01", new_id(16)),
+    }
+}
+
+/// Where a call goes.
+enum Route {
+    Local(std::sync::Arc<crate::function::Function>),
+    Remote(http::Uri),
+}
+
+fn error_from_invocation(target: &str, error: &InvocationError) -> wit::Error {
+    let message = format!("`{target}`: {}: {error}", error.name());
+    error_from_name(error.name(), message)
+}
+
+fn error_from_name(name: &str, message: String) -> wit::Error {
+    match name {
+        "deadline-exceeded" => wit::Error::Timeout(message),
+        "overloaded" | "internal" => wit::Error::Unavailable(message),
+        "body-too-large" => wit::Error::InvalidRequest(message),
+        _ => wit::Error::CalleeTrapped(message),
+    }
+}
+
+impl CapabilityView<'_> {
+    fn route(&self, target: &str) -> Option<Route> {
+        let host = &self.ctx.host;
+        if let Some(function) = host.local_function(target) {
+            return Some(Route::Local(function));
+        }
+        let base = match host.invoke.targets.get(target) {
+            Some(base) => base.clone(),
+            None => format!("http://{target}.{}", host.invoke.service_domain.as_ref()?),
+        };
+        base.parse().ok().map(Route::Remote)
+    }
+
+    fn build_request(
+        &self,
+        request: &wit::Request,
+        depth: u32,
+    ) -> Result<http::Request<Full<Bytes>>, wit::Error> {
+        let invalid = |what: String| wit::Error::InvalidRequest(what);
+        let method = http::Method::from_bytes(request.method.as_bytes())
+            .map_err(|_| invalid(format!("invalid method {:?}", request.method)))?;
+        let path = if request.path_with_query.is_empty() {
+            "/"
+        } else {
+            &request.path_with_query
+        };
+        let uri: http::Uri = path
+            .parse()
+            .map_err(|_| invalid(format!("invalid path {path:?}")))?;
+        if uri.scheme().is_some() || !path.starts_with('/') {
+            return Err(invalid(format!(
+                "the path must start with `/` (the callee is named, not addressed): {path:?}"
+            )));
+        }
+        let mut builder = http::Request::builder().method(method).uri(uri);
+        for (name, value) in &request.headers {
+            let lower = name.to_ascii_lowercase();
+            if [DEPTH_HEADER, REQUEST_ID_HEADER, TRACEPARENT_HEADER, CALLER_HEADER, "host"]
+                .contains(&lower.as_str())
+            {
+                continue;
+            }
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(format!("invalid header name {name:?}")))?;
+            let value = http::HeaderValue::from_bytes(value)
+                .map_err(|_| invalid(format!("invalid value for header `{name}`")))?;
+            builder = builder.header(name, value);
+        }
+        let context = &self.ctx.request;
+        let request_id = context.request_id.clone().unwrap_or_else(|| new_id(16));
+        builder = builder
+            .header(REQUEST_ID_HEADER, request_id)
+            .header(
+                TRACEPARENT_HEADER,
+                child_traceparent(context.traceparent.as_deref()),
+            )
+            .header(DEPTH_HEADER, depth.to_string())
+            .header(CALLER_HEADER, self.ctx.function.function.as_ref());
+        builder
+            .body(Full::new(Bytes::from(request.body.clone())))
+            .map_err(|e| invalid(e.to_string()))
+    }
+
+    async fn attempt(
+        &self,
+        target: &str,
+        route: &Route,
+        request: http::Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<wit::Response, wit::Error> {
+        match route {
+            Route::Local(function) => {
+                let response = crate::http::call(function, request, timeout)
+                    .await
+                    .map_err(|error| error_from_invocation(target, &error))?;
+                read_response(target, response, timeout).await
+            }
+            Route::Remote(base) => {
+                let work = remote_call(target, base, request);
+                match tokio::time::timeout(timeout, work).await {
+                    Ok(result) => result,
+                    Err(_) => Err(wit::Error::Timeout(format!(
+                        "`{target}` did not answer within {} ms",
+                        timeout.as_millis()
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+async fn read_response<B>(
+    target: &str,
+    response: http::Response<B>,
+    timeout: Duration,
+) -> Result<wit::Response, wit::Error>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display + Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = response.into_parts();
+    if let Some(name) = parts
+        .headers
+        .get(ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        let detail = match tokio::time::timeout(timeout, Limited::new(body, 64 << 10).collect()).await
+        {
+            Ok(Ok(body)) => String::from_utf8_lossy(&body.to_bytes()).trim().to_string(),
+            _ => String::new(),
+        };
+        return Err(error_from_name(name, format!("`{target}`: {detail}")));
+    }
+    let body = match tokio::time::timeout(timeout, Limited::new(body, MAX_RESPONSE_BYTES).collect())
+        .await
+    {
+        Ok(Ok(body)) => body.to_bytes().to_vec(),
+        Ok(Err(error)) => {
+            return Err(wit::Error::CalleeTrapped(format!(
+                "`{target}`: reading its response failed: {error}"
+            )));
+        }
+        Err(_) => {
+            return Err(wit::Error::Timeout(format!(
+                "`{target}`: its response body did not finish within {} ms",
+                timeout.as_millis()
+            )));
+        }
+    };
+    Ok(wit::Response {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
+            .collect(),
+        body,
+    })
+}
+
+async fn remote_call(
+    target: &str,
+    base: &http::Uri,
+    request: http::Request<Full<Bytes>>,
+) -> Result<wit::Response, wit::Error> {
+    let unavailable = |what: String| wit::Error::Unavailable(format!("`{target}` at {base}: {what}"));
+    let host = base
+        .host()
+        .ok_or_else(|| unavailable("the target URL has no host".into()))?
+        .to_string();
+    let port = base.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| unavailable(format!("cannot connect: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| unavailable(format!("handshake failed: {e}")))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let (mut parts, body) = request.into_parts();
+    let base_path = base.path().trim_end_matches('/');
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = format!("{base_path}{path}")
+        .parse()
+        .map_err(|_| unavailable("the target URL and path do not make a URL".into()))?;
+    let authority = base
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or(host);
+    parts.headers.insert(
+        http::header::HOST,
+        http::HeaderValue::from_str(&authority)
+            .map_err(|_| unavailable("invalid host".into()))?,
+    );
+    let response = sender
+        .send_request(http::Request::from_parts(parts, body))
+        .await
+        .map_err(|e| unavailable(format!("request failed: {e}")))?;
+    read_response(target, response, Duration::from_secs(3600)).await
+}
+
+impl wit::Host for CapabilityView<'_> {
+    async fn call(
+        &mut self,
+        target: String,
+        request: wit::Request,
+        options: wit::Options,
+    ) -> wasmtime::Result<Result<wit::Response, wit::Error>> {
+        let settings = self.ctx.host.invoke.clone();
+        let depth = self.ctx.request.depth + 1;
+        let caller = self.ctx.function.function.clone();
+        if depth > settings.max_depth {
+            let error = format!(
+                "calling `{target}` would make a chain of {depth} calls; the limit is {}",
+                settings.max_depth
+            );
+            tracing::warn!(function = %caller, target, "invoke refused: {error}");
+            return Ok(Err(wit::Error::DepthExceeded(error)));
+        }
+        let Some(route) = self.route(&target) else {
+            tracing::warn!(function = %caller, target, "invoke of unknown function");
+            return Ok(Err(wit::Error::NotFound(format!(
+                "no function `{target}` is loaded on this host or configured in [invoke.targets]"
+            ))));
+        };
+        let http_request = match self.build_request(&request, depth) {
+            Ok(request) => request,
+            Err(error) => return Ok(Err(error)),
+        };
+        let timeout = options
+            .timeout_ms
+            .map(|ms| Duration::from_millis(ms.into()))
+            .unwrap_or(settings.default_timeout);
+        let deadline = Instant::now() + timeout;
+        let attempts = if options.idempotent {
+            1 + settings.retries
+        } else {
+            1
+        };
+        let mut backoff = Duration::from_millis(25);
+        let breakers = &self.ctx.host.breakers;
+        for attempt in 1..=attempts {
+            if let Err(open) = breakers.admit(&target, &settings) {
+                return Ok(Err(wit::Error::Unavailable(open)));
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let request = clone_request(&http_request);
+            let result = self.attempt(&target, &route, request, remaining).await;
+            let counts_as_failure = matches!(
+                result,
+                Err(wit::Error::Unavailable(_) | wit::Error::Timeout(_))
+            );
+            breakers.record(&target, counts_as_failure, &settings);
+            match result {
+                Err(wit::Error::Unavailable(error))
+                    if attempt < attempts
+                        && deadline.saturating_duration_since(Instant::now()) > backoff =>
+                {
+                    tracing::info!(function = %caller, target, attempt, "idempotent invoke retried: {error}");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(error) => {
+                    tracing::warn!(function = %caller, target, "invoke failed: {error:?}");
+                    return Ok(Err(error));
+                }
+                Ok(response) => return Ok(Ok(response)),
+            }
+        }
+        unreachable!("the last attempt always returns")
+    }
+}
+
+fn clone_request(request: &http::Request<Full<Bytes>>) -> http::Request<Full<Bytes>> {
+    let mut builder = http::Request::builder()
+        .method(request.method().clone())
+        .uri(request.uri().clone());
+    for (name, value) in request.headers() {
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(request.body().clone())
+        .expect("parts of a valid request are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_keeps_the_trace_and_makes_a_new_span() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let child = child_traceparent(Some(parent));
+        let parts: Vec<&str> = child.split('-').collect();
+        assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(parts[2], "00f067aa0ba902b7");
+        assert_eq!(parts[2].len(), 16);
+        let fresh = child_traceparent(None);
+        assert_eq!(fresh.split('-').nth(1).unwrap().len(), 32);
+        assert_ne!(child_traceparent(Some("garbage")).split('-').nth(1), Some("garbage"));
+    }
+
+    #[test]
+    fn the_breaker_opens_after_consecutive_failures_and_closes_after_a_good_probe() {
+        let settings = InvokeSettings {
+            breaker_failures: 3,
+            breaker_open: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let breakers = Breakers::default();
+        for _ in 0..2 {
+            breakers.admit("b", &settings).unwrap();
+            breakers.record("b", true, &settings);
+        }
+        breakers.admit("b", &settings).unwrap();
+        breakers.record("b", false, &settings);
+        for _ in 0..3 {
+            breakers.admit("b", &settings).unwrap();
+            breakers.record("b", true, &settings);
+        }
+        let open = breakers.admit("b", &settings).unwrap_err();
+        assert!(open.contains("open after 3 consecutive failures"), "{open}");
+        assert!(breakers.admit("other", &settings).is_ok(), "per target");
+        std::thread::sleep(Duration::from_millis(80));
+        breakers.admit("b", &settings).unwrap();
+        assert!(
+            breakers.admit("b", &settings).is_err(),
+            "only one probe while half-open"
+        );
+        breakers.record("b", false, &settings);
+        breakers.admit("b", &settings).unwrap();
+    }
+}

@@ -1,0 +1,487 @@
+//! `wasi:keyvalue@0.2.0-draft2` (store, atomics, batch) and
+//! `hearth:function/state` over [`hearth_state::StateStore`].
+//!
+//! Both interfaces open the same stores, so a key written through one is
+//! read through the other. `wasi:keyvalue` `open("")`/`open("default")` is
+//! the function's own app store; another identifier must be a granted
+//! shared label (`access-denied` otherwise, `no-such-store` if the host
+//! has no store at all). `atomics.cas` is a get-with-etag and `swap` a
+//! set-if-match, so it has the same semantics on every backend.
+//! `batch.set-many` and `delete-many` are applied as one transaction (all
+//! or nothing), which is stronger than the standard asks.
+
+use super::CapabilityView;
+use super::bindings::hearth::function::state as hs;
+use super::bindings::wasi::keyvalue::{atomics, batch, store};
+use hearth_state::{Entry, Namespace, Precondition, StateError, StateStore, TransactionOp};
+use wasmtime::component::Resource;
+
+/// An open store: a backend and the namespace the caller may use in it.
+#[derive(Clone)]
+pub struct StoreHandle {
+    store: StateStore,
+    ns: Namespace,
+}
+
+/// A `wasi:keyvalue/atomics.cas`: the value and etag read when it was made.
+pub struct CasHandle {
+    handle: StoreHandle,
+    key: String,
+    current: Option<Entry>,
+}
+
+/// Why `open` refused a label.
+enum OpenError {
+    NoStore(String),
+    Denied(String),
+}
+
+impl CapabilityView<'_> {
+    fn open_store(&self, label: &str) -> Result<StoreHandle, OpenError> {
+        let function = &self.ctx.function;
+        if label.is_empty() || label == "default" {
+            return match &function.own_store {
+                Some(store) => Ok(StoreHandle {
+                    store: store.clone(),
+                    ns: function.app.clone(),
+                }),
+                None => Err(OpenError::NoStore(
+                    "no state store is configured on this host ([state.stores] in hearth.toml)"
+                        .into(),
+                )),
+            };
+        }
+        match function.shared.get(label) {
+            Some((store, ns)) => Ok(StoreHandle {
+                store: store.clone(),
+                ns: ns.clone(),
+            }),
+            None => Err(OpenError::Denied(format!(
+                "function `{}` is not granted store `{label}` (shared_stores in hearth.toml)",
+                function.function
+            ))),
+        }
+    }
+
+    fn handle(&self, resource: &Resource<StoreHandle>) -> wasmtime::Result<StoreHandle> {
+        Ok(self.table.get(resource)?.clone())
+    }
+}
+
+fn kv_error(error: StateError) -> store::Error {
+    store::Error::Other(format!("{}: {error}", error.name()))
+}
+
+// ---------------------------------------------------------------------------
+// wasi:keyvalue/store
+
+impl store::Host for CapabilityView<'_> {
+    async fn open(
+        &mut self,
+        identifier: String,
+    ) -> wasmtime::Result<Result<Resource<StoreHandle>, store::Error>> {
+        Ok(match self.open_store(&identifier) {
+            Ok(handle) => Ok(self.table.push(handle)?),
+            Err(OpenError::NoStore(_)) => Err(store::Error::NoSuchStore),
+            Err(OpenError::Denied(_)) => Err(store::Error::AccessDenied),
+        })
+    }
+}
+
+impl store::HostBucket for CapabilityView<'_> {
+    async fn get(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
+        let h = self.handle(&bucket)?;
+        Ok(h.store
+            .get(&h.ns, &key)
+            .await
+            .map(|entry| entry.map(|e| e.value))
+            .map_err(kv_error))
+    }
+
+    async fn set(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let h = self.handle(&bucket)?;
+        Ok(h.store
+            .set(&h.ns, &key, &value, Precondition::None, None)
+            .await
+            .map(drop)
+            .map_err(kv_error))
+    }
+
+    async fn delete(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let h = self.handle(&bucket)?;
+        Ok(h.store
+            .delete(&h.ns, &key, Precondition::None)
+            .await
+            .map(drop)
+            .map_err(kv_error))
+    }
+
+    async fn exists(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, store::Error>> {
+        let h = self.handle(&bucket)?;
+        Ok(h.store
+            .get(&h.ns, &key)
+            .await
+            .map(|entry| entry.is_some())
+            .map_err(kv_error))
+    }
+
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        cursor: Option<String>,
+    ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
+        let h = self.handle(&bucket)?;
+        let limit = h.store.limits().max_page;
+        Ok(h.store
+            .list(&h.ns, "", cursor.as_deref(), limit)
+            .await
+            .map(|page| store::KeyResponse {
+                keys: page.keys,
+                cursor: page.cursor,
+            })
+            .map_err(kv_error))
+    }
+
+    async fn drop(&mut self, bucket: Resource<StoreHandle>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// wasi:keyvalue/atomics
+
+impl atomics::Host for CapabilityView<'_> {
+    async fn increment(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, store::Error>> {
+        let h = self.handle(&bucket)?;
+        Ok(h.store
+            .increment(&h.ns, &key, delta)
+            .await
+            .map_err(kv_error))
+    }
+
+    async fn swap(
+        &mut self,
+        cas: Resource<CasHandle>,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), atomics::CasError>> {
+        let precondition = {
+            let cas = self.table.get(&cas)?;
+            match &cas.current {
+                Some(entry) => Precondition::IfMatch(entry.etag),
+                None => Precondition::IfAbsent,
+            }
+        };
+        let (handle, key) = {
+            let cas = self.table.get(&cas)?;
+            (cas.handle.clone(), cas.key.clone())
+        };
+        let result = handle
+            .store
+            .set(&handle.ns, &key, &value, precondition, None)
+            .await;
+        Ok(match result {
+            Ok(_) => {
+                self.table.delete(cas)?;
+                Ok(())
+            }
+            // The standard hands the cas back on a failed swap; refresh it
+            // with what is there now so a retry loop can go again.
+            Err(StateError::EtagMismatch { .. }) => {
+                let current = match handle.store.get(&handle.ns, &key).await {
+                    Ok(current) => current,
+                    Err(error) => {
+                        self.table.delete(cas)?;
+                        return Ok(Err(atomics::CasError::StoreError(kv_error(error))));
+                    }
+                };
+                self.table.get_mut(&cas)?.current = current;
+                Err(atomics::CasError::CasFailed(cas))
+            }
+            Err(error) => {
+                self.table.delete(cas)?;
+                Err(atomics::CasError::StoreError(kv_error(error)))
+            }
+        })
+    }
+}
+
+impl atomics::HostCas for CapabilityView<'_> {
+    async fn new(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<Resource<CasHandle>, store::Error>> {
+        let handle = self.handle(&bucket)?;
+        let current = match handle.store.get(&handle.ns, &key).await {
+            Ok(current) => current,
+            Err(error) => return Ok(Err(kv_error(error))),
+        };
+        Ok(Ok(self.table.push(CasHandle {
+            handle,
+            key,
+            current,
+        })?))
+    }
+
+    async fn current(
+        &mut self,
+        cas: Resource<CasHandle>,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
+        let cas = self.table.get(&cas)?;
+        Ok(Ok(cas.current.as_ref().map(|entry| entry.value.clone())))
+    }
+
+    async fn drop(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<()> {
+        self.table.delete(cas)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// wasi:keyvalue/batch
+
+impl batch::Host for CapabilityView<'_> {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, store::Error>> {
+        let h = self.handle(&bucket)?;
+        Ok(h.store
+            .get_many(&h.ns, &keys)
+            .await
+            .map(|entries| {
+                keys.into_iter()
+                    .zip(entries)
+                    .map(|(key, entry)| entry.map(|entry| (key, entry.value)))
+                    .collect()
+            })
+            .map_err(kv_error))
+    }
+
+    async fn set_many(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let h = self.handle(&bucket)?;
+        let operations = key_values
+            .into_iter()
+            .map(|(key, value)| TransactionOp::Set {
+                key,
+                value,
+                precondition: Precondition::None,
+                ttl_ms: None,
+            })
+            .collect();
+        Ok(h.store
+            .transact(&h.ns, operations)
+            .await
+            .map(drop)
+            .map_err(kv_error))
+    }
+
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let h = self.handle(&bucket)?;
+        let operations = keys
+            .into_iter()
+            .map(|key| TransactionOp::Delete {
+                key,
+                precondition: Precondition::None,
+            })
+            .collect();
+        Ok(h.store
+            .transact(&h.ns, operations)
+            .await
+            .map(drop)
+            .map_err(kv_error))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// hearth:function/state
+
+fn state_error(error: StateError) -> hs::Error {
+    let message = error.to_string();
+    match error {
+        StateError::InvalidKey { .. } => hs::Error::InvalidKey(message),
+        StateError::ValueTooLarge { .. } => hs::Error::ValueTooLarge(message),
+        StateError::InvalidTtl { .. } => hs::Error::InvalidTtl(message),
+        StateError::TooManyOperations { .. } => hs::Error::TooManyOperations(message),
+        StateError::EtagMismatch { key } => hs::Error::EtagMismatch(key),
+        StateError::TransactionConflict { key } => hs::Error::TransactionConflict(key),
+        StateError::NotANumber { .. } => hs::Error::NotANumber(message),
+        StateError::Unavailable { .. } => hs::Error::Unavailable(message),
+    }
+}
+
+/// A guest's precondition; an etag that is not one of ours can never match.
+fn precondition(precondition: hs::Precondition) -> Precondition {
+    match precondition {
+        hs::Precondition::None => Precondition::None,
+        hs::Precondition::IfAbsent => Precondition::IfAbsent,
+        hs::Precondition::IfMatch(etag) => Precondition::IfMatch(etag.parse().unwrap_or(0)),
+    }
+}
+
+impl hs::Host for CapabilityView<'_> {}
+
+impl hs::HostStore for CapabilityView<'_> {
+    async fn open(
+        &mut self,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<StoreHandle>, hs::Error>> {
+        Ok(match self.open_store(&label) {
+            Ok(handle) => Ok(self.table.push(handle)?),
+            Err(OpenError::NoStore(message) | OpenError::Denied(message)) => {
+                Err(hs::Error::NoSuchStore(message))
+            }
+        })
+    }
+
+    async fn get(
+        &mut self,
+        store: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<hs::Entry>, hs::Error>> {
+        let h = self.handle(&store)?;
+        Ok(h.store
+            .get(&h.ns, &key)
+            .await
+            .map(|entry| {
+                entry.map(|entry| hs::Entry {
+                    value: entry.value,
+                    etag: entry.etag.to_string(),
+                })
+            })
+            .map_err(state_error))
+    }
+
+    async fn set(
+        &mut self,
+        store: Resource<StoreHandle>,
+        key: String,
+        value: Vec<u8>,
+        condition: hs::Precondition,
+        ttl_ms: Option<i64>,
+    ) -> wasmtime::Result<Result<String, hs::Error>> {
+        let h = self.handle(&store)?;
+        Ok(h.store
+            .set(&h.ns, &key, &value, precondition(condition), ttl_ms)
+            .await
+            .map(|etag| etag.to_string())
+            .map_err(state_error))
+    }
+
+    async fn delete(
+        &mut self,
+        store: Resource<StoreHandle>,
+        key: String,
+        condition: hs::Precondition,
+    ) -> wasmtime::Result<Result<bool, hs::Error>> {
+        let h = self.handle(&store)?;
+        Ok(h.store
+            .delete(&h.ns, &key, precondition(condition))
+            .await
+            .map_err(state_error))
+    }
+
+    async fn increment(
+        &mut self,
+        store: Resource<StoreHandle>,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, hs::Error>> {
+        let h = self.handle(&store)?;
+        Ok(h.store
+            .increment(&h.ns, &key, delta)
+            .await
+            .map_err(state_error))
+    }
+
+    async fn transact(
+        &mut self,
+        store: Resource<StoreHandle>,
+        operations: Vec<hs::Operation>,
+    ) -> wasmtime::Result<Result<Vec<Option<String>>, hs::Error>> {
+        let h = self.handle(&store)?;
+        let operations = operations
+            .into_iter()
+            .map(|operation| match operation {
+                hs::Operation::Set(set) => TransactionOp::Set {
+                    key: set.key,
+                    value: set.value,
+                    precondition: precondition(set.precondition),
+                    ttl_ms: set.ttl_ms,
+                },
+                hs::Operation::Delete(delete) => TransactionOp::Delete {
+                    key: delete.key,
+                    precondition: precondition(delete.precondition),
+                },
+            })
+            .collect();
+        Ok(h.store
+            .transact(&h.ns, operations)
+            .await
+            .map(|applied| {
+                applied
+                    .into_iter()
+                    .map(|applied| match applied {
+                        hearth_state::Applied::Set(etag) => Some(etag.to_string()),
+                        hearth_state::Applied::Deleted(_) => None,
+                    })
+                    .collect()
+            })
+            .map_err(state_error))
+    }
+
+    async fn list_keys(
+        &mut self,
+        store: Resource<StoreHandle>,
+        prefix: String,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Result<hs::Page, hs::Error>> {
+        let h = self.handle(&store)?;
+        Ok(h.store
+            .list(&h.ns, &prefix, cursor.as_deref(), limit)
+            .await
+            .map(|page| hs::Page {
+                keys: page.keys,
+                cursor: page.cursor,
+            })
+            .map_err(state_error))
+    }
+
+    async fn drop(&mut self, store: Resource<StoreHandle>) -> wasmtime::Result<()> {
+        self.table.delete(store)?;
+        Ok(())
+    }
+}

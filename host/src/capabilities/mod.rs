@@ -1,0 +1,287 @@
+//! Capabilities as host functions: state (`wasi:keyvalue` and
+//! `hearth:function/state`), service invocation (`hearth:function/invoke`)
+//! and configuration (`wasi:config`).
+//!
+//! Each capability is WIT (in `wit/`, one source for host and guests) +
+//! a host implementation here + a backend trait + backends chosen in
+//! `hearth.toml` by label and `type` (state: [`hearth_state`]).
+//!
+//! # Contract
+//!
+//! * The host holds one [`HostCapabilities`]: the configured state stores
+//!   by label, the invoke settings and the directory of loaded functions.
+//! * A function's [`CapabilityGrants`] (from its config) are resolved
+//!   against it once, at load, into [`FunctionCapabilities`]: its app's
+//!   namespace in its own store, the shared store labels it may open, and
+//!   its `wasi:config` values. A grant naming an unknown store fails the
+//!   load with the label named.
+//! * **Isolation.** A function's own store is always scoped to its app's
+//!   namespace (`app`, default: the function's name); there is no call that
+//!   names another namespace. A shared label is one namespace (`shared.LABEL`)
+//!   that every function granted the label sees; a label not granted is
+//!   `no-such-store` (`access-denied` in `wasi:keyvalue`).
+//! * Guest-visible failures are typed errors, never traps; a trap from a
+//!   capability call means a host bug or a bad resource handle.
+//! * Per-request context ([`RequestContext`]: invoke depth, request id,
+//!   trace context) is set on the store by the HTTP trigger before each
+//!   request and read by `invoke`.
+
+pub mod config;
+pub mod invoke;
+pub mod keyvalue;
+
+use crate::function::Function;
+use hearth_state::{Namespace, StateStore};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use wasmtime::component::{HasData, Linker, ResourceTable};
+
+pub use invoke::InvokeSettings;
+
+/// Bindings for the `hearth:function/capabilities` world.
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "hearth:function/capabilities",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:keyvalue/store.bucket": crate::capabilities::keyvalue::StoreHandle,
+            "wasi:keyvalue/atomics.cas": crate::capabilities::keyvalue::CasHandle,
+            "hearth:function/state.store": crate::capabilities::keyvalue::StoreHandle,
+        },
+    });
+}
+
+/// Everything capability calls can reach on this host.
+#[derive(Default)]
+pub struct HostCapabilities {
+    /// State stores by label.
+    pub stores: BTreeMap<String, StateStore>,
+    /// The label a function's own store comes from unless it names one.
+    pub default_store: Option<String>,
+    /// How `invoke` reaches functions that are not loaded here.
+    pub invoke: InvokeSettings,
+    directory: Mutex<HashMap<String, Weak<Function>>>,
+    breakers: invoke::Breakers,
+}
+
+impl HostCapabilities {
+    /// Capabilities with `stores` (the first label, or `default_store`, is
+    /// the default) and `invoke` settings.
+    pub fn new(
+        stores: BTreeMap<String, StateStore>,
+        default_store: Option<String>,
+        invoke: InvokeSettings,
+    ) -> Self {
+        HostCapabilities {
+            default_store: default_store.or_else(|| stores.keys().next().cloned()),
+            stores,
+            invoke,
+            ..Default::default()
+        }
+    }
+
+    /// A host with one embedded store, `default`, in the file `path`.
+    pub fn embedded_default(path: &Path) -> Result<Self, String> {
+        let backend = hearth_state::embedded::EmbeddedBackend::open(path)?;
+        let store = StateStore::new(
+            "default",
+            Arc::new(backend),
+            hearth_state::StateLimits::default(),
+        );
+        Ok(Self::new(
+            BTreeMap::from([("default".to_string(), store)]),
+            None,
+            InvokeSettings::default(),
+        ))
+    }
+
+    /// Resolves a function's grants; the error names the unknown label.
+    pub fn resolve(
+        &self,
+        function: &str,
+        grants: &CapabilityGrants,
+        env: &[(String, String)],
+    ) -> Result<FunctionCapabilities, String> {
+        let app = Namespace::new(grants.app.as_deref().unwrap_or(&sanitize(function)))
+            .map_err(|e| format!("app: {e}"))?;
+        let own_label = grants.state_store.clone().or(self.default_store.clone());
+        let own_store = match &own_label {
+            None => None,
+            Some(label) => Some(self.stores.get(label).cloned().ok_or_else(|| {
+                format!("state_store: no store labelled `{label}` is configured in [state.stores]")
+            })?),
+        };
+        let mut shared = BTreeMap::new();
+        for label in &grants.shared_stores {
+            let store = self.stores.get(label).cloned().ok_or_else(|| {
+                format!("shared_stores: no store labelled `{label}` is configured in [state.stores]")
+            })?;
+            let namespace = Namespace::new(&format!("shared.{}", sanitize(label)))
+                .map_err(|e| format!("shared_stores: {e}"))?;
+            shared.insert(label.clone(), (store, namespace));
+        }
+        let config = config::collect(env, grants.config_dir.as_deref(), &grants.config)?;
+        Ok(FunctionCapabilities {
+            function: function.into(),
+            app,
+            own_store,
+            shared,
+            config,
+        })
+    }
+
+    /// Makes `function` reachable by `invoke` under its name (unless a live
+    /// function holds the name already).
+    pub fn register(&self, function: &Arc<Function>) {
+        let mut directory = self.directory.lock().unwrap_or_else(|e| e.into_inner());
+        directory.retain(|_, f| f.strong_count() > 0);
+        let name = function.name().to_string();
+        if !directory.get(&name).is_some_and(|f| f.strong_count() > 0) {
+            directory.insert(name, Arc::downgrade(function));
+        }
+    }
+
+    /// The loaded function called `name`, if any.
+    pub fn local_function(&self, name: &str) -> Option<Arc<Function>> {
+        self.directory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .and_then(Weak::upgrade)
+    }
+
+    /// Checks every store can be reached; the errors name store and backend.
+    pub async fn check_stores(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for store in self.stores.values() {
+            if let Err(error) = store.ping().await {
+                problems.push(error.to_string());
+            }
+        }
+        problems
+    }
+}
+
+/// A namespace name from a function or label name (lowercased; anything
+/// outside `[a-z0-9._-]` becomes `-`).
+fn sanitize(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    if cleaned.is_empty() {
+        "function".into()
+    } else {
+        cleaned
+    }
+}
+
+/// What a function's config grants it (unresolved).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapabilityGrants {
+    /// Its app: the namespace of its own store (default: its name).
+    pub app: Option<String>,
+    /// The label of its own store (default: the host's default store).
+    pub state_store: Option<String>,
+    /// Shared store labels it may open by name.
+    pub shared_stores: Vec<String>,
+    /// `[function.config]`: `wasi:config` values.
+    pub config: BTreeMap<String, String>,
+    /// A directory of files (a mounted ConfigMap): one value per file.
+    pub config_dir: Option<PathBuf>,
+}
+
+/// A function's capabilities, resolved at load.
+#[derive(Debug)]
+pub struct FunctionCapabilities {
+    /// The function's name (the caller in invoke's logs).
+    pub function: Arc<str>,
+    /// Its app's namespace.
+    pub app: Namespace,
+    /// Its own store, if the host has any.
+    pub own_store: Option<StateStore>,
+    /// Granted shared stores, by label, with their namespace.
+    pub shared: BTreeMap<String, (StateStore, Namespace)>,
+    /// `wasi:config` values, in order.
+    pub config: Vec<(String, String)>,
+}
+
+impl FunctionCapabilities {
+    /// Nothing granted: no store, no config (for functions loaded without
+    /// a host-wide capability setup).
+    pub fn none(function: &str) -> Self {
+        FunctionCapabilities {
+            function: function.into(),
+            app: Namespace::new(&sanitize(function)).expect("sanitized names are valid"),
+            own_store: None,
+            shared: BTreeMap::new(),
+            config: Vec::new(),
+        }
+    }
+}
+
+/// Per-request context, set by the trigger before each call.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    /// How many `invoke` hops led to this request (0 for an outside caller).
+    pub depth: u32,
+    /// `x-request-id` of the request, propagated by `invoke`.
+    pub request_id: Option<String>,
+    /// W3C `traceparent` of the request, propagated by `invoke`.
+    pub traceparent: Option<String>,
+}
+
+/// What one instance's capability calls work with.
+pub struct CapabilityCtx {
+    /// The function's resolved capabilities.
+    pub function: Arc<FunctionCapabilities>,
+    /// The host's capabilities (for `invoke`).
+    pub host: Arc<HostCapabilities>,
+    /// The request in progress.
+    pub request: RequestContext,
+}
+
+/// The view capability host functions get of the store's data.
+pub struct CapabilityView<'a> {
+    /// The capability context.
+    pub ctx: &'a mut CapabilityCtx,
+    /// The instance's resource table.
+    pub table: &'a mut ResourceTable,
+}
+
+/// Something that can hand out a [`CapabilityView`] (the store's data).
+pub trait CapabilityHost: Send + 'static {
+    /// The view.
+    fn capabilities(&mut self) -> CapabilityView<'_>;
+}
+
+struct HasCapabilities;
+
+impl HasData for HasCapabilities {
+    type Data<'a> = CapabilityView<'a>;
+}
+
+/// Adds every capability interface to `linker`.
+pub fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    use bindings::hearth::function as hearth;
+    use bindings::wasi::{config as wasi_config, keyvalue};
+    let view: fn(&mut T) -> CapabilityView<'_> = |state| state.capabilities();
+    keyvalue::store::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    keyvalue::atomics::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    keyvalue::batch::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    wasi_config::store::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    hearth::state::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    hearth::invoke::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    Ok(())
+}

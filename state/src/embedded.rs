@@ -1,0 +1,369 @@
+//! `embedded`: the default backend, a single redb file on the node.
+//!
+//! # Durability
+//!
+//! Every call that writes (`set`, `delete`, `increment`, `transact`) is one
+//! redb write transaction committed with `Durability::Immediate`: the commit
+//! fsyncs the file before the call returns, so a write a guest saw succeed
+//! survives `kill -9` of hearthd and a power cut. Reads never write. Expired
+//! keys are invisible at once and physically removed by a sweep every
+//! [`SWEEP_INTERVAL`] (itself a durable transaction).
+//!
+//! Calls run on tokio's blocking pool; redb serialises writers, so writes
+//! to one file are applied one at a time (reads go on concurrently).
+//!
+//! # Layout
+//!
+//! Table `entries`: `(namespace, key)` → 8 bytes etag (LE) ‖ 8 bytes expiry
+//! in ms since the epoch (LE, 0 = none) ‖ value. Table `meta`: `"etag"` →
+//! the last etag handed out.
+
+use crate::{
+    Applied, BackendError, Entry, Etag, Namespace, Operation, Page, Precondition, StateBackend,
+    add_counter, now_ms, parse_counter,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entries");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const ETAG_COUNTER: &str = "etag";
+const HEADER: usize = 16;
+
+/// How often expired keys are removed from the file.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The embedded backend.
+pub struct EmbeddedBackend {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl EmbeddedBackend {
+    /// Opens (creating if need be) the store file at `path`.
+    pub fn open(path: &Path) -> Result<Self, String> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        let db = Database::create(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+        txn.open_table(META).map_err(|e| e.to_string())?;
+        txn.commit().map_err(|e| e.to_string())?;
+        let db = Arc::new(db);
+        spawn_sweeper(Arc::downgrade(&db));
+        Ok(EmbeddedBackend {
+            db,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Writer<'_>) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let result = {
+                let mut writer = Writer {
+                    entries: txn.open_table(ENTRIES).map_err(unavailable)?,
+                    meta: txn.open_table(META).map_err(unavailable)?,
+                    now: now_ms(),
+                };
+                work(&mut writer)
+            };
+            match result {
+                Ok(value) => {
+                    txn.commit().map_err(unavailable)?;
+                    Ok(value)
+                }
+                Err(error) => {
+                    txn.abort().map_err(unavailable)?;
+                    Err(error)
+                }
+            }
+        })
+        .await
+    }
+}
+
+fn spawn_sweeper(db: Weak<Database>) {
+    let _ = std::thread::Builder::new()
+        .name("hearth-state-sweep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(SWEEP_INTERVAL);
+                let Some(db) = db.upgrade() else { return };
+                if let Err(error) = sweep(&db) {
+                    tracing::warn!(%error, "sweeping expired state keys failed");
+                }
+            }
+        });
+}
+
+fn sweep(db: &Database) -> Result<(), BackendError> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    {
+        let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
+        let now = now_ms();
+        entries
+            .retain(|_, raw| decode(raw, now).is_some())
+            .map_err(unavailable)?;
+    }
+    txn.commit().map_err(unavailable)
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, BackendError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BackendError::Unavailable(format!("state task failed: {e}")))?
+}
+
+fn unavailable(error: impl std::fmt::Display) -> BackendError {
+    BackendError::Unavailable(error.to_string())
+}
+
+/// `(etag, value)` of a raw entry that is live at `now`.
+fn decode(raw: &[u8], now: u64) -> Option<(Etag, &[u8])> {
+    let etag = u64::from_le_bytes(raw.get(0..8)?.try_into().ok()?);
+    let expires = u64::from_le_bytes(raw.get(8..16)?.try_into().ok()?);
+    (expires == 0 || expires > now).then(|| (etag, &raw[HEADER..]))
+}
+
+fn encode(etag: Etag, expires: u64, value: &[u8]) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(HEADER + value.len());
+    raw.extend_from_slice(&etag.to_le_bytes());
+    raw.extend_from_slice(&expires.to_le_bytes());
+    raw.extend_from_slice(value);
+    raw
+}
+
+fn holds(precondition: Precondition, current: Option<Etag>) -> bool {
+    match precondition {
+        Precondition::None => true,
+        Precondition::IfMatch(etag) => current == Some(etag),
+        Precondition::IfAbsent => current.is_none(),
+    }
+}
+
+struct Writer<'txn> {
+    entries: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    meta: Table<'txn, &'static str, u64>,
+    now: u64,
+}
+
+impl Writer<'_> {
+    /// The live entry's etag, value and expiry.
+    fn current(&self, ns: &str, key: &str) -> Result<Option<(Etag, Vec<u8>, u64)>, BackendError> {
+        let Some(raw) = self.entries.get((ns, key)).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let raw = raw.value();
+        Ok(decode(raw, self.now).map(|(etag, value)| {
+            let expires = u64::from_le_bytes(raw[8..16].try_into().unwrap_or_default());
+            (etag, value.to_vec(), expires)
+        }))
+    }
+
+    fn next_etag(&mut self) -> Result<Etag, BackendError> {
+        let last = self
+            .meta
+            .get(ETAG_COUNTER)
+            .map_err(unavailable)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let next = last + 1;
+        self.meta.insert(ETAG_COUNTER, next).map_err(unavailable)?;
+        Ok(next)
+    }
+
+    fn set(
+        &mut self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        precondition: Precondition,
+        ttl: Option<Duration>,
+    ) -> Result<Etag, BackendError> {
+        let current = self.current(ns, key)?.map(|(etag, ..)| etag);
+        if !holds(precondition, current) {
+            return Err(BackendError::PreconditionFailed { key: key.into() });
+        }
+        let etag = self.next_etag()?;
+        let expires = ttl.map_or(0, |ttl| self.now.saturating_add(ttl.as_millis() as u64));
+        self.entries
+            .insert((ns, key), encode(etag, expires, value).as_slice())
+            .map_err(unavailable)?;
+        Ok(etag)
+    }
+
+    fn delete(&mut self, ns: &str, key: &str, precondition: Precondition) -> Result<bool, BackendError> {
+        let current = self.current(ns, key)?.map(|(etag, ..)| etag);
+        if !holds(precondition, current) {
+            return Err(BackendError::PreconditionFailed { key: key.into() });
+        }
+        self.entries.remove((ns, key)).map_err(unavailable)?;
+        Ok(current.is_some())
+    }
+}
+
+#[async_trait::async_trait]
+impl StateBackend for EmbeddedBackend {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        let db = self.db.clone();
+        blocking(move || {
+            db.begin_read().map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Entry>, BackendError> {
+        let (db, ns, key) = (self.db.clone(), ns.clone(), key.to_string());
+        blocking(move || {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(ENTRIES).map_err(unavailable)?;
+            let Some(raw) = table.get((ns.as_str(), key.as_str())).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            Ok(decode(raw.value(), now_ms()).map(|(etag, value)| Entry {
+                value: value.to_vec(),
+                etag,
+            }))
+        })
+        .await
+    }
+
+    async fn set(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        value: &[u8],
+        precondition: Precondition,
+        ttl: Option<Duration>,
+    ) -> Result<Etag, BackendError> {
+        let (ns, key, value) = (ns.clone(), key.to_string(), value.to_vec());
+        self.write(move |w| w.set(ns.as_str(), &key, &value, precondition, ttl))
+            .await
+    }
+
+    async fn delete(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        precondition: Precondition,
+    ) -> Result<bool, BackendError> {
+        let (ns, key) = (ns.clone(), key.to_string());
+        self.write(move |w| w.delete(ns.as_str(), &key, precondition))
+            .await
+    }
+
+    async fn increment(&self, ns: &Namespace, key: &str, delta: i64) -> Result<i64, BackendError> {
+        let (ns, key) = (ns.clone(), key.to_string());
+        self.write(move |w| {
+            let (current, expires) = match w.current(ns.as_str(), &key)? {
+                Some((_, value, expires)) => (parse_counter(&key, &value)?, expires),
+                None => (0, 0),
+            };
+            let next = add_counter(&key, current, delta)?;
+            let etag = w.next_etag()?;
+            w.entries
+                .insert(
+                    (ns.as_str(), key.as_str()),
+                    encode(etag, expires, next.to_string().as_bytes()).as_slice(),
+                )
+                .map_err(unavailable)?;
+            Ok(next)
+        })
+        .await
+    }
+
+    async fn transact(
+        &self,
+        ns: &Namespace,
+        operations: &[Operation],
+    ) -> Result<Vec<Applied>, BackendError> {
+        let (ns, operations) = (ns.clone(), operations.to_vec());
+        self.write(move |w| {
+            let mut applied = Vec::with_capacity(operations.len());
+            for operation in &operations {
+                applied.push(match operation {
+                    Operation::Set {
+                        key,
+                        value,
+                        precondition,
+                        ttl,
+                    } => Applied::Set(w.set(ns.as_str(), key, value, *precondition, *ttl)?),
+                    Operation::Delete { key, precondition } => {
+                        Applied::Deleted(w.delete(ns.as_str(), key, *precondition)?)
+                    }
+                });
+            }
+            Ok(applied)
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        ns: &Namespace,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, BackendError> {
+        let (db, ns, prefix, after) = (
+            self.db.clone(),
+            ns.clone(),
+            prefix.to_string(),
+            after.map(str::to_string),
+        );
+        blocking(move || {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(ENTRIES).map_err(unavailable)?;
+            let start = match &after {
+                Some(after) if after.as_str() >= prefix.as_str() => {
+                    Bound::Excluded((ns.as_str(), after.as_str()))
+                }
+                _ => Bound::Included((ns.as_str(), prefix.as_str())),
+            };
+            let now = now_ms();
+            let mut page = Page::default();
+            for item in table
+                .range::<(&str, &str)>((start, Bound::Unbounded))
+                .map_err(unavailable)?
+            {
+                let (key, raw) = item.map_err(unavailable)?;
+                let (key_ns, key) = key.value();
+                if key_ns != ns.as_str() || !key.starts_with(prefix.as_str()) {
+                    break;
+                }
+                if decode(raw.value(), now).is_none() {
+                    continue;
+                }
+                page.keys.push(key.to_string());
+                if page.keys.len() == limit as usize {
+                    page.cursor = Some(key.to_string());
+                    break;
+                }
+            }
+            Ok(page)
+        })
+        .await
+    }
+}

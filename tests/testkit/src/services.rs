@@ -1,0 +1,284 @@
+//! Real backing services for tests: `redis-server` and PostgreSQL, each a
+//! process of its own on a free loopback port with its data in a temp dir,
+//! stopped by PID when dropped.
+//!
+//! A missing binary is a test failure that names the Debian package
+//! (`scripts/setup.sh` installs both); nothing is skipped.
+//!
+//! PostgreSQL refuses to run as root, so when the tests run as root the
+//! server runs as the `postgres` user that Debian's package creates.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a service may take to accept connections.
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+fn wait_until_accepting(child: &mut Child, addr: SocketAddr, what: &str, log: &Path) {
+    let started = Instant::now();
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited with {status} before accepting on {addr}; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            started.elapsed() < STARTUP,
+            "{what} did not accept on {addr} within {STARTUP:?}; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn require(binary: &Path, package: &str) {
+    assert!(
+        binary.is_file(),
+        "{} is missing: install the Debian package `{package}` (scripts/setup.sh does)",
+        binary.display()
+    );
+}
+
+fn stop(child: &mut Option<Child>, signal: &str) {
+    if let Some(mut child) = child.take() {
+        let _ = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A `redis-server` keeping nothing on disk.
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one on a free port and waits until it accepts.
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Starts one on `port` and waits until it accepts.
+    pub fn start_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = RedisServer {
+            port,
+            dir,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (SIGKILL): it is down until [`RedisServer::restart`].
+    pub fn kill(&mut self) {
+        stop(&mut self.child, "-KILL");
+    }
+
+    /// Starts it again on the same port (after [`RedisServer::kill`]).
+    pub fn restart(&mut self) {
+        let binary = Path::new("/usr/bin/redis-server");
+        require(binary, "redis-server");
+        let log = self.dir.path().join("redis.log");
+        let mut child = Command::new(binary)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        wait_until_accepting(&mut child, addr, "redis-server", &log);
+        self.child = Some(child);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A PostgreSQL cluster of its own (initdb into a temp dir, trust auth).
+pub struct PostgresServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    run_as: Option<(u32, u32)>,
+    child: Option<Child>,
+}
+
+impl PostgresServer {
+    /// Creates a cluster and starts its server on a free port.
+    pub fn start() -> Self {
+        let bin = postgres_bin_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("hearth-pg")
+            .tempdir()
+            .expect("temp dir");
+        let run_as = running_as_root().then(postgres_user);
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
+        if let Some((uid, gid)) = run_as {
+            // The postgres user must reach the temp dir and own the data dir.
+            chmod(dir.path(), 0o755);
+            chown(&data, uid, gid);
+            chmod(&data, 0o700);
+        }
+        let log = dir.path().join("initdb.log");
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .args(["--auth=trust", "--username=postgres", "--encoding=UTF8", "--no-sync"])
+            .arg("-D")
+            .arg(&data)
+            .stdout(std::fs::File::create(&log).expect("log"))
+            .stderr(std::fs::File::options().append(true).open(&log).expect("log"));
+        if let Some((uid, gid)) = run_as {
+            initdb.uid(uid).gid(gid);
+        }
+        let status = initdb.status().expect("run initdb");
+        assert!(
+            status.success(),
+            "initdb failed ({status}):\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let mut server = PostgresServer {
+            port: free_port(),
+            dir,
+            bin,
+            run_as,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server at once (SIGQUIT, immediate shutdown): it is down
+    /// until [`PostgresServer::restart`]; committed data stays.
+    pub fn kill(&mut self) {
+        stop(&mut self.child, "-QUIT");
+    }
+
+    /// Starts the server again on the same port and data.
+    pub fn restart(&mut self) {
+        let log = self.dir.path().join("postgres.log");
+        let mut command = Command::new(self.bin.join("postgres"));
+        command
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", self.dir.path().display()))
+            .args(["-c", "max_connections=200"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"));
+        if let Some((uid, gid)) = self.run_as {
+            command.uid(uid).gid(gid);
+        }
+        let mut child = command.spawn().expect("spawn postgres");
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        wait_until_accepting(&mut child, addr, "postgres", &log);
+        self.child = Some(child);
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn postgres_bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).collect())
+        .unwrap_or_default();
+    versions.sort();
+    let bin = versions
+        .pop()
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/NN/bin"));
+    require(&bin.join("initdb"), "postgresql");
+    bin
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn postgres_user() -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+    passwd
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.first() == Some(&"postgres")).then(|| {
+                (
+                    fields[2].parse().expect("uid"),
+                    fields[3].parse().expect("gid"),
+                )
+            })
+        })
+        .expect(
+            "the tests run as root and PostgreSQL refuses root: the `postgres` user is missing \
+             (install the Debian package `postgresql`; scripts/setup.sh does)",
+        )
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+}
