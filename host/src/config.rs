@@ -541,13 +541,23 @@ impl HearthConfig {
             let key = |field: &str| format!("state.stores.{label}.{field}");
             match (store.kind, &store.url, &store.path) {
                 (StoreKind::Embedded, Some(_), _) => {
-                    return Err(format!("{}: an embedded store has a `path`, not a `url`", key("url")));
+                    return Err(format!(
+                        "{}: an embedded store has a `path`, not a `url`",
+                        key("url")
+                    ));
                 }
                 (StoreKind::Redis | StoreKind::Postgres, None, _) => {
-                    return Err(format!("{}: missing; a {:?} store needs the server's URL", key("url"), store.kind));
+                    return Err(format!(
+                        "{}: missing; a {:?} store needs the server's URL",
+                        key("url"),
+                        store.kind
+                    ));
                 }
                 (StoreKind::Redis | StoreKind::Postgres, _, Some(_)) => {
-                    return Err(format!("{}: only an embedded store has a `path`", key("path")));
+                    return Err(format!(
+                        "{}: only an embedded store has a `path`",
+                        key("path")
+                    ));
                 }
                 _ => {}
             }

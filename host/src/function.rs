@@ -401,13 +401,8 @@ impl Host {
                         function: name.clone(),
                         cause,
                     })?;
-                let factory = instance_factory(
-                    self.clone(),
-                    &env,
-                    &capabilities,
-                    &compiled,
-                    lifecycle,
-                );
+                let factory =
+                    instance_factory(self.clone(), &env, &capabilities, &compiled, lifecycle);
                 let pool = InstancePool::new(&name, env.pool, factory, Some(admission));
                 pool.warm();
                 Some(pool)

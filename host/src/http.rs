@@ -22,6 +22,7 @@
 //!   second), then returns. Dropping the [`serve`] future instead (SIGKILL)
 //!   drops every open connection and in-flight request with it.
 
+use crate::capabilities::{RequestContext, invoke};
 use crate::function::{Function, FunctionKind, PooledInstance};
 use crate::invocation_error::{InvocationError, log_failure};
 use crate::limits::DeadlineExceeded;
@@ -109,7 +110,8 @@ pub async fn handle(
     function: &Arc<Function>,
     request: Request<Incoming>,
 ) -> Response<HyperOutgoingBody> {
-    match invoke(function, request).await {
+    let timeout = function.env().limits.request_timeout();
+    match invoke(function, request, timeout).await {
         Ok(response) => response,
         Err(failure) => {
             if !failure.logged {
@@ -117,6 +119,43 @@ pub async fn handle(
             }
             error_response(&failure.error)
         }
+    }
+}
+
+/// Calls `function` in-process with `request`, as if it had come in over
+/// HTTP (same limits, pool and failure handling, one log line per failure),
+/// with the deadline cut to `timeout` if that is shorter than the
+/// function's own. This is `invoke`'s local fast path: no socket.
+pub async fn call(
+    function: &Arc<Function>,
+    request: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<Response<HyperOutgoingBody>, InvocationError> {
+    let timeout = timeout.min(function.env().limits.request_timeout());
+    invoke(function, request, timeout).await.map_err(|failure| {
+        if !failure.logged {
+            log_failure(function.name(), &failure.error, None);
+        }
+        failure.error
+    })
+}
+
+/// The per-request context (`invoke` depth, request id, trace context)
+/// from a request's headers.
+fn request_context<B>(request: &Request<B>) -> RequestContext {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    RequestContext {
+        depth: header(invoke::DEPTH_HEADER)
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0),
+        request_id: header(invoke::REQUEST_ID_HEADER),
+        traceparent: header(invoke::TRACEPARENT_HEADER),
     }
 }
 
@@ -148,7 +187,7 @@ pub fn error_response(error: &InvocationError) -> Response<HyperOutgoingBody> {
         .expect("static header names and values are valid")
 }
 
-fn declared_length(request: &Request<Incoming>) -> Option<u64> {
+fn declared_length<B>(request: &Request<B>) -> Option<u64> {
     request
         .headers()
         .get(http::header::CONTENT_LENGTH)?
@@ -158,17 +197,22 @@ fn declared_length(request: &Request<Incoming>) -> Option<u64> {
         .ok()
 }
 
-async fn invoke(
+async fn invoke<B>(
     function: &Arc<Function>,
-    request: Request<Incoming>,
-) -> Result<Response<HyperOutgoingBody>, Failure> {
+    request: Request<B>,
+    timeout: Duration,
+) -> Result<Response<HyperOutgoingBody>, Failure>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let started = Instant::now();
     let limits = function.env().limits;
     let body_limit = limits.max_request_body_bytes;
     if declared_length(&request).is_some_and(|len| len > body_limit) {
         return Err(InvocationError::BodyTooLarge { limit: body_limit }.into());
     }
-    let timeout = limits.request_timeout();
+    let context = request_context(&request);
     let slot = function
         .acquire_slot(timeout)
         .await
@@ -187,6 +231,7 @@ async fn invoke(
     };
     let remaining = timeout.saturating_sub(started.elapsed());
     let store = &mut pooled.ready().store;
+    store.data_mut().set_request_context(context);
 
     let body_over_limit = Arc::new(AtomicBool::new(false));
     let (parts, body) = request.into_parts();
@@ -239,7 +284,7 @@ async fn invoke(
         Err(_) => {
             task.abort();
             Err(InvocationError::Deadline(DeadlineExceeded {
-                timeout_ms: limits.request_timeout_ms,
+                timeout_ms: timeout.as_millis() as u64,
             })
             .into())
         }
@@ -279,7 +324,7 @@ async fn run_request(
     let result = match tokio::time::timeout(timeout + DEADLINE_SLACK, run).await {
         Ok(result) => result,
         Err(_) => Err(DeadlineExceeded {
-            timeout_ms: function.env().limits.request_timeout_ms,
+            timeout_ms: timeout.as_millis() as u64,
         }
         .into()),
     };

@@ -91,7 +91,10 @@ async fn every_write_gets_a_new_etag_even_after_delete(store: &StateStore, ns: &
         .set(ns, "k", b"a", Precondition::None, None)
         .await
         .unwrap();
-    assert_ne!(first, second, "rewriting the same value must change the etag");
+    assert_ne!(
+        first, second,
+        "rewriting the same value must change the etag"
+    );
     store.delete(ns, "k", Precondition::None).await.unwrap();
     let third = store
         .set(ns, "k", b"a", Precondition::None, None)
@@ -180,13 +183,21 @@ async fn values_are_bytes(store: &StateStore, ns: &Namespace) {
         .set(ns, "unicode key ✓/x", b"u", Precondition::None, None)
         .await
         .unwrap();
-    assert_eq!(store.get(ns, "binary").await.unwrap().unwrap().value, binary);
+    assert_eq!(
+        store.get(ns, "binary").await.unwrap().unwrap().value,
+        binary
+    );
     assert_eq!(
         store.get(ns, "empty").await.unwrap().unwrap().value,
         b"".to_vec()
     );
     assert_eq!(
-        store.get(ns, "unicode key ✓/x").await.unwrap().unwrap().value,
+        store
+            .get(ns, "unicode key ✓/x")
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
         b"u"
     );
 }
@@ -267,7 +278,10 @@ async fn increment_of_a_non_number_is_a_typed_error(store: &StateStore, ns: &Nam
         .unwrap();
     let err = store.increment(ns, "text", 1).await.unwrap_err();
     assert_eq!(err, StateError::NotANumber { key: "text".into() });
-    assert_eq!(store.get(ns, "text").await.unwrap().unwrap().value, b"hello");
+    assert_eq!(
+        store.get(ns, "text").await.unwrap().unwrap().value,
+        b"hello"
+    );
 }
 
 async fn concurrent_increments_are_not_lost(store: &StateStore, ns: &Namespace) {
@@ -298,7 +312,9 @@ async fn concurrent_compare_and_swap_retries_are_not_lost(store: &StateStore, ns
                         let current = store.get(&ns, "n").await.unwrap();
                         let (number, precondition) = match &current {
                             Some(entry) => (
-                                String::from_utf8_lossy(&entry.value).parse::<u64>().unwrap(),
+                                String::from_utf8_lossy(&entry.value)
+                                    .parse::<u64>()
+                                    .unwrap(),
                                 Precondition::IfMatch(entry.etag),
                             ),
                             None => (0, Precondition::IfAbsent),
@@ -487,10 +503,25 @@ async fn namespaces_do_not_see_each_other(store: &StateStore, ns: &Namespace) {
         .await
         .unwrap();
     assert_eq!(store.get(&other, "secret").await.unwrap(), None);
-    assert!(store.list(&other, "", None, 10).await.unwrap().keys.is_empty());
-    assert!(!store.delete(&other, "secret", Precondition::None).await.unwrap());
+    assert!(
+        store
+            .list(&other, "", None, 10)
+            .await
+            .unwrap()
+            .keys
+            .is_empty()
+    );
+    assert!(
+        !store
+            .delete(&other, "secret", Precondition::None)
+            .await
+            .unwrap()
+    );
     assert_eq!(store.increment(&other, "secret", 1).await.unwrap(), 1);
-    assert_eq!(store.get(ns, "secret").await.unwrap().unwrap().value, b"mine");
+    assert_eq!(
+        store.get(ns, "secret").await.unwrap().unwrap().value,
+        b"mine"
+    );
 }
 
 async fn bad_keys_values_and_batches_are_refused_before_the_backend(
@@ -508,9 +539,15 @@ async fn bad_keys_values_and_batches_are_refused_before_the_backend(
             .set(ns, &key, b"x", Precondition::None, None)
             .await
             .unwrap_err();
-        assert!(matches!(err, StateError::InvalidKey { .. }), "{key:?}: {err:?}");
+        assert!(
+            matches!(err, StateError::InvalidKey { .. }),
+            "{key:?}: {err:?}"
+        );
         let err = store.get(ns, &key).await.unwrap_err();
-        assert!(matches!(err, StateError::InvalidKey { .. }), "{key:?}: {err:?}");
+        assert!(
+            matches!(err, StateError::InvalidKey { .. }),
+            "{key:?}: {err:?}"
+        );
     }
     let big = vec![0u8; limits.max_value_bytes as usize + 1];
     let err = store
@@ -532,5 +569,8 @@ async fn bad_keys_values_and_batches_are_refused_before_the_backend(
         })
         .collect();
     let err = store.transact(ns, too_many).await.unwrap_err();
-    assert!(matches!(err, StateError::TooManyOperations { .. }), "{err:?}");
+    assert!(
+        matches!(err, StateError::TooManyOperations { .. }),
+        "{err:?}"
+    );
 }

@@ -49,7 +49,8 @@ impl EmbeddedBackend {
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
-        let db = Database::create(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let db =
+            Database::create(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let txn = db.begin_write().map_err(|e| e.to_string())?;
         txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
         txn.open_table(META).map_err(|e| e.to_string())?;
@@ -209,7 +210,12 @@ impl Writer<'_> {
         Ok(etag)
     }
 
-    fn delete(&mut self, ns: &str, key: &str, precondition: Precondition) -> Result<bool, BackendError> {
+    fn delete(
+        &mut self,
+        ns: &str,
+        key: &str,
+        precondition: Precondition,
+    ) -> Result<bool, BackendError> {
         let current = self.current(ns, key)?.map(|(etag, ..)| etag);
         if !holds(precondition, current) {
             return Err(BackendError::PreconditionFailed { key: key.into() });
@@ -239,7 +245,10 @@ impl StateBackend for EmbeddedBackend {
         blocking(move || {
             let txn = db.begin_read().map_err(unavailable)?;
             let table = txn.open_table(ENTRIES).map_err(unavailable)?;
-            let Some(raw) = table.get((ns.as_str(), key.as_str())).map_err(unavailable)? else {
+            let Some(raw) = table
+                .get((ns.as_str(), key.as_str()))
+                .map_err(unavailable)?
+            else {
                 return Ok(None);
             };
             Ok(decode(raw.value(), now_ms()).map(|(etag, value)| Entry {

@@ -152,7 +152,9 @@ pub enum StateError {
         limit: usize,
     },
     /// A single write's precondition failed.
-    #[error("etag mismatch on key {key:?}: the key changed (or does or does not exist) since it was read")]
+    #[error(
+        "etag mismatch on key {key:?}: the key changed (or does or does not exist) since it was read"
+    )]
     EtagMismatch {
         /// The key.
         key: String,
@@ -409,7 +411,12 @@ impl StateStore {
     }
 
     /// Adds `delta` to the number under `key`; the new number.
-    pub async fn increment(&self, ns: &Namespace, key: &str, delta: i64) -> Result<i64, StateError> {
+    pub async fn increment(
+        &self,
+        ns: &Namespace,
+        key: &str,
+        delta: i64,
+    ) -> Result<i64, StateError> {
         self.check_key(key)?;
         self.backend
             .increment(ns, key, delta)

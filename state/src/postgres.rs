@@ -31,12 +31,12 @@
 use crate::{
     Applied, BackendError, Entry, Etag, Namespace, Operation, Page, Precondition, StateBackend,
 };
+use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Pool, Runtime, Timeouts};
 use std::time::Duration;
 use tokio::sync::OnceCell;
-use tokio_postgres::error::SqlState;
-use deadpool_postgres::GenericClient;
 use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS hearth_state (
@@ -198,8 +198,20 @@ impl PostgresBackend {
     }
 }
 
-fn unavailable(error: impl std::fmt::Display) -> BackendError {
-    BackendError::Unavailable(format!("{error:#}"))
+/// The error with its causes: deadpool and tokio-postgres keep the
+/// server's message in the source chain.
+fn unavailable(error: impl std::error::Error) -> BackendError {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message.push_str(": ");
+            message.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    BackendError::Unavailable(message)
 }
 
 fn ttl_ms(ttl: Option<Duration>) -> i64 {

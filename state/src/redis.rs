@@ -158,8 +158,7 @@ impl RedisBackend {
         let work = async {
             let connection = self.connection().await?;
             call(connection).await.map_err(|error| {
-                if error.code() == Some("NOTANUMBER") || error.to_string().contains("NOTANUMBER")
-                {
+                if error.code() == Some("NOTANUMBER") || error.to_string().contains("NOTANUMBER") {
                     BackendError::NotANumber { key: String::new() }
                 } else {
                     unavailable(error)
@@ -407,7 +406,9 @@ impl StateBackend for RedisBackend {
             for member in &members {
                 pipe.cmd("EXISTS").arg(data_key(ns, member));
             }
-            let live: Vec<bool> = self.call(async |mut c| pipe.query_async(&mut c).await).await?;
+            let live: Vec<bool> = self
+                .call(async |mut c| pipe.query_async(&mut c).await)
+                .await?;
             let mut stale = Vec::new();
             for (member, live) in members.into_iter().zip(live) {
                 if live {

@@ -93,7 +93,11 @@ async fn outage(store: StateStore, mut down: impl FnMut(), mut up: impl FnMut())
         .await
         .unwrap_err();
     match &err {
-        StateError::Unavailable { store: label, backend, .. } => {
+        StateError::Unavailable {
+            store: label,
+            backend,
+            ..
+        } => {
             assert_eq!(label, "orders");
             assert_eq!(backend, store.kind());
         }
@@ -109,7 +113,10 @@ async fn outage(store: StateStore, mut down: impl FnMut(), mut up: impl FnMut())
         store.get(&ns, "a").await,
         Err(StateError::Unavailable { .. })
     ));
-    assert!(matches!(store.ping().await, Err(StateError::Unavailable { .. })));
+    assert!(matches!(
+        store.ping().await,
+        Err(StateError::Unavailable { .. })
+    ));
     up();
     // The connection comes back on its own (a retry or two at most).
     let mut entry = None;
@@ -122,7 +129,11 @@ async fn outage(store: StateStore, mut down: impl FnMut(), mut up: impl FnMut())
     }
     let entry = entry.expect("the backend is reachable again and the key is there");
     assert_eq!((entry.value.as_slice(), entry.etag), (&b"before"[..], etag));
-    assert_eq!(store.get(&ns, "b").await.unwrap(), None, "nothing half-applied");
+    assert_eq!(
+        store.get(&ns, "b").await.unwrap(),
+        None,
+        "nothing half-applied"
+    );
     store.ping().await.unwrap();
 }
 

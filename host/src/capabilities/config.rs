@@ -50,7 +50,10 @@ pub fn collect(
                 ));
             }
             let value = std::fs::read_to_string(&path).map_err(|e| {
-                format!("config_dir: cannot read {} as UTF-8 text: {e}", path.display())
+                format!(
+                    "config_dir: cannot read {} as UTF-8 text: {e}",
+                    path.display()
+                )
             })?;
             values.insert(name, value);
         }
@@ -89,11 +92,7 @@ mod tests {
         std::fs::write(data.join("ONLY_FILE"), "from-file").unwrap();
         std::os::unix::fs::symlink(&data, dir.path().join("..data")).unwrap();
         for key in ["LEVEL", "ONLY_FILE"] {
-            std::os::unix::fs::symlink(
-                format!("..data/{key}"),
-                dir.path().join(key),
-            )
-            .unwrap();
+            std::os::unix::fs::symlink(format!("..data/{key}"), dir.path().join(key)).unwrap();
         }
         let env = vec![
             ("LEVEL".to_string(), "env".to_string()),

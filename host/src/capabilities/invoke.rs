@@ -130,8 +130,14 @@ impl Breakers {
         if failed {
             breaker.consecutive_failures += 1;
             if breaker.consecutive_failures >= settings.breaker_failures {
-                if breaker.open_until.is_none() || breaker.consecutive_failures == settings.breaker_failures {
-                    tracing::warn!(target, failures = breaker.consecutive_failures, "invoke circuit breaker opened");
+                if breaker.open_until.is_none()
+                    || breaker.consecutive_failures == settings.breaker_failures
+                {
+                    tracing::warn!(
+                        target,
+                        failures = breaker.consecutive_failures,
+                        "invoke circuit breaker opened"
+                    );
                 }
                 breaker.open_until = Some(Instant::now() + settings.breaker_open);
             }
@@ -175,9 +181,7 @@ fn new_id(bytes: usize) -> String {
 fn child_traceparent(parent: Option<&str>) -> String {
     let span = new_id(8);
     match parent.map(|p| p.split('-').collect::<Vec<_>>()) {
-        Some(parts)
-            if parts.len() == 4 && parts[1].len() == 32 && parts[3].len() == 2 =>
-        {
+        Some(parts) if parts.len() == 4 && parts[1].len() == 32 && parts[3].len() == 2 => {
             format!("00-{}-{span}-{}", parts[1], parts[3])
         }
         _ => format!("00-{}-{span}-01", new_id(16)),
@@ -241,8 +245,14 @@ impl CapabilityView<'_> {
         let mut builder = http::Request::builder().method(method).uri(uri);
         for (name, value) in &request.headers {
             let lower = name.to_ascii_lowercase();
-            if [DEPTH_HEADER, REQUEST_ID_HEADER, TRACEPARENT_HEADER, CALLER_HEADER, "host"]
-                .contains(&lower.as_str())
+            if [
+                DEPTH_HEADER,
+                REQUEST_ID_HEADER,
+                TRACEPARENT_HEADER,
+                CALLER_HEADER,
+                "host",
+            ]
+            .contains(&lower.as_str())
             {
                 continue;
             }
@@ -266,30 +276,29 @@ impl CapabilityView<'_> {
             .body(Full::new(Bytes::from(request.body.clone())))
             .map_err(|e| invalid(e.to_string()))
     }
+}
 
-    async fn attempt(
-        &self,
-        target: &str,
-        route: &Route,
-        request: http::Request<Full<Bytes>>,
-        timeout: Duration,
-    ) -> Result<wit::Response, wit::Error> {
-        match route {
-            Route::Local(function) => {
-                let response = crate::http::call(function, request, timeout)
-                    .await
-                    .map_err(|error| error_from_invocation(target, &error))?;
-                read_response(target, response, timeout).await
-            }
-            Route::Remote(base) => {
-                let work = remote_call(target, base, request);
-                match tokio::time::timeout(timeout, work).await {
-                    Ok(result) => result,
-                    Err(_) => Err(wit::Error::Timeout(format!(
-                        "`{target}` did not answer within {} ms",
-                        timeout.as_millis()
-                    ))),
-                }
+async fn attempt_call(
+    target: &str,
+    route: &Route,
+    request: http::Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<wit::Response, wit::Error> {
+    match route {
+        Route::Local(function) => {
+            let response = crate::http::call(function, request, timeout)
+                .await
+                .map_err(|error| error_from_invocation(target, &error))?;
+            read_response(target, response, timeout).await
+        }
+        Route::Remote(base) => {
+            let work = remote_call(target, base, request);
+            match tokio::time::timeout(timeout, work).await {
+                Ok(result) => result,
+                Err(_) => Err(wit::Error::Timeout(format!(
+                    "`{target}` did not answer within {} ms",
+                    timeout.as_millis()
+                ))),
             }
         }
     }
@@ -310,11 +319,11 @@ where
         .get(ERROR_HEADER)
         .and_then(|v| v.to_str().ok())
     {
-        let detail = match tokio::time::timeout(timeout, Limited::new(body, 64 << 10).collect()).await
-        {
-            Ok(Ok(body)) => String::from_utf8_lossy(&body.to_bytes()).trim().to_string(),
-            _ => String::new(),
-        };
+        let detail =
+            match tokio::time::timeout(timeout, Limited::new(body, 64 << 10).collect()).await {
+                Ok(Ok(body)) => String::from_utf8_lossy(&body.to_bytes()).trim().to_string(),
+                _ => String::new(),
+            };
         return Err(error_from_name(name, format!("`{target}`: {detail}")));
     }
     let body = match tokio::time::timeout(timeout, Limited::new(body, MAX_RESPONSE_BYTES).collect())
@@ -349,7 +358,8 @@ async fn remote_call(
     base: &http::Uri,
     request: http::Request<Full<Bytes>>,
 ) -> Result<wit::Response, wit::Error> {
-    let unavailable = |what: String| wit::Error::Unavailable(format!("`{target}` at {base}: {what}"));
+    let unavailable =
+        |what: String| wit::Error::Unavailable(format!("`{target}` at {base}: {what}"));
     let host = base
         .host()
         .ok_or_else(|| unavailable("the target URL has no host".into()))?
@@ -382,8 +392,7 @@ async fn remote_call(
         .unwrap_or(host);
     parts.headers.insert(
         http::header::HOST,
-        http::HeaderValue::from_str(&authority)
-            .map_err(|_| unavailable("invalid host".into()))?,
+        http::HeaderValue::from_str(&authority).map_err(|_| unavailable("invalid host".into()))?,
     );
     let response = sender
         .send_request(http::Request::from_parts(parts, body))
@@ -431,14 +440,15 @@ impl wit::Host for CapabilityView<'_> {
             1
         };
         let mut backoff = Duration::from_millis(25);
-        let breakers = &self.ctx.host.breakers;
+        let host = self.ctx.host.clone();
+        let breakers = &host.breakers;
         for attempt in 1..=attempts {
             if let Err(open) = breakers.admit(&target, &settings) {
                 return Ok(Err(wit::Error::Unavailable(open)));
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             let request = clone_request(&http_request);
-            let result = self.attempt(&target, &route, request, remaining).await;
+            let result = attempt_call(&target, &route, request, remaining).await;
             let counts_as_failure = matches!(
                 result,
                 Err(wit::Error::Unavailable(_) | wit::Error::Timeout(_))
@@ -490,7 +500,10 @@ mod tests {
         assert_eq!(parts[2].len(), 16);
         let fresh = child_traceparent(None);
         assert_eq!(fresh.split('-').nth(1).unwrap().len(), 32);
-        assert_ne!(child_traceparent(Some("garbage")).split('-').nth(1), Some("garbage"));
+        assert_ne!(
+            child_traceparent(Some("garbage")).split('-').nth(1),
+            Some("garbage")
+        );
     }
 
     #[test]

@@ -117,7 +117,9 @@ impl HostCapabilities {
         let mut shared = BTreeMap::new();
         for label in &grants.shared_stores {
             let store = self.stores.get(label).cloned().ok_or_else(|| {
-                format!("shared_stores: no store labelled `{label}` is configured in [state.stores]")
+                format!(
+                    "shared_stores: no store labelled `{label}` is configured in [state.stores]"
+                )
             })?;
             let namespace = Namespace::new(&format!("shared.{}", sanitize(label)))
                 .map_err(|e| format!("shared_stores: {e}"))?;

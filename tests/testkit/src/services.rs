@@ -155,20 +155,33 @@ impl PostgresServer {
         let run_as = running_as_root().then(postgres_user);
         let data = dir.path().join("data");
         std::fs::create_dir(&data).expect("data dir");
+        std::fs::create_dir(dir.path().join("socket")).expect("socket dir");
         if let Some((uid, gid)) = run_as {
-            // The postgres user must reach the temp dir and own the data dir.
+            // The postgres user must reach the temp dir and own the data
+            // and socket dirs.
             chmod(dir.path(), 0o755);
             chown(&data, uid, gid);
             chmod(&data, 0o700);
+            chown(&dir.path().join("socket"), uid, gid);
         }
         let log = dir.path().join("initdb.log");
         let mut initdb = Command::new(bin.join("initdb"));
         initdb
-            .args(["--auth=trust", "--username=postgres", "--encoding=UTF8", "--no-sync"])
+            .args([
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--no-sync",
+            ])
             .arg("-D")
             .arg(&data)
             .stdout(std::fs::File::create(&log).expect("log"))
-            .stderr(std::fs::File::options().append(true).open(&log).expect("log"));
+            .stderr(
+                std::fs::File::options()
+                    .append(true)
+                    .open(&log)
+                    .expect("log"),
+            );
         if let Some((uid, gid)) = run_as {
             initdb.uid(uid).gid(gid);
         }
@@ -210,7 +223,10 @@ impl PostgresServer {
             .args(["-p", &self.port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1"])
             .arg("-c")
-            .arg(format!("unix_socket_directories={}", self.dir.path().display()))
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.dir.path().join("socket").display()
+            ))
             .args(["-c", "max_connections=200"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -221,6 +237,21 @@ impl PostgresServer {
         let mut child = command.spawn().expect("spawn postgres");
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         wait_until_accepting(&mut child, addr, "postgres", &log);
+        // It accepts connections before it takes queries ("the database
+        // system is starting up"); pg_isready tells when it does.
+        let started = Instant::now();
+        while !Command::new(self.bin.join("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .status()
+            .is_ok_and(|status| status.success())
+        {
+            assert!(
+                started.elapsed() < STARTUP,
+                "postgres did not become ready within {STARTUP:?}; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
         self.child = Some(child);
     }
 }
@@ -233,7 +264,10 @@ impl Drop for PostgresServer {
 
 fn postgres_bin_dir() -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).collect())
+        .map(|dir| {
+            dir.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .collect()
+        })
         .unwrap_or_default();
     versions.sort();
     let bin = versions
