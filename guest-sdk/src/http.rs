@@ -29,6 +29,16 @@ impl Request {
             .map_or(self.path_with_query.as_str(), |(path, _)| path)
     }
 
+    /// The first value of query parameter `name`, with `+` and `%XX`
+    /// decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        let (_, query) = self.path_with_query.split_once('?')?;
+        query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key) == name).then(|| percent_decode(value))
+        })
+    }
+
     /// The first value of header `name` (case-insensitive) as text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -36,6 +46,30 @@ impl Request {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match text
+                .get(i + 1..i + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            {
+                Some(byte) => {
+                    out.push(byte);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// An HTTP response, body included.

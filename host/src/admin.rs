@@ -54,6 +54,38 @@ pub struct Admin {
     pub sources: Vec<Arc<dyn FunctionSource>>,
     /// Set once start-up is done.
     pub ready: Arc<AtomicBool>,
+    /// Why the node cannot serve right now (e.g. a state backend that is
+    /// down), kept current by [`watch_backends`]; `/readyz` answers 503
+    /// with these lines while there are any.
+    pub not_ready: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// How often [`watch_backends`] checks the state backends.
+pub const BACKEND_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Checks every state store now and then every [`BACKEND_CHECK_INTERVAL`],
+/// keeping `not_ready` to the stores that cannot be reached (each line
+/// names the store and its backend) and logging each change.
+pub async fn watch_backends(
+    capabilities: Arc<crate::capabilities::HostCapabilities>,
+    not_ready: Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    loop {
+        let problems = capabilities.check_stores().await;
+        {
+            let mut current = not_ready.lock().unwrap_or_else(|e| e.into_inner());
+            if *current != problems {
+                for problem in &problems {
+                    tracing::error!("not ready: {problem}");
+                }
+                if problems.is_empty() && !current.is_empty() {
+                    tracing::info!("every state store is reachable again");
+                }
+                *current = problems;
+            }
+        }
+        tokio::time::sleep(BACKEND_CHECK_INTERVAL).await;
+    }
 }
 
 impl Admin {
@@ -200,10 +232,21 @@ impl Admin {
         out
     }
 
+    fn not_ready_lines(&self) -> Vec<String> {
+        self.not_ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn respond(&self, path: &str) -> Response<Full<Bytes>> {
         let (status, body) = match path {
             "/metrics" => (StatusCode::OK, self.render_metrics()),
             "/healthz" => (StatusCode::OK, "ok\n".into()),
+            "/readyz" if !self.not_ready_lines().is_empty() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready:\n{}\n", self.not_ready_lines().join("\n")),
+            ),
             "/readyz" if self.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ready\n".into()),
             "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
             _ => (StatusCode::NOT_FOUND, "not found\n".into()),

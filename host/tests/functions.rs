@@ -379,3 +379,111 @@ async fn loading_the_same_bytes_twice_compiles_once() {
     let stats = host.compiled().stats();
     assert_eq!((stats.compiles, stats.hits, stats.entries), (1, 1, 1));
 }
+
+/// A host with one embedded state store in `dir` and default invoke settings.
+fn host_with_embedded_state(dir: &std::path::Path, limits: &Limits) -> Arc<Host> {
+    let host = Host::new(&EngineSettings::for_limits([limits])).unwrap();
+    host.install_capabilities(
+        hearth_host::capabilities::HostCapabilities::embedded_default(&dir.join("state.redb"))
+            .unwrap(),
+    )
+    .unwrap();
+    host
+}
+
+async fn serve_on(host: &Arc<Host>, path: &str, env: FunctionEnv) -> SocketAddr {
+    let function = host
+        .load(env, hearth_testkit::wasm_bytes(path))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(hearth_host::http::serve(
+        function,
+        listener,
+        std::future::pending(),
+    ));
+    addr
+}
+
+// kv-counter, cart and invoke-chain against every backend, and their
+// failure cases: host/tests/capabilities.rs. Here: each on the default
+// (embedded) store, as `hearth run` serves them.
+
+#[tokio::test]
+async fn kv_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_embedded_state(dir.path(), &small_limits());
+    let addr = serve_on(
+        &host,
+        hearth_testkit::KV_COUNTER,
+        env_for("kv-counter", small_limits(), &[]),
+    )
+    .await;
+    for expected in 1..=3 {
+        let reply = send(addr, Method::POST, "/increment", &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(reply.text(), format!("{expected}\n"));
+    }
+    assert_eq!(get(addr, "/").await.unwrap().text(), "3\n");
+}
+
+#[tokio::test]
+async fn cart() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_embedded_state(dir.path(), &small_limits());
+    let addr = serve_on(
+        &host,
+        hearth_testkit::CART,
+        env_for("cart", small_limits(), &[]),
+    )
+    .await;
+    for sku in ["apple", "pear", "apple"] {
+        let path = format!("/add?user=ann&sku={sku}&qty=1");
+        let reply = send(addr, Method::POST, &path, &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    assert_eq!(
+        get(addr, "/cart?user=ann").await.unwrap().text(),
+        "apple 2\npear 1\n"
+    );
+    let reply = send(addr, Method::POST, "/checkout?user=ann", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert!(reply.text().starts_with("order:ann:"), "{}", reply.text());
+    assert_eq!(
+        get(addr, "/cart?user=ann").await.unwrap().status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn invoke_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_embedded_state(dir.path(), &small_limits());
+    let mut first = None;
+    for (name, next) in [
+        ("chain-c", ""),
+        ("chain-b", "chain-c"),
+        ("chain-a", "chain-b"),
+    ] {
+        let mut env = env_for(name, small_limits(), &[]);
+        env.grants.config = [("NAME", name), ("NEXT", next)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        first = Some(serve_on(&host, hearth_testkit::INVOKE_CHAIN, env).await);
+    }
+    let reply = get(first.unwrap(), "/").await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(
+        reply
+            .text()
+            .starts_with("chain-a -> chain-b -> chain-c depth=2 request-id="),
+        "{}",
+        reply.text()
+    );
+}

@@ -15,6 +15,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use hearth_host::capabilities::HostCapabilities;
 use hearth_host::distribution::{CacheSettings, DEFAULT_ARTIFACT_CACHE_BYTES, default_cache_dir};
 use hearth_host::{EngineSettings, FunctionEnv, FunctionSource, Host, Limits, PullPolicy};
 use hearth_prewarm::image::{self, ImageForm};
@@ -425,6 +426,16 @@ async fn run(args: RunArgs) -> Result<i32> {
         }
         (Err(error), FunctionSource::Image(_)) => return Err(error.into()),
     };
+    // State lives in one embedded store under the cache dir; a second
+    // `hearth run` at once finds it locked and runs without state.
+    let state_file = args.cache.settings().dir.join("state").join("default.redb");
+    match HostCapabilities::embedded_default(&state_file) {
+        Ok(capabilities) => {
+            host.install_capabilities(capabilities)
+                .map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Err(error) => tracing::warn!("running without a state store: {error}"),
+    }
     let function = match &source {
         FunctionSource::File(path) => host.load_file(env, path).await?,
         FunctionSource::Image(reference) => host.load_image(env, reference, args.pull).await?,

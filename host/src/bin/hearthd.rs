@@ -55,6 +55,12 @@ async fn main() {
     }
 }
 
+fn config_name(args: &Args) -> String {
+    args.config
+        .as_ref()
+        .map_or_else(|| "hearthd".to_string(), |file| file.display().to_string())
+}
+
 async fn run(args: Args) -> Result<()> {
     let config = match &args.config {
         Some(file) => HearthConfig::load(file)?,
@@ -63,6 +69,21 @@ async fn run(args: Args) -> Result<()> {
     let caches = config.cache_settings();
     let engine_settings = config.engine_settings();
     let host = Host::with_caches(&engine_settings, &caches)?;
+    let capabilities = config
+        .host_capabilities()
+        .map_err(|message| anyhow::anyhow!("{}: {message}", config_name(&args)))?;
+    for (label, store) in &capabilities.stores {
+        tracing::info!(store = %label, backend = store.kind(), "state store configured");
+    }
+    host.install_capabilities(capabilities)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    // Remote state backends are checked in the background: hearthd serves
+    // while one is down and /readyz names it.
+    let not_ready = Arc::new(std::sync::Mutex::new(Vec::new()));
+    tokio::spawn(hearth_host::admin::watch_backends(
+        host.capabilities().clone(),
+        not_ready.clone(),
+    ));
     tracing::info!(cache = %caches.dir.display(), instance_slots = engine_settings.total_instances, "caches opened");
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -144,6 +165,7 @@ async fn run(args: Args) -> Result<()> {
             host: host.clone(),
             sources: admin_sources,
             ready: ready.clone(),
+            not_ready: not_ready.clone(),
         });
         let mut stopped = stopped.clone();
         tasks.spawn(hearth_host::admin::serve(admin, listener, async move {

@@ -223,6 +223,7 @@ impl CapabilityView<'_> {
 
     fn build_request(
         &self,
+        target: &str,
         request: &wit::Request,
         depth: u32,
     ) -> Result<http::Request<Full<Bytes>>, wit::Error> {
@@ -262,6 +263,11 @@ impl CapabilityView<'_> {
                 .map_err(|_| invalid(format!("invalid value for header `{name}`")))?;
             builder = builder.header(name, value);
         }
+        // wasi:http needs an authority; a local callee sees its own name
+        // (a remote one gets its URL's host instead).
+        let authority = http::HeaderValue::from_str(target)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"));
+        builder = builder.header(http::header::HOST, authority);
         let context = &self.ctx.request;
         let request_id = context.request_id.clone().unwrap_or_else(|| new_id(16));
         builder = builder
@@ -425,7 +431,7 @@ impl wit::Host for CapabilityView<'_> {
                 "no function `{target}` is loaded on this host or configured in [invoke.targets]"
             ))));
         };
-        let http_request = match self.build_request(&request, depth) {
+        let http_request = match self.build_request(&target, &request, depth) {
             Ok(request) => request,
             Err(error) => return Ok(Err(error)),
         };
