@@ -487,3 +487,40 @@ async fn invoke_chain() {
         reply.text()
     );
 }
+
+#[tokio::test]
+async fn capability_bench() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_embedded_state(dir.path(), &small_limits());
+    serve_on(
+        &host,
+        hearth_testkit::ECHO,
+        env_for("echo", small_limits(), &[]),
+    )
+    .await;
+    let addr = serve_on(
+        &host,
+        hearth_testkit::CAPABILITY_BENCH,
+        env_for("capability-bench", small_limits(), &[]),
+    )
+    .await;
+    for (path, calls) in [
+        ("/state?op=get&n=5", 5),
+        ("/state?op=set&n=4", 4),
+        ("/invoke?target=echo&n=3", 3),
+    ] {
+        let reply = send(addr, Method::POST, path, &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
+        let timings: Vec<u64> = reply.text().lines().map(|l| l.parse().unwrap()).collect();
+        assert_eq!(timings.len(), calls, "{path}");
+    }
+    let reply = send(addr, Method::POST, "/sidecar?op=get", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "give addr\n")
+    );
+}

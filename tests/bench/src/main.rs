@@ -6,7 +6,12 @@
 //! scripts/bench-oci.sh             # hearth-bench oci --hearth target/release/hearth
 //! scripts/bench-pods.sh            # hearth-bench pods --bin-dir target/release [--runwasi PATH]
 //! scripts/bench-cold-start.sh      # hearth-bench cold-start --bin-dir target/release --chart benchmarks/cold-start.svg [--runwasi PATH]
+//! scripts/bench-capabilities.sh    # hearth-bench capabilities [--redis-url URL]
 //! ```
+//!
+//! `capabilities` (needs redis-server): a state get/set as a host call vs
+//! through a Dapr-style sidecar, on the embedded backend and Redis; invoke
+//! local fast path vs HTTP. See [`capabilities`].
 //!
 //! `cold-start` (needs root, containerd, docker-registry, skopeo,
 //! busybox-static): see [`cold_start`].
@@ -33,6 +38,7 @@
 //!    `wasmtime serve` (the peer) on the same component, one after the other,
 //!    each with a fresh instance per request.
 
+mod capabilities;
 mod cold_start;
 
 use anyhow::{Context, Result, bail};
@@ -59,6 +65,8 @@ enum Bench {
     Pods(PodsArgs),
     /// Pod cold start through the CRI: Hearth per cache state, runwasi, runc.
     ColdStart(cold_start::ColdStartArgs),
+    /// A capability call as a host call vs a sidecar hop; invoke local vs HTTP.
+    Capabilities(capabilities::CapabilitiesArgs),
 }
 
 #[derive(Parser)]
@@ -112,6 +120,7 @@ fn main() -> Result<()> {
         Bench::Oci(args) => oci(args),
         Bench::Pods(args) => pods(args),
         Bench::ColdStart(args) => cold_start::cold_start(args),
+        Bench::Capabilities(args) => capabilities::capabilities(args),
     }
 }
 
