@@ -9,8 +9,11 @@
 //! keys are invisible at once and physically removed by a sweep every
 //! [`SWEEP_INTERVAL`] (itself a durable transaction).
 //!
-//! Calls run on tokio's blocking pool; redb serialises writers, so writes
-//! to one file are applied one at a time (reads go on concurrently).
+//! Writes run on tokio's blocking pool (their commit waits for the disk);
+//! redb serialises writers, so writes to one file are applied one at a
+//! time. Reads (`get`, `list`) run inline on the calling task: a read
+//! transaction takes no lock and its pages are almost always in redb's
+//! cache, so handing it to another thread would cost more than the read.
 //!
 //! # Layout
 //!
@@ -336,20 +339,12 @@ impl StateBackend for EmbeddedBackend {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page, BackendError> {
-        let (db, ns, prefix, after) = (
-            self.db.clone(),
-            ns.clone(),
-            prefix.to_string(),
-            after.map(str::to_string),
-        );
-        blocking(move || {
-            let txn = db.begin_read().map_err(unavailable)?;
+        {
+            let txn = self.db.begin_read().map_err(unavailable)?;
             let table = txn.open_table(ENTRIES).map_err(unavailable)?;
-            let start = match &after {
-                Some(after) if after.as_str() >= prefix.as_str() => {
-                    Bound::Excluded((ns.as_str(), after.as_str()))
-                }
-                _ => Bound::Included((ns.as_str(), prefix.as_str())),
+            let start = match after {
+                Some(after) if after >= prefix => Bound::Excluded((ns.as_str(), after)),
+                _ => Bound::Included((ns.as_str(), prefix)),
             };
             let now = now_ms();
             let mut page = Page::default();
@@ -359,7 +354,7 @@ impl StateBackend for EmbeddedBackend {
             {
                 let (key, raw) = item.map_err(unavailable)?;
                 let (key_ns, key) = key.value();
-                if key_ns != ns.as_str() || !key.starts_with(prefix.as_str()) {
+                if key_ns != ns.as_str() || !key.starts_with(prefix) {
                     break;
                 }
                 if decode(raw.value(), now).is_none() {
@@ -372,7 +367,6 @@ impl StateBackend for EmbeddedBackend {
                 }
             }
             Ok(page)
-        })
-        .await
+        }
     }
 }

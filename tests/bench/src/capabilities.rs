@@ -337,7 +337,14 @@ async fn native_sidecar_timings(sidecar: SocketAddr, op: &str, calls: usize) -> 
                 .body(Full::new(Bytes::new()))?
         };
         let started = Instant::now();
-        let response = sender.send_request(request).await?;
+        sender
+            .ready()
+            .await
+            .context("the sidecar connection closed")?;
+        let response = sender
+            .send_request(request)
+            .await
+            .with_context(|| format!("native sidecar {op}, call {i}"))?;
         let status = response.status();
         response.into_body().collect().await?;
         if !status.is_success() {
