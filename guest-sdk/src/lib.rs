@@ -19,6 +19,20 @@ pub mod bindings {
     });
 }
 
+/// `wasi:keyvalue@0.2.0-draft2`: `store` (buckets), `atomics` (increment,
+/// compare-and-swap) and `batch`, on the function's app store.
+pub use bindings::wasi::keyvalue0_2_0_draft2 as keyvalue;
+
+/// `hearth:function/state`: etags, if-match writes, TTLs, transactions and
+/// prefix listing, on the same keys as [`keyvalue`].
+pub use bindings::hearth::function::state;
+
+/// `hearth:function/invoke`: call another function by name.
+pub use bindings::hearth::function::invoke;
+
+/// `wasi:config/store`: the function's configuration values.
+pub use bindings::wasi::config::store as config;
+
 /// Bindings for `hearth:function/job-imports` (no exports), used by [`job`].
 #[allow(missing_docs, unsafe_code, clippy::all)]
 pub mod job_bindings {

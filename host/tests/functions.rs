@@ -524,3 +524,25 @@ async fn capability_bench() {
         (StatusCode::INTERNAL_SERVER_ERROR, "give addr\n")
     );
 }
+
+/// A component built for `wasi:keyvalue@0.2.0-draft` (wasmtime's and
+/// wasmCloud's version) runs unchanged, on the same keys as draft2.
+#[tokio::test]
+async fn kv_draft() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_embedded_state(dir.path(), &small_limits());
+    let mut job = env_for("kv-draft", small_limits(), &[]);
+    job.grants.app = Some("shared-app".into());
+    let job = host
+        .load(job, hearth_testkit::wasm_bytes(hearth_testkit::KV_DRAFT))
+        .await
+        .unwrap();
+    let code = hearth_host::job::run_job(&job, Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "every draft call worked");
+    let mut counter = env_for("kv-counter", small_limits(), &[]);
+    counter.grants.app = Some("shared-app".into());
+    let addr = serve_on(&host, hearth_testkit::KV_COUNTER, counter).await;
+    assert_eq!(get(addr, "/?key=counter").await.unwrap().text(), "42\n");
+}

@@ -12,14 +12,14 @@
 //!   `allowed_outbound_hosts`.
 //! * `POST /invoke?target=T&n=N`: `hearth:function/invoke` calls of `GET /`.
 
-use hearth_sdk::bindings::hearth::function::invoke;
-use hearth_sdk::bindings::hearth::function::state::{Precondition, Store};
 use hearth_sdk::bindings::wasi::clocks::monotonic_clock;
 use hearth_sdk::bindings::wasi::http::outgoing_handler;
 use hearth_sdk::bindings::wasi::http::types::{
     Fields, Method, OutgoingBody, OutgoingRequest, Scheme,
 };
 use hearth_sdk::http::{Request, Response, Service};
+use hearth_sdk::invoke;
+use hearth_sdk::state::{Precondition, Store};
 
 struct Bench;
 
@@ -46,9 +46,15 @@ fn http(method: Method, authority: &str, path: &str, body: &[u8]) -> Result<u16,
     }
     let request = OutgoingRequest::new(headers);
     request.set_method(&method).map_err(|()| "method")?;
-    request.set_scheme(Some(&Scheme::Http)).map_err(|()| "scheme")?;
-    request.set_authority(Some(authority)).map_err(|()| "authority")?;
-    request.set_path_with_query(Some(path)).map_err(|()| "path")?;
+    request
+        .set_scheme(Some(&Scheme::Http))
+        .map_err(|()| "scheme")?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| "authority")?;
+    request
+        .set_path_with_query(Some(path))
+        .map_err(|()| "path")?;
     let outgoing = request.body().map_err(|()| "body")?;
     {
         let stream = outgoing.write().map_err(|()| "write")?;
@@ -76,7 +82,10 @@ fn http(method: Method, authority: &str, path: &str, body: &[u8]) -> Result<u16,
 }
 
 fn run(request: &Request) -> Result<String, String> {
-    let n: usize = request.query("n").and_then(|n| n.parse().ok()).unwrap_or(1000);
+    let n: usize = request
+        .query("n")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
     let op = request.query("op").unwrap_or_else(|| "get".into());
     match request.path() {
         "/state" => {
@@ -98,10 +107,20 @@ fn run(request: &Request) -> Result<String, String> {
                 "[{{\"key\":\"bench\",\"value\":\"{}\"}}]",
                 String::from_utf8_lossy(&VALUE)
             );
-            http(Method::Post, &addr, "/v1.0/state/statestore", body.as_bytes())?;
+            http(
+                Method::Post,
+                &addr,
+                "/v1.0/state/statestore",
+                body.as_bytes(),
+            )?;
             timed(n, || {
                 let status = match op.as_str() {
-                    "set" => http(Method::Post, &addr, "/v1.0/state/statestore", body.as_bytes())?,
+                    "set" => http(
+                        Method::Post,
+                        &addr,
+                        "/v1.0/state/statestore",
+                        body.as_bytes(),
+                    )?,
                     _ => http(Method::Get, &addr, "/v1.0/state/statestore/bench", b"")?,
                 };
                 match status {

@@ -19,10 +19,8 @@
 //! etag-mismatch 412, transaction-conflict 409, value-too-large 413,
 //! not-a-number 422, unavailable 503.
 
-use hearth_sdk::bindings::hearth::function::state::{
-    DeleteOperation, Error, Operation, Precondition, SetOperation, Store,
-};
 use hearth_sdk::http::{Request, Response, Service};
+use hearth_sdk::state::{DeleteOperation, Error, Operation, Precondition, SetOperation, Store};
 use std::collections::BTreeMap;
 
 struct Cart;
@@ -53,7 +51,10 @@ fn parse(value: &[u8]) -> BTreeMap<String, u64> {
 }
 
 fn render(items: &BTreeMap<String, u64>) -> String {
-    items.iter().map(|(sku, qty)| format!("{sku} {qty}\n")).collect()
+    items
+        .iter()
+        .map(|(sku, qty)| format!("{sku} {qty}\n"))
+        .collect()
 }
 
 fn add(store: &Store, user: &str, sku: &str, qty: u64) -> Result<(String, u32), Error> {
@@ -62,7 +63,10 @@ fn add(store: &Store, user: &str, sku: &str, qty: u64) -> Result<(String, u32), 
     loop {
         let current = store.get(&key)?;
         let (mut items, precondition) = match &current {
-            Some(entry) => (parse(&entry.value), Precondition::IfMatch(entry.etag.clone())),
+            Some(entry) => (
+                parse(&entry.value),
+                Precondition::IfMatch(entry.etag.clone()),
+            ),
             None => (BTreeMap::new(), Precondition::IfAbsent),
         };
         *items.entry(sku.to_string()).or_default() += qty;
@@ -106,7 +110,10 @@ fn handle(request: &Request) -> Result<Response, Error> {
     Ok(match (request.method.as_str(), request.path()) {
         ("POST", "/add") => {
             let sku = request.query("sku").unwrap_or_else(|| "item".into());
-            let qty = request.query("qty").and_then(|q| q.parse().ok()).unwrap_or(1);
+            let qty = request
+                .query("qty")
+                .and_then(|q| q.parse().ok())
+                .unwrap_or(1);
             let (cart, retries) = add(&store, &user, &sku, qty)?;
             Response::text(200, cart).with_header("x-retries", retries.to_string())
         }
@@ -137,7 +144,10 @@ fn handle(request: &Request) -> Result<Response, Error> {
             Response::text(200, format!("{existed}\n"))
         }
         ("GET", "/keys") => {
-            let limit = request.query("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+            let limit = request
+                .query("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(100);
             let page = store.list_keys(
                 &request.query("prefix").unwrap_or_default(),
                 request.query("cursor").as_deref(),

@@ -17,9 +17,9 @@
 //! 404, timeout 504, unavailable 503, callee-trapped 502, depth-exceeded
 //! 508, invalid-request 400.
 
-use hearth_sdk::bindings::hearth::function::invoke::{self, Error, Options};
-use hearth_sdk::bindings::wasi::config::store as config;
+use hearth_sdk::config;
 use hearth_sdk::http::{Request, Response, Service};
+use hearth_sdk::invoke::{self, Error, Options};
 
 struct Chain;
 
@@ -39,7 +39,12 @@ fn failure(error: Error) -> Response {
     Response::text(status, format!("{name}: {message}\n"))
 }
 
-fn call(target: &str, method: &str, path: &str, options: Options) -> Result<invoke::Response, Error> {
+fn call(
+    target: &str,
+    method: &str,
+    path: &str,
+    options: Options,
+) -> Result<invoke::Response, Error> {
     invoke::call(
         target,
         &invoke::Request {

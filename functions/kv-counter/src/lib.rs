@@ -12,8 +12,8 @@
 //! `K` defaults to `counter`. A store failure is a 503 whose body starts
 //! with the `wasi:keyvalue` error.
 
-use hearth_sdk::bindings::wasi::keyvalue::{atomics, store};
 use hearth_sdk::http::{Request, Response, Service};
+use hearth_sdk::keyvalue::{atomics, store};
 
 struct Counter;
 

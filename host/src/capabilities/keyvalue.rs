@@ -12,15 +12,15 @@
 
 use super::CapabilityView;
 use super::bindings::hearth::function::state as hs;
-use super::bindings::wasi::keyvalue::{atomics, batch, store};
+use super::bindings::wasi::keyvalue0_2_0_draft2::{atomics, batch, store};
 use hearth_state::{Entry, Namespace, Precondition, StateError, StateStore, TransactionOp};
 use wasmtime::component::Resource;
 
 /// An open store: a backend and the namespace the caller may use in it.
 #[derive(Clone)]
 pub struct StoreHandle {
-    store: StateStore,
-    ns: Namespace,
+    pub(super) store: StateStore,
+    pub(super) ns: Namespace,
 }
 
 /// A `wasi:keyvalue/atomics.cas`: the value and etag read when it was made.
@@ -31,13 +31,13 @@ pub struct CasHandle {
 }
 
 /// Why `open` refused a label.
-enum OpenError {
+pub(super) enum OpenError {
     NoStore(String),
     Denied(String),
 }
 
 impl CapabilityView<'_> {
-    fn open_store(&self, label: &str) -> Result<StoreHandle, OpenError> {
+    pub(super) fn open_store(&self, label: &str) -> Result<StoreHandle, OpenError> {
         let function = &self.ctx.function;
         if label.is_empty() || label == "default" {
             return match &function.own_store {
@@ -63,8 +63,71 @@ impl CapabilityView<'_> {
         }
     }
 
-    fn handle(&self, resource: &Resource<StoreHandle>) -> wasmtime::Result<StoreHandle> {
+    pub(super) fn handle(&self, resource: &Resource<StoreHandle>) -> wasmtime::Result<StoreHandle> {
         Ok(self.table.get(resource)?.clone())
+    }
+}
+
+/// The plain key-value operations both `wasi:keyvalue` versions share.
+impl StoreHandle {
+    pub(super) async fn value(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.store.get(&self.ns, key).await?.map(|e| e.value))
+    }
+
+    pub(super) async fn put(&self, key: &str, value: &[u8]) -> Result<(), StateError> {
+        self.store
+            .set(&self.ns, key, value, Precondition::None, None)
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn remove(&self, key: &str) -> Result<(), StateError> {
+        self.store
+            .delete(&self.ns, key, Precondition::None)
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn exists(&self, key: &str) -> Result<bool, StateError> {
+        Ok(self.store.get(&self.ns, key).await?.is_some())
+    }
+
+    pub(super) async fn get_many(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<(String, Vec<u8>)>>, StateError> {
+        let entries = self.store.get_many(&self.ns, &keys).await?;
+        Ok(keys
+            .into_iter()
+            .zip(entries)
+            .map(|(key, entry)| entry.map(|entry| (key, entry.value)))
+            .collect())
+    }
+
+    /// All or nothing: one transaction.
+    pub(super) async fn set_many(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<(), StateError> {
+        let operations = pairs
+            .into_iter()
+            .map(|(key, value)| TransactionOp::Set {
+                key,
+                value,
+                precondition: Precondition::None,
+                ttl_ms: None,
+            })
+            .collect();
+        self.store.transact(&self.ns, operations).await.map(drop)
+    }
+
+    /// All or nothing: one transaction.
+    pub(super) async fn delete_many(&self, keys: Vec<String>) -> Result<(), StateError> {
+        let operations = keys
+            .into_iter()
+            .map(|key| TransactionOp::Delete {
+                key,
+                precondition: Precondition::None,
+            })
+            .collect();
+        self.store.transact(&self.ns, operations).await.map(drop)
     }
 }
 
@@ -94,12 +157,7 @@ impl store::HostBucket for CapabilityView<'_> {
         bucket: Resource<StoreHandle>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-        let h = self.handle(&bucket)?;
-        Ok(h.store
-            .get(&h.ns, &key)
-            .await
-            .map(|entry| entry.map(|e| e.value))
-            .map_err(kv_error))
+        Ok(self.handle(&bucket)?.value(&key).await.map_err(kv_error))
     }
 
     async fn set(
@@ -108,11 +166,10 @@ impl store::HostBucket for CapabilityView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let h = self.handle(&bucket)?;
-        Ok(h.store
-            .set(&h.ns, &key, &value, Precondition::None, None)
+        Ok(self
+            .handle(&bucket)?
+            .put(&key, &value)
             .await
-            .map(drop)
             .map_err(kv_error))
     }
 
@@ -121,12 +178,7 @@ impl store::HostBucket for CapabilityView<'_> {
         bucket: Resource<StoreHandle>,
         key: String,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let h = self.handle(&bucket)?;
-        Ok(h.store
-            .delete(&h.ns, &key, Precondition::None)
-            .await
-            .map(drop)
-            .map_err(kv_error))
+        Ok(self.handle(&bucket)?.remove(&key).await.map_err(kv_error))
     }
 
     async fn exists(
@@ -134,12 +186,7 @@ impl store::HostBucket for CapabilityView<'_> {
         bucket: Resource<StoreHandle>,
         key: String,
     ) -> wasmtime::Result<Result<bool, store::Error>> {
-        let h = self.handle(&bucket)?;
-        Ok(h.store
-            .get(&h.ns, &key)
-            .await
-            .map(|entry| entry.is_some())
-            .map_err(kv_error))
+        Ok(self.handle(&bucket)?.exists(&key).await.map_err(kv_error))
     }
 
     async fn list_keys(
@@ -269,17 +316,7 @@ impl batch::Host for CapabilityView<'_> {
         bucket: Resource<StoreHandle>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, store::Error>> {
-        let h = self.handle(&bucket)?;
-        Ok(h.store
-            .get_many(&h.ns, &keys)
-            .await
-            .map(|entries| {
-                keys.into_iter()
-                    .zip(entries)
-                    .map(|(key, entry)| entry.map(|entry| (key, entry.value)))
-                    .collect()
-            })
-            .map_err(kv_error))
+        Ok(self.handle(&bucket)?.get_many(keys).await.map_err(kv_error))
     }
 
     async fn set_many(
@@ -287,20 +324,10 @@ impl batch::Host for CapabilityView<'_> {
         bucket: Resource<StoreHandle>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let h = self.handle(&bucket)?;
-        let operations = key_values
-            .into_iter()
-            .map(|(key, value)| TransactionOp::Set {
-                key,
-                value,
-                precondition: Precondition::None,
-                ttl_ms: None,
-            })
-            .collect();
-        Ok(h.store
-            .transact(&h.ns, operations)
+        Ok(self
+            .handle(&bucket)?
+            .set_many(key_values)
             .await
-            .map(drop)
             .map_err(kv_error))
     }
 
@@ -309,18 +336,10 @@ impl batch::Host for CapabilityView<'_> {
         bucket: Resource<StoreHandle>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let h = self.handle(&bucket)?;
-        let operations = keys
-            .into_iter()
-            .map(|key| TransactionOp::Delete {
-                key,
-                precondition: Precondition::None,
-            })
-            .collect();
-        Ok(h.store
-            .transact(&h.ns, operations)
+        Ok(self
+            .handle(&bucket)?
+            .delete_many(keys)
             .await
-            .map(drop)
             .map_err(kv_error))
     }
 }

@@ -29,6 +29,7 @@
 pub mod config;
 pub mod invoke;
 pub mod keyvalue;
+pub mod keyvalue_draft;
 
 use crate::function::Function;
 use hearth_state::{Namespace, StateStore};
@@ -50,6 +51,19 @@ pub mod bindings {
             "wasi:keyvalue/store.bucket": crate::capabilities::keyvalue::StoreHandle,
             "wasi:keyvalue/atomics.cas": crate::capabilities::keyvalue::CasHandle,
             "hearth:function/state.store": crate::capabilities::keyvalue::StoreHandle,
+        },
+    });
+}
+
+/// Bindings for `hearth:function/keyvalue-draft` (`wasi:keyvalue@0.2.0-draft`).
+#[allow(missing_docs, clippy::all)]
+pub mod draft_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "hearth:function/keyvalue-draft",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:keyvalue/store.bucket": crate::capabilities::keyvalue::StoreHandle,
         },
     });
 }
@@ -277,7 +291,7 @@ impl HasData for HasCapabilities {
 /// Adds every capability interface to `linker`.
 pub fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     use bindings::hearth::function as hearth;
-    use bindings::wasi::{config as wasi_config, keyvalue};
+    use bindings::wasi::{config as wasi_config, keyvalue0_2_0_draft2 as keyvalue};
     let view: fn(&mut T) -> CapabilityView<'_> = |state| state.capabilities();
     keyvalue::store::add_to_linker::<T, HasCapabilities>(linker, view)?;
     keyvalue::atomics::add_to_linker::<T, HasCapabilities>(linker, view)?;
@@ -285,5 +299,9 @@ pub fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Res
     wasi_config::store::add_to_linker::<T, HasCapabilities>(linker, view)?;
     hearth::state::add_to_linker::<T, HasCapabilities>(linker, view)?;
     hearth::invoke::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    use draft_bindings::wasi::keyvalue0_2_0_draft as draft;
+    draft::store::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    draft::atomics::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    draft::batch::add_to_linker::<T, HasCapabilities>(linker, view)?;
     Ok(())
 }

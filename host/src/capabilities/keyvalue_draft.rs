@@ -1,0 +1,168 @@
+//! `wasi:keyvalue@0.2.0-draft` (wasmtime 48's `wasmtime-wasi-keyvalue` and
+//! wasmCloud's version) on the same stores as `0.2.0-draft2`; see
+//! [`super::keyvalue`] for what `open` accepts.
+//!
+//! Differences from draft2, as the older WIT has them: `increment` takes and
+//! returns a `u64` (a stored negative number is `other("not-a-number …")`),
+//! there is no compare-and-swap, and `list-keys` pages with a numeric cursor:
+//! the number of keys already returned, so each page walks the listing from
+//! its start (fine for the small listings this draft is used for; use
+//! `hearth:function/state` for large ones).
+
+use super::CapabilityView;
+use super::draft_bindings::wasi::keyvalue0_2_0_draft::{atomics, batch, store};
+use super::keyvalue::{OpenError, StoreHandle};
+use hearth_state::StateError;
+use wasmtime::component::Resource;
+
+fn kv_error(error: StateError) -> store::Error {
+    store::Error::Other(format!("{}: {error}", error.name()))
+}
+
+impl store::Host for CapabilityView<'_> {
+    async fn open(
+        &mut self,
+        identifier: String,
+    ) -> wasmtime::Result<Result<Resource<StoreHandle>, store::Error>> {
+        Ok(match self.open_store(&identifier) {
+            Ok(handle) => Ok(self.table.push(handle)?),
+            Err(OpenError::NoStore(_)) => Err(store::Error::NoSuchStore),
+            Err(OpenError::Denied(_)) => Err(store::Error::AccessDenied),
+        })
+    }
+}
+
+impl store::HostBucket for CapabilityView<'_> {
+    async fn get(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
+        Ok(self.handle(&bucket)?.value(&key).await.map_err(kv_error))
+    }
+
+    async fn set(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        Ok(self
+            .handle(&bucket)?
+            .put(&key, &value)
+            .await
+            .map_err(kv_error))
+    }
+
+    async fn delete(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        Ok(self.handle(&bucket)?.remove(&key).await.map_err(kv_error))
+    }
+
+    async fn exists(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, store::Error>> {
+        Ok(self.handle(&bucket)?.exists(&key).await.map_err(kv_error))
+    }
+
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        cursor: Option<u64>,
+    ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
+        let h = self.handle(&bucket)?;
+        let page_size = h.store.limits().max_page;
+        let skip = cursor.unwrap_or(0);
+        // Walk pages until `skip` keys are behind us, then return one page.
+        let mut seen = 0u64;
+        let mut after: Option<String> = None;
+        loop {
+            let page = match h.store.list(&h.ns, "", after.as_deref(), page_size).await {
+                Ok(page) => page,
+                Err(error) => return Ok(Err(kv_error(error))),
+            };
+            let count = page.keys.len() as u64;
+            if seen + count > skip || page.cursor.is_none() {
+                let keys: Vec<String> = page
+                    .keys
+                    .into_iter()
+                    .skip(skip.saturating_sub(seen) as usize)
+                    .collect();
+                let returned = skip.max(seen) + keys.len() as u64;
+                let more = page.cursor.is_some();
+                return Ok(Ok(store::KeyResponse {
+                    keys,
+                    cursor: more.then_some(returned),
+                }));
+            }
+            seen += count;
+            after = page.cursor;
+        }
+    }
+
+    async fn drop(&mut self, bucket: Resource<StoreHandle>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for CapabilityView<'_> {
+    async fn increment(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key: String,
+        delta: u64,
+    ) -> wasmtime::Result<Result<u64, store::Error>> {
+        let h = self.handle(&bucket)?;
+        let Ok(delta) = i64::try_from(delta) else {
+            return Ok(Err(store::Error::Other(format!(
+                "invalid-delta: {delta} is over i64::MAX"
+            ))));
+        };
+        Ok(match h.store.increment(&h.ns, &key, delta).await {
+            Ok(value) => u64::try_from(value).map_err(|_| {
+                store::Error::Other(format!("not-a-number: key {key:?} holds {value}, below 0"))
+            }),
+            Err(error) => Err(kv_error(error)),
+        })
+    }
+}
+
+impl batch::Host for CapabilityView<'_> {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, store::Error>> {
+        Ok(self.handle(&bucket)?.get_many(keys).await.map_err(kv_error))
+    }
+
+    async fn set_many(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        Ok(self
+            .handle(&bucket)?
+            .set_many(key_values)
+            .await
+            .map_err(kv_error))
+    }
+
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<StoreHandle>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        Ok(self
+            .handle(&bucket)?
+            .delete_many(keys)
+            .await
+            .map_err(kv_error))
+    }
+}
