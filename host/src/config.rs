@@ -859,4 +859,98 @@ listen = "127.0.0.1:18080"
         .unwrap_err();
         assert!(message.contains("listen"), "{message}");
     }
+
+    #[test]
+    fn state_invoke_and_function_capabilities_load() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "cart.wasm", "");
+        let file = write(
+            dir.path(),
+            "hearth.toml",
+            r#"
+[state]
+default_store = "local"
+[state.stores.local]
+type = "embedded"
+path = "data/local.redb"
+[state.stores.cache]
+type = "redis"
+url = "redis://127.0.0.1:1/"
+timeout_ms = 100
+[invoke]
+targets = { billing = "http://10.0.0.7:8080" }
+max_depth = 3
+[[function]]
+name = "cart"
+path = "cart.wasm"
+listen = "127.0.0.1:18081"
+app = "shop"
+shared_stores = ["cache"]
+config_dir = "cm"
+[function.config]
+currency = "EUR"
+"#,
+        );
+        let config = HearthConfig::load(&file).unwrap();
+        assert_eq!(
+            config.state.stores["local"].path,
+            Some(dir.path().join("data/local.redb"))
+        );
+        let env = config.function[0].function_env(config.limits, &config.pool);
+        assert_eq!(env.grants.app.as_deref(), Some("shop"));
+        assert_eq!(env.grants.shared_stores, ["cache"]);
+        assert_eq!(env.grants.config_dir, Some(dir.path().join("cm")));
+        assert_eq!(env.grants.config["currency"], "EUR");
+        let capabilities = config.host_capabilities().unwrap();
+        assert_eq!(capabilities.default_store.as_deref(), Some("local"));
+        assert_eq!(capabilities.stores["cache"].kind(), "redis");
+        assert_eq!(capabilities.invoke.max_depth, 3);
+        assert_eq!(
+            capabilities.invoke.targets["billing"],
+            "http://10.0.0.7:8080"
+        );
+    }
+
+    #[test]
+    fn without_state_stores_there_is_one_embedded_default_under_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "hearth.toml", "[cache]\ndir = \"c\"\n");
+        let capabilities = HearthConfig::load(&file)
+            .unwrap()
+            .host_capabilities()
+            .unwrap();
+        assert_eq!(capabilities.stores["default"].kind(), "embedded");
+        assert!(dir.path().join("c/state/default.redb").is_file());
+    }
+
+    #[test]
+    fn state_errors_name_the_key() {
+        let cases = [
+            (
+                "[state.stores.s]\ntype = \"redis\"\n",
+                "state.stores.s.url: missing",
+            ),
+            (
+                "[state.stores.s]\ntype = \"embedded\"\nurl = \"redis://x\"\n",
+                "state.stores.s.url",
+            ),
+            ("[state.stores.s]\ntype = \"mongo\"\n", "mongo"),
+            ("[state]\ndefault_store = \"nope\"\n", "state.default_store"),
+            (
+                "[[function]]\nname = \"f\"\nimage = \"r/f:1\"\nlisten = \"127.0.0.1:1\"\nshared_stores = [\"nope\"]\n",
+                "function[0].shared_stores (function `f`): no store labelled `nope`",
+            ),
+            (
+                "[[function]]\nname = \"f\"\nimage = \"r/f:1\"\nlisten = \"127.0.0.1:1\"\napp = \"Bad App\"\n",
+                "function[0].app",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = match HearthConfig::parse(text) {
+                Err(message) => message,
+                Ok(config) => config.validate().unwrap_err(),
+            };
+            assert!(message.contains(expected), "{text}: {message}");
+        }
+    }
 }

@@ -17,8 +17,11 @@ fn main() {
     bucket.set("counter", b"41").expect("set");
     let counter = atomics::increment(&bucket, "counter", 1).expect("increment");
     assert_eq!(counter, 42);
-    batch::set_many(&bucket, &[("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())])
-        .expect("set-many");
+    batch::set_many(
+        &bucket,
+        &[("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())],
+    )
+    .expect("set-many");
     let mut keys = Vec::new();
     let mut cursor = None;
     loop {
@@ -31,6 +34,9 @@ fn main() {
     }
     keys.sort();
     assert_eq!(keys, ["a", "b", "counter"]);
-    assert!(matches!(store::open("not-granted"), Err(store::Error::AccessDenied)));
+    assert!(matches!(
+        store::open("not-granted"),
+        Err(store::Error::AccessDenied)
+    ));
     println!("counter={counter} keys={}", keys.join(","));
 }

@@ -154,10 +154,10 @@ impl HostCapabilities {
     pub fn register(&self, function: &Arc<Function>) {
         let mut directory = self.directory.lock().unwrap_or_else(|e| e.into_inner());
         directory.retain(|_, f| f.strong_count() > 0);
-        let name = function.name().to_string();
-        if !directory.get(&name).is_some_and(|f| f.strong_count() > 0) {
-            directory.insert(name, Arc::downgrade(function));
-        }
+        // Only live functions are left, so a taken name stays taken.
+        directory
+            .entry(function.name().to_string())
+            .or_insert_with(|| Arc::downgrade(function));
     }
 
     /// The loaded function called `name`, if any.
