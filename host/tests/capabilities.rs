@@ -527,6 +527,52 @@ async fn invoke_chain_propagates_request_id_and_trace_through_three_functions() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasi_config_reads_a_configmap_directory_under_the_config_table() {
+    let host = host(vec![], InvokeSettings::default());
+    let configmap = tempfile::tempdir().unwrap();
+    std::fs::write(configmap.path().join("NAME"), "from-configmap").unwrap();
+    std::fs::write(configmap.path().join("NEXT"), "").unwrap();
+    let mut from_dir = env("from-dir");
+    from_dir.grants.config_dir = Some(configmap.path().to_owned());
+    from_dir.env = vec![("NAME".into(), "from-env".into())];
+    let addr = serve(&host, hearth_testkit::INVOKE_CHAIN, from_dir).await;
+    let reply = get(addr, "/").await.unwrap();
+    assert!(
+        reply.text().starts_with("from-configmap depth=0"),
+        "{}",
+        reply.text()
+    );
+
+    let mut overridden = env("overridden");
+    overridden.grants.config_dir = Some(configmap.path().to_owned());
+    overridden.grants.config = BTreeMap::from([("NAME".to_string(), "from-table".to_string())]);
+    let addr = serve(&host, hearth_testkit::INVOKE_CHAIN, overridden).await;
+    let reply = get(addr, "/").await.unwrap();
+    assert!(
+        reply.text().starts_with("from-table depth=0"),
+        "{}",
+        reply.text()
+    );
+
+    // A config_dir that is not there fails the load, naming it.
+    let mut missing = env("missing");
+    missing.grants.config_dir = Some("/nonexistent/configmap".into());
+    let error = host
+        .load(
+            missing,
+            hearth_testkit::wasm_bytes(hearth_testkit::INVOKE_CHAIN),
+        )
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("config_dir: cannot read /nonexistent/configmap"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invoke_failures_are_typed() {
     let host = host(
         vec![],

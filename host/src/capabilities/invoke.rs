@@ -188,6 +188,28 @@ fn child_traceparent(parent: Option<&str>) -> String {
     }
 }
 
+/// The URL of a function that is not loaded here: its `[invoke.targets]`
+/// entry, else `http://NAME.DOMAIN` with the Service domain, else none.
+fn remote_url(settings: &InvokeSettings, target: &str) -> Option<http::Uri> {
+    let base = match settings.targets.get(target) {
+        Some(base) => base.clone(),
+        None => {
+            let domain = settings.service_domain.as_ref()?;
+            // A DNS label: a name with anything else is not a Service.
+            let label_ok = !target.is_empty()
+                && target.len() <= 63
+                && target
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !label_ok {
+                return None;
+            }
+            format!("http://{target}.{domain}")
+        }
+    };
+    base.parse().ok()
+}
+
 /// Where a call goes.
 enum Route {
     Local(std::sync::Arc<crate::function::Function>),
@@ -214,11 +236,7 @@ impl CapabilityView<'_> {
         if let Some(function) = host.local_function(target) {
             return Some(Route::Local(function));
         }
-        let base = match host.invoke.targets.get(target) {
-            Some(base) => base.clone(),
-            None => format!("http://{target}.{}", host.invoke.service_domain.as_ref()?),
-        };
-        base.parse().ok().map(Route::Remote)
+        remote_url(&host.invoke, target).map(Route::Remote)
     }
 
     fn build_request(
@@ -495,6 +513,31 @@ fn clone_request(request: &http::Request<Full<Bytes>>) -> http::Request<Full<Byt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_targets_come_from_config_then_the_service_domain() {
+        let mut settings = InvokeSettings {
+            targets: BTreeMap::from([("billing".to_string(), "http://10.0.0.7:8080".to_string())]),
+            ..Default::default()
+        };
+        let url = |s: &InvokeSettings, t: &str| remote_url(s, t).map(|u| u.to_string());
+        assert_eq!(
+            url(&settings, "billing").as_deref(),
+            Some("http://10.0.0.7:8080/")
+        );
+        assert_eq!(url(&settings, "orders"), None, "no domain: not found");
+        settings.service_domain = Some("shop.svc.cluster.local".into());
+        assert_eq!(
+            url(&settings, "orders").as_deref(),
+            Some("http://orders.shop.svc.cluster.local/")
+        );
+        assert_eq!(
+            url(&settings, "billing").as_deref(),
+            Some("http://10.0.0.7:8080/")
+        );
+        assert_eq!(url(&settings, "Not A Service"), None);
+        assert_eq!(url(&settings, "evil.com/x"), None);
+    }
 
     #[test]
     fn traceparent_keeps_the_trace_and_makes_a_new_span() {
