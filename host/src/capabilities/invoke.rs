@@ -150,7 +150,8 @@ impl Breakers {
     }
 }
 
-fn new_id(bytes: usize) -> String {
+/// A random-looking hex id of `bytes` bytes (request ids, span ids).
+pub(crate) fn new_id(bytes: usize) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
