@@ -100,7 +100,7 @@ struct Breaker {
 
 impl Breakers {
     /// `Err(message)` if `target`'s circuit is open.
-    fn admit(&self, target: &str, settings: &InvokeSettings) -> Result<(), String> {
+    fn admit(&self, target: &str) -> Result<(), String> {
         let mut breakers = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let breaker = breakers.entry(target.to_string()).or_default();
         match breaker.open_until {
@@ -116,10 +116,7 @@ impl Breakers {
                 breaker.probing = true;
                 Ok(())
             }
-            None => {
-                let _ = settings;
-                Ok(())
-            }
+            None => Ok(()),
         }
     }
 
@@ -468,7 +465,7 @@ impl wit::Host for CapabilityView<'_> {
         let host = self.ctx.host.clone();
         let breakers = &host.breakers;
         for attempt in 1..=attempts {
-            if let Err(open) = breakers.admit(&target, &settings) {
+            if let Err(open) = breakers.admit(&target) {
                 return Ok(Err(wit::Error::Unavailable(open)));
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -565,25 +562,25 @@ mod tests {
         };
         let breakers = Breakers::default();
         for _ in 0..2 {
-            breakers.admit("b", &settings).unwrap();
+            breakers.admit("b").unwrap();
             breakers.record("b", true, &settings);
         }
-        breakers.admit("b", &settings).unwrap();
+        breakers.admit("b").unwrap();
         breakers.record("b", false, &settings);
         for _ in 0..3 {
-            breakers.admit("b", &settings).unwrap();
+            breakers.admit("b").unwrap();
             breakers.record("b", true, &settings);
         }
-        let open = breakers.admit("b", &settings).unwrap_err();
+        let open = breakers.admit("b").unwrap_err();
         assert!(open.contains("open after 3 consecutive failures"), "{open}");
-        assert!(breakers.admit("other", &settings).is_ok(), "per target");
+        assert!(breakers.admit("other").is_ok(), "per target");
         std::thread::sleep(Duration::from_millis(80));
-        breakers.admit("b", &settings).unwrap();
+        breakers.admit("b").unwrap();
         assert!(
-            breakers.admit("b", &settings).is_err(),
+            breakers.admit("b").is_err(),
             "only one probe while half-open"
         );
         breakers.record("b", false, &settings);
-        breakers.admit("b", &settings).unwrap();
+        breakers.admit("b").unwrap();
     }
 }
