@@ -38,6 +38,7 @@
 //! url = "redis://127.0.0.1:6379/"
 //! timeout_ms = 2000             # per call (remote backends)
 //! max_value_bytes = 1048576
+//! # cache_bytes = 67108864     # embedded: read cache in memory (0 = off)
 //!
 //! [invoke]                      # optional
 //! targets = { billing = "http://10.0.0.7:8080" }   # functions not loaded here
@@ -221,6 +222,9 @@ pub struct StoreConfig {
     pub timeout_ms: Option<u64>,
     /// Largest value.
     pub max_value_bytes: Option<u64>,
+    /// Bytes of recently read entries an embedded store keeps in memory
+    /// (default 64 MiB; 0 turns the cache off).
+    pub cache_bytes: Option<u64>,
 }
 
 /// Default bound of one call to a remote state backend.
@@ -553,6 +557,12 @@ impl HearthConfig {
                         store.kind
                     ));
                 }
+                (StoreKind::Redis | StoreKind::Postgres, _, _) if store.cache_bytes.is_some() => {
+                    return Err(format!(
+                        "{}: only an embedded store has a read cache",
+                        key("cache_bytes")
+                    ));
+                }
                 (StoreKind::Redis | StoreKind::Postgres, _, Some(_)) => {
                     return Err(format!(
                         "{}: only an embedded store has a `path`",
@@ -589,6 +599,7 @@ impl HearthConfig {
                     url: None,
                     timeout_ms: None,
                     max_value_bytes: None,
+                    cache_bytes: None,
                 },
             )])
         } else {
@@ -605,10 +616,12 @@ impl HearthConfig {
                         .path
                         .clone()
                         .unwrap_or_else(|| default_dir.join(format!("{label}.redb")));
-                    Arc::new(
-                        hearth_state::embedded::EmbeddedBackend::open(&path)
-                            .map_err(|e| format!("{key}: {e}"))?,
-                    )
+                    let mut backend = hearth_state::embedded::EmbeddedBackend::open(&path)
+                        .map_err(|e| format!("{key}: {e}"))?;
+                    if let Some(bytes) = store.cache_bytes {
+                        backend = backend.with_cache_budget(bytes as usize);
+                    }
+                    Arc::new(backend)
                 }
                 StoreKind::Redis => Arc::new(
                     hearth_state::redis::RedisBackend::new(

@@ -9,11 +9,19 @@
 //! keys are invisible at once and physically removed by a sweep every
 //! [`SWEEP_INTERVAL`] (itself a durable transaction).
 //!
-//! Writes run on tokio's blocking pool (their commit waits for the disk);
-//! redb serialises writers, so writes to one file are applied one at a
-//! time. Reads (`get`, `list`) run inline on the calling task: a read
-//! transaction takes no lock and its pages are almost always in redb's
-//! cache, so handing it to another thread would cost more than the read.
+//! Writes run on tokio's blocking pool (their commit waits for the disk),
+//! one at a time. Reads run inline on the calling task.
+//!
+//! # The read cache
+//!
+//! hearthd holds the file exclusively (redb locks it), so every write goes
+//! through this backend and a cache in memory can stay exact: `get` is
+//! answered from [`EmbeddedBackend::cache_budget`] bytes of recently used
+//! entries (absent keys included) and reads the file only on a miss. A
+//! write updates the cache after its commit, under the same lock that
+//! serialises writes; a miss that raced with a write does not fill the
+//! cache (a generation counter tells). Over budget, arbitrary entries are
+//! dropped until a quarter of it is free. Listing always reads the file.
 //!
 //! # Layout
 //!
@@ -26,9 +34,10 @@ use crate::{
     add_counter, now_ms, parse_counter,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entries");
@@ -39,10 +48,62 @@ const HEADER: usize = 16;
 /// How often expired keys are removed from the file.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Default bytes of entries the read cache holds.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// Per-entry bookkeeping counted against the cache budget.
+const CACHE_ENTRY_OVERHEAD: usize = 64;
+
 /// The embedded backend.
 pub struct EmbeddedBackend {
     db: Arc<Database>,
     path: PathBuf,
+    cache: Arc<Mutex<ReadCache>>,
+    writes: Arc<Mutex<()>>,
+}
+
+/// What the cache knows of a key: `None` = absent, else (etag, expiry, value).
+type Cached = Option<(Etag, u64, Vec<u8>)>;
+
+struct ReadCache {
+    entries: HashMap<String, Cached>,
+    bytes: usize,
+    budget: usize,
+    /// Bumped by every write; a miss fills the cache only if it is unchanged.
+    generation: u64,
+}
+
+impl ReadCache {
+    fn key(ns: &str, key: &str) -> String {
+        // Namespaces are [a-z0-9._-] and keys have no control characters.
+        format!("{ns}\u{0}{key}")
+    }
+
+    fn size(key: &str, cached: &Cached) -> usize {
+        key.len() + cached.as_ref().map_or(0, |(_, _, v)| v.len()) + CACHE_ENTRY_OVERHEAD
+    }
+
+    fn insert(&mut self, key: String, cached: Cached) {
+        if self.budget == 0 {
+            return;
+        }
+        self.bytes += Self::size(&key, &cached);
+        if let Some(old) = self.entries.insert(key.clone(), cached) {
+            self.bytes -= Self::size(&key, &old);
+        }
+        if self.bytes > self.budget {
+            let target = self.budget / 4 * 3;
+            let victims: Vec<String> = self.entries.keys().cloned().collect();
+            for victim in victims {
+                if self.bytes <= target {
+                    break;
+                }
+                if let Some(old) = self.entries.remove(&victim) {
+                    self.bytes -= Self::size(&victim, &old);
+                }
+            }
+        }
+    }
 }
 
 impl EmbeddedBackend {
@@ -63,7 +124,30 @@ impl EmbeddedBackend {
         Ok(EmbeddedBackend {
             db,
             path: path.to_owned(),
+            cache: Arc::new(Mutex::new(ReadCache {
+                entries: HashMap::new(),
+                bytes: 0,
+                budget: DEFAULT_CACHE_BYTES,
+                generation: 0,
+            })),
+            writes: Arc::new(Mutex::new(())),
         })
+    }
+
+    /// Sets the read cache's budget in bytes (0 turns it off).
+    pub fn with_cache_budget(self, bytes: usize) -> Self {
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.budget = bytes;
+            cache.entries.clear();
+            cache.bytes = 0;
+        }
+        self
+    }
+
+    /// The read cache's budget in bytes.
+    pub fn cache_budget(&self) -> usize {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).budget
     }
 
     /// The file.
@@ -75,20 +159,41 @@ impl EmbeddedBackend {
         &self,
         work: impl FnOnce(&mut Writer<'_>) -> Result<T, BackendError> + Send + 'static,
     ) -> Result<T, BackendError> {
-        let db = self.db.clone();
+        let (db, cache, writes) = (self.db.clone(), self.cache.clone(), self.writes.clone());
         blocking(move || {
+            let _serialised = writes.lock().unwrap_or_else(|e| e.into_inner());
             let txn = db.begin_write().map_err(unavailable)?;
+            let mut touched = Vec::new();
             let result = {
                 let mut writer = Writer {
                     entries: txn.open_table(ENTRIES).map_err(unavailable)?,
                     meta: txn.open_table(META).map_err(unavailable)?,
                     now: now_ms(),
+                    touched: &mut touched,
                 };
                 work(&mut writer)
             };
             match result {
                 Ok(value) => {
-                    txn.commit().map_err(unavailable)?;
+                    let committed = txn.commit().map_err(unavailable);
+                    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                    cache.generation += 1;
+                    match committed {
+                        Ok(()) => {
+                            for (key, cached) in touched {
+                                cache.insert(key, cached);
+                            }
+                        }
+                        // Unknown outcome: forget what the cache knew of these keys.
+                        Err(_) => {
+                            for (key, _) in touched {
+                                if let Some(old) = cache.entries.remove(&key) {
+                                    cache.bytes -= ReadCache::size(&key, &old);
+                                }
+                            }
+                        }
+                    }
+                    committed?;
                     Ok(value)
                 }
                 Err(error) => {
@@ -166,6 +271,8 @@ struct Writer<'txn> {
     entries: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     meta: Table<'txn, &'static str, u64>,
     now: u64,
+    /// What each written key holds now, for the read cache.
+    touched: &'txn mut Vec<(String, Cached)>,
 }
 
 impl Writer<'_> {
@@ -207,10 +314,26 @@ impl Writer<'_> {
         }
         let etag = self.next_etag()?;
         let expires = ttl.map_or(0, |ttl| self.now.saturating_add(ttl.as_millis() as u64));
+        self.put(ns, key, etag, expires, value)?;
+        Ok(etag)
+    }
+
+    fn put(
+        &mut self,
+        ns: &str,
+        key: &str,
+        etag: Etag,
+        expires: u64,
+        value: &[u8],
+    ) -> Result<(), BackendError> {
         self.entries
             .insert((ns, key), encode(etag, expires, value).as_slice())
             .map_err(unavailable)?;
-        Ok(etag)
+        self.touched.push((
+            ReadCache::key(ns, key),
+            Some((etag, expires, value.to_vec())),
+        ));
+        Ok(())
     }
 
     fn delete(
@@ -224,6 +347,7 @@ impl Writer<'_> {
             return Err(BackendError::PreconditionFailed { key: key.into() });
         }
         self.entries.remove((ns, key)).map_err(unavailable)?;
+        self.touched.push((ReadCache::key(ns, key), None));
         Ok(current.is_some())
     }
 }
@@ -295,12 +419,13 @@ impl StateBackend for EmbeddedBackend {
             };
             let next = add_counter(&key, current, delta)?;
             let etag = w.next_etag()?;
-            w.entries
-                .insert(
-                    (ns.as_str(), key.as_str()),
-                    encode(etag, expires, next.to_string().as_bytes()).as_slice(),
-                )
-                .map_err(unavailable)?;
+            w.put(
+                ns.as_str(),
+                &key,
+                etag,
+                expires,
+                next.to_string().as_bytes(),
+            )?;
             Ok(next)
         })
         .await

@@ -22,6 +22,17 @@ async fn embedded_passes_the_conformance_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_passes_without_its_read_cache_and_with_a_tiny_one() {
+    for budget in [0, 2048] {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = EmbeddedBackend::open(&dir.path().join("state.redb"))
+            .unwrap()
+            .with_cache_budget(budget);
+        conformance::run(Arc::new(backend)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_passes_the_conformance_suite() {
     let server = RedisServer::start();
     let backend = RedisBackend::new(&server.url(), TIMEOUT).unwrap();

@@ -11,6 +11,8 @@
 //!   with `[{"key":…,"value":…}]`). Needs `addr`'s host in
 //!   `allowed_outbound_hosts`.
 //! * `POST /invoke?target=T&n=N`: `hearth:function/invoke` calls of `GET /`.
+//! * `POST /config?n=N`: `wasi:config` `get` calls: a host call that
+//!   touches no backend, i.e. the cost of the boundary itself.
 
 use hearth_sdk::bindings::wasi::clocks::monotonic_clock;
 use hearth_sdk::bindings::wasi::http::outgoing_handler;
@@ -147,6 +149,11 @@ fn run(request: &Request) -> Result<String, String> {
                     .map_err(|e| format!("{e:?}"))
             })
         }
+        "/config" => timed(n, || {
+            hearth_sdk::config::get("bench")
+                .map(drop)
+                .map_err(|e| format!("{e:?}"))
+        }),
         other => Err(format!("no endpoint {other}")),
     }
 }

@@ -117,9 +117,25 @@ async fn run(args: CapabilitiesArgs) -> Result<()> {
     for (kind, backend) in backends {
         let store = StateStore::new("statestore", backend, StateLimits::default());
         let sidecar = start_sidecar(store.clone()).await?;
-        let host = host_with(Some(store), InvokeSettings::default())?;
+        let host = host_with(Some(store.clone()), InvokeSettings::default())?;
         let bench = serve(&host, "capability-bench", hearth_testkit::CAPABILITY_BENCH).await?;
+        if kind == "embedded" {
+            let nanos = guest_timings(bench, &format!("/config?n={}", args.calls)).await?;
+            rows.push(Row::new(
+                "config get",
+                "-",
+                "host call, no backend (wasi:config)",
+                nanos,
+            ));
+        }
         for op in ["get", "set"] {
+            let backend_alone = backend_timings(&store, op, args.calls).await?;
+            rows.push(Row::new(
+                op,
+                kind,
+                "backend alone (StateStore, in-process Rust)",
+                backend_alone,
+            ));
             let host_call =
                 guest_timings(bench, &format!("/state?op={op}&n={}", args.calls)).await?;
             let via_wasi_http = guest_timings(
@@ -182,7 +198,7 @@ async fn run(args: CapabilitiesArgs) -> Result<()> {
         }
         let ratio = base
             .get(&(row.operation.clone(), row.backend.clone()))
-            .filter(|_| !row.path.starts_with("host call"))
+            .filter(|_| row.path.starts_with("sidecar") || row.path.starts_with("invoke, HTTP"))
             .map_or(String::new(), |base| format!("{:.1}×", row.p50_us / base));
         println!(
             "| {} | {} | {} | {:.1} | {:.1} | {ratio} |",
@@ -315,6 +331,28 @@ async fn sidecar(
         }
     }
     respond(StatusCode::NO_CONTENT, Vec::new())
+}
+
+/// The backend without any boundary: `StateStore` called from Rust.
+async fn backend_timings(store: &StateStore, op: &str, calls: usize) -> Result<Vec<u64>> {
+    let ns = Namespace::new("direct").map_err(anyhow::Error::msg)?;
+    let value = [b'v'; 100];
+    store
+        .set(&ns, "bench", &value, Precondition::None, None)
+        .await?;
+    let mut nanos = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        if op == "set" {
+            store
+                .set(&ns, "bench", &value, Precondition::None, None)
+                .await?;
+        } else {
+            store.get(&ns, "bench").await?;
+        }
+        nanos.push(started.elapsed().as_nanos() as u64);
+    }
+    Ok(nanos)
 }
 
 /// The sidecar hop from a native client on one keep-alive connection.
