@@ -368,22 +368,47 @@ impl StateBackend for EmbeddedBackend {
     }
 
     async fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Entry>, BackendError> {
-        let (db, ns, key) = (self.db.clone(), ns.clone(), key.to_string());
-        blocking(move || {
-            let txn = db.begin_read().map_err(unavailable)?;
+        let cache_key = ReadCache::key(ns.as_str(), key);
+        let now = now_ms();
+        let live = |cached: &Cached| {
+            cached
+                .as_ref()
+                .filter(|(_, expires, _)| *expires == 0 || *expires > now)
+                .map(|(etag, _, value)| Entry {
+                    value: value.clone(),
+                    etag: *etag,
+                })
+        };
+        let generation = {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(cached) = cache.entries.get(&cache_key) {
+                return Ok(live(cached));
+            }
+            cache.generation
+        };
+        // A miss reads the file inline: a read transaction takes no lock
+        // and its pages are almost always in memory.
+        let cached: Cached = {
+            let txn = self.db.begin_read().map_err(unavailable)?;
             let table = txn.open_table(ENTRIES).map_err(unavailable)?;
-            let Some(raw) = table
-                .get((ns.as_str(), key.as_str()))
-                .map_err(unavailable)?
-            else {
-                return Ok(None);
-            };
-            Ok(decode(raw.value(), now_ms()).map(|(etag, value)| Entry {
-                value: value.to_vec(),
-                etag,
-            }))
-        })
-        .await
+            match table.get((ns.as_str(), key)).map_err(unavailable)? {
+                None => None,
+                Some(raw) => {
+                    let raw = raw.value();
+                    let expires = raw
+                        .get(8..HEADER)
+                        .and_then(|bytes| bytes.try_into().ok())
+                        .map_or(0, u64::from_le_bytes);
+                    decode(raw, 0).map(|(etag, value)| (etag, expires, value.to_vec()))
+                }
+            }
+        };
+        let entry = live(&cached);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.generation == generation {
+            cache.insert(cache_key, cached);
+        }
+        Ok(entry)
     }
 
     async fn set(
