@@ -87,6 +87,9 @@ impl Default for InvokeSettings {
     }
 }
 
+/// Targets tracked before healthy ones are forgotten (guests choose names).
+const MAX_BREAKERS: usize = 4096;
+
 /// Circuit breakers by target name.
 #[derive(Default)]
 pub struct Breakers(Mutex<HashMap<String, Breaker>>);
@@ -102,6 +105,10 @@ impl Breakers {
     /// `Err(message)` if `target`'s circuit is open.
     fn admit(&self, target: &str) -> Result<(), String> {
         let mut breakers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if breakers.len() >= MAX_BREAKERS && !breakers.contains_key(target) {
+            // Closed breakers with no failures carry nothing worth keeping.
+            breakers.retain(|_, b| b.consecutive_failures > 0 || b.open_until.is_some());
+        }
         let breaker = breakers.entry(target.to_string()).or_default();
         match breaker.open_until {
             Some(until) if Instant::now() < until => Err(format!(
