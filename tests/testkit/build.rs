@@ -79,8 +79,63 @@ fn main() {
             .map(|name| format!("        $mac!({name});\n"))
             .collect::<String>()
     ));
+    generated.push_str(&guest_functions(&root, &target_dir));
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("functions.rs");
     std::fs::write(out, generated).unwrap();
+}
+
+/// Builds functions/python/* and functions/js/* with scripts/build-guests.sh
+/// (tools cached in `<target>/guest-tools`) and returns their constants:
+/// `PY_NAME` / `JS_NAME` paths and `GUEST_FUNCTIONS` (language, name, path).
+fn guest_functions(root: &Path, wasm_target: &Path) -> String {
+    let target = wasm_target.parent().unwrap();
+    let out = target.join("guest-functions");
+    let status = Command::new("bash")
+        .arg(root.join("scripts/build-guests.sh"))
+        .arg(&out)
+        .arg(target.join("guest-tools"))
+        .status()
+        .expect("failed to run scripts/build-guests.sh");
+    if !status.success() {
+        panic!(
+            "building the Python and JavaScript functions failed (see above). They need python3 \
+             with venv and node with npm (scripts/setup.sh installs them), and PyPI and npm \
+             on the first run."
+        );
+    }
+    let mut generated = String::new();
+    let mut table = Vec::new();
+    for (language, prefix, dir) in [
+        ("python", "py", "functions/python"),
+        ("js", "js", "functions/js"),
+    ] {
+        let mut names: Vec<String> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| entry.path().is_dir())
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            let wasm = out.join(format!("{prefix}-{name}.wasm"));
+            assert!(wasm.is_file(), "{dir}/{name} built no {}", wasm.display());
+            let ident = format!(
+                "{}_{}",
+                prefix.to_uppercase(),
+                name.replace('-', "_").to_uppercase()
+            );
+            generated.push_str(&format!(
+                "/// Path of `{dir}/{name}` built into a component.\npub const {ident}: &str = {:?};\n",
+                wasm.display().to_string()
+            ));
+            table.push(format!("    ({language:?}, {name:?}, {ident}),\n"));
+        }
+    }
+    generated.push_str(&format!(
+        "/// Every Python and JavaScript function: (language, name, path).\npub const GUEST_FUNCTIONS: &[(&str, &str, &str)] = &[\n{}];\n",
+        table.concat()
+    ));
+    generated
 }
 
 fn workspace_members(manifest: &Path) -> Vec<String> {
