@@ -4,7 +4,8 @@
 #
 #   scripts/build-guests.sh OUT_DIR TOOLS_DIR
 #
-# OUT_DIR gets py-NAME.wasm and js-NAME.wasm. TOOLS_DIR caches the pinned
+# OUT_DIR gets py-NAME.wasm and js-NAME.wasm (and py-template.wasm,
+# js-template.wasm from the guides' templates). TOOLS_DIR caches the pinned
 # tools: a venv with componentize-py (guest-sdk/python/requirements.txt) and
 # node_modules with @bytecodealliance/componentize-js
 # (guest-sdk/js/package-lock.json). They are downloaded on the first run
@@ -35,10 +36,10 @@ if ! "$py/bin/componentize-py" --version 2>/dev/null | grep -qx "componentize-py
   python3 -m venv "$py"
   "$py/bin/pip" install --quiet --disable-pip-version-check -r "$root/guest-sdk/python/requirements.txt"
 fi
-for dir in "$root"/functions/python/*/; do
+for dir in "$root"/functions/python/*/ "$root/guest-sdk/python/template/"; do
   name=$(basename "$dir")
   wasm="$out/py-$name.wasm"
-  if stale "$wasm" "$dir" "$root/guest-sdk/python" "$root/wit"; then
+  if stale "$wasm" "${dir%/}" "$root/guest-sdk/python" "$root/wit"; then
     echo "build-guests: functions/python/$name -> $wasm" >&2
     (cd "$tools" && "$py/bin/componentize-py" -d "$root/wit" -w hearth:function/service \
       componentize app -p "$dir" -p "$root/guest-sdk/python" -o "$wasm.tmp" >/dev/null)
@@ -58,7 +59,7 @@ if ! cmp -s "$root/guest-sdk/js/package-lock.json" "$js/package-lock.json" \
   (cd "$js" && npm install --silent --no-audit --no-fund --no-save)
 fi
 cp "$root/guest-sdk/js/build.mjs" "$root/guest-sdk/js/hearth-http.js" "$js/"
-for dir in "$root"/functions/js/*/; do
+for dir in "$root"/functions/js/*/ "$root/guest-sdk/js/template/"; do
   name=$(basename "$dir")
   wasm="$out/js-$name.wasm"
   if stale "$wasm" "$dir" "$root/guest-sdk/js" "$root/wit"; then

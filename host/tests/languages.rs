@@ -241,3 +241,20 @@ fn an_exception_is_a_500_with_its_message_and_the_host_keeps_serving() {
         );
     }
 }
+
+/// The templates the guides start from build and serve.
+#[test]
+fn the_guides_templates_serve() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for language in ["python", "js"] {
+        let (_hearth, addr) = serve(language, "template", &[]);
+        let reply = runtime
+            .block_on(send(addr, Method::GET, "/here", &[], Bytes::new()))
+            .unwrap();
+        assert_eq!(
+            reply.text(),
+            "Hello from a new Hearth function at /here\n",
+            "{language}"
+        );
+    }
+}
