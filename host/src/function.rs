@@ -123,6 +123,19 @@ pub enum FunctionLoadError {
         /// What was asked and what is free.
         cause: CapacityError,
     },
+    /// The component was built for a version of a package (a world's WIT)
+    /// that this host does not provide.
+    #[error(
+        "cannot load function `{function}`: it was built for `{built_for}`, but this host provides {provided}; rebuild it against this host's wit/ (the worlds in hearth:function@0.1.0)"
+    )]
+    VersionMismatch {
+        /// The function's name.
+        function: String,
+        /// The import, with the version it was built for.
+        built_for: String,
+        /// What this host provides of that package, e.g. "`wasi:http@0.2.12`".
+        provided: String,
+    },
     /// Its capability grants cannot be met (e.g. an unknown store label).
     #[error("cannot load function `{function}`: {detail}")]
     Capability {
@@ -373,9 +386,16 @@ impl Host {
                     function: name.clone(),
                     detail: e.to_string(),
                 })?
-                .map_err(|cause| FunctionLoadError::Load {
-                    function: name.clone(),
-                    cause,
+                .map_err(|cause| match version_mismatch(&cause) {
+                    Some((built_for, provided)) => FunctionLoadError::VersionMismatch {
+                        function: name.clone(),
+                        built_for,
+                        provided,
+                    },
+                    None => FunctionLoadError::Load {
+                        function: name.clone(),
+                        cause,
+                    },
                 })?;
         let kind = classify(&name, &compiled)?;
         let capabilities = Arc::new(
@@ -424,6 +444,44 @@ impl Host {
         }
         Ok(function)
     }
+}
+
+/// The WIT packages (and versions) this host links, for naming a version
+/// mismatch. wasmtime links any semver-compatible version of an import
+/// (e.g. `wasi:http@0.2.3` to 0.2.12); anything else fails to link.
+pub const PROVIDED_PACKAGES: &[(&str, &[&str])] = &[
+    ("hearth:function", &["0.1.0"]),
+    ("wasi:keyvalue", &["0.2.0-draft", "0.2.0-draft2"]),
+    ("wasi:config", &["0.2.0-rc.1"]),
+    ("wasi:http", &["0.2.12"]),
+    ("wasi:cli", &["0.2.12"]),
+    ("wasi:io", &["0.2.12"]),
+    ("wasi:clocks", &["0.2.12"]),
+    ("wasi:random", &["0.2.12"]),
+    ("wasi:filesystem", &["0.2.12"]),
+    ("wasi:sockets", &["0.2.12"]),
+];
+
+/// For an unresolved import of a package this host provides at other
+/// versions: (the import, what the host provides).
+fn version_mismatch(cause: &LoadError) -> Option<(String, String)> {
+    let LoadError::MissingImport { import, .. } = cause else {
+        return None;
+    };
+    let (path, version) = import.split_once('@')?;
+    let package = path.split('/').next()?;
+    let (_, versions) = PROVIDED_PACKAGES
+        .iter()
+        .find(|(name, _)| *name == package)?;
+    if versions.contains(&version) {
+        return None; // the version is right; something else is missing
+    }
+    let provided = versions
+        .iter()
+        .map(|v| format!("`{package}@{v}`"))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    Some((import.clone(), provided))
 }
 
 /// Makes a service's instances: a fresh store, the compiled `InstancePre`

@@ -546,3 +546,57 @@ async fn kv_draft() {
     let addr = serve_on(&host, hearth_testkit::KV_COUNTER, counter).await;
     assert_eq!(get(addr, "/?key=counter").await.unwrap().text(), "42\n");
 }
+
+/// A component built for another version of Hearth's world (or of a WASI
+/// package) is refused at load with both versions named.
+#[tokio::test]
+async fn a_component_for_another_wit_version_is_refused_naming_both_versions() {
+    for (import, built_for, provided) in [
+        (
+            "hearth:function/state@0.2.0",
+            "hearth:function/state@0.2.0",
+            "`hearth:function@0.1.0`",
+        ),
+        (
+            "wasi:keyvalue/store@0.2.0-draft3",
+            "wasi:keyvalue/store@0.2.0-draft3",
+            "`wasi:keyvalue@0.2.0-draft` and `wasi:keyvalue@0.2.0-draft2`",
+        ),
+        (
+            "wasi:http/types@0.3.0",
+            "wasi:http/types@0.3.0",
+            "`wasi:http@0.2.12`",
+        ),
+    ] {
+        // The import is lowered into a core instance, so it must link.
+        let wasm = wat::parse_str(format!(
+            r#"(component
+                 (import "{import}" (instance $i (export "f" (func))))
+                 (alias export $i "f" (func $f))
+                 (core func $lowered (canon lower (func $f)))
+                 (core module $m (import "x" "f" (func)))
+                 (core instance (instantiate $m (with "x" (instance (export "f" (func $lowered))))))
+               )"#
+        ))
+        .unwrap();
+        let host = Host::new(&EngineSettings::for_limits([&small_limits()])).unwrap();
+        let error = host
+            .load(env_for("versioned", small_limits(), &[]), wasm)
+            .await
+            .err()
+            .expect("refused");
+        let message = error.to_string();
+        assert!(
+            matches!(error, FunctionLoadError::VersionMismatch { .. }),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("built for `{built_for}`")),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("this host provides {provided}")),
+            "{message}"
+        );
+    }
+}
