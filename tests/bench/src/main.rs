@@ -7,7 +7,12 @@
 //! scripts/bench-pods.sh            # hearth-bench pods --bin-dir target/release [--runwasi PATH]
 //! scripts/bench-cold-start.sh      # hearth-bench cold-start --bin-dir target/release --chart benchmarks/cold-start.svg [--runwasi PATH]
 //! scripts/bench-capabilities.sh    # hearth-bench capabilities [--redis-url URL]
+//! scripts/bench-languages.sh       # hearth-bench languages
 //! ```
+//!
+//! `languages`: time to the first response of the same `hello` in Rust,
+//! Python and JavaScript, from a compile, a compiled-cache hit and a pool
+//! hit. See [`languages`].
 //!
 //! `capabilities` (needs redis-server): a state get/set as a host call vs
 //! through a Dapr-style sidecar, on the embedded backend and Redis; invoke
@@ -40,6 +45,7 @@
 
 mod capabilities;
 mod cold_start;
+mod languages;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -67,6 +73,8 @@ enum Bench {
     ColdStart(cold_start::ColdStartArgs),
     /// A capability call as a host call vs a sidecar hop; invoke local vs HTTP.
     Capabilities(capabilities::CapabilitiesArgs),
+    /// Time to first response of `hello` in Rust, Python and JavaScript.
+    Languages(languages::LanguagesArgs),
 }
 
 #[derive(Parser)]
@@ -121,6 +129,7 @@ fn main() -> Result<()> {
         Bench::Pods(args) => pods(args),
         Bench::ColdStart(args) => cold_start::cold_start(args),
         Bench::Capabilities(args) => capabilities::capabilities(args),
+        Bench::Languages(args) => languages::languages(args),
     }
 }
 

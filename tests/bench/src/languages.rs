@@ -1,0 +1,137 @@
+//! `languages`: time to the first response of the same `hello` written in
+//! Rust (`functions/hello`), Python (`functions/python/hello`,
+//! componentize-py) and JavaScript (`functions/js/hello`, componentize-js),
+//! in-process, per start state:
+//!
+//! * **compile**: a fresh host with empty caches loads the component
+//!   (compiling it) and serves; from the load call to the first 200;
+//! * **compiled-cache hit**: the compiled code is in the host's cache, no
+//!   idle instance (`min_idle = 0`): the first request instantiates;
+//! * **pool hit**: compiled code cached and one idle instance ready
+//!   (`min_idle = 1`): the first request takes it — what a Pod start through
+//!   the prewarm pool costs.
+//!
+//! Prints p50 and max per cell in milliseconds, and each component's size.
+
+use anyhow::{Result, bail};
+use bytes::Bytes;
+use hearth_host::{EngineSettings, FunctionEnv, Host, Limits};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `hearth-bench languages` arguments.
+#[derive(clap::Parser)]
+pub struct LanguagesArgs {
+    /// Runs of the compile case per language (each compiles from scratch).
+    #[arg(long, default_value_t = 3)]
+    compiles: usize,
+    /// Runs of the cached and pool-hit cases per language.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+}
+
+/// Runs the benchmark and prints its table.
+pub fn languages(args: LanguagesArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+fn limits() -> Limits {
+    Limits::default()
+}
+
+async fn first_response(
+    host: &Arc<Host>,
+    name: &str,
+    wasm: &[u8],
+    min_idle: u32,
+) -> Result<Duration> {
+    let mut env = FunctionEnv::new(name);
+    env.limits = limits();
+    env.pool.min_idle = min_idle;
+    let started = Instant::now();
+    let function = host.load(env, wasm.to_vec()).await?;
+    if min_idle > 0 {
+        // The pool's refill runs in the background: a Pod start finds it
+        // full because hearthd filled it before the Pod was scheduled.
+        let pool = function.pool().expect("a service");
+        while pool.stats().idle < min_idle {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(hearth_host::http::serve(function, listener, async {
+        let _ = stopped.await;
+    }));
+    let request_started = Instant::now();
+    let reply = hearth_testkit::http::send(addr, http::Method::GET, "/", &[], Bytes::new()).await?;
+    let elapsed = if min_idle > 0 {
+        request_started.elapsed()
+    } else {
+        started.elapsed()
+    };
+    if reply.status != http::StatusCode::OK || !reply.text().ends_with("from Hearth!\n") {
+        bail!("{name}: {} {}", reply.status, reply.text());
+    }
+    let _ = stop.send(());
+    let _ = server.await;
+    Ok(elapsed)
+}
+
+fn summary(mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "{:.2} / {:.2}",
+        ms(samples[samples.len() / 2]),
+        ms(*samples.last().expect("samples"))
+    )
+}
+
+async fn run(args: LanguagesArgs) -> Result<()> {
+    let languages = [
+        ("Rust", hearth_testkit::HELLO),
+        ("Python", hearth_testkit::PY_HELLO),
+        ("JavaScript", hearth_testkit::JS_HELLO),
+    ];
+    let settings = EngineSettings::for_limits([&limits()]);
+    println!(
+        "| language | component | compile (ms, p50 / max) | compiled-cache hit, first request instantiates | pool hit: idle instance ready |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (language, path) in languages {
+        let wasm = hearth_testkit::wasm_bytes(path);
+        let mut compiles = Vec::new();
+        for _ in 0..args.compiles {
+            let host = Host::new(&settings)?;
+            compiles.push(first_response(&host, "hello", &wasm, 0).await?);
+        }
+        let host = Host::new(&settings)?;
+        first_response(&host, "warm-up", &wasm, 0).await?;
+        let mut cached = Vec::new();
+        let mut pooled = Vec::new();
+        for i in 0..args.runs {
+            cached.push(first_response(&host, &format!("cached-{i}"), &wasm, 0).await?);
+            pooled.push(first_response(&host, &format!("pooled-{i}"), &wasm, 1).await?);
+        }
+        println!(
+            "| {language} | {:.1} MB | {} | {} | {} |",
+            wasm.len() as f64 / 1e6,
+            summary(compiles),
+            summary(cached),
+            summary(pooled)
+        );
+    }
+    println!();
+    println!(
+        "In-process; compile: {} runs, the others: {} runs each.",
+        args.compiles, args.runs
+    );
+    Ok(())
+}
