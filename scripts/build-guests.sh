@@ -16,12 +16,14 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:?usage: build-guests.sh OUT_DIR TOOLS_DIR}
 tools=${2:?usage: build-guests.sh OUT_DIR TOOLS_DIR}
 mkdir -p "$out" "$tools"
+# componentize-py imports the app; keep bytecode out of the source tree.
+export PYTHONDONTWRITEBYTECODE=1
 
 # Whether $1 is missing or older than anything under the other arguments.
 stale() {
   local target=$1
   shift
-  [ ! -f "$target" ] || [ -n "$(find "$@" -newer "$target" -type f -print -quit)" ]
+  [ ! -f "$target" ] || [ -n "$(find "$@" -newer "$target" -type f -not -path '*/__pycache__/*' -print -quit)" ]
 }
 
 command -v python3 >/dev/null || { echo "build-guests: python3 is missing (scripts/setup.sh installs it)" >&2; exit 1; }
