@@ -16,6 +16,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:?usage: build-guests.sh OUT_DIR TOOLS_DIR}
 tools=${2:?usage: build-guests.sh OUT_DIR TOOLS_DIR}
 mkdir -p "$out" "$tools"
+out=$(cd "$out" && pwd)
+tools=$(cd "$tools" && pwd)
 # componentize-py imports the app; keep bytecode out of the source tree.
 export PYTHONDONTWRITEBYTECODE=1
 

@@ -867,3 +867,42 @@ listen = "127.0.0.1:{port}"
     }
     assert_eq!(post(addr, "/increment", b"").await.text(), "1\n");
 }
+
+/// A chain across languages: Python calls JavaScript calls Rust, by name,
+/// with the request id propagated and `wasi:config` telling each link its
+/// name and the next one (functions/python/chain, functions/js/chain,
+/// functions/invoke-chain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_chain_across_python_javascript_and_rust() {
+    let host = host(vec![], InvokeSettings::default());
+    let mut first = None;
+    for (name, next, wasm) in [
+        ("chain-c", "", hearth_testkit::INVOKE_CHAIN),
+        ("chain-b", "chain-c", hearth_testkit::JS_CHAIN),
+        ("chain-a", "chain-b", hearth_testkit::PY_CHAIN),
+    ] {
+        let mut env = env(name);
+        env.grants.config = BTreeMap::from([
+            ("NAME".to_string(), name.to_string()),
+            ("NEXT".to_string(), next.to_string()),
+        ]);
+        first = Some(serve(&host, wasm, env).await);
+    }
+    let reply = send(
+        first.unwrap(),
+        Method::GET,
+        "/",
+        &[("x-request-id", "req-7")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(
+        reply
+            .text()
+            .starts_with("chain-a -> chain-b -> chain-c depth=2 request-id=req-7"),
+        "{}",
+        reply.text()
+    );
+}
