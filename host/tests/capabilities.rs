@@ -6,7 +6,10 @@
 //! hearthd-process cases (kill -9 durability, not-ready naming a backend)
 //! are at the end.
 
+mod common;
+
 use bytes::Bytes;
+use common::serve_on;
 use hearth_host::capabilities::{HostCapabilities, InvokeSettings};
 use hearth_host::{EngineSettings, FunctionEnv, Host, Limits};
 use hearth_state::embedded::EmbeddedBackend;
@@ -87,21 +90,6 @@ fn host(stores: Vec<(&str, Arc<dyn StateBackend>)>, invoke: InvokeSettings) -> A
     host
 }
 
-async fn serve(host: &Arc<Host>, path: &str, env: FunctionEnv) -> SocketAddr {
-    let function = host
-        .load(env, hearth_testkit::wasm_bytes(path))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(hearth_host::http::serve(
-        function,
-        listener,
-        std::future::pending(),
-    ));
-    addr
-}
-
 fn env(name: &str) -> FunctionEnv {
     let mut env = FunctionEnv::new(name);
     env.limits = limits();
@@ -143,7 +131,7 @@ per_backend!(invoke_chain_runs_with_state_on_the_same_host);
 async fn kv_counter_counts_every_concurrent_increment(kind: Kind) {
     let (_server, backend) = backend(kind);
     let host = host(vec![("orders", backend)], InvokeSettings::default());
-    let addr = serve(&host, hearth_testkit::KV_COUNTER, env("kv-counter")).await;
+    let addr = serve_on(&host, hearth_testkit::KV_COUNTER, env("kv-counter")).await;
     let calls: Vec<_> = (0..16)
         .map(|_| tokio::spawn(async move { post(addr, "/increment?key=hits", b"").await }))
         .collect();
@@ -171,7 +159,7 @@ async fn kv_counter_counts_every_concurrent_increment(kind: Kind) {
 async fn cart_read_modify_write_and_checkout_transaction(kind: Kind) {
     let (_server, backend) = backend(kind);
     let host = host(vec![("orders", backend)], InvokeSettings::default());
-    let addr = serve(&host, hearth_testkit::CART, env("cart")).await;
+    let addr = serve_on(&host, hearth_testkit::CART, env("cart")).await;
     let adds: Vec<_> = (0..8)
         .map(|i| {
             tokio::spawn(async move {
@@ -267,7 +255,7 @@ async fn cart_read_modify_write_and_checkout_transaction(kind: Kind) {
 async fn bad_state_input_gets_typed_errors(kind: Kind) {
     let (_server, backend) = backend(kind);
     let host = host(vec![("orders", backend)], InvokeSettings::default());
-    let addr = serve(&host, hearth_testkit::CART, env("cart")).await;
+    let addr = serve_on(&host, hearth_testkit::CART, env("cart")).await;
     let cases: [(&str, Vec<u8>, StatusCode, &str); 5] = [
         (
             "/set?key=big",
@@ -344,9 +332,9 @@ async fn apps_see_only_their_own_keys_unless_a_store_is_shared(kind: Kind) {
     b.grants.shared_stores = vec!["common".into()];
     let mut c = env("counter-c");
     c.grants.state_store = Some("orders".into());
-    let a = serve(&host, hearth_testkit::CART, a).await;
-    let b = serve(&host, hearth_testkit::CART, b).await;
-    let c = serve(&host, hearth_testkit::KV_COUNTER, c).await;
+    let a = serve_on(&host, hearth_testkit::CART, a).await;
+    let b = serve_on(&host, hearth_testkit::CART, b).await;
+    let c = serve_on(&host, hearth_testkit::KV_COUNTER, c).await;
 
     assert_eq!(
         post(a, "/set?key=secret", b"a's").await.status,
@@ -389,7 +377,7 @@ async fn apps_see_only_their_own_keys_unless_a_store_is_shared(kind: Kind) {
 async fn invoke_chain_runs_with_state_on_the_same_host(kind: Kind) {
     let (_server, backend) = backend(kind);
     let host = host(vec![("orders", backend)], InvokeSettings::default());
-    serve(&host, hearth_testkit::KV_COUNTER, env("counter")).await;
+    serve_on(&host, hearth_testkit::KV_COUNTER, env("counter")).await;
     let chain = chain(&host, &[("caller", "")]).await;
     // invoke-chain calls kv-counter by name; the count lands in the
     // counter's own namespace.
@@ -411,7 +399,7 @@ async fn chain(host: &Arc<Host>, links: &[(&str, &str)]) -> SocketAddr {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        addr = Some(serve(host, hearth_testkit::INVOKE_CHAIN, env).await);
+        addr = Some(serve_on(host, hearth_testkit::INVOKE_CHAIN, env).await);
     }
     addr.unwrap()
 }
@@ -424,7 +412,7 @@ async fn redis_down_mid_request_is_a_typed_error_and_serving_resumes() {
     let mut server = RedisServer::start();
     let backend = Arc::new(RedisBackend::new(&server.url(), Duration::from_secs(1)).unwrap());
     let host = host(vec![("orders", backend)], InvokeSettings::default());
-    let addr = serve(&host, hearth_testkit::KV_COUNTER, env("kv-counter")).await;
+    let addr = serve_on(&host, hearth_testkit::KV_COUNTER, env("kv-counter")).await;
     assert_eq!(post(addr, "/increment", b"").await.text(), "1\n");
     server.kill();
     let reply = post(addr, "/increment", b"").await;
@@ -460,7 +448,7 @@ async fn postgres_down_mid_transaction_applies_nothing() {
     let mut server = PostgresServer::start();
     let backend = Arc::new(PostgresBackend::new(&server.url(), Duration::from_secs(1)).unwrap());
     let host = host(vec![("orders", backend)], InvokeSettings::default());
-    let addr = serve(&host, hearth_testkit::CART, env("cart")).await;
+    let addr = serve_on(&host, hearth_testkit::CART, env("cart")).await;
     assert_eq!(
         post(addr, "/add?user=eve&sku=a", b"").await.status,
         StatusCode::OK
@@ -535,7 +523,7 @@ async fn wasi_config_reads_a_configmap_directory_under_the_config_table() {
     let mut from_dir = env("from-dir");
     from_dir.grants.config_dir = Some(configmap.path().to_owned());
     from_dir.env = vec![("NAME".into(), "from-env".into())];
-    let addr = serve(&host, hearth_testkit::INVOKE_CHAIN, from_dir).await;
+    let addr = serve_on(&host, hearth_testkit::INVOKE_CHAIN, from_dir).await;
     let reply = get(addr, "/").await.unwrap();
     assert!(
         reply.text().starts_with("from-configmap depth=0"),
@@ -546,7 +534,7 @@ async fn wasi_config_reads_a_configmap_directory_under_the_config_table() {
     let mut overridden = env("overridden");
     overridden.grants.config_dir = Some(configmap.path().to_owned());
     overridden.grants.config = BTreeMap::from([("NAME".to_string(), "from-table".to_string())]);
-    let addr = serve(&host, hearth_testkit::INVOKE_CHAIN, overridden).await;
+    let addr = serve_on(&host, hearth_testkit::INVOKE_CHAIN, overridden).await;
     let reply = get(addr, "/").await.unwrap();
     assert!(
         reply.text().starts_with("from-table depth=0"),
@@ -581,7 +569,7 @@ async fn invoke_failures_are_typed() {
             ..InvokeSettings::default()
         },
     );
-    serve(&host, hearth_testkit::MISBEHAVE, env("misbehave")).await;
+    serve_on(&host, hearth_testkit::MISBEHAVE, env("misbehave")).await;
     let caller = chain(&host, &[("looper", "")]).await;
 
     let unknown = get(caller, "/call?target=nobody").await.unwrap();
@@ -653,7 +641,7 @@ async fn invoke_failures_are_typed() {
 async fn invoke_reaches_a_function_on_another_node_over_http() {
     // "Another node": a second host serving echo on its own port.
     let remote = host(vec![], InvokeSettings::default());
-    let echo = serve(&remote, hearth_testkit::ECHO, env("echo")).await;
+    let echo = serve_on(&remote, hearth_testkit::ECHO, env("echo")).await;
     let local = host(
         vec![],
         InvokeSettings {
@@ -886,7 +874,7 @@ async fn invoke_chain_across_python_javascript_and_rust() {
             ("NAME".to_string(), name.to_string()),
             ("NEXT".to_string(), next.to_string()),
         ]);
-        first = Some(serve(&host, wasm, env).await);
+        first = Some(serve_on(&host, wasm, env).await);
     }
     let reply = send(
         first.unwrap(),

@@ -1,7 +1,10 @@
 //! In-process tests: each example function served by the HTTP trigger or run
 //! as a job, and every bad-input case the host must survive.
 
+mod common;
+
 use bytes::Bytes;
+use common::serve_on;
 use hearth_host::{EngineSettings, Function, FunctionEnv, FunctionLoadError, Host, Limits};
 use hearth_prewarm::LoadError;
 use hearth_testkit::http::{get, post_chunked, send};
@@ -42,17 +45,11 @@ fn env_for(name: &str, limits: Limits, vars: &[(&str, &str)]) -> FunctionEnv {
     env
 }
 
-/// Serves `path` on a free loopback port until the test ends.
+/// Serves `path` in a host of its own on a free loopback port until the
+/// test ends.
 async fn serve(path: &str, env: FunctionEnv) -> SocketAddr {
-    let function = load(path, env).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(hearth_host::http::serve(
-        function,
-        listener,
-        std::future::pending(),
-    ));
-    addr
+    let host = Host::new(&EngineSettings::for_limits([&env.limits])).unwrap();
+    serve_on(&host, path, env).await
 }
 
 #[tokio::test]
@@ -389,21 +386,6 @@ fn host_with_embedded_state(dir: &std::path::Path, limits: &Limits) -> Arc<Host>
     )
     .unwrap();
     host
-}
-
-async fn serve_on(host: &Arc<Host>, path: &str, env: FunctionEnv) -> SocketAddr {
-    let function = host
-        .load(env, hearth_testkit::wasm_bytes(path))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(hearth_host::http::serve(
-        function,
-        listener,
-        std::future::pending(),
-    ));
-    addr
 }
 
 // kv-counter, cart and invoke-chain against every backend, and their

@@ -102,7 +102,8 @@ pub fn require_containerd() {
     }
 }
 
-fn nix_is_root() -> bool {
+/// Whether this process runs as root (effective uid 0).
+pub(crate) fn nix_is_root() -> bool {
     // SAFETY-free check: /proc/self/status holds the effective uid.
     std::fs::read_to_string("/proc/self/status")
         .ok()

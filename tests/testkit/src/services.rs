@@ -8,7 +8,7 @@
 //! PostgreSQL refuses to run as root, so when the tests run as root the
 //! server runs as the `postgres` user that Debian's package creates.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,13 +17,7 @@ use std::time::{Duration, Instant};
 /// How long a service may take to accept connections.
 const STARTUP: Duration = Duration::from_secs(30);
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
+pub use crate::registry::free_port;
 
 fn wait_until_accepting(child: &mut Child, addr: SocketAddr, what: &str, log: &Path) {
     let started = Instant::now();
@@ -152,7 +146,7 @@ impl PostgresServer {
             .prefix("hearth-pg")
             .tempdir()
             .expect("temp dir");
-        let run_as = running_as_root().then(postgres_user);
+        let run_as = crate::containerd::nix_is_root().then(postgres_user);
         let data = dir.path().join("data");
         std::fs::create_dir(&data).expect("data dir");
         std::fs::create_dir(dir.path().join("socket")).expect("socket dir");
@@ -275,18 +269,6 @@ fn postgres_bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/NN/bin"));
     require(&bin.join("initdb"), "postgresql");
     bin
-}
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 fn postgres_user() -> (u32, u32) {
