@@ -31,7 +31,7 @@
 
 use crate::{
     Applied, BackendError, Entry, Etag, Namespace, Operation, Page, Precondition, StateBackend,
-    add_counter, now_ms, parse_counter,
+    add_counter, now_ms, parse_counter, unavailable,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use std::collections::HashMap;
@@ -226,7 +226,7 @@ fn sweep(db: &Database) -> Result<(), BackendError> {
         let mut entries = txn.open_table(ENTRIES).map_err(unavailable)?;
         let now = now_ms();
         entries
-            .retain(|_, raw| decode(raw, now).is_some())
+            .retain(|_, raw| decode_live(raw, now).is_some())
             .map_err(unavailable)?;
     }
     txn.commit().map_err(unavailable)
@@ -240,15 +240,31 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| BackendError::Unavailable(format!("state task failed: {e}")))?
 }
 
-fn unavailable(error: impl std::fmt::Display) -> BackendError {
-    BackendError::Unavailable(error.to_string())
+/// A stored entry, as laid out in the `entries` table.
+struct Stored<'a> {
+    etag: Etag,
+    /// ms since the epoch; 0 = none.
+    expires: u64,
+    value: &'a [u8],
 }
 
-/// `(etag, value)` of a raw entry that is live at `now`.
-fn decode(raw: &[u8], now: u64) -> Option<(Etag, &[u8])> {
-    let etag = u64::from_le_bytes(raw.get(0..8)?.try_into().ok()?);
-    let expires = u64::from_le_bytes(raw.get(8..16)?.try_into().ok()?);
-    (expires == 0 || expires > now).then(|| (etag, &raw[HEADER..]))
+/// The entry in `raw`; `None` only for a damaged record.
+fn decode(raw: &[u8]) -> Option<Stored<'_>> {
+    Some(Stored {
+        etag: u64::from_le_bytes(raw.get(0..8)?.try_into().ok()?),
+        expires: u64::from_le_bytes(raw.get(8..HEADER)?.try_into().ok()?),
+        value: &raw[HEADER..],
+    })
+}
+
+/// Whether an entry expiring at `expires` (0 = never) is live at `now`.
+fn is_live(expires: u64, now: u64) -> bool {
+    expires == 0 || expires > now
+}
+
+/// The entry in `raw` if it is live at `now`.
+fn decode_live(raw: &[u8], now: u64) -> Option<Stored<'_>> {
+    decode(raw).filter(|stored| is_live(stored.expires, now))
 }
 
 fn encode(etag: Etag, expires: u64, value: &[u8]) -> Vec<u8> {
@@ -281,11 +297,8 @@ impl Writer<'_> {
         let Some(raw) = self.entries.get((ns, key)).map_err(unavailable)? else {
             return Ok(None);
         };
-        let raw = raw.value();
-        Ok(decode(raw, self.now).map(|(etag, value)| {
-            let expires = u64::from_le_bytes(raw[8..16].try_into().unwrap_or_default());
-            (etag, value.to_vec(), expires)
-        }))
+        Ok(decode_live(raw.value(), self.now)
+            .map(|stored| (stored.etag, stored.value.to_vec(), stored.expires)))
     }
 
     fn next_etag(&mut self) -> Result<Etag, BackendError> {
@@ -313,7 +326,10 @@ impl Writer<'_> {
             return Err(BackendError::PreconditionFailed { key: key.into() });
         }
         let etag = self.next_etag()?;
-        let expires = ttl.map_or(0, |ttl| self.now.saturating_add(ttl.as_millis() as u64));
+        let expires = match crate::ttl_millis(ttl) {
+            0 => 0,
+            ttl => self.now.saturating_add(ttl),
+        };
         self.put(ns, key, etag, expires, value)?;
         Ok(etag)
     }
@@ -359,12 +375,8 @@ impl StateBackend for EmbeddedBackend {
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        let db = self.db.clone();
-        blocking(move || {
-            db.begin_read().map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        // A read, so inline like every read.
+        self.db.begin_read().map(drop).map_err(unavailable)
     }
 
     async fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Entry>, BackendError> {
@@ -373,7 +385,7 @@ impl StateBackend for EmbeddedBackend {
         let live = |cached: &Cached| {
             cached
                 .as_ref()
-                .filter(|(_, expires, _)| *expires == 0 || *expires > now)
+                .filter(|(_, expires, _)| is_live(*expires, now))
                 .map(|(etag, _, value)| Entry {
                     value: value.clone(),
                     etag: *etag,
@@ -393,14 +405,8 @@ impl StateBackend for EmbeddedBackend {
             let table = txn.open_table(ENTRIES).map_err(unavailable)?;
             match table.get((ns.as_str(), key)).map_err(unavailable)? {
                 None => None,
-                Some(raw) => {
-                    let raw = raw.value();
-                    let expires = raw
-                        .get(8..HEADER)
-                        .and_then(|bytes| bytes.try_into().ok())
-                        .map_or(0, u64::from_le_bytes);
-                    decode(raw, 0).map(|(etag, value)| (etag, expires, value.to_vec()))
-                }
+                Some(raw) => decode(raw.value())
+                    .map(|stored| (stored.etag, stored.expires, stored.value.to_vec())),
             }
         };
         let entry = live(&cached);
@@ -489,34 +495,32 @@ impl StateBackend for EmbeddedBackend {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page, BackendError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(ENTRIES).map_err(unavailable)?;
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded((ns.as_str(), after)),
+            _ => Bound::Included((ns.as_str(), prefix)),
+        };
+        let now = now_ms();
+        let mut page = Page::default();
+        for item in table
+            .range::<(&str, &str)>((start, Bound::Unbounded))
+            .map_err(unavailable)?
         {
-            let txn = self.db.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(ENTRIES).map_err(unavailable)?;
-            let start = match after {
-                Some(after) if after >= prefix => Bound::Excluded((ns.as_str(), after)),
-                _ => Bound::Included((ns.as_str(), prefix)),
-            };
-            let now = now_ms();
-            let mut page = Page::default();
-            for item in table
-                .range::<(&str, &str)>((start, Bound::Unbounded))
-                .map_err(unavailable)?
-            {
-                let (key, raw) = item.map_err(unavailable)?;
-                let (key_ns, key) = key.value();
-                if key_ns != ns.as_str() || !key.starts_with(prefix) {
-                    break;
-                }
-                if decode(raw.value(), now).is_none() {
-                    continue;
-                }
-                page.keys.push(key.to_string());
-                if page.keys.len() == limit as usize {
-                    page.cursor = Some(key.to_string());
-                    break;
-                }
+            let (key, raw) = item.map_err(unavailable)?;
+            let (key_ns, key) = key.value();
+            if key_ns != ns.as_str() || !key.starts_with(prefix) {
+                break;
             }
-            Ok(page)
+            if decode_live(raw.value(), now).is_none() {
+                continue;
+            }
+            page.keys.push(key.to_string());
+            if page.keys.len() == limit as usize {
+                page.cursor = Some(key.to_string());
+                break;
+            }
         }
+        Ok(page)
     }
 }

@@ -614,6 +614,44 @@ pub(crate) fn add_counter(key: &str, current: i64, delta: i64) -> Result<i64, Ba
         })
 }
 
+/// `work`, or [`BackendError::Unavailable`] naming `server` once `timeout`
+/// has passed (remote backends bound every call with it).
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    server: &str,
+    work: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(BackendError::Unavailable(format!(
+            "no answer from {server} within {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
+
+/// [`BackendError::Unavailable`] with the error and its causes (deadpool
+/// and tokio-postgres, for one, keep the server's message in the source
+/// chain).
+pub(crate) fn unavailable(error: impl std::error::Error) -> BackendError {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message.push_str(": ");
+            message.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    BackendError::Unavailable(message)
+}
+
+/// A TTL in whole milliseconds for a backend: 0 for none, else at least 1.
+pub(crate) fn ttl_millis(ttl: Option<Duration>) -> u64 {
+    ttl.map_or(0, |ttl| (ttl.as_millis() as u64).max(1))
+}
+
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()

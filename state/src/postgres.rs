@@ -30,6 +30,7 @@
 
 use crate::{
     Applied, BackendError, Entry, Etag, Namespace, Operation, Page, Precondition, StateBackend,
+    unavailable,
 };
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Pool, Runtime, Timeouts};
@@ -188,34 +189,8 @@ impl PostgresBackend {
             let client = self.client().await?;
             work(client).await
         };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(BackendError::Unavailable(format!(
-                "no answer from PostgreSQL within {} ms",
-                self.timeout.as_millis()
-            ))),
-        }
+        crate::within(self.timeout, "PostgreSQL", work).await
     }
-}
-
-/// The error with its causes: deadpool and tokio-postgres keep the
-/// server's message in the source chain.
-fn unavailable(error: impl std::error::Error) -> BackendError {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !message.contains(&cause_text) {
-            message.push_str(": ");
-            message.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    BackendError::Unavailable(message)
-}
-
-fn ttl_ms(ttl: Option<Duration>) -> i64 {
-    ttl.map_or(0, |ttl| (ttl.as_millis() as i64).max(1))
 }
 
 async fn set<C: GenericClient>(
@@ -226,7 +201,7 @@ async fn set<C: GenericClient>(
     precondition: Precondition,
     ttl: Option<Duration>,
 ) -> Result<Etag, BackendError> {
-    let ttl = ttl_ms(ttl);
+    let ttl = crate::ttl_millis(ttl) as i64;
     let row = match precondition {
         Precondition::None => client.query_opt(SET_ANY, &[&ns, &key, &value, &ttl]).await,
         Precondition::IfAbsent => {

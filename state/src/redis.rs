@@ -24,6 +24,7 @@
 
 use crate::{
     Applied, BackendError, Entry, Etag, Namespace, Operation, Page, Precondition, StateBackend,
+    unavailable,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
@@ -165,18 +166,8 @@ impl RedisBackend {
                 }
             })
         };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(BackendError::Unavailable(format!(
-                "no answer from Redis within {} ms",
-                self.timeout.as_millis()
-            ))),
-        }
+        crate::within(self.timeout, "Redis", work).await
     }
-}
-
-fn unavailable(error: impl std::fmt::Display) -> BackendError {
-    BackendError::Unavailable(error.to_string())
 }
 
 fn data_key(ns: &Namespace, key: &str) -> String {
@@ -193,10 +184,6 @@ fn mode(precondition: Precondition) -> (&'static str, String) {
         Precondition::IfMatch(etag) => ("match", etag.to_string()),
         Precondition::IfAbsent => ("absent", String::new()),
     }
-}
-
-fn ttl_ms(ttl: Option<Duration>) -> u64 {
-    ttl.map_or(0, |ttl| (ttl.as_millis() as u64).max(1))
 }
 
 #[async_trait::async_trait]
@@ -247,7 +234,7 @@ impl StateBackend for RedisBackend {
                     .arg(mode)
                     .arg(etag)
                     .arg(value)
-                    .arg(ttl_ms(ttl))
+                    .arg(crate::ttl_millis(ttl))
                     .arg(key)
                     .invoke_async(&mut c)
                     .await
@@ -321,7 +308,12 @@ impl StateBackend for RedisBackend {
                     precondition,
                     ttl,
                     ..
-                } => ("set", *precondition, value.as_slice(), ttl_ms(*ttl)),
+                } => (
+                    "set",
+                    *precondition,
+                    value.as_slice(),
+                    crate::ttl_millis(*ttl),
+                ),
                 Operation::Delete { precondition, .. } => ("del", *precondition, &[][..], 0),
             };
             let (mode, etag) = mode(precondition);
