@@ -154,9 +154,8 @@ fn request_context<B>(request: &Request<B>) -> RequestContext {
         depth: header(invoke::DEPTH_HEADER)
             .and_then(|d| d.parse().ok())
             .unwrap_or(0),
-        // A request from outside without an id gets one here, so every hop
-        // of a chain it starts carries the same id.
-        request_id: Some(header(invoke::REQUEST_ID_HEADER).unwrap_or_else(|| invoke::new_id(16))),
+        // Without one, the first `invoke` of the request makes one.
+        request_id: header(invoke::REQUEST_ID_HEADER),
         traceparent: header(invoke::TRACEPARENT_HEADER),
     }
 }

@@ -155,7 +155,7 @@ impl Breakers {
 }
 
 /// A random-looking hex id of `bytes` bytes (request ids, span ids).
-pub(crate) fn new_id(bytes: usize) -> String {
+fn new_id(bytes: usize) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -245,7 +245,7 @@ impl CapabilityView<'_> {
     }
 
     fn build_request(
-        &self,
+        &mut self,
         target: &str,
         request: &wit::Request,
         depth: u32,
@@ -291,8 +291,15 @@ impl CapabilityView<'_> {
         let authority = http::HeaderValue::from_str(target)
             .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"));
         builder = builder.header(http::header::HOST, authority);
+        // A request that came without an id gets one on its first call, kept
+        // for its later calls, so every hop of a chain carries the same id.
+        let request_id = self
+            .ctx
+            .request
+            .request_id
+            .get_or_insert_with(|| new_id(16))
+            .clone();
         let context = &self.ctx.request;
-        let request_id = context.request_id.clone().unwrap_or_else(|| new_id(16));
         builder = builder
             .header(REQUEST_ID_HEADER, request_id)
             .header(

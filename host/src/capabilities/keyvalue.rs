@@ -131,64 +131,105 @@ impl StoreHandle {
     }
 }
 
-fn kv_error(error: StateError) -> store::Error {
-    store::Error::Other(format!("{}: {error}", error.name()))
+/// The `wasi:keyvalue` implementations both versions (`0.2.0-draft` and
+/// `0.2.0-draft2`) share, written once for the generated `store` and `batch`
+/// modules of the version in scope: `open`, the bucket's get/set/delete/
+/// exists/drop, and batch. Each version gives its own `list-keys` (its
+/// cursor type differs) and its own atomics.
+macro_rules! shared_keyvalue_impls {
+    ($($list_keys:tt)*) => {
+        fn kv_error(error: StateError) -> store::Error {
+            store::Error::Other(format!("{}: {error}", error.name()))
+        }
+
+        impl store::Host for CapabilityView<'_> {
+            async fn open(
+                &mut self,
+                identifier: String,
+            ) -> wasmtime::Result<Result<Resource<StoreHandle>, store::Error>> {
+                Ok(match self.open_store(&identifier) {
+                    Ok(handle) => Ok(self.table.push(handle)?),
+                    Err(OpenError::NoStore(_)) => Err(store::Error::NoSuchStore),
+                    Err(OpenError::Denied(_)) => Err(store::Error::AccessDenied),
+                })
+            }
+        }
+
+        impl store::HostBucket for CapabilityView<'_> {
+            async fn get(
+                &mut self,
+                bucket: Resource<StoreHandle>,
+                key: String,
+            ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
+                Ok(self.handle(&bucket)?.value(&key).await.map_err(kv_error))
+            }
+
+            async fn set(
+                &mut self,
+                bucket: Resource<StoreHandle>,
+                key: String,
+                value: Vec<u8>,
+            ) -> wasmtime::Result<Result<(), store::Error>> {
+                Ok(self.handle(&bucket)?.put(&key, &value).await.map_err(kv_error))
+            }
+
+            async fn delete(
+                &mut self,
+                bucket: Resource<StoreHandle>,
+                key: String,
+            ) -> wasmtime::Result<Result<(), store::Error>> {
+                Ok(self.handle(&bucket)?.remove(&key).await.map_err(kv_error))
+            }
+
+            async fn exists(
+                &mut self,
+                bucket: Resource<StoreHandle>,
+                key: String,
+            ) -> wasmtime::Result<Result<bool, store::Error>> {
+                Ok(self.handle(&bucket)?.exists(&key).await.map_err(kv_error))
+            }
+
+            $($list_keys)*
+
+            async fn drop(&mut self, bucket: Resource<StoreHandle>) -> wasmtime::Result<()> {
+                self.table.delete(bucket)?;
+                Ok(())
+            }
+        }
+
+        impl batch::Host for CapabilityView<'_> {
+            async fn get_many(
+                &mut self,
+                bucket: Resource<StoreHandle>,
+                keys: Vec<String>,
+            ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, store::Error>> {
+                Ok(self.handle(&bucket)?.get_many(keys).await.map_err(kv_error))
+            }
+
+            async fn set_many(
+                &mut self,
+                bucket: Resource<StoreHandle>,
+                key_values: Vec<(String, Vec<u8>)>,
+            ) -> wasmtime::Result<Result<(), store::Error>> {
+                Ok(self.handle(&bucket)?.set_many(key_values).await.map_err(kv_error))
+            }
+
+            async fn delete_many(
+                &mut self,
+                bucket: Resource<StoreHandle>,
+                keys: Vec<String>,
+            ) -> wasmtime::Result<Result<(), store::Error>> {
+                Ok(self.handle(&bucket)?.delete_many(keys).await.map_err(kv_error))
+            }
+        }
+    };
 }
+pub(super) use shared_keyvalue_impls;
 
 // ---------------------------------------------------------------------------
-// wasi:keyvalue/store
+// wasi:keyvalue/store and batch
 
-impl store::Host for CapabilityView<'_> {
-    async fn open(
-        &mut self,
-        identifier: String,
-    ) -> wasmtime::Result<Result<Resource<StoreHandle>, store::Error>> {
-        Ok(match self.open_store(&identifier) {
-            Ok(handle) => Ok(self.table.push(handle)?),
-            Err(OpenError::NoStore(_)) => Err(store::Error::NoSuchStore),
-            Err(OpenError::Denied(_)) => Err(store::Error::AccessDenied),
-        })
-    }
-}
-
-impl store::HostBucket for CapabilityView<'_> {
-    async fn get(
-        &mut self,
-        bucket: Resource<StoreHandle>,
-        key: String,
-    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-        Ok(self.handle(&bucket)?.value(&key).await.map_err(kv_error))
-    }
-
-    async fn set(
-        &mut self,
-        bucket: Resource<StoreHandle>,
-        key: String,
-        value: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        Ok(self
-            .handle(&bucket)?
-            .put(&key, &value)
-            .await
-            .map_err(kv_error))
-    }
-
-    async fn delete(
-        &mut self,
-        bucket: Resource<StoreHandle>,
-        key: String,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        Ok(self.handle(&bucket)?.remove(&key).await.map_err(kv_error))
-    }
-
-    async fn exists(
-        &mut self,
-        bucket: Resource<StoreHandle>,
-        key: String,
-    ) -> wasmtime::Result<Result<bool, store::Error>> {
-        Ok(self.handle(&bucket)?.exists(&key).await.map_err(kv_error))
-    }
-
+shared_keyvalue_impls! {
     async fn list_keys(
         &mut self,
         bucket: Resource<StoreHandle>,
@@ -204,11 +245,6 @@ impl store::HostBucket for CapabilityView<'_> {
                 cursor: page.cursor,
             })
             .map_err(kv_error))
-    }
-
-    async fn drop(&mut self, bucket: Resource<StoreHandle>) -> wasmtime::Result<()> {
-        self.table.delete(bucket)?;
-        Ok(())
     }
 }
 
@@ -304,43 +340,6 @@ impl atomics::HostCas for CapabilityView<'_> {
     async fn drop(&mut self, cas: Resource<CasHandle>) -> wasmtime::Result<()> {
         self.table.delete(cas)?;
         Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------
-// wasi:keyvalue/batch
-
-impl batch::Host for CapabilityView<'_> {
-    async fn get_many(
-        &mut self,
-        bucket: Resource<StoreHandle>,
-        keys: Vec<String>,
-    ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, store::Error>> {
-        Ok(self.handle(&bucket)?.get_many(keys).await.map_err(kv_error))
-    }
-
-    async fn set_many(
-        &mut self,
-        bucket: Resource<StoreHandle>,
-        key_values: Vec<(String, Vec<u8>)>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        Ok(self
-            .handle(&bucket)?
-            .set_many(key_values)
-            .await
-            .map_err(kv_error))
-    }
-
-    async fn delete_many(
-        &mut self,
-        bucket: Resource<StoreHandle>,
-        keys: Vec<String>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        Ok(self
-            .handle(&bucket)?
-            .delete_many(keys)
-            .await
-            .map_err(kv_error))
     }
 }
 

@@ -15,61 +15,7 @@ use super::keyvalue::{OpenError, StoreHandle};
 use hearth_state::StateError;
 use wasmtime::component::Resource;
 
-fn kv_error(error: StateError) -> store::Error {
-    store::Error::Other(format!("{}: {error}", error.name()))
-}
-
-impl store::Host for CapabilityView<'_> {
-    async fn open(
-        &mut self,
-        identifier: String,
-    ) -> wasmtime::Result<Result<Resource<StoreHandle>, store::Error>> {
-        Ok(match self.open_store(&identifier) {
-            Ok(handle) => Ok(self.table.push(handle)?),
-            Err(OpenError::NoStore(_)) => Err(store::Error::NoSuchStore),
-            Err(OpenError::Denied(_)) => Err(store::Error::AccessDenied),
-        })
-    }
-}
-
-impl store::HostBucket for CapabilityView<'_> {
-    async fn get(
-        &mut self,
-        bucket: Resource<StoreHandle>,
-        key: String,
-    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-        Ok(self.handle(&bucket)?.value(&key).await.map_err(kv_error))
-    }
-
-    async fn set(
-        &mut self,
-        bucket: Resource<StoreHandle>,
-        key: String,
-        value: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        Ok(self
-            .handle(&bucket)?
-            .put(&key, &value)
-            .await
-            .map_err(kv_error))
-    }
-
-    async fn delete(
-        &mut self,
-        bucket: Resource<StoreHandle>,
-        key: String,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        Ok(self.handle(&bucket)?.remove(&key).await.map_err(kv_error))
-    }
-
-    async fn exists(
-        &mut self,
-        bucket: Resource<StoreHandle>,
-        key: String,
-    ) -> wasmtime::Result<Result<bool, store::Error>> {
-        Ok(self.handle(&bucket)?.exists(&key).await.map_err(kv_error))
-    }
-
+super::keyvalue::shared_keyvalue_impls! {
     async fn list_keys(
         &mut self,
         bucket: Resource<StoreHandle>,
@@ -104,11 +50,6 @@ impl store::HostBucket for CapabilityView<'_> {
             after = page.cursor;
         }
     }
-
-    async fn drop(&mut self, bucket: Resource<StoreHandle>) -> wasmtime::Result<()> {
-        self.table.delete(bucket)?;
-        Ok(())
-    }
 }
 
 impl atomics::Host for CapabilityView<'_> {
@@ -130,39 +71,5 @@ impl atomics::Host for CapabilityView<'_> {
             }),
             Err(error) => Err(kv_error(error)),
         })
-    }
-}
-
-impl batch::Host for CapabilityView<'_> {
-    async fn get_many(
-        &mut self,
-        bucket: Resource<StoreHandle>,
-        keys: Vec<String>,
-    ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, store::Error>> {
-        Ok(self.handle(&bucket)?.get_many(keys).await.map_err(kv_error))
-    }
-
-    async fn set_many(
-        &mut self,
-        bucket: Resource<StoreHandle>,
-        key_values: Vec<(String, Vec<u8>)>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        Ok(self
-            .handle(&bucket)?
-            .set_many(key_values)
-            .await
-            .map_err(kv_error))
-    }
-
-    async fn delete_many(
-        &mut self,
-        bucket: Resource<StoreHandle>,
-        keys: Vec<String>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        Ok(self
-            .handle(&bucket)?
-            .delete_many(keys)
-            .await
-            .map_err(kv_error))
     }
 }

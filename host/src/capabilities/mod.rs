@@ -252,7 +252,8 @@ impl FunctionCapabilities {
 pub struct RequestContext {
     /// How many `invoke` hops led to this request (0 for an outside caller).
     pub depth: u32,
-    /// `x-request-id` of the request, propagated by `invoke`.
+    /// `x-request-id` of the request, propagated by `invoke` (which makes
+    /// one on the request's first call if it came without).
     pub request_id: Option<String>,
     /// W3C `traceparent` of the request, propagated by `invoke`.
     pub traceparent: Option<String>,
