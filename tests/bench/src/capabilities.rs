@@ -78,11 +78,7 @@ impl Row {
 
 /// Runs the benchmark and prints its table.
 pub fn capabilities(args: CapabilitiesArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(args))
+    crate::two_worker_runtime()?.block_on(run(args))
 }
 
 async fn run(args: CapabilitiesArgs) -> Result<()> {

@@ -33,11 +33,7 @@ pub struct LanguagesArgs {
 
 /// Runs the benchmark and prints its table.
 pub fn languages(args: LanguagesArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(args))
+    crate::two_worker_runtime()?.block_on(run(args))
 }
 
 fn limits() -> Limits {

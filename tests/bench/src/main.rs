@@ -133,6 +133,14 @@ fn main() -> Result<()> {
     }
 }
 
+/// A tokio runtime with two workers, as hearthd runs on a 2-core node.
+fn two_worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
 /// Memory of one process: (RSS, PSS) in bytes.
 fn process_memory(pid: u32) -> (u64, u64) {
     let field = |text: &str, name: &str| {
