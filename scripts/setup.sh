@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 # Debian packages the build, the tests and the README's example need.
 # docker-registry and skopeo: the OCI tests push to and pull from a real registry.
 # protobuf-compiler: the control API is generated from control/proto; iproute2: netns tests.
-# redis-server, postgresql: the state backends are tested against real servers the tests start.
+# redis-server, postgresql, nats-server: the state and messaging backends are
+# tested against real servers the tests start.
 # containerd, runc, containernetworking-plugins: the shim tests drive a private
 # containerd (ctr and CRI) with Pod networking through the ptp CNI plugin.
 APT_PACKAGES=(curl ca-certificates pkg-config docker-registry skopeo protobuf-compiler iproute2
-  containerd runc containernetworking-plugins redis-server postgresql)
+  containerd runc containernetworking-plugins redis-server postgresql nats-server)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod job;
+pub mod messages;
 
 /// Bindings for the `hearth:function/service-with-lifecycle` world, generated
 /// from Hearth's one WIT source. Use these directly for anything the
@@ -32,6 +33,21 @@ pub use bindings::hearth::function::invoke;
 
 /// `wasi:config/store`: the function's configuration values.
 pub use bindings::wasi::config::store as config;
+
+/// Bindings for the message handler export (`hearth:function/handler-export`),
+/// sharing [`bindings`]' `wasi:messaging` types; used by [`messages`].
+#[allow(missing_docs, unsafe_code, clippy::all)]
+pub mod handler_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "hearth:function/handler-export",
+        pub_export_macro: true,
+        default_bindings_module: "hearth_sdk::handler_bindings",
+        with: {
+            "wasi:messaging/types@0.2.0-draft": crate::bindings::wasi::messaging::types,
+        },
+    });
+}
 
 /// Bindings for `hearth:function/job-imports` (no exports), used by [`job`].
 #[allow(missing_docs, unsafe_code, clippy::all)]

@@ -217,6 +217,39 @@ impl Admin {
             header(&mut out, name, help, kind);
             let _ = writeln!(out, "hearth_{name} {value}");
         }
+        let subscriptions = self.host.capabilities().subscriptions.all();
+        header(
+            &mut out,
+            "messages_total",
+            "Messages per subscription by outcome: delivered, redelivered (attempt > 1), acked, nacked, dead_lettered, lost (settled after the broker had delivered it again).",
+            "counter",
+        );
+        for stats in &subscriptions {
+            for (outcome, count) in stats.outcomes() {
+                let _ = writeln!(
+                    out,
+                    "hearth_messages_total{{function=\"{}\",topic=\"{}\",group=\"{}\",outcome=\"{outcome}\"}} {count}",
+                    escape(&stats.function),
+                    escape(&stats.topic),
+                    escape(&stats.group),
+                );
+            }
+        }
+        header(
+            &mut out,
+            "message_receive_errors_total",
+            "Receives from the broker that failed (it was unreachable).",
+            "counter",
+        );
+        for stats in &subscriptions {
+            let _ = writeln!(
+                out,
+                "hearth_message_receive_errors_total{{function=\"{}\",topic=\"{}\"}} {}",
+                escape(&stats.function),
+                escape(&stats.topic),
+                stats.receive_errors.load(Ordering::Relaxed),
+            );
+        }
         let (reserved, total) = self.host.capacity().usage();
         header(
             &mut out,

@@ -40,6 +40,18 @@
 //! max_value_bytes = 1048576
 //! # cache_bytes = 67108864     # embedded: read cache in memory (0 = off)
 //!
+//! [messaging]                   # optional; default: one embedded broker `default`
+//! default_broker = "default"    # the broker functions use unless they name one
+//! [messaging.brokers.default]
+//! type = "embedded"             # embedded | nats
+//! path = "messaging/default.redb"  # embedded; default <cache dir>/messaging/LABEL.redb
+//! [messaging.brokers.events]
+//! type = "nats"
+//! url = "nats://127.0.0.1:4222"
+//! timeout_ms = 5000             # per call
+//! retention_hours = 168         # how long a stream keeps messages (nats)
+//! max_message_bytes = 1048576   # payload + key + headers
+//!
 //! [invoke]                      # optional
 //! targets = { billing = "http://10.0.0.7:8080" }   # functions not loaded here
 //! service_domain = "default.svc.cluster.local"    # else try http://NAME.DOMAIN
@@ -53,7 +65,7 @@
 //! name = "hello"
 //! path = "hello.wasm"           # relative to this file
 //! # image = "127.0.0.1:5000/fn/hello:1"   (instead of path)
-//! listen = "127.0.0.1:8080"
+//! listen = "127.0.0.1:8080"     # optional for a message handler; a service needs it
 //! env = { GREETING = "hi" }     # optional
 //! allowed_outbound_hosts = []   # optional; "*" allows any host
 //! min_idle = 1                  # optional; idle instances kept ready
@@ -62,6 +74,17 @@
 //! state_store = "default"       # optional; default [state] default_store
 //! shared_stores = ["cache"]     # optional; labels it may open by name
 //! config_dir = "/etc/hearth/cm" # optional; a mounted ConfigMap for wasi:config
+//! broker = "events"             # optional; default [messaging] default_broker
+//! publish_topics = ["orders", "audit.>"]  # optional allow-list (exact, `.>` or `*` suffix)
+//! [[function.subscribe]]        # optional; needs the wasi:messaging handler export
+//! topic = "orders"
+//! group = "workers"             # default: the function's name
+//! concurrency = 4               # handler invocations in flight
+//! visibility_ms = 30000         # how long a message is hidden from other consumers
+//! max_deliveries = 5            # then the dead-letter topic
+//! backoff_ms = 200              # first redelivery delay, doubled per attempt
+//! max_backoff_ms = 60000
+//! dead_letter_topic = "orders.dlq"  # default <topic>.dlq
 //! [function.config]             # optional; wasi:config values
 //! currency = "EUR"
 //! [function.limits]             # optional per-function overrides
@@ -130,6 +153,9 @@ pub struct HearthConfig {
     /// Service invocation.
     #[serde(default)]
     pub invoke: InvokeConfig,
+    /// Message brokers.
+    #[serde(default)]
+    pub messaging: MessagingConfig,
     /// Functions to serve.
     #[serde(default)]
     pub function: Vec<FunctionConfig>,
@@ -230,6 +256,99 @@ pub struct StoreConfig {
 /// Default bound of one call to a remote state backend.
 pub const DEFAULT_STATE_TIMEOUT_MS: u64 = 2000;
 
+/// `[messaging]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagingConfig {
+    /// The broker functions use unless they name one.
+    pub default_broker: Option<String>,
+    /// Brokers by label.
+    #[serde(default)]
+    pub brokers: BTreeMap<String, BrokerConfig>,
+}
+
+/// A messaging backend type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// A durable log in redb on this node.
+    Embedded,
+    /// A NATS server with JetStream.
+    Nats,
+}
+
+/// `[messaging.brokers.LABEL]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// The backend.
+    #[serde(rename = "type")]
+    pub kind: BrokerKind,
+    /// The file (embedded); relative to the config file.
+    pub path: Option<PathBuf>,
+    /// The server (nats).
+    pub url: Option<String>,
+    /// Bound of one call.
+    pub timeout_ms: Option<u64>,
+    /// How long a NATS stream keeps messages.
+    pub retention_hours: Option<u64>,
+    /// Largest message (payload + key + headers).
+    pub max_message_bytes: Option<u64>,
+}
+
+/// One `[[function.subscribe]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeConfig {
+    /// The topic.
+    pub topic: String,
+    /// The consumer group (default: the function's name).
+    pub group: Option<String>,
+    /// Handler invocations in flight.
+    pub concurrency: Option<u32>,
+    /// Visibility timeout.
+    pub visibility_ms: Option<u64>,
+    /// Attempts before dead-lettering.
+    pub max_deliveries: Option<u32>,
+    /// First redelivery delay.
+    pub backoff_ms: Option<u64>,
+    /// Longest redelivery delay.
+    pub max_backoff_ms: Option<u64>,
+    /// The dead-letter topic.
+    pub dead_letter_topic: Option<String>,
+}
+
+impl SubscribeConfig {
+    /// The trigger's settings for `function`.
+    pub fn settings(&self, function: &str) -> crate::messages::SubscriptionSettings {
+        let group = self.group.clone().unwrap_or_else(|| {
+            function.replace(
+                |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
+                "-",
+            )
+        });
+        let mut settings = crate::messages::SubscriptionSettings::new(&self.topic, &group);
+        let ms = std::time::Duration::from_millis;
+        if let Some(v) = self.concurrency {
+            settings.concurrency = v;
+        }
+        if let Some(v) = self.visibility_ms {
+            settings.visibility = ms(v);
+        }
+        if let Some(v) = self.max_deliveries {
+            settings.max_deliveries = v;
+        }
+        if let Some(v) = self.backoff_ms {
+            settings.backoff = ms(v);
+        }
+        if let Some(v) = self.max_backoff_ms {
+            settings.max_backoff = ms(v);
+        }
+        settings.dead_letter_topic = self.dead_letter_topic.clone();
+        settings
+    }
+}
+
 /// `[invoke]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -308,8 +427,8 @@ pub struct FunctionConfig {
     pub path: Option<PathBuf>,
     /// Or: the image reference to pull it from.
     pub image: Option<String>,
-    /// Address to serve HTTP on.
-    pub listen: SocketAddr,
+    /// Address to serve HTTP on (services).
+    pub listen: Option<SocketAddr>,
     /// Environment variables for the guest.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -336,6 +455,13 @@ pub struct FunctionConfig {
     pub config: BTreeMap<String, String>,
     /// A mounted ConfigMap directory read for `wasi:config`.
     pub config_dir: Option<PathBuf>,
+    /// The broker it publishes to and subscribes on.
+    pub broker: Option<String>,
+    /// Topics it may publish to; any if unset.
+    pub publish_topics: Option<Vec<String>>,
+    /// Subscriptions that trigger its message handler.
+    #[serde(default)]
+    pub subscribe: Vec<SubscribeConfig>,
 }
 
 /// Per-function limit overrides; unset fields take the defaults.
@@ -396,6 +522,8 @@ impl FunctionConfig {
                 shared_stores: self.shared_stores.clone(),
                 config: self.config.clone(),
                 config_dir: self.config_dir.clone(),
+                broker: self.broker.clone(),
+                publish_topics: self.publish_topics.clone(),
             },
         }
     }
@@ -423,6 +551,13 @@ impl HearthConfig {
             && dir.is_relative()
         {
             *dir = base.join(&*dir);
+        }
+        for broker in config.messaging.brokers.values_mut() {
+            if let Some(path) = &mut broker.path
+                && path.is_relative()
+            {
+                *path = base.join(&*path);
+            }
         }
         for store in config.state.stores.values_mut() {
             if let Some(path) = &mut store.path
@@ -460,6 +595,7 @@ impl HearthConfig {
             parse_reference(image).map_err(|e| format!("prewarm.images[{index}]: {e}"))?;
         }
         self.validate_state()?;
+        self.validate_messaging()?;
         let mut names = BTreeMap::new();
         let mut listens = BTreeMap::new();
         for (index, function) in self.function.iter().enumerate() {
@@ -474,12 +610,53 @@ impl HearthConfig {
                     key("name")
                 ));
             }
-            if let Some(first) = listens.insert(function.listen, index) {
+            if let Some(listen) = function.listen
+                && let Some(first) = listens.insert(listen, index)
+            {
                 return Err(format!(
-                    "{}: {} is already used by function[{first}]",
+                    "{}: {listen} is already used by function[{first}]",
                     key("listen"),
-                    function.listen
                 ));
+            }
+            if function.listen.is_none() && function.subscribe.is_empty() {
+                return Err(format!(
+                    "{}: missing; give `listen` (serve HTTP) or [[function.subscribe]] entries (handle messages), or both",
+                    key("listen")
+                ));
+            }
+            let known_broker = |label: &String| {
+                self.messaging.brokers.is_empty() && label == "default"
+                    || self.messaging.brokers.contains_key(label)
+            };
+            if let Some(label) = &function.broker
+                && !known_broker(label)
+            {
+                return Err(format!(
+                    "{}: no broker labelled `{label}` in [messaging.brokers]",
+                    key("broker")
+                ));
+            }
+            for (n, subscribe) in function.subscribe.iter().enumerate() {
+                let field = |f: &str| key(&format!("subscribe[{n}].{f}"));
+                hearth_messaging::validate_topic(&subscribe.topic)
+                    .map_err(|e| format!("{}: {e}", field("topic")))?;
+                if let Some(group) = &subscribe.group {
+                    hearth_messaging::validate_topic(group)
+                        .map_err(|e| format!("{}: {e}", field("group")))?;
+                }
+                if let Some(topic) = &subscribe.dead_letter_topic {
+                    hearth_messaging::validate_topic(topic)
+                        .map_err(|e| format!("{}: {e}", field("dead_letter_topic")))?;
+                }
+                for (name, value) in [
+                    ("concurrency", subscribe.concurrency.map(u64::from)),
+                    ("max_deliveries", subscribe.max_deliveries.map(u64::from)),
+                    ("visibility_ms", subscribe.visibility_ms),
+                ] {
+                    if value == Some(0) {
+                        return Err(format!("{}: must be at least 1", field(name)));
+                    }
+                }
             }
             match (&function.path, &function.image) {
                 (Some(path), None) => {
@@ -531,6 +708,124 @@ impl HearthConfig {
                 .map_err(|e| format!("{}.{e}", key("limits")))?;
         }
         Ok(())
+    }
+
+    fn validate_messaging(&self) -> Result<(), String> {
+        if let Some(label) = &self.messaging.default_broker
+            && !self.messaging.brokers.contains_key(label)
+        {
+            return Err(format!(
+                "messaging.default_broker: no broker labelled `{label}` in [messaging.brokers]"
+            ));
+        }
+        for (label, broker) in &self.messaging.brokers {
+            let key = |field: &str| format!("messaging.brokers.{label}.{field}");
+            match (broker.kind, &broker.url, &broker.path) {
+                (BrokerKind::Embedded, Some(_), _) => {
+                    return Err(format!(
+                        "{}: an embedded broker has a `path`, not a `url`",
+                        key("url")
+                    ));
+                }
+                (BrokerKind::Nats, None, _) => {
+                    return Err(format!(
+                        "{}: missing; a nats broker needs the server's URL",
+                        key("url")
+                    ));
+                }
+                (BrokerKind::Nats, _, Some(_)) => {
+                    return Err(format!(
+                        "{}: only an embedded broker has a `path`",
+                        key("path")
+                    ));
+                }
+                (BrokerKind::Embedded, _, _) if broker.retention_hours.is_some() => {
+                    return Err(format!(
+                        "{}: an embedded broker keeps messages until they are acked",
+                        key("retention_hours")
+                    ));
+                }
+                _ => {}
+            }
+            if broker.timeout_ms == Some(0) || broker.max_message_bytes == Some(0) {
+                return Err(format!(
+                    "{}: must be at least 1",
+                    key("timeout_ms / max_message_bytes")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The message brokers this file asks for, and the default label.
+    /// Without `[messaging.brokers]` there is one embedded broker,
+    /// `default`, under the cache dir. NATS connects in the background.
+    pub async fn host_brokers(
+        &self,
+    ) -> Result<(BTreeMap<String, hearth_messaging::Broker>, Option<String>), String> {
+        let default_dir = self
+            .cache
+            .dir
+            .clone()
+            .unwrap_or_else(default_cache_dir)
+            .join("messaging");
+        let configured = if self.messaging.brokers.is_empty() {
+            BTreeMap::from([(
+                "default".to_string(),
+                BrokerConfig {
+                    kind: BrokerKind::Embedded,
+                    path: None,
+                    url: None,
+                    timeout_ms: None,
+                    retention_hours: None,
+                    max_message_bytes: None,
+                },
+            )])
+        } else {
+            self.messaging.brokers.clone()
+        };
+        let mut brokers = BTreeMap::new();
+        for (label, broker) in configured {
+            let key = format!("messaging.brokers.{label}");
+            let backend: Arc<dyn hearth_messaging::MessagingBackend> = match broker.kind {
+                BrokerKind::Embedded => {
+                    let path = broker
+                        .path
+                        .clone()
+                        .unwrap_or_else(|| default_dir.join(format!("{label}.redb")));
+                    Arc::new(
+                        hearth_messaging::embedded::EmbeddedBroker::open(&path)
+                            .map_err(|e| format!("{key}: {e}"))?,
+                    )
+                }
+                BrokerKind::Nats => {
+                    let defaults = hearth_messaging::nats::NatsSettings::default();
+                    let settings = hearth_messaging::nats::NatsSettings {
+                        url: broker.url.clone().unwrap_or_default(),
+                        timeout: broker
+                            .timeout_ms
+                            .map_or(defaults.timeout, std::time::Duration::from_millis),
+                        retention: broker.retention_hours.map_or(defaults.retention, |h| {
+                            std::time::Duration::from_secs(h * 3600)
+                        }),
+                    };
+                    Arc::new(
+                        hearth_messaging::nats::NatsBroker::connect(&label, settings)
+                            .await
+                            .map_err(|e| format!("{key}.url: {e}"))?,
+                    )
+                }
+            };
+            let mut limits = hearth_messaging::MessagingLimits::default();
+            if let Some(max) = broker.max_message_bytes {
+                limits.max_message_bytes = max;
+            }
+            brokers.insert(
+                label.clone(),
+                hearth_messaging::Broker::new(&label, backend, limits),
+            );
+        }
+        Ok((brokers, self.messaging.default_broker.clone()))
     }
 
     fn validate_state(&self) -> Result<(), String> {
@@ -763,8 +1058,12 @@ max_memory_mib = 16
 
     #[test]
     fn missing_key_is_named() {
-        let message = HearthConfig::parse("[[function]]\nname = \"a\"\n").unwrap_err();
-        assert!(message.contains("missing field `listen`"), "{message}");
+        let message = HearthConfig::parse("[[function]]\nname = \"a\"\npath = \"Cargo.toml\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(message.contains("function[0].listen"), "{message}");
+        assert!(message.contains("[[function.subscribe]]"), "{message}");
         let message = HearthConfig::parse("[[function]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n")
             .unwrap()
             .validate()

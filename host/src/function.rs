@@ -21,6 +21,7 @@
 //! refused at load with [`FunctionLoadError::Capacity`]. Jobs are not pooled:
 //! each run gets a fresh instance.
 
+use crate::capabilities::handler_bindings::HandlerExportIndices;
 use crate::capabilities::{FunctionCapabilities, HostCapabilities};
 use crate::distribution::{CacheSettings, PullPolicy};
 use crate::engine::{EngineSettings, HostEngine};
@@ -49,6 +50,8 @@ pub const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2.12";
 pub const CLI_RUN: &str = "wasi:cli/run@0.2.12";
 /// Hearth's optional lifecycle interface.
 pub const LIFECYCLE: &str = "hearth:function/lifecycle@0.1.0";
+/// The interface a message handler exports.
+pub const MESSAGE_HANDLER: &str = "wasi:messaging/incoming-handler@0.2.0-draft";
 
 /// Why a function could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +74,9 @@ pub enum FunctionLoadError {
         /// What is wrong with the bytes.
         cause: LoadError,
     },
-    /// The component exports neither world's entry point.
+    /// The component exports no world's entry point.
     #[error(
-        "cannot load function `{function}`: it exports neither `{INCOMING_HANDLER}` (a service) nor `{CLI_RUN}` (a job); it exports: {exports}"
+        "cannot load function `{function}`: it exports none of `{INCOMING_HANDLER}` (a service), `{MESSAGE_HANDLER}` (a message handler) and `{CLI_RUN}` (a job); it exports: {exports}"
     )]
     NoEntryPoint {
         /// The function's name.
@@ -160,6 +163,11 @@ pub enum FunctionKind {
     Service {
         /// Where the incoming handler lives in an instance.
         handler: ProxyIndices,
+        /// Where `init` and `shutdown` live, if exported.
+        lifecycle: Option<LifecycleExports>,
+    },
+    /// A message handler only (no HTTP).
+    MessageHandler {
         /// Where `init` and `shutdown` live, if exported.
         lifecycle: Option<LifecycleExports>,
     },
@@ -412,8 +420,10 @@ impl Host {
             CompiledFrom::Compiled => 2,
         };
         self.loads[counter].fetch_add(1, Ordering::Relaxed);
+        let message_handler = handler_indices(&name, &compiled)?;
         let pool = match kind {
-            FunctionKind::Service { lifecycle, .. } => {
+            FunctionKind::Service { lifecycle, .. }
+            | FunctionKind::MessageHandler { lifecycle } => {
                 let admission = self
                     .capacity
                     .admit(&name, env.pool.min_idle)
@@ -437,6 +447,7 @@ impl Host {
             compiled,
             compiled_from,
             kind,
+            message_handler,
             pool,
         });
         if function.is_service() {
@@ -549,6 +560,48 @@ fn export_names(compiled: &CompiledFunction<FunctionState>, engine: &wasmtime::E
     }
 }
 
+/// Where `wasi:messaging/incoming-handler` lives, if exported.
+fn handler_indices(
+    name: &str,
+    compiled: &CompiledFunction<FunctionState>,
+) -> Result<Option<HandlerExportIndices>, FunctionLoadError> {
+    if compiled
+        .component
+        .get_export_index(None, MESSAGE_HANDLER)
+        .is_none()
+    {
+        return Ok(None);
+    }
+    HandlerExportIndices::new(&compiled.instance_pre)
+        .map(Some)
+        .map_err(|e| FunctionLoadError::BadLifecycle {
+            function: name.into(),
+            detail: format!("its `{MESSAGE_HANDLER}` export: {e:#}"),
+        })
+}
+
+fn lifecycle_exports(
+    name: &str,
+    compiled: &CompiledFunction<FunctionState>,
+) -> Result<Option<LifecycleExports>, FunctionLoadError> {
+    let component = &compiled.component;
+    let Some(interface) = component.get_export_index(None, LIFECYCLE) else {
+        return Ok(None);
+    };
+    let find = |func: &str| {
+        component
+            .get_export_index(Some(&interface), func)
+            .ok_or_else(|| FunctionLoadError::BadLifecycle {
+                function: name.into(),
+                detail: format!("it has no `{func}` function"),
+            })
+    };
+    Ok(Some(LifecycleExports {
+        init: find("init")?,
+        shutdown: find("shutdown")?,
+    }))
+}
+
 fn classify(
     name: &str,
     compiled: &CompiledFunction<FunctionState>,
@@ -561,24 +614,12 @@ fn classify(
                 detail: format!("{e:#}"),
             }
         })?;
-        let lifecycle = match component.get_export_index(None, LIFECYCLE) {
-            None => None,
-            Some(interface) => {
-                let find = |func: &str| {
-                    component
-                        .get_export_index(Some(&interface), func)
-                        .ok_or_else(|| FunctionLoadError::BadLifecycle {
-                            function: name.into(),
-                            detail: format!("it has no `{func}` function"),
-                        })
-                };
-                Some(LifecycleExports {
-                    init: find("init")?,
-                    shutdown: find("shutdown")?,
-                })
-            }
-        };
+        let lifecycle = lifecycle_exports(name, compiled)?;
         return Ok(FunctionKind::Service { handler, lifecycle });
+    }
+    if component.get_export_index(None, MESSAGE_HANDLER).is_some() {
+        let lifecycle = lifecycle_exports(name, compiled)?;
+        return Ok(FunctionKind::MessageHandler { lifecycle });
     }
     if component.get_export_index(None, CLI_RUN).is_some() {
         let run = CommandIndices::new(&compiled.instance_pre).map_err(|e| {
@@ -604,6 +645,7 @@ pub struct Function {
     compiled: Arc<CompiledFunction<FunctionState>>,
     compiled_from: CompiledFrom,
     kind: FunctionKind,
+    message_handler: Option<HandlerExportIndices>,
     slots: Arc<Semaphore>,
     pool: Option<InstancePool<FunctionState>>,
 }
@@ -672,6 +714,11 @@ impl Function {
     /// Whether it is a service.
     pub fn is_service(&self) -> bool {
         matches!(self.kind, FunctionKind::Service { .. })
+    }
+
+    /// Where its message handler lives, if it exports one.
+    pub fn message_handler(&self) -> Option<&HandlerExportIndices> {
+        self.message_handler.as_ref()
     }
 
     /// The compiled component behind it.
@@ -772,7 +819,8 @@ impl Function {
 
     fn lifecycle(&self) -> Option<LifecycleExports> {
         match &self.kind {
-            FunctionKind::Service { lifecycle, .. } => *lifecycle,
+            FunctionKind::Service { lifecycle, .. }
+            | FunctionKind::MessageHandler { lifecycle } => *lifecycle,
             FunctionKind::Job { .. } => None,
         }
     }

@@ -13,7 +13,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Module map: [`capabilities`] (state, invoke and config host functions), [`engine`] (engine and epoch clock), [`function`] (loading and
+//! Module map: [`capabilities`] (state, invoke, config and messaging host functions), [`messages`] (the message trigger: subscriptions), [`engine`] (engine and epoch clock), [`function`] (loading and
 //! instances), [`http`] (the HTTP trigger), [`job`] (the job world),
 //! [`limits`], [`invocation_error`] (what callers see when things fail),
 //! [`config`] (`hearth.toml`), [`control`] (the control API hearthd serves to shims), [`distribution`] (files, references and the caches), [`guest_output`] (guest stdout/stderr to logs).
@@ -31,6 +31,7 @@ pub mod invocation_error;
 pub mod job;
 pub mod limits;
 pub mod logging;
+pub mod messages;
 pub mod state;
 
 pub use distribution::{CacheSettings, FunctionSource, PullPolicy};

@@ -104,6 +104,7 @@ impl FunctionState {
                 function: capabilities,
                 host,
                 request: RequestContext::default(),
+                in_hand: None,
             },
             limiter: StoreLimiter::new(&env.limits, env.memory.clone()),
         }
@@ -112,6 +113,20 @@ impl FunctionState {
     /// Sets the context of the request the instance is about to serve.
     pub fn set_request_context(&mut self, request: RequestContext) {
         self.capabilities.request = request;
+    }
+
+    /// Hands the instance the message it is about to handle (or takes it
+    /// back, with `None`); returns what it held before.
+    pub fn set_in_hand(
+        &mut self,
+        in_hand: Option<crate::capabilities::messaging::InHand>,
+    ) -> Option<crate::capabilities::messaging::InHand> {
+        std::mem::replace(&mut self.capabilities.in_hand, in_hand)
+    }
+
+    /// The resource table (for handing the guest resources).
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 

@@ -9,7 +9,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::serve_on;
+use common::{serve_on, start_hearthd};
 use hearth_host::capabilities::{HostCapabilities, InvokeSettings};
 use hearth_host::{EngineSettings, FunctionEnv, Host, Limits};
 use hearth_state::embedded::EmbeddedBackend;
@@ -719,23 +719,6 @@ async fn idempotent_calls_are_retried_and_repeated_failures_open_the_breaker() {
 
 // ---------------------------------------------------------------------------
 // hearthd as a process.
-
-const HEARTHD: &str = env!("CARGO_BIN_EXE_hearthd");
-
-fn start_hearthd(dir: &std::path::Path, toml: &str) -> hearth_testkit::process::Running {
-    let config = dir.join("hearth.toml");
-    std::fs::write(&config, toml).unwrap();
-    let hearthd = hearth_testkit::process::Running::start(
-        std::process::Command::new(HEARTHD)
-            .env("HEARTH_SOCKET", dir.join("hearthd.sock"))
-            .env("HEARTH_CACHE_DIR", dir.join("cache"))
-            .arg("--config")
-            .arg(&config)
-            .args(["--admin", "127.0.0.1:0"]),
-    );
-    hearthd.wait_for_line("hearthd ready");
-    hearthd
-}
 
 fn admin_addr(hearthd: &hearth_testkit::process::Running) -> SocketAddr {
     let line = hearthd.wait_for_line("admin endpoint on http://");

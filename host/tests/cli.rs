@@ -180,7 +180,7 @@ fn hearthd_config_errors_name_the_file_and_key() {
         ),
         (
             "[[function]]\nname = \"a\"\npath = \"a.wasm\"\n",
-            "missing field `listen`",
+            "function[0].listen (function `a`): missing; give `listen`",
         ),
         ("[prewarm]\nimages = [\"Not A Ref\"]\n", "prewarm.images[0]"),
         (

@@ -5,7 +5,9 @@ mod common;
 
 use bytes::Bytes;
 use common::serve_on;
-use hearth_host::{EngineSettings, Function, FunctionEnv, FunctionLoadError, Host, Limits};
+use hearth_host::{
+    EngineSettings, Function, FunctionEnv, FunctionKind, FunctionLoadError, Host, Limits,
+};
 use hearth_prewarm::LoadError;
 use hearth_testkit::http::{get, post_chunked, send};
 use http::{Method, StatusCode};
@@ -581,4 +583,154 @@ async fn a_component_for_another_wit_version_is_refused_naming_both_versions() {
             "{message}"
         );
     }
+}
+
+// order-producer, order-worker and flaky-worker on both brokers, with every
+// fault case: host/tests/messaging.rs. Here: each on the embedded default.
+
+async fn receive_one(consumer: &dyn hearth_messaging::Consumer) -> hearth_messaging::Delivery {
+    loop {
+        let got = consumer.receive(1, Duration::from_secs(10)).await.unwrap();
+        if let Some(delivery) = got.into_iter().next() {
+            return delivery;
+        }
+    }
+}
+
+async fn shop_value(host: &Arc<Host>, key: &str) -> Option<String> {
+    let store = &host.capabilities().stores["default"];
+    let ns = hearth_state::Namespace::new("shop").unwrap();
+    store
+        .get(&ns, key)
+        .await
+        .unwrap()
+        .map(|entry| String::from_utf8(entry.value).unwrap())
+}
+
+async fn wait_for_shop_value(host: &Arc<Host>, key: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = shop_value(host, key).await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{key}` never written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn shop_env(name: &str) -> FunctionEnv {
+    let mut env = env_for(name, small_limits(), &[]);
+    env.grants.app = Some("shop".into());
+    env
+}
+
+#[tokio::test]
+async fn order_producer() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_embedded_state(dir.path(), &small_limits());
+    let broker = host.capabilities().brokers["default"].clone();
+    let consumer = broker
+        .subscribe(&hearth_messaging::SubscriptionSpec {
+            topic: "orders".into(),
+            group: "check".into(),
+            visibility: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    let addr = serve_on(
+        &host,
+        hearth_testkit::ORDER_PRODUCER,
+        shop_env("order-producer"),
+    )
+    .await;
+    let reply = hearth_testkit::http::send(
+        addr,
+        http::Method::POST,
+        "/orders?key=customer-1&priority=7",
+        &[("x-order-id", "o1"), ("content-type", "text/plain")],
+        bytes::Bytes::from_static(b"2 apples"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, http::StatusCode::ACCEPTED, "{}", reply.text());
+    let got = receive_one(&*consumer).await;
+    assert_eq!(got.id, reply.text().trim());
+    assert_eq!(got.data, b"2 apples");
+    assert_eq!(got.key.as_deref(), Some("customer-1"));
+    assert_eq!(got.priority, 7);
+    assert_eq!(got.content_type.as_deref(), Some("text/plain"));
+    assert!(got.headers.contains(&("x-order-id".into(), "o1".into())));
+}
+
+#[tokio::test]
+async fn order_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_embedded_state(dir.path(), &small_limits());
+    let worker = host
+        .load(
+            shop_env("order-worker"),
+            hearth_testkit::wasm_bytes(hearth_testkit::ORDER_WORKER),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(worker.kind(), FunctionKind::MessageHandler { .. }));
+    let broker = host.capabilities().brokers["default"].clone();
+    let _subscription = hearth_host::messages::Subscription::start(
+        worker,
+        broker.clone(),
+        hearth_host::messages::SubscriptionSettings::new("orders", "workers"),
+    )
+    .await
+    .unwrap();
+    broker
+        .publish(&hearth_messaging::OutgoingMessage {
+            topic: "orders".into(),
+            data: b"3 pears".to_vec(),
+            headers: vec![("x-order-id".into(), "o7".into())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(wait_for_shop_value(&host, "order/o7").await, "3 pears");
+    assert_eq!(wait_for_shop_value(&host, "processed").await, "1");
+}
+
+#[tokio::test]
+async fn flaky_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_embedded_state(dir.path(), &small_limits());
+    let flaky = host
+        .load(
+            shop_env("flaky-worker"),
+            hearth_testkit::wasm_bytes(hearth_testkit::FLAKY_WORKER),
+        )
+        .await
+        .unwrap();
+    let broker = host.capabilities().brokers["default"].clone();
+    let mut settings = hearth_host::messages::SubscriptionSettings::new("orders", "flaky");
+    settings.backoff = Duration::from_millis(20);
+    let _subscription = hearth_host::messages::Subscription::start(flaky, broker.clone(), settings)
+        .await
+        .unwrap();
+    broker
+        .publish(&hearth_messaging::OutgoingMessage {
+            topic: "orders".into(),
+            data: b"x".to_vec(),
+            headers: vec![
+                ("x-order-id".into(), "f1".into()),
+                ("x-order-mode".into(), "fail-1".into()),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_for_shop_value(&host, "flaky/f1").await,
+        "2",
+        "second try"
+    );
+    assert_eq!(wait_for_shop_value(&host, "flaky-attempts/f1").await, "2");
 }

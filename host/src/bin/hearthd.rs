@@ -12,6 +12,11 @@
 //! it. On SIGTERM it stops accepting control calls and drains its
 //! `[[function]]` listeners.
 //!
+//! `[[function.subscribe]]` entries start message subscriptions (see
+//! `hearth_host::messages`) once everything is loaded; on SIGTERM they drain
+//! first (stop pulling, let in-flight handlers finish for 10 s, give back
+//! the rest), then the HTTP listeners drain.
+//!
 //! With `--admin ADDR` (or `[admin] listen`) hearthd serves `/metrics`,
 //! `/healthz` and `/readyz` there (see `hearth_host::admin`) and logs
 //! "admin endpoint on http://ADDR"; without it there is no admin endpoint.
@@ -55,6 +60,9 @@ async fn main() {
     }
 }
 
+/// How long in-flight message handlers get to finish at shutdown.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn config_name(args: &Args) -> String {
     args.config
         .as_ref()
@@ -69,11 +77,19 @@ async fn run(args: Args) -> Result<()> {
     let caches = config.cache_settings();
     let engine_settings = config.engine_settings();
     let host = Host::with_caches(&engine_settings, &caches)?;
+    let (brokers, default_broker) = config
+        .host_brokers()
+        .await
+        .map_err(|message| anyhow::anyhow!("{}: {message}", config_name(&args)))?;
     let capabilities = config
         .host_capabilities()
-        .map_err(|message| anyhow::anyhow!("{}: {message}", config_name(&args)))?;
+        .map_err(|message| anyhow::anyhow!("{}: {message}", config_name(&args)))?
+        .with_brokers(brokers, default_broker);
     for (label, store) in &capabilities.stores {
         tracing::info!(store = %label, backend = store.kind(), "state store configured");
+    }
+    for (label, broker) in &capabilities.brokers {
+        tracing::info!(broker = %label, backend = broker.kind(), "message broker configured");
     }
     host.install_capabilities(capabilities)
         .map_err(|e| anyhow::anyhow!(e))?;
@@ -125,6 +141,7 @@ async fn run(args: Args) -> Result<()> {
 
     // Load everything before serving anything, so a bad function stops start-up.
     let mut servers = Vec::new();
+    let mut handlers = Vec::new();
     for function_config in &config.function {
         let env = function_config.function_env(config.limits, &config.pool);
         let (function, origin) = match (&function_config.path, &function_config.image) {
@@ -135,21 +152,40 @@ async fn run(args: Args) -> Result<()> {
             ),
             (None, None) => unreachable!("validated: every function has a path or an image"),
         };
-        if !function.is_service() {
+        if matches!(function.kind(), hearth_host::FunctionKind::Job { .. }) {
             anyhow::bail!(
-                "function `{}` ({origin}) is a job; [[function]] entries are served over HTTP. Run jobs with `hearth run`",
+                "function `{}` ({origin}) is a job; [[function]] entries serve HTTP or handle messages. Run jobs with `hearth run`",
                 function_config.name,
             );
         }
-        let listener = tokio::net::TcpListener::bind(function_config.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "function `{}`: cannot listen on {}",
-                    function_config.name, function_config.listen
-                )
-            })?;
-        servers.push((function, listener));
+        if !function_config.subscribe.is_empty() && function.message_handler().is_none() {
+            anyhow::bail!(
+                "function `{}` ({origin}) has [[function.subscribe]] entries but does not export `{}`",
+                function_config.name,
+                hearth_host::function::MESSAGE_HANDLER,
+            );
+        }
+        for subscribe in &function_config.subscribe {
+            handlers.push((function.clone(), subscribe.settings(&function_config.name)));
+        }
+        if let Some(listen) = function_config.listen {
+            if !function.is_service() {
+                anyhow::bail!(
+                    "function `{}` ({origin}) has `listen` but does not export `{}`",
+                    function_config.name,
+                    hearth_host::function::INCOMING_HANDLER,
+                );
+            }
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "function `{}`: cannot listen on {listen}",
+                        function_config.name
+                    )
+                })?;
+            servers.push((function, listener));
+        }
     }
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -157,7 +193,11 @@ async fn run(args: Args) -> Result<()> {
     admin_sources.push(Arc::new(
         servers
             .iter()
-            .map(|(function, _)| (function.name().to_string(), function.clone()))
+            .map(|(function, _)| function)
+            .chain(handlers.iter().map(|(function, _)| function))
+            .map(|function| (function.name().to_string(), function.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
             .collect::<Vec<_>>(),
     ));
     if let Some(listener) = admin_listener {
@@ -196,10 +236,33 @@ async fn run(args: Args) -> Result<()> {
             let _ = stopped.wait_for(|stop| *stop).await;
         }));
     }
+    let broker_of = |function: &hearth_host::Function| {
+        function.capabilities().broker.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "function `{}`: no message broker is configured",
+                function.name()
+            )
+        })
+    };
+    let mut subscriptions = Vec::new();
+    for (function, settings) in handlers {
+        let broker = broker_of(&function)?;
+        subscriptions.push(
+            hearth_host::messages::Subscription::start(function, broker, settings)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?,
+        );
+    }
     ready.store(true, Ordering::Relaxed);
     tracing::info!(functions = config.function.len(), "hearthd ready");
     hearth_host::shutdown_signal().await;
     tracing::info!("shutting down");
+    // Message handlers drain first: stop pulling, finish or give back
+    // what is in flight.
+    let drains = subscriptions
+        .into_iter()
+        .map(|subscription| subscription.drain(DRAIN_GRACE));
+    futures_util::future::join_all(drains).await;
     let _ = stop.send(true);
     while let Some(result) = tasks.join_next().await {
         result??;

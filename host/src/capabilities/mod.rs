@@ -1,6 +1,7 @@
 //! Capabilities as host functions: state (`wasi:keyvalue` and
-//! `hearth:function/state`), service invocation (`hearth:function/invoke`)
-//! and configuration (`wasi:config`).
+//! `hearth:function/state`), service invocation (`hearth:function/invoke`),
+//! configuration (`wasi:config`) and messaging (`wasi:messaging` and
+//! `hearth:function/messaging`).
 //!
 //! Each capability is WIT (in `wit/`, one source for host and guests) +
 //! a host implementation here + a backend trait + backends chosen in
@@ -9,7 +10,8 @@
 //! # Contract
 //!
 //! * The host holds one [`HostCapabilities`]: the configured state stores
-//!   by label, the invoke settings and the directory of loaded functions.
+//!   and message brokers by label, the invoke settings and the directory of
+//!   loaded functions.
 //! * A function's [`CapabilityGrants`] (from its config) are resolved
 //!   against it once, at load, into [`FunctionCapabilities`]: its app's
 //!   namespace in its own store, the shared store labels it may open, and
@@ -30,6 +32,7 @@ pub mod config;
 pub mod invoke;
 pub mod keyvalue;
 pub mod keyvalue_draft;
+pub mod messaging;
 
 use crate::function::Function;
 use hearth_state::{Namespace, StateStore};
@@ -51,6 +54,21 @@ pub mod bindings {
             "wasi:keyvalue/store.bucket": crate::capabilities::keyvalue::StoreHandle,
             "wasi:keyvalue/atomics.cas": crate::capabilities::keyvalue::CasHandle,
             "hearth:function/state.store": crate::capabilities::keyvalue::StoreHandle,
+            "wasi:messaging/types.client": crate::capabilities::messaging::ClientHandle,
+            "wasi:messaging/types.message": crate::capabilities::messaging::MessageHandle,
+        },
+    });
+}
+
+/// Bindings for calling a component's `wasi:messaging/incoming-handler`.
+#[allow(missing_docs, clippy::all)]
+pub mod handler_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "hearth:function/handler-export",
+        exports: { default: async },
+        with: {
+            "wasi:messaging/types": crate::capabilities::bindings::wasi::messaging::types,
         },
     });
 }
@@ -75,8 +93,14 @@ pub struct HostCapabilities {
     pub stores: BTreeMap<String, StateStore>,
     /// The label a function's own store comes from unless it names one.
     pub default_store: Option<String>,
+    /// Message brokers by label.
+    pub brokers: BTreeMap<String, hearth_messaging::Broker>,
+    /// The broker functions publish to and subscribe on unless they name one.
+    pub default_broker: Option<String>,
     /// How `invoke` reaches functions that are not loaded here.
     pub invoke: InvokeSettings,
+    /// Live message subscriptions' counters (for `/metrics`).
+    pub subscriptions: crate::messages::SubscriptionRegistry,
     directory: Mutex<HashMap<String, Weak<Function>>>,
     breakers: invoke::Breakers,
 }
@@ -97,7 +121,8 @@ impl HostCapabilities {
         }
     }
 
-    /// A host with one embedded store, `default`, in the file `path`.
+    /// A host with one embedded store, `default`, in the file `path`, and
+    /// one embedded broker, `default`, beside it (`<path>.messages.redb`).
     pub fn embedded_default(path: &Path) -> Result<Self, String> {
         let backend = hearth_state::embedded::EmbeddedBackend::open(path)?;
         let store = StateStore::new(
@@ -105,11 +130,20 @@ impl HostCapabilities {
             Arc::new(backend),
             hearth_state::StateLimits::default(),
         );
+        let broker_path = path.with_extension("messages.redb");
+        let broker = hearth_messaging::Broker::new(
+            "default",
+            Arc::new(hearth_messaging::embedded::EmbeddedBroker::open(
+                &broker_path,
+            )?),
+            hearth_messaging::MessagingLimits::default(),
+        );
         Ok(Self::new(
             BTreeMap::from([("default".to_string(), store)]),
             None,
             InvokeSettings::default(),
-        ))
+        )
+        .with_brokers(BTreeMap::from([("default".to_string(), broker)]), None))
     }
 
     /// Resolves a function's grants; the error names the unknown label.
@@ -140,12 +174,20 @@ impl HostCapabilities {
             shared.insert(label.clone(), (store, namespace));
         }
         let config = config::collect(env, grants.config_dir.as_deref(), &grants.config)?;
+        let broker = match grants.broker.clone().or(self.default_broker.clone()) {
+            None => None,
+            Some(label) => Some(self.brokers.get(&label).cloned().ok_or_else(|| {
+                format!("broker: no broker labelled `{label}` is configured in [messaging.brokers]")
+            })?),
+        };
         Ok(FunctionCapabilities {
             function: function.into(),
             app,
             own_store,
             shared,
             config,
+            broker,
+            publish_topics: grants.publish_topics.clone(),
         })
     }
 
@@ -169,7 +211,8 @@ impl HostCapabilities {
             .and_then(Weak::upgrade)
     }
 
-    /// Checks every store can be reached; the errors name store and backend.
+    /// Checks every store and broker can be reached; the errors name the
+    /// store or broker and its backend.
     pub async fn check_stores(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for store in self.stores.values() {
@@ -177,7 +220,24 @@ impl HostCapabilities {
                 problems.push(error.to_string());
             }
         }
+        for broker in self.brokers.values() {
+            if let Err(error) = broker.ping().await {
+                problems.push(error.to_string());
+            }
+        }
         problems
+    }
+
+    /// Adds message brokers (the first label, or `default_broker`, is the
+    /// default).
+    pub fn with_brokers(
+        mut self,
+        brokers: BTreeMap<String, hearth_messaging::Broker>,
+        default_broker: Option<String>,
+    ) -> Self {
+        self.default_broker = default_broker.or_else(|| brokers.keys().next().cloned());
+        self.brokers = brokers;
+        self
     }
 }
 
@@ -216,6 +276,11 @@ pub struct CapabilityGrants {
     pub config: BTreeMap<String, String>,
     /// A directory of files (a mounted ConfigMap): one value per file.
     pub config_dir: Option<PathBuf>,
+    /// The label of the broker it publishes to (default: the host's default).
+    pub broker: Option<String>,
+    /// Topics it may publish to (exact, or a prefix ending in `.>` or `*`);
+    /// `None` allows any.
+    pub publish_topics: Option<Vec<String>>,
 }
 
 /// A function's capabilities, resolved at load.
@@ -231,6 +296,10 @@ pub struct FunctionCapabilities {
     pub shared: BTreeMap<String, (StateStore, Namespace)>,
     /// `wasi:config` values, in order.
     pub config: Vec<(String, String)>,
+    /// Its broker, if the host has any.
+    pub broker: Option<hearth_messaging::Broker>,
+    /// Topics it may publish to; `None` allows any.
+    pub publish_topics: Option<Vec<String>>,
 }
 
 impl FunctionCapabilities {
@@ -243,6 +312,8 @@ impl FunctionCapabilities {
             own_store: None,
             shared: BTreeMap::new(),
             config: Vec::new(),
+            broker: None,
+            publish_topics: None,
         }
     }
 }
@@ -267,6 +338,8 @@ pub struct CapabilityCtx {
     pub host: Arc<HostCapabilities>,
     /// The request in progress.
     pub request: RequestContext,
+    /// The message a handler invocation holds (set by the message trigger).
+    pub in_hand: Option<messaging::InHand>,
 }
 
 /// The view capability host functions get of the store's data.
@@ -300,6 +373,10 @@ pub fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Res
     wasi_config::store::add_to_linker::<T, HasCapabilities>(linker, view)?;
     hearth::state::add_to_linker::<T, HasCapabilities>(linker, view)?;
     hearth::invoke::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    hearth::messaging::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    use bindings::wasi::messaging as wasi_messaging;
+    wasi_messaging::types::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    wasi_messaging::producer::add_to_linker::<T, HasCapabilities>(linker, view)?;
     use draft_bindings::wasi::keyvalue0_2_0_draft as draft;
     draft::store::add_to_linker::<T, HasCapabilities>(linker, view)?;
     draft::atomics::add_to_linker::<T, HasCapabilities>(linker, view)?;

@@ -4,6 +4,26 @@ use hearth_host::{FunctionEnv, Host};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// Starts the `hearthd` under test with `toml` as its config (written into
+/// `dir`, with its socket and cache there too) and an admin endpoint on a
+/// free port; returns once it logs "hearthd ready".
+// Each test crate compiles this module; not every one starts hearthd.
+#[allow(dead_code)]
+pub fn start_hearthd(dir: &std::path::Path, toml: &str) -> hearth_testkit::process::Running {
+    let config = dir.join("hearth.toml");
+    std::fs::write(&config, toml).unwrap();
+    let hearthd = hearth_testkit::process::Running::start(
+        std::process::Command::new(env!("CARGO_BIN_EXE_hearthd"))
+            .env("HEARTH_SOCKET", dir.join("hearthd.sock"))
+            .env("HEARTH_CACHE_DIR", dir.join("cache"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--admin", "127.0.0.1:0"]),
+    );
+    hearthd.wait_for_line("hearthd ready");
+    hearthd
+}
+
 /// Loads `path` into `host` as `env` describes and serves it on a free
 /// loopback port until the test ends.
 pub async fn serve_on(host: &Arc<Host>, path: &str, env: FunctionEnv) -> SocketAddr {

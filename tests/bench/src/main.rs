@@ -46,6 +46,7 @@
 mod capabilities;
 mod cold_start;
 mod languages;
+mod messaging;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -75,6 +76,8 @@ enum Bench {
     Capabilities(capabilities::CapabilitiesArgs),
     /// Time to first response of `hello` in Rust, Python and JavaScript.
     Languages(languages::LanguagesArgs),
+    /// Publish → handler start, throughput and redelivery, embedded and NATS.
+    Messaging(messaging::MessagingArgs),
 }
 
 #[derive(Parser)]
@@ -130,6 +133,7 @@ fn main() -> Result<()> {
         Bench::ColdStart(args) => cold_start::cold_start(args),
         Bench::Capabilities(args) => capabilities::capabilities(args),
         Bench::Languages(args) => languages::languages(args),
+        Bench::Messaging(args) => messaging::messaging(args),
     }
 }
 

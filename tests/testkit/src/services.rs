@@ -1,4 +1,5 @@
-//! Real backing services for tests: `redis-server` and PostgreSQL, each a
+//! Real backing services for tests: `redis-server`, `nats-server -js` and
+//! PostgreSQL, each a
 //! process of its own on a free loopback port with its data in a temp dir,
 //! stopped by PID when dropped.
 //!
@@ -124,6 +125,69 @@ impl RedisServer {
 }
 
 impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `nats-server -js` with JetStream's file store in a temp dir, so a
+/// restart keeps every stream and consumer (what a broker outage test needs).
+pub struct NatsServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts one on a free port and waits until it accepts.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = NatsServer {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL): it is down until [`NatsServer::restart`].
+    pub fn kill(&mut self) {
+        stop(&mut self.child, "-KILL");
+    }
+
+    /// Starts it again on the same port and store dir.
+    pub fn restart(&mut self) {
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+            .unwrap_or(Path::new("/usr/sbin/nats-server"));
+        require(binary, "nats-server");
+        let log = self.dir.path().join("nats.log");
+        let mut child = Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-sd")
+            .arg(self.dir.path().join("jetstream"))
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        wait_until_accepting(&mut child, addr, "nats-server", &log);
+        self.child = Some(child);
+    }
+}
+
+impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }

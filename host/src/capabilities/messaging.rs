@@ -1,0 +1,407 @@
+//! `wasi:messaging@0.2.0-draft` (types, producer) and
+//! `hearth:function/messaging` over [`hearth_messaging::Broker`].
+//!
+//! * `client.connect(name)`: `""` or `"default"` is the function's broker;
+//!   another name must be a broker label the host has (`connection` error
+//!   otherwise). `producer.send(client, topic, message)` publishes the
+//!   message's data, content type and metadata (as headers).
+//! * `hearth:function/messaging.publish` publishes on the function's broker
+//!   with key, headers, delay and priority.
+//! * **Allow-list.** When the function's `publish_topics` is set, a topic
+//!   must match one of its entries (exact, or a prefix ending in `.>`/`*`):
+//!   anything else is `access-denied` / `permission-denied`, logged.
+//! * The message in hand ([`InHand`]) is set by the message trigger for one
+//!   handler invocation; `extend`, `ack` and `nack` act on it, and
+//!   `ack`/`nack` record that the handler settled it (the trigger then
+//!   leaves it alone). Outside a handler they answer `no-message`.
+
+use super::CapabilityView;
+use super::bindings::hearth::function::messaging as hm;
+use super::bindings::wasi::messaging::{producer, types};
+use hearth_messaging::{Broker, Consumer, Delivery, MessagingError, OutgoingMessage};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::Resource;
+
+/// A `wasi:messaging/types.client`: the broker it publishes to.
+pub struct ClientHandle {
+    broker: Broker,
+}
+
+/// A `wasi:messaging/types.message`.
+#[derive(Debug, Clone, Default)]
+pub struct MessageHandle {
+    /// The topic it came from (delivered messages).
+    pub topic: Option<String>,
+    /// The payload.
+    pub data: Vec<u8>,
+    /// Its media type.
+    pub content_type: Option<String>,
+    /// Its metadata.
+    pub metadata: Vec<(String, String)>,
+}
+
+impl MessageHandle {
+    /// The guest's view of a delivery.
+    pub fn from_delivery(delivery: &Delivery) -> Self {
+        MessageHandle {
+            topic: Some(delivery.topic.clone()),
+            data: delivery.data.clone(),
+            content_type: delivery.content_type.clone(),
+            metadata: delivery.headers.clone(),
+        }
+    }
+}
+
+/// How the handler settled the message in hand itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// `ack` succeeded.
+    Acked,
+    /// `nack` was called: the trigger nacks it after `handle` returns, with
+    /// this delay (0: the subscription's backoff) or dead-letters it.
+    Nacked {
+        /// The delay asked for, in ms.
+        delay_ms: u64,
+        /// The handler's reason (the message's error from now on).
+        reason: String,
+    },
+}
+
+/// The message a handler invocation holds.
+pub struct InHand {
+    /// The subscription's consumer.
+    pub consumer: Arc<dyn Consumer>,
+    /// The delivery.
+    pub delivery: Delivery,
+    /// The subscription group.
+    pub group: String,
+    /// What the handler did with it, if anything.
+    pub settled: Option<Settled>,
+}
+
+/// Whether `topic` is allowed by `patterns` (no patterns = anything).
+pub fn topic_allowed(patterns: Option<&[String]>, topic: &str) -> bool {
+    let Some(patterns) = patterns else {
+        return true;
+    };
+    patterns.iter().any(|pattern| {
+        if let Some(prefix) = pattern.strip_suffix(".>") {
+            topic
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('.'))
+        } else if let Some(prefix) = pattern.strip_suffix('*') {
+            topic.starts_with(prefix)
+        } else {
+            pattern == topic
+        }
+    })
+}
+
+enum PublishError {
+    Denied(String),
+    NoBroker(String),
+    Broker(MessagingError),
+}
+
+impl CapabilityView<'_> {
+    fn broker_for_publish(&self, label: Option<&str>) -> Result<Broker, PublishError> {
+        let function = &self.ctx.function;
+        match label {
+            None | Some("") | Some("default") => function.broker.clone().ok_or_else(|| {
+                PublishError::NoBroker(
+                    "no broker is configured on this host ([messaging.brokers] in hearth.toml)"
+                        .into(),
+                )
+            }),
+            Some(label) => self.ctx.host.brokers.get(label).cloned().ok_or_else(|| {
+                PublishError::NoBroker(format!("no broker labelled `{label}` on this host"))
+            }),
+        }
+    }
+
+    /// Checks the allow-list and publishes (not a method: the view is not
+    /// `Sync`, and the future must be `Send`).
+    async fn publish_checked(
+        function: Arc<super::FunctionCapabilities>,
+        broker: Broker,
+        message: OutgoingMessage,
+    ) -> Result<String, PublishError> {
+        let message = &message;
+        if !topic_allowed(function.publish_topics.as_deref(), &message.topic) {
+            let detail = format!(
+                "function `{}` may not publish to `{}` (publish_topics in its config)",
+                function.function, message.topic
+            );
+            tracing::warn!(function = %function.function, topic = %message.topic, "publish denied: {detail}");
+            return Err(PublishError::Denied(detail));
+        }
+        broker.publish(message).await.map_err(|error| {
+            tracing::warn!(function = %function.function, topic = %message.topic, error = %error, "publish failed");
+            PublishError::Broker(error)
+        })
+    }
+
+    fn in_hand(&mut self) -> Result<&mut InHand, hm::Error> {
+        match &mut self.ctx.in_hand {
+            Some(in_hand) if in_hand.settled.is_none() => Ok(in_hand),
+            _ => Err(hm::Error::NoMessage),
+        }
+    }
+}
+
+fn hearth_error(error: MessagingError) -> hm::Error {
+    match error {
+        MessagingError::InvalidArgument(detail) => hm::Error::InvalidArgument(detail),
+        MessagingError::TooLarge { limit, .. } => hm::Error::TooLarge(limit),
+        MessagingError::Lost { .. } => hm::Error::Lost(error.to_string()),
+        MessagingError::Unavailable { .. } => hm::Error::Unavailable(error.to_string()),
+    }
+}
+
+fn hearth_publish_error(error: PublishError) -> hm::Error {
+    match error {
+        PublishError::Denied(detail) => hm::Error::AccessDenied(detail),
+        PublishError::NoBroker(detail) => hm::Error::Unavailable(detail),
+        PublishError::Broker(error) => hearth_error(error),
+    }
+}
+
+fn wasi_error(error: PublishError) -> types::Error {
+    match error {
+        PublishError::Denied(detail) => types::Error::PermissionDenied(detail),
+        PublishError::NoBroker(detail) => types::Error::Connection(detail),
+        PublishError::Broker(MessagingError::Unavailable { .. }) => {
+            types::Error::Connection(match error {
+                PublishError::Broker(e) => e.to_string(),
+                _ => unreachable!(),
+            })
+        }
+        PublishError::Broker(error) => types::Error::Other(error.to_string()),
+    }
+}
+
+impl types::Host for CapabilityView<'_> {}
+
+impl types::HostClient for CapabilityView<'_> {
+    async fn connect(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Resource<ClientHandle>, types::Error>> {
+        Ok(match self.broker_for_publish(Some(&name)) {
+            Ok(broker) => Ok(self.table.push(ClientHandle { broker })?),
+            Err(error) => Err(wasi_error(error)),
+        })
+    }
+
+    async fn disconnect(
+        &mut self,
+        _client: Resource<ClientHandle>,
+    ) -> wasmtime::Result<Result<(), types::Error>> {
+        Ok(Ok(()))
+    }
+
+    async fn drop(&mut self, client: Resource<ClientHandle>) -> wasmtime::Result<()> {
+        self.table.delete(client)?;
+        Ok(())
+    }
+}
+
+impl types::HostMessage for CapabilityView<'_> {
+    async fn new(&mut self, data: Vec<u8>) -> wasmtime::Result<Resource<MessageHandle>> {
+        Ok(self.table.push(MessageHandle {
+            data,
+            ..Default::default()
+        })?)
+    }
+
+    async fn topic(
+        &mut self,
+        message: Resource<MessageHandle>,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&message)?.topic.clone())
+    }
+
+    async fn content_type(
+        &mut self,
+        message: Resource<MessageHandle>,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&message)?.content_type.clone())
+    }
+
+    async fn set_content_type(
+        &mut self,
+        message: Resource<MessageHandle>,
+        content_type: String,
+    ) -> wasmtime::Result<()> {
+        self.table.get_mut(&message)?.content_type = Some(content_type);
+        Ok(())
+    }
+
+    async fn data(&mut self, message: Resource<MessageHandle>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&message)?.data.clone())
+    }
+
+    async fn set_data(
+        &mut self,
+        message: Resource<MessageHandle>,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<()> {
+        self.table.get_mut(&message)?.data = data;
+        Ok(())
+    }
+
+    async fn metadata(
+        &mut self,
+        message: Resource<MessageHandle>,
+    ) -> wasmtime::Result<Option<Vec<(String, String)>>> {
+        let metadata = &self.table.get(&message)?.metadata;
+        Ok((!metadata.is_empty()).then(|| metadata.clone()))
+    }
+
+    async fn add_metadata(
+        &mut self,
+        message: Resource<MessageHandle>,
+        key: String,
+        value: String,
+    ) -> wasmtime::Result<()> {
+        let metadata = &mut self.table.get_mut(&message)?.metadata;
+        match metadata.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => metadata.push((key, value)),
+        }
+        Ok(())
+    }
+
+    async fn set_metadata(
+        &mut self,
+        message: Resource<MessageHandle>,
+        meta: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        self.table.get_mut(&message)?.metadata = meta;
+        Ok(())
+    }
+
+    async fn remove_metadata(
+        &mut self,
+        message: Resource<MessageHandle>,
+        key: String,
+    ) -> wasmtime::Result<()> {
+        self.table
+            .get_mut(&message)?
+            .metadata
+            .retain(|(k, _)| *k != key);
+        Ok(())
+    }
+
+    async fn drop(&mut self, message: Resource<MessageHandle>) -> wasmtime::Result<()> {
+        self.table.delete(message)?;
+        Ok(())
+    }
+}
+
+impl producer::Host for CapabilityView<'_> {
+    async fn send(
+        &mut self,
+        client: Resource<ClientHandle>,
+        topic: String,
+        message: Resource<MessageHandle>,
+    ) -> wasmtime::Result<Result<(), types::Error>> {
+        let broker = self.table.get(&client)?.broker.clone();
+        let handle = self.table.delete(message)?;
+        let outgoing = OutgoingMessage {
+            topic,
+            data: handle.data,
+            headers: handle.metadata,
+            content_type: handle.content_type,
+            ..Default::default()
+        };
+        let function = self.ctx.function.clone();
+        Ok(Self::publish_checked(function, broker, outgoing)
+            .await
+            .map(|_| ())
+            .map_err(wasi_error))
+    }
+}
+
+impl hm::Host for CapabilityView<'_> {
+    async fn publish(
+        &mut self,
+        topic: String,
+        data: Vec<u8>,
+        options: hm::PublishOptions,
+    ) -> wasmtime::Result<Result<String, hm::Error>> {
+        let broker = match self.broker_for_publish(None) {
+            Ok(broker) => broker,
+            Err(error) => return Ok(Err(hearth_publish_error(error))),
+        };
+        let outgoing = OutgoingMessage {
+            topic,
+            data,
+            key: options.key,
+            headers: options.headers,
+            content_type: options.content_type,
+            delay: Duration::from_millis(options.delay_ms),
+            priority: options.priority,
+        };
+        let function = self.ctx.function.clone();
+        Ok(Self::publish_checked(function, broker, outgoing)
+            .await
+            .map_err(hearth_publish_error))
+    }
+
+    async fn current(&mut self) -> wasmtime::Result<Option<hm::Delivery>> {
+        Ok(self.ctx.in_hand.as_ref().map(|in_hand| {
+            let d = &in_hand.delivery;
+            hm::Delivery {
+                id: d.id.clone(),
+                topic: d.topic.clone(),
+                group: in_hand.group.clone(),
+                attempt: d.attempt,
+                last_error: d.last_error.clone(),
+                key: d.key.clone(),
+                priority: d.priority,
+            }
+        }))
+    }
+
+    async fn extend(&mut self, visibility_ms: u64) -> wasmtime::Result<Result<(), hm::Error>> {
+        let in_hand = match self.in_hand() {
+            Ok(in_hand) => in_hand,
+            Err(error) => return Ok(Err(error)),
+        };
+        let visibility = Duration::from_millis(visibility_ms.max(1));
+        Ok(in_hand
+            .consumer
+            .extend(&in_hand.delivery.receipt, visibility)
+            .await
+            .map_err(hearth_error))
+    }
+
+    async fn ack(&mut self) -> wasmtime::Result<Result<(), hm::Error>> {
+        let in_hand = match self.in_hand() {
+            Ok(in_hand) => in_hand,
+            Err(error) => return Ok(Err(error)),
+        };
+        let result = in_hand.consumer.ack(&in_hand.delivery.receipt).await;
+        if result.is_ok() {
+            in_hand.settled = Some(Settled::Acked);
+        }
+        Ok(result.map_err(hearth_error))
+    }
+
+    async fn nack(
+        &mut self,
+        delay_ms: u64,
+        reason: String,
+    ) -> wasmtime::Result<Result<(), hm::Error>> {
+        let in_hand = match self.in_hand() {
+            Ok(in_hand) => in_hand,
+            Err(error) => return Ok(Err(error)),
+        };
+        // The trigger applies the subscription's backoff and dead-lettering:
+        // record the guest's wish, and let it settle after `handle` returns.
+        in_hand.settled = Some(Settled::Nacked { delay_ms, reason });
+        Ok(Ok(()))
+    }
+}

@@ -1,0 +1,646 @@
+//! The message trigger: subscriptions that call a function's
+//! `wasi:messaging/incoming-handler` once per delivered message.
+//!
+//! # Contract (at least once)
+//!
+//! * A [`Subscription`] pulls from one topic as one consumer group, with at
+//!   most `concurrency` handler invocations in flight; each invocation gets
+//!   a pooled instance of the function (a pool hit when one is idle) and the
+//!   function's deadline (`request_timeout_ms`).
+//! * The handler returns `ok`: the message is acked. It returns `err`,
+//!   traps, runs out its deadline or blows its memory limit: it is nacked
+//!   and delivered again after `backoff × 2^(attempt-1)` (capped at
+//!   `max_backoff`); a trapped or timed-out instance is discarded, never
+//!   reused. The handler may settle it first with
+//!   `hearth:function/messaging` `ack` / `nack(delay, reason)`.
+//! * A message that failed its `max_deliveries`-th attempt (or arrives with
+//!   more attempts than that, because a handler kept it past its
+//!   visibility) is published to the dead-letter topic (`<topic>.dlq`
+//!   unless configured) with `hearth-error` (the last error),
+//!   `hearth-original-topic`, `hearth-original-id`, `hearth-group` and
+//!   `hearth-deliveries` headers, and then acked. If that publish fails the
+//!   message is nacked instead: it is never dropped.
+//! * A handler that keeps a message past its visibility timeout (without
+//!   `extend`) loses it: the broker hands it to another consumer, and this
+//!   handler's ack is refused as `lost` — counted in
+//!   `hearth_messages_total{outcome="lost"}`; deliveries with `attempt > 1`
+//!   are counted as `redelivered`.
+//! * [`Subscription::drain`]: stop pulling, give in-flight handlers the grace
+//!   period, then nack what is still running (delivered again at once) and
+//!   return.
+//! * Every failure is logged once with the function, topic and message id.
+
+use crate::capabilities::RequestContext;
+use crate::capabilities::messaging::{InHand, MessageHandle, Settled};
+use crate::function::Function;
+use crate::invocation_error::InvocationError;
+use hearth_messaging::{Broker, Consumer, Delivery, OutgoingMessage, Receipt, SubscriptionSpec};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// One subscription of one function, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionSettings {
+    /// The topic.
+    pub topic: String,
+    /// The consumer group (default: the function's name).
+    pub group: String,
+    /// How long a delivered message stays invisible to other consumers.
+    pub visibility: Duration,
+    /// Handler invocations in flight at most.
+    pub concurrency: u32,
+    /// Attempts before a message is dead-lettered.
+    pub max_deliveries: u32,
+    /// The first redelivery delay after a failure.
+    pub backoff: Duration,
+    /// The longest redelivery delay.
+    pub max_backoff: Duration,
+    /// Where dead letters go (default `<topic>.dlq`).
+    pub dead_letter_topic: Option<String>,
+}
+
+impl SubscriptionSettings {
+    /// Defaults for `topic`, group `group`.
+    pub fn new(topic: &str, group: &str) -> Self {
+        SubscriptionSettings {
+            topic: topic.into(),
+            group: group.into(),
+            visibility: Duration::from_secs(30),
+            concurrency: 4,
+            max_deliveries: 5,
+            backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(60),
+            dead_letter_topic: None,
+        }
+    }
+
+    /// The dead-letter topic.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.topic))
+    }
+
+    /// The delay before redelivering a message whose `attempt` failed.
+    pub fn backoff_after(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(20);
+        self.backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+
+    /// Parses `hearth.dev/subscribe`: `topic[,topic...]`, each optionally
+    /// `topic@group` (default group: `default_group`).
+    pub fn from_annotation(value: &str, default_group: &str) -> Result<Vec<Self>, String> {
+        let mut out = Vec::new();
+        for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (topic, group) = match entry.split_once('@') {
+                Some((topic, group)) => (topic.trim(), group.trim()),
+                None => (entry, default_group),
+            };
+            hearth_messaging::validate_topic(topic).map_err(|e| e.to_string())?;
+            hearth_messaging::validate_topic(group).map_err(|e| format!("group: {e}"))?;
+            out.push(SubscriptionSettings::new(topic, group));
+        }
+        if out.is_empty() {
+            return Err("no topic given".into());
+        }
+        Ok(out)
+    }
+}
+
+/// Counters of one subscription.
+#[derive(Debug, Default)]
+pub struct SubscriptionStats {
+    /// The function's name.
+    pub function: String,
+    /// The topic.
+    pub topic: String,
+    /// The group.
+    pub group: String,
+    /// Messages handed to the handler.
+    pub delivered: AtomicU64,
+    /// Of those, redeliveries (`attempt > 1`).
+    pub redelivered: AtomicU64,
+    /// Acked after the handler succeeded (or acked by the handler).
+    pub acked: AtomicU64,
+    /// Nacked for redelivery.
+    pub nacked: AtomicU64,
+    /// Sent to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+    /// Settled too late: the broker had delivered them again.
+    pub lost: AtomicU64,
+    /// Failed receives (the broker was unreachable).
+    pub receive_errors: AtomicU64,
+}
+
+impl SubscriptionStats {
+    /// (outcome label, count) pairs, for `/metrics`.
+    pub fn outcomes(&self) -> [(&'static str, u64); 6] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("delivered", get(&self.delivered)),
+            ("redelivered", get(&self.redelivered)),
+            ("acked", get(&self.acked)),
+            ("nacked", get(&self.nacked)),
+            ("dead_lettered", get(&self.dead_lettered)),
+            ("lost", get(&self.lost)),
+        ]
+    }
+}
+
+/// Every live subscription's stats (for `/metrics`).
+#[derive(Default)]
+pub struct SubscriptionRegistry {
+    stats: Mutex<Vec<std::sync::Weak<SubscriptionStats>>>,
+}
+
+impl SubscriptionRegistry {
+    fn register(&self, stats: &Arc<SubscriptionStats>) {
+        let mut all = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|s| s.strong_count() > 0);
+        all.push(Arc::downgrade(stats));
+    }
+
+    /// The stats of every live subscription.
+    pub fn all(&self) -> Vec<Arc<SubscriptionStats>> {
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect()
+    }
+}
+
+/// A running subscription.
+pub struct Subscription {
+    settings: SubscriptionSettings,
+    stats: Arc<SubscriptionStats>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    grace: Arc<Mutex<Duration>>,
+}
+
+/// Called with each delivery right before its handler starts (benchmarks
+/// measure publish → handler start with it).
+pub type StartObserver = Arc<dyn Fn(&Delivery) + Send + Sync>;
+
+/// Where a subscription's handler invocations run.
+struct Dispatch {
+    on_start: Option<StartObserver>,
+    function: Arc<Function>,
+    broker: Broker,
+    consumer: Arc<dyn Consumer>,
+    settings: SubscriptionSettings,
+    stats: Arc<SubscriptionStats>,
+    /// Deliveries being handled now.
+    in_flight: Mutex<HashSet<Receipt>>,
+}
+
+impl Subscription {
+    /// Subscribes `function` (which must export the message handler) on
+    /// `broker` and starts pulling.
+    pub async fn start(
+        function: Arc<Function>,
+        broker: Broker,
+        settings: SubscriptionSettings,
+    ) -> Result<Self, String> {
+        Self::start_observed(function, broker, settings, None).await
+    }
+
+    /// [`Subscription::start`], calling `on_start` before each handler runs.
+    pub async fn start_observed(
+        function: Arc<Function>,
+        broker: Broker,
+        settings: SubscriptionSettings,
+        on_start: Option<StartObserver>,
+    ) -> Result<Self, String> {
+        if function.message_handler().is_none() {
+            return Err(format!(
+                "function `{}` does not export `{}`, so it cannot subscribe to `{}`",
+                function.name(),
+                crate::function::MESSAGE_HANDLER,
+                settings.topic
+            ));
+        }
+        if settings.concurrency == 0 || settings.max_deliveries == 0 {
+            return Err("concurrency and max_deliveries must be at least 1".into());
+        }
+        let consumer = broker
+            .subscribe(&SubscriptionSpec {
+                topic: settings.topic.clone(),
+                group: settings.group.clone(),
+                visibility: settings.visibility,
+            })
+            .await
+            .map_err(|e| {
+                format!(
+                    "function `{}`: cannot subscribe to `{}`: {e}",
+                    function.name(),
+                    settings.topic
+                )
+            })?;
+        let stats = Arc::new(SubscriptionStats {
+            function: function.name().to_string(),
+            topic: settings.topic.clone(),
+            group: settings.group.clone(),
+            ..Default::default()
+        });
+        function
+            .host()
+            .capabilities()
+            .subscriptions
+            .register(&stats);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let grace = Arc::new(Mutex::new(Duration::from_secs(10)));
+        let dispatch = Arc::new(Dispatch {
+            on_start,
+            function: function.clone(),
+            broker,
+            consumer,
+            settings: settings.clone(),
+            stats: stats.clone(),
+            in_flight: Mutex::default(),
+        });
+        tracing::info!(
+            function = %function.name(),
+            topic = %settings.topic,
+            group = %settings.group,
+            concurrency = settings.concurrency,
+            "subscribed function `{}` to `{}`",
+            function.name(),
+            settings.topic
+        );
+        let task = tokio::spawn(pull_loop(dispatch, stopped, grace.clone()));
+        Ok(Subscription {
+            settings,
+            stats,
+            stop,
+            task,
+            grace,
+        })
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &SubscriptionSettings {
+        &self.settings
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &Arc<SubscriptionStats> {
+        &self.stats
+    }
+
+    /// Stops pulling, lets in-flight handlers finish within `grace`, nacks
+    /// the rest, and returns when all is settled.
+    pub async fn drain(self, grace: Duration) {
+        *self.grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// How long one receive waits before looking at the stop signal again.
+const RECEIVE_WAIT: Duration = Duration::from_millis(500);
+
+async fn pull_loop(
+    dispatch: Arc<Dispatch>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    grace: Arc<Mutex<Duration>>,
+) {
+    let permits = Arc::new(Semaphore::new(dispatch.settings.concurrency as usize));
+    let mut handlers = tokio::task::JoinSet::new();
+    let mut failures = 0u32;
+    loop {
+        if *stopped.borrow() {
+            break;
+        }
+        let first = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+            _ = stopped.changed() => break,
+        };
+        let mut held = vec![first];
+        while let Ok(permit) = permits.clone().try_acquire_owned() {
+            held.push(permit);
+        }
+        // Not raced against the stop signal: a receive cut short could
+        // leave messages taken but never handled.
+        match dispatch.consumer.receive(held.len(), RECEIVE_WAIT).await {
+            Ok(deliveries) => {
+                if failures > 0 {
+                    tracing::info!(function = %dispatch.function.name(), topic = %dispatch.settings.topic, "receiving again after {failures} failed attempts");
+                }
+                failures = 0;
+                for (delivery, permit) in deliveries.into_iter().zip(held.drain(..)) {
+                    dispatch
+                        .in_flight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(delivery.receipt);
+                    let dispatch = dispatch.clone();
+                    handlers.spawn(async move {
+                        dispatch.handle(delivery).await;
+                        drop(permit);
+                    });
+                }
+            }
+            Err(error) => {
+                failures += 1;
+                dispatch
+                    .stats
+                    .receive_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(function = %dispatch.function.name(), topic = %dispatch.settings.topic, error = %error, failures, "cannot receive messages");
+                }
+                let pause = Duration::from_millis(100 << failures.min(6));
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stopped.changed() => break,
+                }
+            }
+        }
+        while handlers.try_join_next().is_some() {}
+    }
+    // Drain.
+    let grace = *grace.lock().unwrap_or_else(|e| e.into_inner());
+    let finished = tokio::time::timeout(grace, async {
+        while handlers.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        handlers.abort_all();
+        while handlers.join_next().await.is_some() {}
+        let left: Vec<Receipt> = dispatch
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for receipt in left {
+            tracing::warn!(function = %dispatch.function.name(), topic = %dispatch.settings.topic, sequence = receipt.sequence, "handler still running at shutdown; message given back");
+            if let Err(error) = dispatch
+                .consumer
+                .nack(
+                    &receipt,
+                    Duration::ZERO,
+                    "hearthd shut down while it was being handled",
+                )
+                .await
+            {
+                tracing::warn!(error = %error, "nack at shutdown failed; the message comes back when its visibility runs out");
+            }
+            dispatch.stats.nacked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    tracing::info!(function = %dispatch.function.name(), topic = %dispatch.settings.topic, "subscription drained");
+}
+
+/// What one handler invocation came to.
+enum Handled {
+    /// `handle` returned `ok`.
+    Ok,
+    /// `handle` returned `err`, or the invocation failed: the error.
+    Failed(String),
+}
+
+impl Dispatch {
+    async fn handle(&self, delivery: Delivery) {
+        let stats = &self.stats;
+        let settings = &self.settings;
+        let function = self.function.name();
+        stats.delivered.fetch_add(1, Ordering::Relaxed);
+        if delivery.attempt > 1 {
+            stats.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+        let receipt = delivery.receipt;
+        if delivery.attempt > settings.max_deliveries {
+            let error = delivery.last_error.clone().unwrap_or_else(|| {
+                format!(
+                    "delivered {} times without being acked",
+                    delivery.attempt - 1
+                )
+            });
+            self.dead_letter(&delivery, &error).await;
+            self.done(&receipt);
+            return;
+        }
+        let (handled, settled) = self.invoke(&delivery).await;
+        let failure = match (settled, handled) {
+            (Some(Settled::Acked), _) => {
+                stats.acked.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            (Some(Settled::Nacked { delay_ms, reason }), _) => Some((delay_ms, reason)),
+            (None, Handled::Ok) => {
+                match self.consumer.ack(&receipt).await {
+                    Ok(()) => {
+                        stats.acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => self.settle_failed(&delivery, "ack", &error),
+                }
+                None
+            }
+            (None, Handled::Failed(error)) => Some((0, error)),
+        };
+        if let Some((delay_ms, error)) = failure {
+            tracing::warn!(
+                %function,
+                topic = %delivery.topic,
+                id = %delivery.id,
+                attempt = delivery.attempt,
+                error = %error,
+                "message handler failed"
+            );
+            if delivery.attempt >= settings.max_deliveries {
+                self.dead_letter(&delivery, &error).await;
+            } else {
+                let delay = if delay_ms > 0 {
+                    Duration::from_millis(delay_ms)
+                } else {
+                    settings.backoff_after(delivery.attempt)
+                };
+                match self.consumer.nack(&receipt, delay, &error).await {
+                    Ok(()) => {
+                        stats.nacked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => self.settle_failed(&delivery, "nack", &error),
+                }
+            }
+        }
+        self.done(&receipt);
+    }
+
+    fn done(&self, receipt: &Receipt) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(receipt);
+    }
+
+    fn settle_failed(
+        &self,
+        delivery: &Delivery,
+        what: &str,
+        error: &hearth_messaging::MessagingError,
+    ) {
+        if matches!(error, hearth_messaging::MessagingError::Lost { .. }) {
+            self.stats.lost.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::warn!(
+            function = %self.function.name(),
+            topic = %delivery.topic,
+            id = %delivery.id,
+            error = %error,
+            "{what} of a handled message failed; it will be delivered again"
+        );
+    }
+
+    /// Runs the handler on a pooled instance.
+    async fn invoke(&self, delivery: &Delivery) -> (Handled, Option<Settled>) {
+        let function = &self.function;
+        let timeout = function.env().limits.request_timeout();
+        let slot = match function.acquire_slot(timeout).await {
+            Ok(slot) => slot,
+            Err(overloaded) => {
+                let error = InvocationError::Overloaded(overloaded);
+                return (Handled::Failed(format!("{}: {error}", error.name())), None);
+            }
+        };
+        let mut pooled = match function.checkout(slot, timeout).await {
+            Ok(pooled) => pooled,
+            Err(error) => {
+                let error = InvocationError::from_wasmtime(&error);
+                tracing::error!(function = %function.name(), error = %error, "cannot instantiate a message handler");
+                return (Handled::Failed(format!("{}: {error}", error.name())), None);
+            }
+        };
+        let Some(indices) = function.message_handler() else {
+            return (Handled::Failed("no message handler".into()), None);
+        };
+        let ready = pooled.ready();
+        let state = ready.store.data_mut();
+        state.set_request_context(RequestContext {
+            depth: 0,
+            request_id: Some(delivery.id.clone()),
+            traceparent: None,
+        });
+        state.set_in_hand(Some(InHand {
+            consumer: self.consumer.clone(),
+            delivery: delivery.clone(),
+            group: self.settings.group.clone(),
+            settled: None,
+        }));
+        let result = async {
+            let message = ready
+                .store
+                .data_mut()
+                .table()
+                .push(MessageHandle::from_delivery(delivery))?;
+            let handler = indices.load(&mut ready.store, &ready.instance)?;
+            if let Some(on_start) = &self.on_start {
+                on_start(delivery);
+            }
+            handler
+                .wasi_messaging_incoming_handler()
+                .call_handle(&mut ready.store, message)
+                .await
+        }
+        .await;
+        let settled = ready
+            .store
+            .data_mut()
+            .set_in_hand(None)
+            .and_then(|in_hand| in_hand.settled);
+        match result {
+            Ok(Ok(())) => {
+                function.finish(pooled).await;
+                (Handled::Ok, settled)
+            }
+            Ok(Err(error)) => {
+                function.finish(pooled).await;
+                (
+                    Handled::Failed(format!("the handler returned an error: {error:?}")),
+                    settled,
+                )
+            }
+            Err(trap) => {
+                let error = InvocationError::from_wasmtime(&trap);
+                tracing::error!(
+                    function = %function.name(),
+                    topic = %delivery.topic,
+                    id = %delivery.id,
+                    error = %error,
+                    "message handler failed: {}; the instance is discarded",
+                    error.name()
+                );
+                // Dropping `pooled` unreleased discards the instance.
+                drop(pooled);
+                (
+                    Handled::Failed(format!("{}: {error}", error.name())),
+                    settled,
+                )
+            }
+        }
+    }
+
+    /// Publishes `delivery` to the dead-letter topic and acks it; if the
+    /// publish fails, nacks it instead (nothing is dropped).
+    async fn dead_letter(&self, delivery: &Delivery, error: &str) {
+        let topic = self.settings.dead_letter_topic();
+        let mut headers = delivery.headers.clone();
+        headers.extend([
+            ("hearth-error".to_string(), one_line(error)),
+            ("hearth-original-topic".to_string(), delivery.topic.clone()),
+            ("hearth-original-id".to_string(), delivery.id.clone()),
+            ("hearth-group".to_string(), self.settings.group.clone()),
+            (
+                "hearth-deliveries".to_string(),
+                delivery.attempt.to_string(),
+            ),
+        ]);
+        let letter = OutgoingMessage {
+            topic: topic.clone(),
+            data: delivery.data.clone(),
+            key: None,
+            headers,
+            content_type: delivery.content_type.clone(),
+            delay: Duration::ZERO,
+            priority: 0,
+        };
+        match self.broker.publish_from_host(&letter).await {
+            Ok(_) => {
+                tracing::error!(
+                    function = %self.function.name(),
+                    topic = %delivery.topic,
+                    id = %delivery.id,
+                    attempts = delivery.attempt,
+                    error = %error,
+                    "message dead-lettered to `{topic}`"
+                );
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                if let Err(ack_error) = self.consumer.ack(&delivery.receipt).await {
+                    self.settle_failed(delivery, "ack after dead-lettering", &ack_error);
+                }
+            }
+            Err(publish_error) => {
+                tracing::error!(topic = %topic, error = %publish_error, "cannot dead-letter message {}; it stays queued", delivery.id);
+                let delay = self.settings.max_backoff;
+                if let Err(nack_error) = self.consumer.nack(&delivery.receipt, delay, error).await {
+                    self.settle_failed(delivery, "nack", &nack_error);
+                }
+            }
+        }
+    }
+}
+
+fn one_line(text: &str) -> String {
+    let line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(1000)
+        .collect();
+    line
+}

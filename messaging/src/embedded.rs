@@ -1,0 +1,734 @@
+//! The embedded broker: a durable log in one redb file, for one process.
+//!
+//! # Layout
+//!
+//! * `log` — `(topic, sequence) → message`: every published message, kept
+//!   until every group of its topic has taken it in and acked it. Sequence
+//!   numbers are global and never reused (the message id is its sequence).
+//! * `groups` — `(topic, group) → cursor`: the last sequence of the topic the
+//!   group has taken into its own queue. A new group starts at 0, so it sees
+//!   every message its topic still keeps.
+//! * Per group (`topic group`): `deliveries` — `sequence → state` (attempt,
+//!   ready / waiting until T / in flight until T, key, priority, last error);
+//!   `ready` — `(255 - priority, sequence)` in delivery order; `waiting` —
+//!   `(until ms, sequence)`: delayed, nacked and in-flight messages, which
+//!   become ready at `until` (for one in flight: its visibility ran out).
+//!
+//! # Durability
+//!
+//! A publish and an ack are each one write transaction committed with
+//! `Durability::Immediate` (fsynced before the call returns). Receives,
+//! nacks and extends commit without fsync: after a crash they may be lost,
+//! which only means a message is delivered again. When the file is opened,
+//! every message that was in flight is made ready again at once (the
+//! process that held it is gone; the file is locked to one process), with
+//! `last_error` saying so — a hearthd killed with messages in flight
+//! redelivers them as soon as it is back.
+
+use crate::{
+    Consumer, Delivery, MessagingBackend, MessagingError, OutgoingMessage, Receipt,
+    SubscriptionSpec, now_ms,
+};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const GROUPS: TableDefinition<(&str, &str), u64> = TableDefinition::new("groups");
+const DELIVERIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("deliveries");
+const READY: TableDefinition<(&str, u8, u64), ()> = TableDefinition::new("ready");
+const WAITING: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("waiting");
+const SEQUENCE: &str = "sequence";
+
+/// The embedded broker.
+pub struct EmbeddedBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    /// Serialises write transactions with the key index they update.
+    keys: Mutex<KeyIndex>,
+    published: tokio::sync::Notify,
+}
+
+/// Per group: for each key, the sequences of its messages not yet acked.
+type KeyIndex = HashMap<String, HashMap<String, BTreeSet<u64>>>;
+
+type BackendResult<T> = Result<T, String>;
+
+impl EmbeddedBroker {
+    /// Opens (creating if need be) the broker file at `path` and makes every
+    /// message that was in flight ready again.
+    pub fn open(path: &Path) -> Result<Self, String> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        let db =
+            Database::create(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let keys = recover(&db).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        Ok(EmbeddedBroker {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_owned(),
+                keys: Mutex::new(keys),
+                published: tokio::sync::Notify::new(),
+            }),
+        })
+    }
+
+    /// The file it lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+}
+
+/// Creates the tables, requeues in-flight messages and rebuilds the key index.
+fn recover(db: &Database) -> Result<KeyIndex, redb::Error> {
+    let txn = db.begin_write()?;
+    let mut keys = KeyIndex::new();
+    {
+        txn.open_table(LOG)?;
+        txn.open_table(META)?;
+        txn.open_table(GROUPS)?;
+        let mut deliveries = txn.open_table(DELIVERIES)?;
+        let mut ready = txn.open_table(READY)?;
+        let mut waiting = txn.open_table(WAITING)?;
+        let mut requeue = Vec::new();
+        for row in deliveries.iter()? {
+            let (key, value) = row?;
+            let (group, sequence) = key.value();
+            let state = DeliveryState::decode(value.value());
+            if let Some(key) = &state.key {
+                keys.entry(group.to_string())
+                    .or_default()
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(sequence);
+            }
+            if state.in_flight {
+                requeue.push((group.to_string(), sequence, state));
+            }
+        }
+        for (group, sequence, mut state) in requeue {
+            waiting.remove((group.as_str(), state.until, sequence))?;
+            ready.insert((group.as_str(), 255 - state.priority, sequence), ())?;
+            state.in_flight = false;
+            state.until = 0;
+            state.last_error = Some(format!(
+                "the process holding delivery {} stopped before it was acked",
+                state.attempt
+            ));
+            deliveries.insert((group.as_str(), sequence), state.encode().as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(keys)
+}
+
+/// A group's state for one message.
+#[derive(Debug, Clone, Default)]
+struct DeliveryState {
+    /// Deliveries so far.
+    attempt: u32,
+    /// Delivered and not yet acked or nacked.
+    in_flight: bool,
+    /// Waiting (or in flight) until this ms; 0 when ready.
+    until: u64,
+    priority: u8,
+    key: Option<String>,
+    last_error: Option<String>,
+}
+
+impl DeliveryState {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        out.extend_from_slice(&self.attempt.to_le_bytes());
+        out.push(self.in_flight as u8);
+        out.extend_from_slice(&self.until.to_le_bytes());
+        out.push(self.priority);
+        put_opt(&mut out, self.key.as_deref());
+        put_opt(&mut out, self.last_error.as_deref());
+        out
+    }
+
+    fn decode(raw: &[u8]) -> Self {
+        let mut reader = Reader(raw);
+        DeliveryState {
+            attempt: reader.u32(),
+            in_flight: reader.u8() != 0,
+            until: reader.u64(),
+            priority: reader.u8(),
+            key: reader.opt(),
+            last_error: reader.opt(),
+        }
+    }
+}
+
+/// A message as stored in the log.
+struct StoredMessage {
+    published_at_ms: u64,
+    not_before_ms: u64,
+    message: OutgoingMessage,
+}
+
+impl StoredMessage {
+    fn encode(&self) -> Vec<u8> {
+        let m = &self.message;
+        let mut out = Vec::with_capacity(m.data.len() + 64);
+        out.extend_from_slice(&self.published_at_ms.to_le_bytes());
+        out.extend_from_slice(&self.not_before_ms.to_le_bytes());
+        out.push(m.priority);
+        put_opt(&mut out, m.key.as_deref());
+        put_opt(&mut out, m.content_type.as_deref());
+        out.extend_from_slice(&(m.headers.len() as u32).to_le_bytes());
+        for (name, value) in &m.headers {
+            put_str(&mut out, name);
+            put_str(&mut out, value);
+        }
+        out.extend_from_slice(&m.data);
+        out
+    }
+
+    fn decode(topic: &str, raw: &[u8]) -> Self {
+        let mut reader = Reader(raw);
+        let published_at_ms = reader.u64();
+        let not_before_ms = reader.u64();
+        let priority = reader.u8();
+        let key = reader.opt();
+        let content_type = reader.opt();
+        let count = reader.u32();
+        let headers = (0..count).map(|_| (reader.str(), reader.str())).collect();
+        StoredMessage {
+            published_at_ms,
+            not_before_ms,
+            message: OutgoingMessage {
+                topic: topic.into(),
+                data: reader.0.to_vec(),
+                key,
+                headers,
+                content_type,
+                delay: Duration::ZERO,
+                priority,
+            },
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            put_str(out, s);
+        }
+    }
+}
+
+/// Reads what this module wrote (the file is ours: a short read is a bug,
+/// and yields zeros rather than a panic).
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> &[u8] {
+        let n = n.min(self.0.len());
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        head
+    }
+    fn u8(&mut self) -> u8 {
+        self.take(1).first().copied().unwrap_or(0)
+    }
+    fn u32(&mut self) -> u32 {
+        let mut b = [0; 4];
+        let head = self.take(4);
+        b[..head.len()].copy_from_slice(head);
+        u32::from_le_bytes(b)
+    }
+    fn u64(&mut self) -> u64 {
+        let mut b = [0; 8];
+        let head = self.take(8);
+        b[..head.len()].copy_from_slice(head);
+        u64::from_le_bytes(b)
+    }
+    fn str(&mut self) -> String {
+        let len = self.u32() as usize;
+        String::from_utf8_lossy(self.take(len)).into_owned()
+    }
+    fn opt(&mut self) -> Option<String> {
+        (self.u8() == 1).then(|| self.str())
+    }
+}
+
+fn group_key(topic: &str, group: &str) -> String {
+    // Topics and groups have no spaces (crate::validate_topic).
+    format!("{topic} {group}")
+}
+
+impl Inner {
+    fn unavailable(&self, detail: impl std::fmt::Display) -> MessagingError {
+        MessagingError::Unavailable {
+            broker: self.path.display().to_string(),
+            backend: "embedded".into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn publish(&self, message: &OutgoingMessage) -> BackendResult<u64> {
+        let _serial = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        let stored = StoredMessage {
+            published_at_ms: now,
+            not_before_ms: now + message.delay.as_millis() as u64,
+            message: message.clone(),
+        };
+        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        let sequence = {
+            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+            let sequence = meta
+                .get(SEQUENCE)
+                .map_err(|e| e.to_string())?
+                .map_or(0, |v| v.value())
+                + 1;
+            meta.insert(SEQUENCE, sequence).map_err(|e| e.to_string())?;
+            let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+            log.insert(
+                (message.topic.as_str(), sequence),
+                stored.encode().as_slice(),
+            )
+            .map_err(|e| e.to_string())?;
+            sequence
+        };
+        txn.commit().map_err(|e| e.to_string())?;
+        Ok(sequence)
+    }
+
+    /// Takes new log entries into the group, makes due waiting ones ready and
+    /// hands out up to `max`. `None` means nothing now; the `u64` is when the
+    /// next waiting message is due (ms), if any.
+    fn take(
+        &self,
+        spec: &SubscriptionSpec,
+        max: usize,
+    ) -> BackendResult<(Vec<Delivery>, Option<u64>)> {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let gk = group_key(&spec.topic, &spec.group);
+        let group_keys = keys.entry(gk.clone()).or_default();
+        let now = now_ms();
+        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        let next_due;
+        {
+            let e = |e: redb::Error| e.to_string();
+            let log = txn.open_table(LOG).map_err(|x| e(x.into()))?;
+            let mut groups = txn.open_table(GROUPS).map_err(|x| e(x.into()))?;
+            let mut deliveries = txn.open_table(DELIVERIES).map_err(|x| e(x.into()))?;
+            let mut ready = txn.open_table(READY).map_err(|x| e(x.into()))?;
+            let mut waiting = txn.open_table(WAITING).map_err(|x| e(x.into()))?;
+            let topic = spec.topic.as_str();
+            // 1. New messages of the topic.
+            let cursor = groups
+                .get((topic, spec.group.as_str()))
+                .map_err(|x| e(x.into()))?
+                .map_or(0, |v| v.value());
+            let mut last = cursor;
+            for row in log
+                .range((topic, cursor + 1)..=(topic, u64::MAX))
+                .map_err(|x| e(x.into()))?
+            {
+                let (key, value) = row.map_err(|x| e(x.into()))?;
+                let sequence = key.value().1;
+                let stored = StoredMessage::decode(topic, value.value());
+                let mut state = DeliveryState {
+                    priority: stored.message.priority,
+                    key: stored.message.key.clone(),
+                    ..Default::default()
+                };
+                if stored.not_before_ms > now {
+                    state.until = stored.not_before_ms;
+                    waiting
+                        .insert((gk.as_str(), state.until, sequence), ())
+                        .map_err(|x| e(x.into()))?;
+                } else {
+                    ready
+                        .insert((gk.as_str(), 255 - state.priority, sequence), ())
+                        .map_err(|x| e(x.into()))?;
+                }
+                if let Some(key) = &state.key {
+                    group_keys.entry(key.clone()).or_default().insert(sequence);
+                }
+                deliveries
+                    .insert((gk.as_str(), sequence), state.encode().as_slice())
+                    .map_err(|x| e(x.into()))?;
+                last = sequence;
+            }
+            if last != cursor {
+                groups
+                    .insert((topic, spec.group.as_str()), last)
+                    .map_err(|x| e(x.into()))?;
+            }
+            // 2. Waiting messages whose time has come.
+            let due: Vec<(u64, u64)> = waiting
+                .range((gk.as_str(), 0, 0)..=(gk.as_str(), now, u64::MAX))
+                .map_err(|x| e(x.into()))?
+                .map(|row| row.map(|(k, _)| (k.value().1, k.value().2)))
+                .collect::<Result<_, _>>()
+                .map_err(|x| e(x.into()))?;
+            for (until, sequence) in due {
+                waiting
+                    .remove((gk.as_str(), until, sequence))
+                    .map_err(|x| e(x.into()))?;
+                let Some(raw) = deliveries
+                    .get((gk.as_str(), sequence))
+                    .map_err(|x| e(x.into()))?
+                    .map(|v| v.value().to_vec())
+                else {
+                    continue;
+                };
+                let mut state = DeliveryState::decode(&raw);
+                if state.in_flight {
+                    state.in_flight = false;
+                    state.last_error = Some(format!(
+                        "the visibility timeout of delivery {} ran out before it was acked",
+                        state.attempt
+                    ));
+                }
+                state.until = 0;
+                deliveries
+                    .insert((gk.as_str(), sequence), state.encode().as_slice())
+                    .map_err(|x| e(x.into()))?;
+                ready
+                    .insert((gk.as_str(), 255 - state.priority, sequence), ())
+                    .map_err(|x| e(x.into()))?;
+            }
+            // 3. Hand out ready ones, by priority then sequence, skipping a
+            //    keyed message unless it is its key's oldest unacked one.
+            let mut chosen = Vec::new();
+            if max > 0 {
+                for row in ready
+                    .range((gk.as_str(), 0, 0)..=(gk.as_str(), 255, u64::MAX))
+                    .map_err(|x| e(x.into()))?
+                {
+                    let (key, _) = row.map_err(|x| e(x.into()))?;
+                    let (_, inverse_priority, sequence) = key.value();
+                    let raw = deliveries
+                        .get((gk.as_str(), sequence))
+                        .map_err(|x| e(x.into()))?
+                        .map(|v| v.value().to_vec())
+                        .unwrap_or_default();
+                    let state = DeliveryState::decode(&raw);
+                    if let Some(key) = &state.key
+                        && group_keys.get(key).and_then(|s| s.first()) != Some(&sequence)
+                    {
+                        continue;
+                    }
+                    chosen.push((inverse_priority, sequence, state));
+                    if chosen.len() == max {
+                        break;
+                    }
+                }
+            }
+            let until = now + spec.visibility.as_millis() as u64;
+            for (inverse_priority, sequence, mut state) in chosen {
+                ready
+                    .remove((gk.as_str(), inverse_priority, sequence))
+                    .map_err(|x| e(x.into()))?;
+                state.attempt += 1;
+                state.in_flight = true;
+                state.until = until;
+                waiting
+                    .insert((gk.as_str(), until, sequence), ())
+                    .map_err(|x| e(x.into()))?;
+                deliveries
+                    .insert((gk.as_str(), sequence), state.encode().as_slice())
+                    .map_err(|x| e(x.into()))?;
+                let raw = log
+                    .get((topic, sequence))
+                    .map_err(|x| e(x.into()))?
+                    .map(|v| v.value().to_vec())
+                    .unwrap_or_default();
+                let stored = StoredMessage::decode(topic, &raw);
+                out.push(Delivery {
+                    receipt: Receipt {
+                        sequence,
+                        attempt: state.attempt,
+                    },
+                    id: sequence.to_string(),
+                    topic: topic.into(),
+                    data: stored.message.data,
+                    key: stored.message.key,
+                    headers: stored.message.headers,
+                    content_type: stored.message.content_type,
+                    priority: stored.message.priority,
+                    attempt: state.attempt,
+                    last_error: state.last_error,
+                    published_at_ms: stored.published_at_ms,
+                });
+            }
+            next_due = waiting
+                .range((gk.as_str(), 0, 0)..=(gk.as_str(), u64::MAX, u64::MAX))
+                .map_err(|x| e(x.into()))?
+                .next()
+                .transpose()
+                .map_err(|x| e(x.into()))?
+                .map(|(k, _)| k.value().1);
+        }
+        txn.commit().map_err(|e| e.to_string())?;
+        Ok((out, next_due))
+    }
+
+    /// Applies `change` to the in-flight delivery `receipt` names, or
+    /// refuses with `Lost`. `change` returns the new state (`None` = acked).
+    fn settle(
+        &self,
+        spec: &SubscriptionSpec,
+        receipt: &Receipt,
+        durability: Durability,
+        change: impl FnOnce(DeliveryState) -> Option<DeliveryState>,
+    ) -> Result<(), MessagingError> {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let gk = group_key(&spec.topic, &spec.group);
+        let topic = spec.topic.as_str();
+        let sequence = receipt.sequence;
+        let fail = |e: redb::Error| self.unavailable(e);
+        let mut txn = self.db.begin_write().map_err(|x| fail(x.into()))?;
+        txn.set_durability(durability)
+            .map_err(|x| self.unavailable(x))?;
+        let mut acked_key = None;
+        {
+            let mut deliveries = txn.open_table(DELIVERIES).map_err(|x| fail(x.into()))?;
+            let mut waiting = txn.open_table(WAITING).map_err(|x| fail(x.into()))?;
+            let mut ready = txn.open_table(READY).map_err(|x| fail(x.into()))?;
+            let state = deliveries
+                .get((gk.as_str(), sequence))
+                .map_err(|x| fail(x.into()))?
+                .map(|v| DeliveryState::decode(v.value()));
+            let state = match state {
+                Some(state) if state.in_flight && state.attempt == receipt.attempt => state,
+                Some(state) if state.attempt != receipt.attempt => {
+                    return Err(MessagingError::Lost {
+                        sequence,
+                        reason: format!(
+                            "its visibility timeout ran out and it was delivered again (attempt {})",
+                            state.attempt
+                        ),
+                    });
+                }
+                Some(_) => {
+                    return Err(MessagingError::Lost {
+                        sequence,
+                        reason: "its visibility timeout ran out".into(),
+                    });
+                }
+                None => {
+                    return Err(MessagingError::Lost {
+                        sequence,
+                        reason: "it was acked already".into(),
+                    });
+                }
+            };
+            waiting
+                .remove((gk.as_str(), state.until, sequence))
+                .map_err(|x| fail(x.into()))?;
+            let key = state.key.clone();
+            match change(state) {
+                None => {
+                    deliveries
+                        .remove((gk.as_str(), sequence))
+                        .map_err(|x| fail(x.into()))?;
+                    acked_key = Some(key);
+                }
+                Some(state) => {
+                    if state.until == 0 {
+                        ready
+                            .insert((gk.as_str(), 255 - state.priority, sequence), ())
+                            .map_err(|x| fail(x.into()))?;
+                    } else {
+                        waiting
+                            .insert((gk.as_str(), state.until, sequence), ())
+                            .map_err(|x| fail(x.into()))?;
+                    }
+                    deliveries
+                        .insert((gk.as_str(), sequence), state.encode().as_slice())
+                        .map_err(|x| fail(x.into()))?;
+                }
+            }
+            if acked_key.is_some() {
+                // Drop the message from the log once no group needs it.
+                let groups = txn.open_table(GROUPS).map_err(|x| fail(x.into()))?;
+                let mut needed = false;
+                for row in groups
+                    .range((topic, "")..=(topic, "\u{7f}"))
+                    .map_err(|x| fail(x.into()))?
+                {
+                    let (group, cursor) = row.map_err(|x| fail(x.into()))?;
+                    let other = group_key(topic, group.value().1);
+                    if cursor.value() < sequence
+                        || deliveries
+                            .get((other.as_str(), sequence))
+                            .map_err(|x| fail(x.into()))?
+                            .is_some()
+                    {
+                        needed = true;
+                        break;
+                    }
+                }
+                if !needed {
+                    let mut log = txn.open_table(LOG).map_err(|x| fail(x.into()))?;
+                    log.remove((topic, sequence)).map_err(|x| fail(x.into()))?;
+                }
+            }
+        }
+        txn.commit().map_err(|x| fail(x.into()))?;
+        if let Some(Some(key)) = acked_key
+            && let Some(group_keys) = keys.get_mut(&gk)
+            && let Some(sequences) = group_keys.get_mut(&key)
+        {
+            sequences.remove(&sequence);
+            if sequences.is_empty() {
+                group_keys.remove(&key);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    inner: &Arc<Inner>,
+    work: impl FnOnce(&Inner) -> Result<T, MessagingError> + Send + 'static,
+) -> Result<T, MessagingError> {
+    let task_inner = inner.clone();
+    tokio::task::spawn_blocking(move || work(&task_inner))
+        .await
+        .map_err(|e| inner.unavailable(format!("broker task failed: {e}")))?
+}
+
+#[async_trait::async_trait]
+impl MessagingBackend for EmbeddedBroker {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn publish(&self, message: &OutgoingMessage) -> Result<String, MessagingError> {
+        let message = message.clone();
+        let sequence = blocking(&self.inner, move |inner| {
+            inner.publish(&message).map_err(|e| inner.unavailable(e))
+        })
+        .await?;
+        self.inner.published.notify_waiters();
+        Ok(sequence.to_string())
+    }
+
+    async fn subscribe(
+        &self,
+        spec: &SubscriptionSpec,
+    ) -> Result<Arc<dyn Consumer>, MessagingError> {
+        Ok(Arc::new(EmbeddedConsumer {
+            inner: self.inner.clone(),
+            spec: spec.clone(),
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), MessagingError> {
+        Ok(())
+    }
+}
+
+struct EmbeddedConsumer {
+    inner: Arc<Inner>,
+    spec: SubscriptionSpec,
+}
+
+#[async_trait::async_trait]
+impl Consumer for EmbeddedConsumer {
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, MessagingError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Registered before looking, so a publish in between wakes us.
+            let published = self.inner.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            let spec = self.spec.clone();
+            let (deliveries, next_due) = blocking(&self.inner, move |inner| {
+                inner.take(&spec, max).map_err(|e| inner.unavailable(e))
+            })
+            .await?;
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut wake = deadline;
+            if let Some(due) = next_due {
+                let in_ms = due.saturating_sub(now_ms());
+                wake = wake.min(now + Duration::from_millis(in_ms));
+            }
+            tokio::select! {
+                _ = &mut published => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, receipt: &Receipt) -> Result<(), MessagingError> {
+        let (spec, receipt) = (self.spec.clone(), *receipt);
+        blocking(&self.inner, move |inner| {
+            inner.settle(&spec, &receipt, Durability::Immediate, |_| None)
+        })
+        .await?;
+        // A key's next message may be deliverable now.
+        self.inner.published.notify_waiters();
+        Ok(())
+    }
+
+    async fn nack(
+        &self,
+        receipt: &Receipt,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), MessagingError> {
+        let (spec, receipt, error) = (self.spec.clone(), *receipt, error.to_string());
+        let until = if delay.is_zero() {
+            0
+        } else {
+            now_ms() + delay.as_millis() as u64
+        };
+        blocking(&self.inner, move |inner| {
+            inner.settle(&spec, &receipt, Durability::None, |mut state| {
+                state.in_flight = false;
+                state.until = until;
+                state.last_error = Some(error);
+                Some(state)
+            })
+        })
+        .await?;
+        self.inner.published.notify_waiters();
+        Ok(())
+    }
+
+    async fn extend(&self, receipt: &Receipt, visibility: Duration) -> Result<(), MessagingError> {
+        let (spec, receipt) = (self.spec.clone(), *receipt);
+        let until = now_ms() + visibility.as_millis().max(1) as u64;
+        blocking(&self.inner, move |inner| {
+            inner.settle(&spec, &receipt, Durability::None, |mut state| {
+                state.until = until;
+                Some(state)
+            })
+        })
+        .await
+    }
+}
