@@ -321,12 +321,10 @@ pub struct SubscribeConfig {
 impl SubscribeConfig {
     /// The trigger's settings for `function`.
     pub fn settings(&self, function: &str) -> crate::messages::SubscriptionSettings {
-        let group = self.group.clone().unwrap_or_else(|| {
-            function.replace(
-                |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
-                "-",
-            )
-        });
+        let group = self
+            .group
+            .clone()
+            .unwrap_or_else(|| crate::messages::SubscriptionSettings::default_group(function));
         let mut settings = crate::messages::SubscriptionSettings::new(&self.topic, &group);
         let ms = std::time::Duration::from_millis;
         if let Some(v) = self.concurrency {

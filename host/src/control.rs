@@ -12,14 +12,26 @@
 //!   listed in `[prewarm]` gets its `min_idle`), and the pool starts filling
 //!   at once, so idle instances are ready by `Start`. A `min_idle` the
 //!   node's instance slots cannot hold is `RESOURCE_EXHAUSTED`.
+//! * `subscribe` (the Pod annotation `hearth.dev/subscribe`,
+//!   `topic[@group][,...]`; the group defaults to the function's name) is
+//!   checked at `Create`: a bad list, a function without the message
+//!   handler, or a message handler with no subscription is
+//!   `INVALID_ARGUMENT`; no broker on this node is `FAILED_PRECONDITION`.
+//!   Kind: `service` (exports `wasi:http`, may also subscribe), `handler`
+//!   (only the message handler) or `job` (`wasi:cli/run`).
 //! * `Start` of a service binds its listener, inside the requested network
 //!   namespace when one is given (a dedicated thread enters it with
-//!   `setns`, binds, and exits), and serves until killed. `Start` of a job
+//!   `setns`, binds, and exits), and serves until killed; `Start` of
+//!   anything with subscriptions starts them on hearthd's default broker
+//!   (see [`crate::messages`]) — a broker that refuses is
+//!   `FAILED_PRECONDITION` and nothing keeps running. `Start` of a job
 //!   runs it to completion.
-//! * `Kill` with SIGTERM drains a service (no new connections, in-flight
-//!   requests finish, exit status 0); SIGKILL, or any signal to a job,
-//!   aborts at once with status 128 + signal; so does a second SIGTERM while
-//!   a service drains. Killing an exited function is a no-op; killing a
+//! * `Kill` with SIGTERM drains a service or handler (no new connections or
+//!   messages; in-flight requests and messages finish within
+//!   [`DRAIN_GRACE`], messages still running then are given back; exit
+//!   status 0); SIGKILL, or any signal to a job, aborts at once with status
+//!   128 + signal (messages in hand are given back for redelivery); so does
+//!   a second SIGTERM while a service drains. Killing an exited function is a no-op; killing a
 //!   created one marks it exited.
 //! * `Wait` resolves once the function has exited, with its status and a
 //!   reason; every waiter sees the same result.
@@ -34,9 +46,10 @@
 //! * Every transition is logged with the id and the function's name.
 
 use crate::distribution::PullPolicy;
-use crate::function::{Function, FunctionLoadError, Host};
+use crate::function::{Function, FunctionKind, FunctionLoadError, Host};
 use crate::guest_output::GuestOutputFiles;
 use crate::limits::Limits;
+use crate::messages::{Subscription, SubscriptionSettings};
 use crate::state::FunctionEnv;
 use hearth_control::v1::control_server::Control;
 use hearth_control::v1::{
@@ -48,13 +61,17 @@ use hearth_prewarm::pool::PoolSettings;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 /// SIGKILL.
 const SIGKILL: u32 = 9;
 /// SIGTERM.
 const SIGTERM: u32 = 15;
+
+/// How long in-flight message handlers get to finish when a function is
+/// drained.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often functions are checked for a dead owner.
 pub const OWNER_SWEEP: std::time::Duration = std::time::Duration::from_millis(500);
@@ -130,9 +147,11 @@ struct Managed {
     netns: String,
     owner: Option<OwnerProcess>,
     function: Arc<Function>,
+    subscriptions: Vec<SubscriptionSettings>,
     phase: Mutex<Phase>,
     listening: Mutex<String>,
-    drain: Mutex<Option<oneshot::Sender<()>>>,
+    /// Set to `true` to drain; taken by the first SIGTERM.
+    drain: Mutex<Option<Arc<watch::Sender<bool>>>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     exit: watch::Sender<Option<(i32, String)>>,
 }
@@ -201,11 +220,47 @@ impl Managed {
 }
 
 fn kind_name(function: &Function) -> &'static str {
-    if function.is_service() {
-        "service"
-    } else {
-        "job"
+    match function.kind() {
+        FunctionKind::Service { .. } => "service",
+        FunctionKind::MessageHandler { .. } => "handler",
+        FunctionKind::Job { .. } => "job",
     }
+}
+
+/// Resolves once `stop` is `true` (or its sender is gone).
+async fn stop_requested(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Checks the subscriptions asked for against the function and the node.
+fn subscriptions_for(
+    request: &CreateRequest,
+    name: &str,
+    function: &Function,
+) -> Result<Vec<SubscriptionSettings>, Status> {
+    let subscriptions = match request.subscribe.trim() {
+        "" => Vec::new(),
+        list => SubscriptionSettings::from_annotation(list, name).map_err(|error| {
+            Status::invalid_argument(format!("hearth.dev/subscribe `{list}`: {error}"))
+        })?,
+    };
+    if !subscriptions.is_empty() && function.message_handler().is_none() {
+        return Err(Status::invalid_argument(format!(
+            "hearth.dev/subscribe is set, but function `{name}` does not export `{}`",
+            crate::function::MESSAGE_HANDLER
+        )));
+    }
+    if subscriptions.is_empty() && matches!(function.kind(), FunctionKind::MessageHandler { .. }) {
+        return Err(Status::invalid_argument(format!(
+            "function `{name}` only handles messages; say which topics with the Pod annotation hearth.dev/subscribe: <topic>[@group][,...]"
+        )));
+    }
+    if !subscriptions.is_empty() && function.capabilities().broker.is_none() {
+        return Err(Status::failed_precondition(format!(
+            "function `{name}` subscribes to messages, but this node's hearthd has no message broker ([messaging.brokers])"
+        )));
+    }
+    Ok(subscriptions)
 }
 
 impl ControlService {
@@ -422,6 +477,9 @@ impl Control for ControlService {
                 _ => Status::invalid_argument(error.to_string()),
             }
         })?;
+        let subscriptions = subscriptions_for(&request, &name, &function).inspect_err(|status| {
+            tracing::error!(id = %request.id, function = %name, "create failed: {}", status.message());
+        })?;
         if function.is_service() && request.listen.parse::<SocketAddr>().is_err() {
             return Err(Status::invalid_argument(format!(
                 "listen must be an address like 0.0.0.0:8080 for a service, got `{}`",
@@ -441,6 +499,7 @@ impl Control for ControlService {
             netns: request.netns,
             owner,
             function,
+            subscriptions,
             phase: Mutex::new(Phase::Created),
             listening: Mutex::new(String::new()),
             drain: Mutex::new(None),
@@ -471,38 +530,90 @@ impl Control for ControlService {
         }
         managed.set_phase(Phase::Running);
         let function = managed.function.clone();
-        if function.is_service() {
-            let addr: SocketAddr = managed.listen.parse().expect("validated at create");
-            let listener = match bind_in_netns(addr, &managed.netns).await {
-                Ok(listener) => listener,
-                Err(error) => {
-                    managed.set_phase(Phase::Created);
-                    tracing::error!(id = %managed.id, "cannot listen on {addr}: {error}");
-                    return Err(Status::failed_precondition(format!(
-                        "cannot listen on {addr}: {error}"
-                    )));
+        if function.is_service() || !managed.subscriptions.is_empty() {
+            // A refused subscription or listener stops what already
+            // started: dropped subscriptions give their messages back.
+            let mut subscriptions = Vec::new();
+            for settings in &managed.subscriptions {
+                let broker = function
+                    .capabilities()
+                    .broker
+                    .clone()
+                    .expect("checked at create");
+                match Subscription::start(function.clone(), broker, settings.clone()).await {
+                    Ok(subscription) => subscriptions.push(subscription),
+                    Err(error) => {
+                        managed.set_phase(Phase::Created);
+                        tracing::error!(id = %managed.id, "cannot subscribe: {error}");
+                        return Err(Status::failed_precondition(error));
+                    }
                 }
+            }
+            let mut listening = String::new();
+            let listener = if function.is_service() {
+                let addr: SocketAddr = managed.listen.parse().expect("validated at create");
+                let listener = match bind_in_netns(addr, &managed.netns).await {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        managed.set_phase(Phase::Created);
+                        tracing::error!(id = %managed.id, "cannot listen on {addr}: {error}");
+                        return Err(Status::failed_precondition(format!(
+                            "cannot listen on {addr}: {error}"
+                        )));
+                    }
+                };
+                listening = listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                Some(listener)
+            } else {
+                None
             };
-            let listening = listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
             *managed.listening.lock().unwrap_or_else(|e| e.into_inner()) = listening.clone();
-            let (drain, drained) = oneshot::channel::<()>();
-            *managed.drain.lock().unwrap_or_else(|e| e.into_inner()) = Some(drain);
+            let drain = Arc::new(watch::channel(false).0);
+            *managed.drain.lock().unwrap_or_else(|e| e.into_inner()) = Some(drain.clone());
             let task_managed = managed.clone();
             let task = tokio::spawn(async move {
-                let result = crate::http::serve(function, listener, async move {
-                    let _ = drained.await;
-                })
-                .await;
-                match result {
+                let serving = async {
+                    let result = match listener {
+                        Some(listener) => {
+                            crate::http::serve(
+                                function,
+                                listener,
+                                stop_requested(drain.subscribe()),
+                            )
+                            .await
+                        }
+                        None => {
+                            stop_requested(drain.subscribe()).await;
+                            Ok(())
+                        }
+                    };
+                    // A failed listener takes the subscriptions down too.
+                    drain.send_replace(true);
+                    result
+                };
+                let handling = async {
+                    stop_requested(drain.subscribe()).await;
+                    let drains = subscriptions
+                        .into_iter()
+                        .map(|subscription| subscription.drain(DRAIN_GRACE));
+                    futures_util::future::join_all(drains).await;
+                };
+                let (served, ()) = tokio::join!(serving, handling);
+                match served {
                     Ok(()) => task_managed.exited(0, "drained"),
                     Err(error) => task_managed.exited(1, &format!("listener failed: {error}")),
                 }
             });
             *managed.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
-            tracing::info!(id = %managed.id, function = managed.function.name(), "serving function `{}` on http://{listening}", managed.function.name());
+            if managed.function.is_service() {
+                tracing::info!(id = %managed.id, function = managed.function.name(), "serving function `{}` on http://{listening}", managed.function.name());
+            }
+            for settings in &managed.subscriptions {
+                tracing::info!(id = %managed.id, function = managed.function.name(), topic = %settings.topic, group = %settings.group, "handling messages");
+            }
             Ok(Response::new(StartResponse { listening }))
         } else {
             let task_managed = managed.clone();
@@ -534,7 +645,7 @@ impl Control for ControlService {
                     .take();
                 match (request.signal, drain) {
                     (SIGTERM, Some(drain)) => {
-                        let _ = drain.send(());
+                        drain.send_replace(true);
                     }
                     (signal, _) => {
                         let reason = if signal == SIGKILL {

@@ -90,9 +90,20 @@ impl SubscriptionSettings {
         self.backoff.saturating_mul(factor).min(self.max_backoff)
     }
 
+    /// The group a function's subscriptions use unless they name one: its
+    /// name, with characters a group may not hold replaced by `-`.
+    pub fn default_group(function: &str) -> String {
+        function.replace(
+            |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
+            "-",
+        )
+    }
+
     /// Parses `hearth.dev/subscribe`: `topic[,topic...]`, each optionally
-    /// `topic@group` (default group: `default_group`).
-    pub fn from_annotation(value: &str, default_group: &str) -> Result<Vec<Self>, String> {
+    /// `topic@group` (default group: [`Self::default_group`] of `function`).
+    pub fn from_annotation(value: &str, function: &str) -> Result<Vec<Self>, String> {
+        let default_group = Self::default_group(function);
+        let default_group = default_group.as_str();
         let mut out = Vec::new();
         for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (topic, group) = match entry.split_once('@') {
@@ -179,8 +190,10 @@ pub struct Subscription {
     settings: SubscriptionSettings,
     stats: Arc<SubscriptionStats>,
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    /// The pull loop; taken by [`Subscription::drain`].
+    task: Option<tokio::task::JoinHandle<()>>,
     grace: Arc<Mutex<Duration>>,
+    dispatch: Arc<Dispatch>,
 }
 
 /// Called with each delivery right before its handler starts (benchmarks
@@ -273,13 +286,14 @@ impl Subscription {
             function.name(),
             settings.topic
         );
-        let task = tokio::spawn(pull_loop(dispatch, stopped, grace.clone()));
+        let task = tokio::spawn(pull_loop(dispatch.clone(), stopped, grace.clone()));
         Ok(Subscription {
             settings,
             stats,
             stop,
-            task,
+            task: Some(task),
             grace,
+            dispatch,
         })
     }
 
@@ -295,10 +309,52 @@ impl Subscription {
 
     /// Stops pulling, lets in-flight handlers finish within `grace`, nacks
     /// the rest, and returns when all is settled.
-    pub async fn drain(self, grace: Duration) {
+    pub async fn drain(mut self, grace: Duration) {
         *self.grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Dropping a subscription that was not drained stops it at once (a
+/// SIGKILL): the pull loop and its handlers are aborted, and the messages
+/// they held are given back for immediate redelivery (if the broker
+/// refuses, they come back when their visibility runs out).
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        task.abort();
+        let held: Vec<Receipt> = self
+            .dispatch
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        tracing::info!(function = %self.dispatch.function.name(), topic = %self.settings.topic, in_flight = held.len(), "subscription stopped without draining");
+        if held.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let dispatch = self.dispatch.clone();
+        runtime.spawn(async move {
+            for receipt in held {
+                if let Err(error) = dispatch
+                    .consumer
+                    .nack(&receipt, Duration::ZERO, "the function was stopped while handling it")
+                    .await
+                {
+                    tracing::debug!(error = %error, sequence = receipt.sequence, "nack after stop refused; the message comes back when its visibility runs out");
+                }
+                dispatch.stats.nacked.fetch_add(1, Ordering::Relaxed);
+            }
+        });
     }
 }
 
@@ -643,4 +699,40 @@ fn one_line(text: &str) -> String {
         .take(1000)
         .collect();
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subscribe_annotation_lists_topics_with_optional_groups() {
+        let parsed =
+            SubscriptionSettings::from_annotation(" orders, refunds@billing ,", "my.worker")
+                .unwrap();
+        let pairs: Vec<(&str, &str)> = parsed
+            .iter()
+            .map(|s| (s.topic.as_str(), s.group.as_str()))
+            .collect();
+        assert_eq!(pairs, [("orders", "my-worker"), ("refunds", "billing")]);
+        for bad in ["", " , ", "two words", "orders@", "@group"] {
+            assert!(
+                SubscriptionSettings::from_annotation(bad, "w").is_err(),
+                "`{bad}` must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_per_attempt_up_to_the_cap() {
+        let settings = SubscriptionSettings {
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+            ..SubscriptionSettings::new("t", "g")
+        };
+        let delays: Vec<u128> = (1..=5)
+            .map(|attempt| settings.backoff_after(attempt).as_millis())
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 500, 500]);
+    }
 }

@@ -581,3 +581,218 @@ async fn min_idle_beyond_the_instance_slots_is_refused_with_a_clear_error() {
     client.create(request).await.unwrap();
     wait_for_idle(&mut client, "modest", 4).await;
 }
+
+/// `hearth_messages_total` for `function` on `orders` in group `workers`,
+/// outcome `outcome` (0 while the subscription has not counted any).
+fn orders_metric(metrics: &str, function: &str, outcome: &str) -> f64 {
+    metric(
+        metrics,
+        &format!(
+            "hearth_messages_total{{function=\"{function}\",topic=\"orders\",group=\"workers\",outcome=\"{outcome}\"}}"
+        ),
+    )
+    .unwrap_or(0.0)
+}
+
+/// Polls the metrics until `done` holds for them (or 30 s pass).
+async fn wait_for_metrics(daemon: &Daemon, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let metrics = daemon.metrics().await;
+        if done(&metrics) {
+            return metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw {what}:\n{metrics}\n{}",
+            daemon.process.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// POSTs an order to `order-producer` at `addr`.
+async fn post_order(addr: std::net::SocketAddr, headers: &[(&str, &str)], body: &str) {
+    let reply = hearth_testkit::http::send(
+        addr,
+        http::Method::POST,
+        "/orders",
+        headers,
+        bytes::Bytes::copy_from_slice(body.as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 202, "{}", reply.text());
+}
+
+/// A request named `id` (so each Pod's metrics are its own).
+fn subscribed(id: &str, path: &str, subscribe: &str) -> CreateRequest {
+    CreateRequest {
+        name: id.into(),
+        subscribe: subscribe.into(),
+        ..create(id, path, &[])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscribe_annotation_is_checked_at_create() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client().await;
+    let cases = [
+        (
+            subscribed("hello", HELLO, "orders"),
+            "does not export `wasi:messaging/incoming-handler",
+        ),
+        (
+            subscribed("plain", hearth_testkit::ORDER_WORKER, ""),
+            "only handles messages; say which topics with the Pod annotation hearth.dev/subscribe",
+        ),
+        (
+            subscribed("bad", hearth_testkit::ORDER_WORKER, "orders, no spaces"),
+            "hearth.dev/subscribe `orders, no spaces`",
+        ),
+    ];
+    for (request, message) in cases {
+        let id = request.id.clone();
+        let error = client.create(request).await.unwrap_err();
+        assert_eq!(
+            error.code(),
+            tonic::Code::InvalidArgument,
+            "{id}: {error:?}"
+        );
+        assert!(
+            error.message().contains(message),
+            "{id}: {}",
+            error.message()
+        );
+    }
+    let log = daemon.process.log_text();
+    assert!(
+        log.contains("create failed") && log.contains("id=plain"),
+        "{log}"
+    );
+}
+
+/// The Pod annotation `hearth.dev/subscribe` as the shim passes it: a
+/// handler-only function consumes `orders` from hearthd's default
+/// (embedded) broker; SIGTERM lets a message in hand finish (so a
+/// successor does not see it again); SIGKILL gives a message in hand back,
+/// and the successor (same group) handles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_handler_consumes_drains_on_sigterm_and_gives_back_on_sigkill() {
+    let daemon = Daemon::start_with_config("");
+    let mut client = daemon.client().await;
+    client
+        .create(create("producer", hearth_testkit::ORDER_PRODUCER, &[]))
+        .await
+        .unwrap();
+    let producer = start_service(&mut client, "producer").await;
+
+    let created = client
+        .create(subscribed(
+            "worker-1",
+            hearth_testkit::ORDER_WORKER,
+            "orders@workers",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.kind, "handler");
+    let started = client
+        .start(StartRequest { id: id("worker-1") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.listening, "", "a handler does not listen");
+    let worker = "worker-1";
+    post_order(producer, &[], "first").await;
+    wait_for_metrics(&daemon, "the first order acked", |m| {
+        orders_metric(m, worker, "acked") == 1.0
+    })
+    .await;
+
+    // SIGTERM while a long order is in hand: it finishes and is acked.
+    post_order(producer, &[("x-order-work-ms", "1500")], "long").await;
+    wait_for_metrics(&daemon, "the long order delivered", |m| {
+        orders_metric(m, worker, "delivered") == 2.0
+    })
+    .await;
+    client
+        .kill(KillRequest {
+            id: id("worker-1"),
+            signal: 15,
+        })
+        .await
+        .unwrap();
+    let waited = client
+        .wait(WaitRequest { id: id("worker-1") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((waited.exit_status, waited.reason.as_str()), (0, "drained"));
+    let log = daemon.process.log_text();
+    assert!(log.contains("subscription drained"), "{log}");
+    assert!(!log.contains("message given back"), "{log}");
+
+    // The successor sees only what was published after: nothing of
+    // worker-1's came back.
+    client
+        .create(subscribed(
+            "worker-2",
+            hearth_testkit::ORDER_WORKER,
+            "orders@workers",
+        ))
+        .await
+        .unwrap();
+    client
+        .start(StartRequest { id: id("worker-2") })
+        .await
+        .unwrap();
+    let worker = "worker-2";
+    post_order(producer, &[], "after").await;
+    let metrics = wait_for_metrics(&daemon, "the order after acked", |m| {
+        orders_metric(m, worker, "acked") == 1.0
+    })
+    .await;
+    assert_eq!(orders_metric(&metrics, worker, "delivered"), 1.0);
+    assert_eq!(orders_metric(&metrics, worker, "redelivered"), 0.0);
+
+    // SIGKILL while an order is in hand: it is given back, and worker-3
+    // (the same group) handles it as a redelivery.
+    post_order(producer, &[("x-order-work-ms", "3000")], "cut short").await;
+    wait_for_metrics(&daemon, "the cut-short order delivered", |m| {
+        orders_metric(m, worker, "delivered") == 2.0
+    })
+    .await;
+    client
+        .kill(KillRequest {
+            id: id("worker-2"),
+            signal: 9,
+        })
+        .await
+        .unwrap();
+    let waited = client
+        .wait(WaitRequest { id: id("worker-2") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(waited.exit_status, 137);
+    client
+        .create(subscribed(
+            "worker-3",
+            hearth_testkit::ORDER_WORKER,
+            "orders@workers",
+        ))
+        .await
+        .unwrap();
+    client
+        .start(StartRequest { id: id("worker-3") })
+        .await
+        .unwrap();
+    let worker = "worker-3";
+    let metrics = wait_for_metrics(&daemon, "the cut-short order redelivered and acked", |m| {
+        orders_metric(m, worker, "acked") == 1.0
+    })
+    .await;
+    assert_eq!(orders_metric(&metrics, worker, "redelivered"), 1.0);
+}

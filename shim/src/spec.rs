@@ -35,6 +35,8 @@ pub const CONTAINER_NAME_ANNOTATION: &str = "io.kubernetes.cri.container-name";
 pub const MIN_IDLE_ANNOTATION: &str = "hearth.dev/min-idle";
 /// Pod annotation: calls an instance serves before it retires.
 pub const MAX_INVOCATIONS_ANNOTATION: &str = "hearth.dev/max-invocations";
+/// Pod annotation: message subscriptions, `topic[@group][,...]`.
+pub const SUBSCRIBE_ANNOTATION: &str = "hearth.dev/subscribe";
 /// Where `hearth push` puts the component in an image (the default
 /// entrypoint), as `hearth_prewarm::image::IMAGE_WASM_PATH` defines it; the
 /// shim does not link the OCI code, so the path is repeated here.

@@ -35,7 +35,8 @@
 
 use crate::pause;
 use crate::spec::{
-    BundleSpec, CONTAINER_NAME_ANNOTATION, Entrypoint, SANDBOX_ID_ANNOTATION, find_entrypoint,
+    BundleSpec, CONTAINER_NAME_ANNOTATION, Entrypoint, SANDBOX_ID_ANNOTATION, SUBSCRIBE_ANNOTATION,
+    find_entrypoint,
 };
 use async_trait::async_trait;
 use containerd_shim::api::{
@@ -354,6 +355,10 @@ impl HearthTask {
             owner_pid: std::process::id(),
             min_idle,
             max_invocations,
+            subscribe: spec
+                .annotation(SUBSCRIBE_ANNOTATION)
+                .unwrap_or_default()
+                .to_string(),
         };
         let created = async {
             let mut client = self.hearthd.client().await?;

@@ -2,7 +2,9 @@
 //! kubelet: Pods run with `runtime_handler = "hearth"`, host-network and
 //! Pod-network (CNI `ptp`), CRI log files, container status, drain on
 //! StopContainer, bad input, churn with every leak counted, and a Pod start
-//! after `[prewarm]` that hits the compiled cache and the instance pool.
+//! after `[prewarm]` that hits the compiled cache and the instance pool,
+//! and a Pod annotated `hearth.dev/subscribe` handling messages another Pod
+//! publishes.
 
 use hearth_testkit::containerd::{Containerd, mounts_under, workspace_binary};
 use hearth_testkit::cri::{ContainerSpec, ContainerState, Cri, Network, Pod, PodOptions};
@@ -558,4 +560,70 @@ fn a_pod_started_after_prewarm_hits_the_compiled_cache_and_its_annotation_fills_
     assert_eq!(metric(&served, &hits), Some(1.0), "{served}");
     assert_eq!(metric(&served, &misses), Some(0.0));
     kubelet.remove_pod_and_check_nothing_is_left(&pod);
+}
+
+#[test]
+fn a_pod_annotated_with_subscribe_handles_what_another_pod_publishes() {
+    let kubelet = Kubelet::start();
+    let producer_image = kubelet
+        .node
+        .push(hearth_testkit::ORDER_PRODUCER, "order-producer");
+    let worker_image = kubelet
+        .node
+        .push(hearth_testkit::ORDER_WORKER, "order-worker");
+    let shop = kubelet.run_pod("shop", Network::Host);
+    let port = free_port();
+    let port_text = port.to_string();
+    kubelet.run_container(
+        &shop,
+        &ContainerSpec {
+            name: "producer",
+            image: &producer_image,
+            env: &[("PORT", &port_text)],
+            command: &[],
+        },
+    );
+    let workers = kubelet
+        .runtime
+        .block_on(kubelet.cri.run_pod_with(
+            "workers",
+            Network::Pod,
+            &kubelet.logs,
+            &PodOptions {
+                annotations: &[("hearth.dev/subscribe", "orders")],
+                ..PodOptions::default()
+            },
+        ))
+        .unwrap();
+    kubelet.run_container(
+        &workers,
+        &ContainerSpec {
+            name: "worker",
+            image: &worker_image,
+            env: &[],
+            command: &[],
+        },
+    );
+    let reply = kubelet
+        .runtime
+        .block_on(hearth_testkit::http::send(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            http::Method::POST,
+            "/orders",
+            &[],
+            bytes::Bytes::from_static(b"one order"),
+        ))
+        .unwrap();
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    // The group is the container's name, so every replica shares the work.
+    let acked = "hearth_messages_total{function=\"worker\",topic=\"orders\",group=\"worker\",outcome=\"acked\"}";
+    wait_until("the worker Pod acked the order", || {
+        let text = kubelet.runtime.block_on(kubelet.node.metrics());
+        metric(&text, acked) == Some(1.0)
+    });
+    kubelet
+        .runtime
+        .block_on(kubelet.cri.remove_pod(&shop))
+        .unwrap();
+    kubelet.remove_pod_and_check_nothing_is_left(&workers);
 }

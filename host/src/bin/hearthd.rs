@@ -60,9 +60,6 @@ async fn main() {
     }
 }
 
-/// How long in-flight message handlers get to finish at shutdown.
-const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-
 fn config_name(args: &Args) -> String {
     args.config
         .as_ref()
@@ -261,7 +258,7 @@ async fn run(args: Args) -> Result<()> {
     // what is in flight.
     let drains = subscriptions
         .into_iter()
-        .map(|subscription| subscription.drain(DRAIN_GRACE));
+        .map(|subscription| subscription.drain(hearth_host::control::DRAIN_GRACE));
     futures_util::future::join_all(drains).await;
     let _ = stop.send(true);
     while let Some(result) = tasks.join_next().await {
