@@ -1,0 +1,140 @@
+//! The conformance suite against each backend, and what only the `fs`
+//! backend can show: a flipped byte on disk is caught, a crash's partial
+//! write is never visible and is cleaned up, and no name reaches outside
+//! the root.
+
+use hearth_blob::conformance::{self, LIMIT};
+use hearth_blob::fs::FsBackend;
+use hearth_blob::{BlobError, BlobLimits, BlobStore, ByteRange};
+use std::sync::Arc;
+
+fn fs_store(root: &std::path::Path) -> BlobStore {
+    BlobStore::new(
+        "files",
+        Arc::new(FsBackend::open(root).unwrap()),
+        BlobLimits {
+            max_object_bytes: LIMIT,
+            ..Default::default()
+        },
+    )
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_passes_the_conformance_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fs_store(&dir.path().join("blobs"));
+    conformance::run(&store).await;
+    // Nothing was written outside the root.
+    let outside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(outside, ["blobs"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_detects_a_flipped_byte_and_names_the_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fs_store(dir.path());
+    store.create_container("c").await.unwrap();
+    let data = conformance::pattern(200_000, 9);
+    store.put_bytes("c", "obj", data.clone()).await.unwrap();
+    let file = files_under(&dir.path().join("c/objects"))
+        .pop()
+        .expect("the object's file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[150_000] ^= 0x40;
+    std::fs::write(&file, bytes).unwrap();
+    // A range in a clean block still reads; one touching the bad block,
+    // or the whole object, is Corrupt.
+    let clean = store
+        .get_bytes(
+            "c",
+            "obj",
+            ByteRange {
+                start: 0,
+                end: 1000,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(clean == data[..1001]);
+    for range in [
+        ByteRange::ALL,
+        ByteRange {
+            start: 150_000,
+            end: 150_000,
+        },
+    ] {
+        match store.get_bytes("c", "obj", range).await {
+            Err(BlobError::Corrupt(message)) => assert!(message.contains("block 2"), "{message}"),
+            other => panic!("{range:?}: expected Corrupt, got {other:?}"),
+        }
+    }
+    // A damaged footer is caught too.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() - 20;
+    bytes[at] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    assert!(matches!(
+        store.info("c", "obj").await,
+        Err(BlobError::Corrupt(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_cut_off_by_a_crash_is_never_visible_and_is_cleaned_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fs_store(dir.path());
+    store.create_container("c").await.unwrap();
+    store.put_bytes("c", "obj", "committed").await.unwrap();
+    // What a crash mid-write leaves: a temp file.
+    let stale = dir.path().join("c/tmp/123-456-0.part");
+    std::fs::write(&stale, vec![7u8; 70_000]).unwrap();
+    assert_eq!(store.list("c", None, 10).await.unwrap().names, ["obj"]);
+    drop(store);
+    let store = fs_store(dir.path());
+    assert!(
+        !stale.exists(),
+        "opening the store removes a crash's partial write"
+    );
+    assert_eq!(
+        store.get_bytes("c", "obj", ByteRange::ALL).await.unwrap(),
+        b"committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_write_leaves_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fs_store(dir.path());
+    store.create_container("c").await.unwrap();
+    // A body that never ends, abandoned part way (a client that went away).
+    let endless = futures_util::stream::unfold(0u32, |n| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        Some((Ok(bytes::Bytes::from(vec![1u8; 4096])), n + 1))
+    });
+    let put = store.put("c", "obj", Box::pin(endless));
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(200), put).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        files_under(&dir.path().join("c/tmp")),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert!(!store.exists("c", "obj").await.unwrap());
+}
