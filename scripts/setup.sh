@@ -38,3 +38,15 @@ toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 rustup toolchain install "$toolchain" --profile minimal --no-self-update >/dev/null 2>&1 || true
 rustup target add --toolchain "$toolchain" wasm32-wasip2 >/dev/null
 rustup component add --toolchain "$toolchain" rustfmt clippy >/dev/null
+
+# The S3-compatible server the blob storage tests start: moto's standalone
+# server (PyPI, pinned in tests/testkit/s3-requirements.txt), in a venv of
+# its own. See the README for why this one.
+moto=target/tools/moto
+want_moto=$(sed -n 's/^moto\[server\]==//p' tests/testkit/s3-requirements.txt)
+if ! "$moto/bin/python" -c "import sys, moto; sys.exit(moto.__version__ != '$want_moto')" 2>/dev/null; then
+  echo "setup: installing moto[server] $want_moto into $moto"
+  rm -rf "$moto"
+  python3 -m venv "$moto"
+  "$moto/bin/pip" install --quiet --disable-pip-version-check -r tests/testkit/s3-requirements.txt
+fi

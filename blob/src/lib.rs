@@ -398,10 +398,7 @@ impl BlobStore {
         from: (&str, &str),
         to: (&str, &str),
     ) -> Result<ObjectInfo, BlobError> {
-        for (container, name) in [from, to] {
-            validate_container(container)?;
-            validate_object(name)?;
-        }
+        validate_ids(from, to)?;
         self.backend
             .copy(from, to, self.limits.max_object_bytes)
             .await
@@ -413,10 +410,7 @@ impl BlobStore {
         from: (&str, &str),
         to: (&str, &str),
     ) -> Result<ObjectInfo, BlobError> {
-        for (container, name) in [from, to] {
-            validate_container(container)?;
-            validate_object(name)?;
-        }
+        validate_ids(from, to)?;
         self.backend
             .rename(from, to, self.limits.max_object_bytes)
             .await
@@ -426,6 +420,15 @@ impl BlobStore {
     pub async fn ping(&self) -> Result<(), BlobError> {
         self.backend.ping().await
     }
+}
+
+/// Checks both `(container, object)` pairs of a copy or move.
+fn validate_ids(from: (&str, &str), to: (&str, &str)) -> Result<(), BlobError> {
+    for (container, name) in [from, to] {
+        validate_container(container)?;
+        validate_object(name)?;
+    }
+    Ok(())
 }
 
 /// Checks a container name against the crate docs' rules.

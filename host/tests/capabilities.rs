@@ -6,6 +6,7 @@
 //! hearthd-process cases (kill -9 durability, not-ready naming a backend)
 //! are at the end.
 
+#[macro_use]
 mod common;
 
 use bytes::Bytes;
@@ -105,20 +106,7 @@ async fn post(addr: SocketAddr, path: &str, body: &[u8]) -> hearth_testkit::http
 /// Runs `scenario` once per backend, each as its own test.
 macro_rules! per_backend {
     ($scenario:ident) => {
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                super::$scenario(super::Kind::Embedded).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$scenario(super::Kind::Redis).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$scenario(super::Kind::Postgres).await;
-            }
-        }
+        per_kind!($scenario: Embedded => embedded, Redis => redis, Postgres => postgres);
     };
 }
 

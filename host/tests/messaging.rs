@@ -8,6 +8,7 @@
 //! draining, the broker going down, and hearthd killed with messages in
 //! flight.
 
+#[macro_use]
 mod common;
 
 use bytes::Bytes;
@@ -179,16 +180,7 @@ fn header(delivery: &hearth_messaging::Delivery, name: &str) -> String {
 
 macro_rules! per_broker {
     ($scenario:ident) => {
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                super::$scenario(super::Kind::Embedded).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn nats() {
-                super::$scenario(super::Kind::Nats).await;
-            }
-        }
+        per_kind!($scenario: Embedded => embedded, Nats => nats);
     };
 }
 

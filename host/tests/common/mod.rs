@@ -1,5 +1,22 @@
 //! Helpers shared by the in-process host tests.
 
+/// Runs the async `scenario(Kind)` once per listed backend kind, each as its
+/// own test: `per_kind!(scenario: Embedded => embedded, Redis => redis)`
+/// makes `scenario::embedded` and `scenario::redis`.
+#[allow(unused_macros)]
+macro_rules! per_kind {
+    ($scenario:ident: $($kind:ident => $test:ident),+ $(,)?) => {
+        mod $scenario {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$scenario(super::Kind::$kind).await;
+                }
+            )+
+        }
+    };
+}
+
 use hearth_host::{FunctionEnv, Host};
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
-//! Real backing services for tests: `redis-server`, `nats-server -js` and
-//! PostgreSQL, each a
+//! Real backing services for tests: `redis-server`, `nats-server -js`,
+//! PostgreSQL and an S3-compatible server (moto), each a
 //! process of its own on a free loopback port with its data in a temp dir,
 //! stopped by PID when dropped.
 //!
@@ -188,6 +188,80 @@ impl NatsServer {
 }
 
 impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An S3-compatible server of its own: moto's standalone server
+/// (`moto_server`, installed by `scripts/setup.sh` into
+/// `target/tools/moto`), keeping its buckets in memory. Any access key is
+/// accepted; requests are SigV4-signed as against AWS.
+pub struct S3Server {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl S3Server {
+    /// The access key and secret the server accepts (any would do).
+    pub const CREDENTIALS: (&'static str, &'static str) = ("hearth", "hearth-secret");
+    /// The region clients sign for.
+    pub const REGION: &'static str = "us-east-1";
+
+    /// Starts one on a free port and waits until it accepts.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = S3Server {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL): it is down (and its data gone) until
+    /// [`S3Server::restart`].
+    pub fn kill(&mut self) {
+        stop(&mut self.child, "-KILL");
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        let binary = std::env::var_os("HEARTH_MOTO_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../target/tools/moto/bin/moto_server")
+            });
+        assert!(
+            binary.is_file(),
+            "{} is missing: the S3 tests need moto's server (scripts/setup.sh installs it; \
+             HEARTH_MOTO_SERVER may name another)",
+            binary.display()
+        );
+        let log = self.dir.path().join("moto.log");
+        let log_file = std::fs::File::create(&log).expect("moto log");
+        let mut child = Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log fd"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn moto_server");
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        wait_until_accepting(&mut child, addr, "moto_server", &log);
+        self.child = Some(child);
+    }
+}
+
+impl Drop for S3Server {
     fn drop(&mut self) {
         self.kill();
     }
