@@ -2,8 +2,8 @@
 //! `wasi:blobstore` calls turn into.
 //!
 //! * [`BlobBackend`]: the trait every backend implements: [`fs`] (a
-//!   directory tree, the default). Every backend passes the one
-//!   [`conformance`] suite.
+//!   directory tree, the default) and [`s3`] (a bucket of an S3-compatible
+//!   server). Every backend passes the one [`conformance`] suite.
 //! * [`BlobStore`]: a backend under a label, with the checks every call goes
 //!   through first (container and object names, the size limit), so every
 //!   backend refuses bad input the same way.
@@ -12,8 +12,9 @@
 //!
 //! * **Names.** A container name is 1 to 63 of `a-z`, `0-9`, `-`, `_` and
 //!   `.`, not `.` or `..`. An object name is 1 to 1024 bytes of UTF-8 with no
-//!   NUL or other control character, not starting with `/`, and with no `.`
-//!   or `..` segment between `/`s: anything else is
+//!   NUL or other control character, not starting or ending with `/`, and
+//!   with no empty, `.` or `..` segment between `/`s (so it is also a valid
+//!   S3 key that lists in name order): anything else is
 //!   [`BlobError::InvalidName`] before a backend sees it. A name never
 //!   becomes a path outside the store.
 //! * **Writes are atomic.** [`BlobBackend::put`] streams the body; the
@@ -43,6 +44,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod conformance;
 pub mod fs;
+pub mod s3;
 
 /// The longest object name, in bytes.
 pub const MAX_OBJECT_NAME_BYTES: usize = 1024;
@@ -469,6 +471,9 @@ pub fn validate_object(name: &str) -> Result<(), BlobError> {
     if name.starts_with('/') || name.starts_with('\\') {
         return refuse("an absolute path");
     }
+    if name.ends_with('/') || name.contains("//") {
+        return refuse("has an empty segment");
+    }
     if name
         .split(['/', '\\'])
         .any(|segment| segment == ".." || segment == ".")
@@ -500,6 +505,8 @@ mod tests {
             "/etc/passwd",
             "\\windows",
             "a\\..\\b",
+            "dir/",
+            "a//b",
             "nul\0byte",
             "bell\x07",
         ] {

@@ -138,3 +138,121 @@ async fn a_dropped_write_leaves_no_temp_file() {
     );
     assert!(!store.exists("c", "obj").await.unwrap());
 }
+
+/// An `s3` store on a fresh bucket of a moto server started here.
+async fn s3_store(server: &hearth_testkit::services::S3Server) -> BlobStore {
+    use hearth_testkit::services::S3Server;
+    let bucket = "hearth-blobs";
+    // The bucket is made with a plain signed-less PUT (moto allows it).
+    let made = reqwest_free_put(&server.endpoint(), bucket).await;
+    assert!(made, "creating bucket {bucket} on {}", server.endpoint());
+    let settings = hearth_blob::s3::S3Settings {
+        endpoint: server.endpoint(),
+        bucket: bucket.into(),
+        region: S3Server::REGION.into(),
+        credentials: (
+            S3Server::CREDENTIALS.0.into(),
+            S3Server::CREDENTIALS.1.into(),
+        ),
+        timeout: std::time::Duration::from_secs(10),
+    };
+    BlobStore::new(
+        "objects",
+        Arc::new(hearth_blob::s3::S3Backend::connect(&settings).unwrap()),
+        BlobLimits {
+            max_object_bytes: LIMIT,
+            ..Default::default()
+        },
+    )
+}
+
+/// `PUT /bucket` over a bare TCP connection; true on a 200.
+async fn reqwest_free_put(endpoint: &str, bucket: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = endpoint.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let request = format!(
+        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_passes_the_conformance_suite() {
+    let server = hearth_testkit::services::S3Server::start();
+    let store = s3_store(&server).await;
+    conformance::run(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_down_is_unavailable_and_back_up_serves_again() {
+    let mut server = hearth_testkit::services::S3Server::start();
+    let store = s3_store(&server).await;
+    store.create_container("c").await.unwrap();
+    server.kill();
+    match store.put_bytes("c", "a", "x").await {
+        Err(BlobError::Unavailable(message)) => {
+            assert!(message.contains("hearth-blobs"), "{message}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(matches!(store.ping().await, Err(BlobError::Unavailable(_))));
+    // moto keeps nothing across a restart: a fresh bucket, and it serves.
+    server.restart();
+    let store = s3_store(&server).await;
+    store.create_container("c").await.unwrap();
+    store.put_bytes("c", "a", "x").await.unwrap();
+    assert_eq!(
+        store.get_bytes("c", "a", ByteRange::ALL).await.unwrap(),
+        b"x"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_detects_data_that_does_not_match_its_checksums() {
+    use hearth_testkit::services::S3Server;
+    use object_store::aws::AmazonS3Builder;
+    use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
+    let server = S3Server::start();
+    let store = s3_store(&server).await;
+    store.create_container("c").await.unwrap();
+    let data = conformance::pattern(200_000, 3);
+    store.put_bytes("c", "obj", data.clone()).await.unwrap();
+    // Someone else rewrites the object's bytes but keeps its checksum
+    // metadata (what a bit flip at rest looks like to a reader).
+    let raw = AmazonS3Builder::new()
+        .with_endpoint(server.endpoint())
+        .with_client_options(object_store::ClientOptions::new().with_allow_http(true))
+        .with_bucket_name("hearth-blobs")
+        .with_region(S3Server::REGION)
+        .with_access_key_id(S3Server::CREDENTIALS.0)
+        .with_secret_access_key(S3Server::CREDENTIALS.1)
+        .build()
+        .unwrap();
+    let mut flipped = data.clone();
+    flipped[123_456] ^= 0x10;
+    let mut attributes = Attributes::new();
+    attributes.insert(
+        Attribute::Metadata("hearth-blocks".into()),
+        format!("1048576:{:08x}", crc32c::crc32c(&data)).into(),
+    );
+    raw.put_opts(
+        &object_store::path::Path::parse("c/o/obj").unwrap(),
+        PutPayload::from(flipped),
+        PutOptions {
+            attributes,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    for range in [ByteRange::ALL, ByteRange { start: 10, end: 20 }] {
+        match store.get_bytes("c", "obj", range).await {
+            Err(BlobError::Corrupt(message)) => assert!(message.contains("block 0"), "{message}"),
+            other => panic!("{range:?}: expected Corrupt, got {other:?}"),
+        }
+    }
+}
