@@ -4,6 +4,8 @@
 //! * [`BlobBackend`]: the trait every backend implements: [`fs`] (a
 //!   directory tree, the default) and [`s3`] (a bucket of an S3-compatible
 //!   server). Every backend passes the one [`conformance`] suite.
+//! * [`regions`]: registered buffers and the one-sided read rules the
+//!   remote transport (TCP, loopback, RDMA verbs) is built on.
 //! * [`BlobStore`]: a backend under a label, with the checks every call goes
 //!   through first (container and object names, the size limit), so every
 //!   backend refuses bad input the same way.
@@ -44,6 +46,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod conformance;
 pub mod fs;
+pub mod regions;
 pub mod s3;
 
 /// The longest object name, in bytes.
