@@ -59,10 +59,13 @@ pub struct RemoteSlice {
     pub len: u64,
 }
 
+/// A registered buffer's bytes, shared by its pool entry and the table.
+type RegionData = Arc<RwLock<Vec<u8>>>;
+
 struct Region {
     key: u32,
     /// The data the buffer holds now (its used length).
-    data: Arc<RwLock<Vec<u8>>>,
+    data: RegionData,
 }
 
 /// The regions a node has registered, by id.
@@ -96,7 +99,7 @@ impl RegionTable {
         Ok(())
     }
 
-    fn register(&self, id: u32, key: u32, data: Arc<RwLock<Vec<u8>>>) {
+    fn register(&self, id: u32, key: u32, data: RegionData) {
         self.regions
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -129,7 +132,7 @@ pub struct BufferPool {
     table: Arc<RegionTable>,
     buffer_bytes: usize,
     max_buffers: usize,
-    free: Mutex<Vec<(u32, Arc<RwLock<Vec<u8>>>)>>,
+    free: Mutex<Vec<(u32, RegionData)>>,
     registered: AtomicUsize,
     in_use: AtomicUsize,
     keys: AtomicU64,
@@ -217,7 +220,7 @@ pub struct PooledBuffer {
     pool: Arc<BufferPool>,
     id: u32,
     key: u32,
-    data: Arc<RwLock<Vec<u8>>>,
+    data: RegionData,
 }
 
 impl PooledBuffer {
