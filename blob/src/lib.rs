@@ -5,7 +5,8 @@
 //!   directory tree, the default) and [`s3`] (a bucket of an S3-compatible
 //!   server). Every backend passes the one [`conformance`] suite.
 //! * [`regions`]: registered buffers and the one-sided read rules the
-//!   remote transport (TCP, loopback, RDMA verbs) is built on.
+//!   remote transport (TCP, loopback, RDMA verbs) is built on, and
+//!   [`transport`]: the transport trait with its loopback and TCP ends.
 //! * [`BlobStore`]: a backend under a label, with the checks every call goes
 //!   through first (container and object names, the size limit), so every
 //!   backend refuses bad input the same way.
@@ -48,6 +49,7 @@ pub mod conformance;
 pub mod fs;
 pub mod regions;
 pub mod s3;
+pub mod transport;
 
 /// The longest object name, in bytes.
 pub const MAX_OBJECT_NAME_BYTES: usize = 1024;

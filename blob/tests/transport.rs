@@ -1,0 +1,196 @@
+//! The transport contract on each implementation: control messages in
+//! order, one-sided reads within the peer's regions (refused otherwise, and
+//! then the connection is done), reads completing in order, a peer that
+//! goes away, and (loopback) a completion that fails.
+
+use bytes::Bytes;
+use hearth_blob::regions::{BufferPool, RegionError, RegionTable, RemoteSlice};
+use hearth_blob::transport::loopback::{self, LoopbackTransport};
+use hearth_blob::transport::tcp::TcpTransport;
+use hearth_blob::transport::{Transport, TransportError};
+use std::sync::Arc;
+
+/// A connected (client, server) pair whose server side registered `regions`.
+async fn tcp_pair(regions: Arc<RegionTable>) -> (TcpTransport, TcpTransport) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    (
+        TcpTransport::new(client.unwrap(), Arc::new(RegionTable::default())),
+        TcpTransport::new(accepted.unwrap().0, regions),
+    )
+}
+
+fn loopback_pair(regions: Arc<RegionTable>) -> (LoopbackTransport, LoopbackTransport) {
+    loopback::pair(Arc::new(RegionTable::default()), regions)
+}
+
+async fn the_contract(client: &dyn Transport, server: &dyn Transport, pool: &Arc<BufferPool>) {
+    // Control messages, whole and in order, both ways.
+    for i in 0..3u8 {
+        client
+            .send(Bytes::from(vec![i; 1000 * i as usize + 1]))
+            .await
+            .unwrap();
+    }
+    for i in 0..3u8 {
+        assert_eq!(server.recv().await.unwrap(), vec![i; 1000 * i as usize + 1]);
+    }
+    server.send(Bytes::from_static(b"ready")).await.unwrap();
+    assert_eq!(client.recv().await.unwrap(), &b"ready"[..]);
+
+    // One-sided reads of the server's registered buffers, two in flight.
+    let first = pool.take().unwrap();
+    let second = pool.take().unwrap();
+    let a = first.fill(&vec![0xAA; 100_000]);
+    let b = second.fill(b"the second buffer");
+    let (mut into_a, mut into_b) = (vec![0u8; 50_000], vec![0u8; 6]);
+    let (read_a, read_b) = tokio::join!(
+        client.read(
+            RemoteSlice {
+                offset: 50_000,
+                len: 50_000,
+                ..a
+            },
+            &mut into_a
+        ),
+        client.read(
+            RemoteSlice {
+                offset: 4,
+                len: 6,
+                ..b
+            },
+            &mut into_b
+        ),
+    );
+    read_a.unwrap();
+    read_b.unwrap();
+    assert!(into_a.iter().all(|&x| x == 0xAA));
+    assert_eq!(&into_b, b"second");
+
+    // A released buffer's old key is refused, and the connection is done.
+    drop(first);
+    let mut into = vec![0u8; 10];
+    match client.read(RemoteSlice { len: 10, ..a }, &mut into).await {
+        Err(TransportError::Refused(RegionError::WrongKey(region))) => assert_eq!(region, a.region),
+        other => panic!("expected a wrong-key refusal, got {other:?}"),
+    }
+    assert!(matches!(
+        client
+            .read(RemoteSlice { len: 6, ..b }, &mut into[..6])
+            .await,
+        Err(TransportError::Closed(_))
+    ));
+    drop(second);
+    assert_eq!(pool.stats().in_use, 0, "every buffer went back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_keeps_the_transport_contract() {
+    let regions = Arc::new(RegionTable::default());
+    let pool = BufferPool::new(regions.clone(), 128 * 1024, 4);
+    let (client, server) = loopback_pair(regions);
+    the_contract(&client, &server, &pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_keeps_the_transport_contract() {
+    let regions = Arc::new(RegionTable::default());
+    let pool = BufferPool::new(regions.clone(), 128 * 1024, 4);
+    let (client, server) = tcp_pair(regions).await;
+    the_contract(&client, &server, &pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_bounds_reads_are_refused_without_a_partial_copy() {
+    let regions = Arc::new(RegionTable::default());
+    let pool = BufferPool::new(regions.clone(), 1024, 1);
+    let buffer = pool.take().unwrap();
+    let slice = buffer.fill(b"0123456789");
+    for make in [0, 1] {
+        let (client, _server): (Box<dyn Transport>, Box<dyn Transport>) = if make == 0 {
+            let (c, s) = loopback_pair(regions.clone());
+            (Box::new(c), Box::new(s))
+        } else {
+            let (c, s) = tcp_pair(regions.clone()).await;
+            (Box::new(c), Box::new(s))
+        };
+        let mut into = vec![7u8; 8];
+        let refused = client
+            .read(
+                RemoteSlice {
+                    offset: 5,
+                    len: 8,
+                    ..slice
+                },
+                &mut into,
+            )
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(TransportError::Refused(RegionError::OutOfBounds { .. }))
+            ),
+            "{}: {refused:?}",
+            client.kind()
+        );
+        assert_eq!(into, vec![7u8; 8], "{}: nothing was copied", client.kind());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_goes_away_closes_pending_and_later_calls() {
+    let regions = Arc::new(RegionTable::default());
+    let (client, server) = tcp_pair(regions.clone()).await;
+    drop(server);
+    assert!(matches!(
+        client.recv().await,
+        Err(TransportError::Closed(_))
+    ));
+    let mut into = [0u8; 4];
+    let slice = RemoteSlice {
+        region: 1,
+        key: 1,
+        offset: 0,
+        len: 4,
+    };
+    assert!(matches!(
+        client.read(slice, &mut into).await,
+        Err(TransportError::Closed(_))
+    ));
+
+    let (client, server) = loopback_pair(regions);
+    drop(server);
+    assert!(matches!(
+        client.recv().await,
+        Err(TransportError::Closed(_))
+    ));
+    assert!(matches!(
+        client.read(slice, &mut into).await,
+        Err(TransportError::Closed(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_completion_is_an_error_and_ends_the_connection() {
+    let regions = Arc::new(RegionTable::default());
+    let pool = BufferPool::new(regions.clone(), 64, 1);
+    let buffer = pool.take().unwrap();
+    let slice = buffer.fill(b"data");
+    let (client, _server) = loopback_pair(regions);
+    client.fail_next_read();
+    let mut into = [0u8; 4];
+    let failed = client.read(slice, &mut into).await;
+    assert!(
+        matches!(failed, Err(TransportError::Closed(ref m)) if m.contains("completion")),
+        "{failed:?}"
+    );
+    assert!(matches!(
+        client.read(slice, &mut into).await,
+        Err(TransportError::Closed(_))
+    ));
+    assert!(matches!(
+        client.send(Bytes::from_static(b"x")).await,
+        Err(TransportError::Closed(_))
+    ));
+}
