@@ -6,7 +6,8 @@
 //!   server). Every backend passes the one [`conformance`] suite.
 //! * [`regions`]: registered buffers and the one-sided read rules the
 //!   remote transport (TCP, loopback, RDMA verbs) is built on, and
-//!   [`transport`]: the transport trait with its loopback and TCP ends.
+//!   [`transport`]: the transport trait with its loopback and TCP ends;
+//!   [`remote`]: the storage-node protocol over it, both sides.
 //! * [`BlobStore`]: a backend under a label, with the checks every call goes
 //!   through first (container and object names, the size limit), so every
 //!   backend refuses bad input the same way.
@@ -48,6 +49,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub mod conformance;
 pub mod fs;
 pub mod regions;
+pub mod remote;
 pub mod s3;
 pub mod transport;
 
