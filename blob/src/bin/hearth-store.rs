@@ -1,0 +1,132 @@
+//! `hearth-store`: a storage node. Serves one blob backend (`fs` or `s3`)
+//! to hearthd's `remote` blob stores over TCP, with object data read
+//! one-sided out of a pool of registered buffers (see `hearth_blob::remote`).
+//!
+//! ```text
+//! hearth-store --listen 0.0.0.0:7480 --fs /var/lib/hearth-store
+//! hearth-store --listen 0.0.0.0:7480 --s3-endpoint http://s3:9000 --s3-bucket blobs
+//! ```
+//!
+//! It logs `hearth-store listening on ADDR` once it accepts connections,
+//! and exits 2 with the reason on bad arguments or a backend it cannot
+//! open.
+
+use clap::Parser;
+use hearth_blob::fs::FsBackend;
+use hearth_blob::regions::{BufferPool, RegionTable};
+use hearth_blob::s3::{S3Backend, S3Settings};
+use hearth_blob::{BlobBackend, BlobLimits, BlobStore};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "hearth-store", version, about = "Hearth's blob storage node")]
+struct Args {
+    /// Where to accept connections.
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    listen: SocketAddr,
+    /// Serve a directory (the `fs` backend).
+    #[arg(long, conflicts_with = "s3_endpoint")]
+    fs: Option<PathBuf>,
+    /// Serve a bucket of an S3-compatible server.
+    #[arg(long, requires = "s3_bucket")]
+    s3_endpoint: Option<String>,
+    /// The bucket (it must exist).
+    #[arg(long)]
+    s3_bucket: Option<String>,
+    /// The region requests are signed for.
+    #[arg(long, default_value = "us-east-1")]
+    s3_region: String,
+    /// Access key id (else $AWS_ACCESS_KEY_ID).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", default_value = "")]
+    s3_access_key: String,
+    /// Secret (else $AWS_SECRET_ACCESS_KEY).
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        default_value = "",
+        hide_env_values = true
+    )]
+    s3_secret_key: String,
+    /// Size of each registered read buffer, in KiB.
+    #[arg(long, default_value_t = 1024)]
+    buffer_kib: usize,
+    /// Registered read buffers at most (one per read in progress).
+    #[arg(long, default_value_t = 64)]
+    buffers: usize,
+    /// The largest object, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    max_object_mib: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("error: {message}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let backend: Arc<dyn BlobBackend> = match (&args.fs, &args.s3_endpoint) {
+        (Some(dir), None) => {
+            Arc::new(FsBackend::open(dir).map_err(|e| format!("--fs {}: {e}", dir.display()))?)
+        }
+        (None, Some(endpoint)) => Arc::new(
+            S3Backend::connect(&S3Settings {
+                endpoint: endpoint.clone(),
+                bucket: args.s3_bucket.clone().unwrap_or_default(),
+                region: args.s3_region.clone(),
+                credentials: (args.s3_access_key.clone(), args.s3_secret_key.clone()),
+                timeout: Duration::from_secs(30),
+            })
+            .map_err(|e| format!("--s3-endpoint {endpoint}: {e}"))?,
+        ),
+        _ => return Err("give --fs DIR or --s3-endpoint URL --s3-bucket NAME".into()),
+    };
+    if args.buffer_kib == 0 || args.buffers == 0 {
+        return Err("--buffer-kib and --buffers must be at least 1".into());
+    }
+    let kind = backend.kind();
+    let store = BlobStore::new(
+        "node",
+        backend,
+        BlobLimits {
+            max_object_bytes: args.max_object_mib << 20,
+            ..BlobLimits::default()
+        },
+    );
+    let regions = Arc::new(RegionTable::default());
+    let pool = BufferPool::new(regions.clone(), args.buffer_kib << 10, args.buffers);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("--listen {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(
+        backend = kind,
+        buffers = args.buffers,
+        buffer_kib = args.buffer_kib,
+        "hearth-store listening on {addr}"
+    );
+    tokio::select! {
+        served = hearth_blob::remote::serve_tcp(listener, store, pool, regions) => {
+            served.map_err(|e| format!("accepting on {addr}: {e}"))
+        }
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
