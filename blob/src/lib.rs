@@ -92,7 +92,7 @@ pub enum BlobError {
 }
 
 /// A container's description.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContainerInfo {
     /// Its name.
     pub name: String,
@@ -101,7 +101,7 @@ pub struct ContainerInfo {
 }
 
 /// An object's description.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectInfo {
     /// Its name.
     pub name: String,

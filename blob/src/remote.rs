@@ -113,23 +113,9 @@ pub enum Reply {
     /// Done, nothing to say.
     Done,
     /// A container.
-    Container {
-        /// Its name.
-        name: String,
-        /// Its creation time.
-        created_at_ms: u64,
-    },
+    Container(ContainerInfo),
     /// An object.
-    Object {
-        /// Its name.
-        name: String,
-        /// Its container.
-        container: String,
-        /// When it was written.
-        created_at_ms: u64,
-        /// Its size.
-        size: u64,
-    },
+    Object(ObjectInfo),
     /// A page of names.
     Page {
         /// The names.
@@ -187,12 +173,39 @@ impl Reply {
         }
     }
 
-    fn object(info: ObjectInfo) -> Self {
-        Reply::Object {
-            name: info.name,
-            container: info.container,
-            created_at_ms: info.created_at_ms,
-            size: info.size,
+    /// The container this reply describes.
+    fn into_container(self) -> Result<ContainerInfo, BlobError> {
+        match self {
+            Reply::Container(info) => Ok(info),
+            other => Err(other.into_error()),
+        }
+    }
+
+    /// The object this reply describes.
+    fn into_object(self) -> Result<ObjectInfo, BlobError> {
+        match self {
+            Reply::Object(info) => Ok(info),
+            other => Err(other.into_error()),
+        }
+    }
+
+    /// `Done`, or the error.
+    fn into_done(self) -> Result<(), BlobError> {
+        match self {
+            Reply::Done => Ok(()),
+            other => Err(other.into_error()),
+        }
+    }
+
+    /// The error this reply carries (or says by being unexpected).
+    fn into_error(self) -> BlobError {
+        match self {
+            Reply::Error {
+                kind,
+                message,
+                limit,
+            } => error_from(&kind, message, limit),
+            other => BlobError::Other(format!("storage node answered {other:?}")),
         }
     }
 }
@@ -244,16 +257,16 @@ pub async fn serve_connection(
             Request::CreateContainer { container } => store
                 .create_container(&container)
                 .await
-                .map(container_reply),
+                .map(Reply::Container),
             Request::ContainerInfo { container } => {
-                store.container_info(&container).await.map(container_reply)
+                store.container_info(&container).await.map(Reply::Container)
             }
             Request::DeleteContainer { container } => store
                 .delete_container(&container)
                 .await
                 .map(|()| Reply::Done),
             Request::Info { container, name } => {
-                store.info(&container, &name).await.map(Reply::object)
+                store.info(&container, &name).await.map(Reply::Object)
             }
             Request::Delete { container, name } => {
                 store.delete(&container, &name).await.map(|()| Reply::Done)
@@ -297,13 +310,6 @@ pub async fn serve_connection(
         };
         let reply = reply.unwrap_or_else(|error| Reply::from_error(&error));
         transport.send(encode(&reply)).await?;
-    }
-}
-
-fn container_reply(info: ContainerInfo) -> Reply {
-    Reply::Container {
-        name: info.name,
-        created_at_ms: info.created_at_ms,
     }
 }
 
@@ -415,7 +421,7 @@ async fn serve_write(
             break;
         }
     }
-    written.map(Reply::object)
+    written.map(Reply::Object)
 }
 
 /// Makes a new connection to the storage node.
@@ -471,19 +477,8 @@ impl RemoteBackend {
         let reply: Reply =
             decode(&connection.recv().await.map_err(unavailable)?).map_err(unavailable)?;
         self.give_back(connection);
-        match reply {
-            Reply::Error {
-                kind,
-                message,
-                limit,
-            } => Err(error_from(&kind, message, limit)),
-            reply => Ok(reply),
-        }
+        Ok(reply)
     }
-}
-
-fn unexpected(reply: Reply) -> BlobError {
-    BlobError::Other(format!("storage node answered {reply:?}"))
 }
 
 #[async_trait]
@@ -493,51 +488,27 @@ impl BlobBackend for RemoteBackend {
     }
 
     async fn create_container(&self, container: &str) -> Result<ContainerInfo, BlobError> {
-        match self
-            .call(&Request::CreateContainer {
-                container: container.into(),
-            })
-            .await?
-        {
-            Reply::Container {
-                name,
-                created_at_ms,
-            } => Ok(ContainerInfo {
-                name,
-                created_at_ms,
-            }),
-            other => Err(unexpected(other)),
-        }
+        self.call(&Request::CreateContainer {
+            container: container.into(),
+        })
+        .await?
+        .into_container()
     }
 
     async fn container_info(&self, container: &str) -> Result<ContainerInfo, BlobError> {
-        match self
-            .call(&Request::ContainerInfo {
-                container: container.into(),
-            })
-            .await?
-        {
-            Reply::Container {
-                name,
-                created_at_ms,
-            } => Ok(ContainerInfo {
-                name,
-                created_at_ms,
-            }),
-            other => Err(unexpected(other)),
-        }
+        self.call(&Request::ContainerInfo {
+            container: container.into(),
+        })
+        .await?
+        .into_container()
     }
 
     async fn delete_container(&self, container: &str) -> Result<(), BlobError> {
-        match self
-            .call(&Request::DeleteContainer {
-                container: container.into(),
-            })
-            .await?
-        {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        self.call(&Request::DeleteContainer {
+            container: container.into(),
+        })
+        .await?
+        .into_done()
     }
 
     async fn put(
@@ -581,25 +552,7 @@ impl BlobBackend for RemoteBackend {
         let reply: Reply =
             decode(&connection.recv().await.map_err(unavailable)?).map_err(unavailable)?;
         self.give_back(connection);
-        match reply {
-            Reply::Object {
-                name,
-                container,
-                created_at_ms,
-                size,
-            } => Ok(ObjectInfo {
-                name,
-                container,
-                created_at_ms,
-                size,
-            }),
-            Reply::Error {
-                kind,
-                message,
-                limit,
-            } => Err(error_from(&kind, message, limit)),
-            other => Err(unexpected(other)),
-        }
+        reply.into_object()
     }
 
     async fn get(
@@ -630,15 +583,11 @@ impl BlobBackend for RemoteBackend {
                 created_at_ms,
                 size,
             },
-            Reply::Error {
-                kind,
-                message,
-                limit,
-            } => {
+            error @ Reply::Error { .. } => {
                 self.give_back(connection);
-                return Err(error_from(&kind, message, limit));
+                return Err(error.into_error());
             }
-            other => return Err(unexpected(other)),
+            other => return Err(other.into_error()),
         };
         let what = format!("object `{name}` in container `{container}`");
         let state = ReadState {
@@ -697,51 +646,28 @@ impl BlobBackend for RemoteBackend {
                     }
                     Ok(None)
                 }
-                Reply::Error {
-                    kind,
-                    message,
-                    limit,
-                } => Err(error_from(&kind, message, limit)),
-                other => Err(unexpected(other)),
+                other => Err(other.into_error()),
             }
         });
         Ok((info, body.boxed()))
     }
 
     async fn info(&self, container: &str, name: &str) -> Result<ObjectInfo, BlobError> {
-        match self
-            .call(&Request::Info {
-                container: container.into(),
-                name: name.into(),
-            })
-            .await?
-        {
-            Reply::Object {
-                name,
-                container,
-                created_at_ms,
-                size,
-            } => Ok(ObjectInfo {
-                name,
-                container,
-                created_at_ms,
-                size,
-            }),
-            other => Err(unexpected(other)),
-        }
+        self.call(&Request::Info {
+            container: container.into(),
+            name: name.into(),
+        })
+        .await?
+        .into_object()
     }
 
     async fn delete(&self, container: &str, name: &str) -> Result<(), BlobError> {
-        match self
-            .call(&Request::Delete {
-                container: container.into(),
-                name: name.into(),
-            })
-            .await?
-        {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        self.call(&Request::Delete {
+            container: container.into(),
+            name: name.into(),
+        })
+        .await?
+        .into_done()
     }
 
     async fn list(
@@ -759,7 +685,7 @@ impl BlobBackend for RemoteBackend {
             .await?
         {
             Reply::Page { names, next } => Ok(ListPage { names, next }),
-            other => Err(unexpected(other)),
+            other => Err(other.into_error()),
         }
     }
 
