@@ -124,6 +124,23 @@ impl FsBackend {
         ))
     }
 
+    /// Opens an object of an existing container, its header checked.
+    async fn open_checked(
+        &self,
+        container: &str,
+        name: &str,
+    ) -> Result<(File, Header, PathBuf), BlobError> {
+        let path = self.object_path(container, name);
+        let dir = self.container_dir(container);
+        let (c, n) = (container.to_string(), name.to_string());
+        blocking(move || {
+            FsBackend::read_container(&dir, &c)?;
+            let (file, header) = open_object(&path, &c, &n)?;
+            Ok((file, header, path))
+        })
+        .await
+    }
+
     fn read_container(dir: &Path, container: &str) -> Result<ContainerInfo, BlobError> {
         let file = dir.join(CONTAINER_FILE);
         match std::fs::read_to_string(&file) {
@@ -135,6 +152,18 @@ impl FsBackend {
                 Err(BlobError::NotFound(format!("container `{container}`")))
             }
             Err(e) => Err(io_error("read", &file, e)),
+        }
+    }
+}
+
+impl Header {
+    /// The object it describes, in `container`.
+    fn info(&self, container: &str) -> ObjectInfo {
+        ObjectInfo {
+            name: self.name.clone(),
+            container: container.into(),
+            created_at_ms: self.created_at_ms,
+            size: self.size,
         }
     }
 }
@@ -397,22 +426,9 @@ impl BlobBackend for FsBackend {
         name: &str,
         range: ByteRange,
     ) -> Result<(ObjectInfo, ByteStream), BlobError> {
-        let path = self.object_path(container, name);
-        let dir = self.container_dir(container);
-        let (c, n) = (container.to_string(), name.to_string());
-        let (file, header) = blocking(move || {
-            FsBackend::read_container(&dir, &c)?;
-            open_object(&path, &c, &n)
-        })
-        .await?;
-        let info = ObjectInfo {
-            name: name.into(),
-            container: container.into(),
-            created_at_ms: header.created_at_ms,
-            size: header.size,
-        };
+        let (file, header, path) = self.open_checked(container, name).await?;
+        let info = header.info(container);
         let (start, end) = range.clamp(header.size);
-        let path = self.object_path(container, name);
         let reader = BlockReader {
             file,
             path,
@@ -437,20 +453,8 @@ impl BlobBackend for FsBackend {
     }
 
     async fn info(&self, container: &str, name: &str) -> Result<ObjectInfo, BlobError> {
-        let path = self.object_path(container, name);
-        let dir = self.container_dir(container);
-        let (c, n) = (container.to_string(), name.to_string());
-        let header = blocking(move || {
-            FsBackend::read_container(&dir, &c)?;
-            open_object(&path, &c, &n).map(|(_, header)| header)
-        })
-        .await?;
-        Ok(ObjectInfo {
-            name: name.into(),
-            container: container.into(),
-            created_at_ms: header.created_at_ms,
-            size: header.size,
-        })
+        let (_, header, _) = self.open_checked(container, name).await?;
+        Ok(header.info(container))
     }
 
     async fn delete(&self, container: &str, name: &str) -> Result<(), BlobError> {

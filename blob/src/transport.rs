@@ -398,11 +398,13 @@ pub mod tcp {
         async fn read(&self, slice: RemoteSlice, into: &mut [u8]) -> Result<(), TransportError> {
             self.check_usable()?;
             let (done, completion) = oneshot::channel();
-            let mut request = Vec::with_capacity(24);
-            request.extend_from_slice(&slice.region.to_le_bytes());
-            request.extend_from_slice(&slice.key.to_le_bytes());
-            request.extend_from_slice(&slice.offset.to_le_bytes());
-            request.extend_from_slice(&slice.len.to_le_bytes());
+            let mut frame = Vec::with_capacity(29);
+            frame.extend_from_slice(&25u32.to_le_bytes());
+            frame.push(READ);
+            frame.extend_from_slice(&slice.region.to_le_bytes());
+            frame.extend_from_slice(&slice.key.to_le_bytes());
+            frame.extend_from_slice(&slice.offset.to_le_bytes());
+            frame.extend_from_slice(&slice.len.to_le_bytes());
             {
                 // Queued and sent under the writer lock, so completions
                 // come back in the order of this queue.
@@ -411,10 +413,6 @@ pub mod tcp {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push_back(done);
-                let mut frame = Vec::with_capacity(29);
-                frame.extend_from_slice(&25u32.to_le_bytes());
-                frame.push(READ);
-                frame.extend_from_slice(&request);
                 writer
                     .write_all(&frame)
                     .await

@@ -143,9 +143,7 @@ async fn a_dropped_write_leaves_no_temp_file() {
 async fn s3_store(server: &hearth_testkit::services::S3Server) -> BlobStore {
     use hearth_testkit::services::S3Server;
     let bucket = "hearth-blobs";
-    // The bucket is made with a plain signed-less PUT (moto allows it).
-    let made = reqwest_free_put(&server.endpoint(), bucket).await;
-    assert!(made, "creating bucket {bucket} on {}", server.endpoint());
+    server.create_bucket(bucket);
     let settings = hearth_blob::s3::S3Settings {
         endpoint: server.endpoint(),
         bucket: bucket.into(),
@@ -164,20 +162,6 @@ async fn s3_store(server: &hearth_testkit::services::S3Server) -> BlobStore {
             ..Default::default()
         },
     )
-}
-
-/// `PUT /bucket` over a bare TCP connection; true on a 200.
-async fn reqwest_free_put(endpoint: &str, bucket: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = endpoint.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-    let request = format!(
-        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).await.unwrap();
-    reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

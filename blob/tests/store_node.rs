@@ -63,13 +63,7 @@ async fn hearth_store_serves_an_fs_directory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hearth_store_serves_an_s3_bucket() {
     let server = hearth_testkit::services::S3Server::start();
-    // moto makes a bucket on an unsigned PUT.
-    let status = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
-        .arg(format!("{}/node-bucket", server.endpoint()))
-        .output()
-        .expect("curl (scripts/setup.sh installs it)");
-    assert_eq!(String::from_utf8_lossy(&status.stdout), "200");
+    server.create_bucket("node-bucket");
     let (_node, addr) = start(&[
         "--s3-endpoint",
         &server.endpoint(),

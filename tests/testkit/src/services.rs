@@ -226,6 +226,28 @@ impl S3Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Creates bucket `name` (moto accepts an unsigned `PUT /NAME`).
+    pub fn create_bucket(&self, name: &str) {
+        use std::io::{Read, Write};
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto_server");
+        write!(
+            stream,
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("send to moto_server");
+        let mut reply = String::new();
+        stream
+            .read_to_string(&mut reply)
+            .expect("read moto_server's reply");
+        assert!(
+            reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
+            "creating bucket {name}: {}",
+            reply.lines().next().unwrap_or_default()
+        );
+    }
+
     /// Kills the server (SIGKILL): it is down (and its data gone) until
     /// [`S3Server::restart`].
     pub fn kill(&mut self) {
