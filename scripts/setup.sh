@@ -12,8 +12,12 @@ cd "$(dirname "$0")/.."
 # tested against real servers the tests start.
 # containerd, runc, containernetworking-plugins: the shim tests drive a private
 # containerd (ctr and CRI) with Pod networking through the ptp CNI plugin.
+# libibverbs-dev, librdmacm-dev, rdma-core, ibverbs-providers, cmake,
+# libclang-dev: hearth-blob's `rdma` feature (sideway builds rdma-core's
+# headers with cmake and bindgen; soft-RoCE `rxe` needs the providers).
 APT_PACKAGES=(curl ca-certificates pkg-config docker-registry skopeo protobuf-compiler iproute2
-  containerd runc containernetworking-plugins redis-server postgresql nats-server)
+  containerd runc containernetworking-plugins redis-server postgresql nats-server
+  libibverbs-dev librdmacm-dev rdma-core ibverbs-providers cmake libclang-dev)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

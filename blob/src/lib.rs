@@ -7,7 +7,9 @@
 //! * [`regions`]: registered buffers and the one-sided read rules the
 //!   remote transport (TCP, loopback, RDMA verbs) is built on, and
 //!   [`transport`]: the transport trait with its loopback and TCP ends;
-//!   [`remote`]: the storage-node protocol over it, both sides.
+//!   [`remote`]: the storage-node protocol over it, both sides;
+//!   [`tiered`]: the storage node's hot memory tier over a cold backend.
+//!   With the `rdma` feature, `rdma`: the transport over RDMA verbs.
 //! * [`BlobStore`]: a backend under a label, with the checks every call goes
 //!   through first (container and object names, the size limit), so every
 //!   backend refuses bad input the same way.
@@ -48,9 +50,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod conformance;
 pub mod fs;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 pub mod regions;
 pub mod remote;
 pub mod s3;
+pub mod tiered;
 pub mod transport;
 
 /// The longest object name, in bytes.
@@ -552,5 +557,33 @@ mod tests {
         assert_eq!(ByteRange { start: 8, end: 100 }.clamp(10), (8, 10));
         assert_eq!(ByteRange { start: 20, end: 30 }.clamp(10), (10, 10));
         assert_eq!(ByteRange::ALL.clamp(0), (0, 0));
+    }
+}
+
+/// Bytes of object data copied in memory on the read path, by where, so a
+/// benchmark can report copies per byte read. Landing data from the wire
+/// (a socket read, an RDMA READ, the loopback's stand-in for it) is not a
+/// copy here; copying it afterwards is.
+pub mod copy_meter {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static NODE: AtomicU64 = AtomicU64::new(0);
+    static CLIENT: AtomicU64 = AtomicU64::new(0);
+
+    /// The storage node copied `bytes` (backend chunk → registered buffer,
+    /// or into its hot tier).
+    pub fn node_copied(bytes: usize) {
+        NODE.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The client side copied `bytes` between the landed data and the
+    /// guest's allocation (not counting the copy into guest memory itself).
+    pub fn client_copied(bytes: usize) {
+        CLIENT.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// `(node, client)` bytes copied so far in this process.
+    pub fn totals() -> (u64, u64) {
+        (NODE.load(Ordering::Relaxed), CLIENT.load(Ordering::Relaxed))
     }
 }

@@ -18,6 +18,14 @@
 //! * A region's key changes every time its buffer is taken from the pool,
 //!   so a peer holding an old `(region, key)` cannot read the next request's
 //!   data.
+//! * A table made [`RegionTable::with_registrar`] also registers each
+//!   buffer's memory with a NIC, once, when the pool makes it (a buffer's
+//!   memory never moves: it is allocated at its full size and never grows);
+//!   [`RegionTable::describe`] gives a transport the address and the NIC's
+//!   key. A NIC checks its own key and the registered bounds, not the
+//!   rotating key or what the buffer holds now: over RDMA verbs those two
+//!   checks rest on the protocol (a buffer is refilled only after the
+//!   client said `next`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -66,15 +74,59 @@ struct Region {
     key: u32,
     /// The data the buffer holds now (its used length).
     data: RegionData,
+    /// Its registration with a NIC, if the table has a registrar.
+    nic: Option<NicRegion>,
+}
+
+/// Registers memory with a NIC (RDMA verbs), once per buffer.
+#[allow(unsafe_code)] // a NIC reads the memory behind the compiler's back
+pub trait Registrar: Send + Sync {
+    /// Registers `len` bytes at `address` for one-sided remote reads, for
+    /// as long as the registrar lives; returns the key the NIC checks.
+    ///
+    /// # Safety
+    ///
+    /// The memory must stay allocated, and not move, while the registrar
+    /// lives.
+    unsafe fn register(&self, address: usize, len: usize) -> Result<u32, String>;
+}
+
+/// Where a region's memory is, for a NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NicRegion {
+    /// Its address.
+    pub address: u64,
+    /// The NIC's key for it.
+    pub key: u32,
+    /// Its registered size.
+    pub len: u64,
 }
 
 /// The regions a node has registered, by id.
 #[derive(Default)]
 pub struct RegionTable {
     regions: RwLock<HashMap<u32, Region>>,
+    registrar: Option<Arc<dyn Registrar>>,
 }
 
 impl RegionTable {
+    /// A table whose buffers are also registered with `registrar`.
+    pub fn with_registrar(registrar: Arc<dyn Registrar>) -> Self {
+        RegionTable {
+            regions: RwLock::default(),
+            registrar: Some(registrar),
+        }
+    }
+
+    /// Where region `id`'s memory is for a NIC, if it is registered with one.
+    pub fn describe(&self, id: u32) -> Option<NicRegion> {
+        self.regions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .and_then(|region| region.nic)
+    }
+
     /// Copies `slice` into `into` (which must be `slice.len` long) if the
     /// rules of the module docs allow it.
     pub fn read(&self, slice: RemoteSlice, into: &mut [u8]) -> Result<(), RegionError> {
@@ -99,11 +151,31 @@ impl RegionTable {
         Ok(())
     }
 
-    fn register(&self, id: u32, key: u32, data: RegionData) {
+    /// Adds a region (registering its memory with the NIC first, if the
+    /// table has a registrar).
+    fn register(&self, id: u32, key: u32, data: RegionData) -> Result<(), String> {
+        let nic = match &self.registrar {
+            None => None,
+            Some(registrar) => {
+                let buffer = data.read().unwrap_or_else(|e| e.into_inner());
+                let (address, len) = (buffer.as_ptr() as usize, buffer.capacity());
+                // Safety: the buffer is allocated at its full capacity and
+                // never grows (`fill`/`append` stay within it), and the
+                // table keeps it alive as long as the registrar it holds.
+                #[allow(unsafe_code)]
+                let key = unsafe { registrar.register(address, len)? };
+                Some(NicRegion {
+                    address: address as u64,
+                    key,
+                    len: len as u64,
+                })
+            }
+        };
         self.regions
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Region { key, data });
+            .insert(id, Region { key, data, nic });
+        Ok(())
     }
 
     fn rekey(&self, id: u32, key: u32) {
@@ -190,7 +262,11 @@ impl BufferPool {
                 }
                 let id = REGION_IDS.fetch_add(1, Ordering::Relaxed);
                 let data = Arc::new(RwLock::new(Vec::with_capacity(self.buffer_bytes)));
-                self.table.register(id, key, data.clone());
+                if let Err(error) = self.table.register(id, key, data.clone()) {
+                    tracing::warn!(error = %error, "registering a read buffer failed");
+                    self.registered.fetch_sub(1, Ordering::Relaxed);
+                    return None;
+                }
                 (id, data)
             }
         };
@@ -208,7 +284,8 @@ impl BufferPool {
 
 static REGION_IDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
-fn seed() -> u64 {
+/// A value that differs per process and start: seeds keys (and RDMA PSNs).
+pub(crate) fn seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -241,6 +318,46 @@ impl PooledBuffer {
             offset: 0,
             len: bytes.len() as u64,
         }
+    }
+}
+
+impl PooledBuffer {
+    /// Appends as much of `bytes` as still fits; returns how much did.
+    pub fn append(&self, bytes: &[u8]) -> usize {
+        let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
+        let take = bytes.len().min(self.pool.buffer_bytes - data.len());
+        data.extend_from_slice(&bytes[..take]);
+        crate::copy_meter::node_copied(take);
+        take
+    }
+
+    /// How many bytes it holds.
+    pub fn len(&self) -> usize {
+        self.data.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether it holds all it can.
+    pub fn is_full(&self) -> bool {
+        self.len() == self.pool.buffer_bytes
+    }
+
+    /// The slice a peer reads what it holds by, and the CRC-32C of that.
+    pub fn advertise(&self) -> (RemoteSlice, u32) {
+        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
+        (
+            RemoteSlice {
+                region: self.id,
+                key: self.key,
+                offset: 0,
+                len: data.len() as u64,
+            },
+            crc32c::crc32c(&data),
+        )
     }
 }
 
@@ -356,5 +473,50 @@ mod tests {
                 in_use: 0
             }
         );
+    }
+
+    /// Records what it is asked to register, as a NIC driver would see it.
+    #[derive(Default)]
+    struct RecordingRegistrar {
+        registered: Mutex<Vec<(usize, usize)>>,
+    }
+
+    #[allow(unsafe_code)]
+    impl Registrar for RecordingRegistrar {
+        unsafe fn register(&self, address: usize, len: usize) -> Result<u32, String> {
+            let mut registered = self.registered.lock().unwrap();
+            registered.push((address, len));
+            Ok(1000 + registered.len() as u32)
+        }
+    }
+
+    #[test]
+    fn buffers_are_registered_with_the_nic_once_and_never_move() {
+        let registrar = Arc::new(RecordingRegistrar::default());
+        let table = Arc::new(RegionTable::with_registrar(registrar.clone()));
+        let pool = BufferPool::new(table.clone(), 4096, 2);
+        let mut seen = Vec::new();
+        for round in 0..5u8 {
+            let first = pool.take().unwrap();
+            let second = pool.take().unwrap();
+            first.append(&[round; 4096]);
+            second.fill(&[round; 100]);
+            for buffer in [&first, &second] {
+                let nic = table.describe(buffer.id).unwrap();
+                assert!(nic.len >= 4096);
+                let data = buffer.data.read().unwrap();
+                assert_eq!(data.as_ptr() as u64, nic.address, "the memory did not move");
+                seen.push((buffer.id, nic));
+            }
+        }
+        assert_eq!(
+            registrar.registered.lock().unwrap().len(),
+            2,
+            "two buffers, registered once each over five rounds"
+        );
+        seen.sort_by_key(|(id, _)| *id);
+        seen.dedup();
+        assert_eq!(seen.len(), 2, "each region keeps its one registration");
+        assert!(RegionTable::default().describe(seen[0].0).is_none());
     }
 }

@@ -18,10 +18,14 @@
 //! * **Writes.** `Put` is followed by [`DATA`] messages and `PutEnd`; the
 //!   node streams them into its backend, whose atomic write applies: a
 //!   client that goes away mid-write leaves nothing visible.
+//! * **Copies on reads.** The node copies each byte once, from the
+//!   backend's chunk into a registered buffer; the client hands the bytes
+//!   the transport landed up as they are (no copy), so the host's next copy
+//!   is the one into guest memory.
 //! * Everything else is one `Request`, one `Reply`. Errors cross as
 //!   `Reply::Error` with the [`BlobError`] kind and message.
 
-use crate::regions::{BufferPool, RemoteSlice};
+use crate::regions::{BufferPool, PooledBuffer, RemoteSlice};
 use crate::transport::{Transport, TransportError};
 use crate::{
     BlobBackend, BlobError, BlobStore, ByteRange, ByteStream, ContainerInfo, ListPage, ObjectInfo,
@@ -331,25 +335,40 @@ async fn serve_read(
             created_at_ms: info.created_at_ms,
         }))
         .await?;
-    let mut pending = Vec::new();
+    // The backend's chunks are copied once, into registered buffers, and
+    // each full buffer (the last may be short) is offered to the client.
+    let mut chunk = Bytes::new();
+    let mut buffer: Option<PooledBuffer> = None;
     let mut ended = false;
     loop {
-        match body.next().await {
-            Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
-            Some(Err(error)) => return transport.send(encode(&Reply::from_error(&error))).await,
-            None => ended = true,
+        if chunk.is_empty() && !ended {
+            match body.next().await {
+                Some(Ok(next)) => chunk = next,
+                Some(Err(error)) => {
+                    return transport.send(encode(&Reply::from_error(&error))).await;
+                }
+                None => ended = true,
+            }
         }
-        // Hand out whole buffers (the last one may be short).
-        while pending.len() >= pool.buffer_bytes() || (ended && !pending.is_empty()) {
-            let take = pending.len().min(pool.buffer_bytes());
-            let Some(buffer) = pool.take() else {
-                let error =
-                    BlobError::Unavailable("the storage node has no free read buffer".into());
-                return transport.send(encode(&Reply::from_error(&error))).await;
-            };
-            let slice = buffer.fill(&pending[..take]);
-            let crc32c = crc32c::crc32c(&pending[..take]);
-            pending.drain(..take);
+        if !chunk.is_empty() {
+            if buffer.is_none() {
+                let Some(taken) = pool.take() else {
+                    let error =
+                        BlobError::Unavailable("the storage node has no free read buffer".into());
+                    return transport.send(encode(&Reply::from_error(&error))).await;
+                };
+                buffer = Some(taken);
+            }
+            let filled = buffer.as_ref().expect("just taken").append(&chunk);
+            bytes::Buf::advance(&mut chunk, filled);
+        }
+        let offer = match &buffer {
+            Some(held) => held.is_full() || (ended && chunk.is_empty()),
+            None => false,
+        };
+        if offer {
+            let held = buffer.take().expect("checked");
+            let (slice, crc32c) = held.advertise();
             transport
                 .send(encode(&Reply::Chunk {
                     region: slice.region,
@@ -362,14 +381,14 @@ async fn serve_read(
             // (or goes away: then `recv` fails and the buffer is dropped
             // here, back to the pool).
             let answer: Request = decode(&transport.recv().await?)?;
-            drop(buffer);
+            drop(held);
             if !matches!(answer, Request::Next) {
                 return Err(TransportError::Protocol(
                     "expected `next` during a read".into(),
                 ));
             }
         }
-        if ended {
+        if ended && chunk.is_empty() && buffer.is_none() {
             return transport.send(encode(&Reply::End)).await;
         }
     }
@@ -608,17 +627,13 @@ impl BlobBackend for RemoteBackend {
                     len,
                     crc32c,
                 } => {
-                    let mut data = vec![0u8; len as usize];
-                    connection
-                        .read(
-                            RemoteSlice {
-                                region,
-                                key,
-                                offset: 0,
-                                len,
-                            },
-                            &mut data,
-                        )
+                    let data = connection
+                        .read(RemoteSlice {
+                            region,
+                            key,
+                            offset: 0,
+                            len,
+                        })
                         .await
                         .map_err(unavailable)?;
                     connection
@@ -631,7 +646,7 @@ impl BlobBackend for RemoteBackend {
                             state.what
                         )));
                     }
-                    Ok(Some((Bytes::from(data), state)))
+                    Ok(Some((data, state)))
                 }
                 Reply::End => {
                     // A read that ran to its end leaves the connection
@@ -743,6 +758,28 @@ pub fn tcp_connector(addr: std::net::SocketAddr, timeout: std::time::Duration) -
                 Arc::new(crate::regions::RegionTable::default()),
             );
             Ok(Arc::new(transport) as Arc<dyn Transport>)
+        })
+    })
+}
+
+/// Connects to an in-process storage node serving `store` with `pool`'s
+/// buffers (registered in `regions`) over the loopback transport: each
+/// connection is a [`crate::transport::loopback::pair`] whose node end is
+/// served by [`serve_connection`].
+pub fn loopback_connector(
+    store: BlobStore,
+    pool: Arc<BufferPool>,
+    regions: Arc<crate::regions::RegionTable>,
+) -> Connector {
+    Arc::new(move || {
+        let (store, pool, regions) = (store.clone(), pool.clone(), regions.clone());
+        Box::pin(async move {
+            let (client, node) = crate::transport::loopback::pair(
+                Arc::new(crate::regions::RegionTable::default()),
+                regions,
+            );
+            tokio::spawn(serve_connection(Arc::new(node), store, pool));
+            Ok(Arc::new(client) as Arc<dyn Transport>)
         })
     })
 }

@@ -5,11 +5,13 @@
 //!
 //! * **Two-sided** [`Transport::send`] / [`Transport::recv`] carry control
 //!   messages, whole and in order.
-//! * **One-sided** [`Transport::read`] copies a [`RemoteSlice`] of the
-//!   peer's registered memory into a local buffer without the peer's
-//!   protocol code taking part; the peer's [`RegionTable`] rules apply
-//!   (region, key, bounds), and a refused read is
-//!   [`TransportError::Refused`], never a partial copy.
+//! * **One-sided** [`Transport::read`] lands a [`RemoteSlice`] of the
+//!   peer's registered memory in memory this side owns, without the peer's
+//!   protocol code taking part, and hands that memory back as [`Bytes`]
+//!   (no copy after it landed: for TCP the frame's payload buffer the
+//!   socket was read into, for verbs the local registered buffer); the
+//!   peer's [`RegionTable`] rules apply (region, key, bounds), and a
+//!   refused read is [`TransportError::Refused`], never partial data.
 //! * Reads complete in the order they were posted. A failed completion (a
 //!   refused read among them) is an error of that read, and, as with a
 //!   verbs queue pair in the error state, the connection is not used again:
@@ -51,9 +53,9 @@ pub trait Transport: Send + Sync {
     /// The peer's next control message.
     async fn recv(&self) -> Result<Bytes, TransportError>;
 
-    /// Copies `slice` of the peer's registered memory into `into`
+    /// Lands `slice` of the peer's registered memory here and returns it
     /// (`slice.len` bytes).
-    async fn read(&self, slice: RemoteSlice, into: &mut [u8]) -> Result<(), TransportError>;
+    async fn read(&self, slice: RemoteSlice) -> Result<Bytes, TransportError>;
 }
 
 /// The in-process transport: two ends sharing memory, with the verbs rules.
@@ -133,7 +135,7 @@ pub mod loopback {
                 .ok_or_else(|| TransportError::Closed("the peer is gone".into()))
         }
 
-        async fn read(&self, slice: RemoteSlice, into: &mut [u8]) -> Result<(), TransportError> {
+        async fn read(&self, slice: RemoteSlice) -> Result<Bytes, TransportError> {
             self.check_usable()?;
             if self.outgoing.is_closed() {
                 return Err(TransportError::Closed("the peer is gone".into()));
@@ -145,10 +147,15 @@ pub mod loopback {
                     slice.region
                 )));
             }
-            self.peer_regions.read(slice, into).map_err(|refused| {
-                self.broken.store(true, Ordering::SeqCst);
-                TransportError::Refused(refused)
-            })
+            // The one copy here stands for the wire (a NIC's DMA).
+            let mut landed = vec![0u8; slice.len as usize];
+            self.peer_regions
+                .read(slice, &mut landed)
+                .map_err(|refused| {
+                    self.broken.store(true, Ordering::SeqCst);
+                    TransportError::Refused(refused)
+                })?;
+            Ok(Bytes::from(landed))
         }
     }
 }
@@ -167,7 +174,7 @@ pub mod tcp {
     use std::collections::VecDeque;
     use std::sync::Mutex as SyncMutex;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
     use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
     use tokio::sync::{Mutex, mpsc, oneshot};
@@ -262,7 +269,9 @@ pub mod tcp {
         pending: Arc<SyncMutex<VecDeque<Completion>>>,
         broken: Arc<AtomicBool>,
     ) {
-        let mut reader = BufReader::with_capacity(256 * 1024, reader);
+        // No read buffer: each payload is read from the socket straight
+        // into its own allocation, which is handed up as it is.
+        let mut reader = reader;
         let why = loop {
             let mut head = [0u8; 5];
             if let Err(e) = reader.read_exact(&mut head).await {
@@ -395,7 +404,7 @@ pub mod tcp {
             }
         }
 
-        async fn read(&self, slice: RemoteSlice, into: &mut [u8]) -> Result<(), TransportError> {
+        async fn read(&self, slice: RemoteSlice) -> Result<Bytes, TransportError> {
             self.check_usable()?;
             let (done, completion) = oneshot::channel();
             let mut frame = Vec::with_capacity(29);
@@ -422,15 +431,12 @@ pub mod tcp {
                 .await
                 .map_err(|_| TransportError::Closed("the connection ended".into()))?;
             match result {
-                Ok(data) if data.len() == into.len() => {
-                    into.copy_from_slice(&data);
-                    Ok(())
-                }
+                Ok(data) if data.len() as u64 == slice.len => Ok(data),
                 Ok(data) => {
                     self.broken.store(true, Ordering::SeqCst);
                     Err(TransportError::Protocol(format!(
                         "asked for {} bytes, got {}",
-                        into.len(),
+                        slice.len,
                         data.len()
                     )))
                 }

@@ -7,8 +7,7 @@ use futures_util::StreamExt;
 use hearth_blob::conformance::{self, LIMIT};
 use hearth_blob::fs::FsBackend;
 use hearth_blob::regions::{BufferPool, RegionTable};
-use hearth_blob::remote::{Connector, RemoteBackend, serve_connection, serve_tcp, tcp_connector};
-use hearth_blob::transport::{Transport, loopback};
+use hearth_blob::remote::{Connector, RemoteBackend, serve_tcp, tcp_connector};
 use hearth_blob::{BlobError, BlobLimits, BlobStore, ByteRange};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,15 +47,11 @@ fn remote(connect: Connector) -> BlobStore {
 }
 
 fn loopback_connector(node: &Node) -> Connector {
-    let (store, pool, regions) = (node.store.clone(), node.pool.clone(), node.regions.clone());
-    Arc::new(move || {
-        let (store, pool, regions) = (store.clone(), pool.clone(), regions.clone());
-        Box::pin(async move {
-            let (client, server) = loopback::pair(Arc::new(RegionTable::default()), regions);
-            tokio::spawn(serve_connection(Arc::new(server), store, pool));
-            Ok(Arc::new(client) as Arc<dyn Transport>)
-        })
-    })
+    hearth_blob::remote::loopback_connector(
+        node.store.clone(),
+        node.pool.clone(),
+        node.regions.clone(),
+    )
 }
 
 async fn tcp_node(

@@ -2,6 +2,7 @@
 // The README's job example is a whole binary crate, so it shows `fn main`.
 #![allow(clippy::needless_doctest_main)]
 
+pub mod blob;
 pub mod http;
 pub mod job;
 pub mod messages;

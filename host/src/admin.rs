@@ -79,7 +79,7 @@ pub async fn watch_backends(
                     tracing::error!("not ready: {problem}");
                 }
                 if problems.is_empty() && !current.is_empty() {
-                    tracing::info!("every state store is reachable again");
+                    tracing::info!("every state store, broker and blob store is reachable again");
                 }
                 *current = problems;
             }

@@ -52,6 +52,26 @@
 //! retention_hours = 168         # how long a stream keeps messages (nats)
 //! max_message_bytes = 1048576   # payload + key + headers
 //!
+//! [blob]                        # optional; default: one fs store `default`
+//! default_store = "default"     # the store functions use unless they name one
+//! [blob.stores.default]
+//! type = "fs"                   # fs | s3 | remote
+//! path = "blob/default"         # fs; default <cache dir>/blob/LABEL
+//! max_object_bytes = 1073741824
+//! [blob.stores.archive]
+//! type = "s3"
+//! endpoint = "http://127.0.0.1:9000"
+//! bucket = "hearth"
+//! region = "us-east-1"          # default us-east-1
+//! access_key_id = "..."         # default: $AWS_ACCESS_KEY_ID
+//! secret_access_key = "..."     # default: $AWS_SECRET_ACCESS_KEY
+//! timeout_ms = 10000            # per request (s3, remote)
+//! [blob.stores.node]
+//! type = "remote"               # a hearth-store storage node
+//! address = "10.0.0.9:7400"     # host:port, resolved at start
+//! transport = "tcp"             # tcp | rdma (hearthd built with --features rdma;
+//! # rdma_device = "mlx5_0"      #   then address is the node's --rdma-listen)
+//!
 //! [invoke]                      # optional
 //! targets = { billing = "http://10.0.0.7:8080" }   # functions not loaded here
 //! service_domain = "default.svc.cluster.local"    # else try http://NAME.DOMAIN
@@ -76,6 +96,7 @@
 //! config_dir = "/etc/hearth/cm" # optional; a mounted ConfigMap for wasi:config
 //! broker = "events"             # optional; default [messaging] default_broker
 //! publish_topics = ["orders", "audit.>"]  # optional allow-list (exact, `.>` or `*` suffix)
+//! blob_store = "archive"        # optional; default [blob] default_store
 //! [[function.subscribe]]        # optional; needs the wasi:messaging handler export
 //! topic = "orders"
 //! group = "workers"             # default: the function's name
@@ -153,6 +174,9 @@ pub struct HearthConfig {
     /// Service invocation.
     #[serde(default)]
     pub invoke: InvokeConfig,
+    /// Blob stores.
+    #[serde(default)]
+    pub blob: BlobConfig,
     /// Message brokers.
     #[serde(default)]
     pub messaging: MessagingConfig,
@@ -255,6 +279,80 @@ pub struct StoreConfig {
 
 /// Default bound of one call to a remote state backend.
 pub const DEFAULT_STATE_TIMEOUT_MS: u64 = 2000;
+
+/// `[blob]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobConfig {
+    /// The store functions use unless they name one.
+    pub default_store: Option<String>,
+    /// Stores by label.
+    #[serde(default)]
+    pub stores: BTreeMap<String, BlobStoreConfig>,
+}
+
+/// A blob backend type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobKind {
+    /// A directory on this node.
+    Fs,
+    /// A bucket of an S3-compatible server.
+    S3,
+    /// A `hearth-store` storage node over TCP.
+    Remote,
+}
+
+/// `[blob.stores.LABEL]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobStoreConfig {
+    /// The backend.
+    #[serde(rename = "type")]
+    pub kind: BlobKind,
+    /// The directory (fs); relative to the config file.
+    pub path: Option<PathBuf>,
+    /// The server (s3).
+    pub endpoint: Option<String>,
+    /// The bucket (s3).
+    pub bucket: Option<String>,
+    /// The region requests are signed for (s3).
+    pub region: Option<String>,
+    /// Access key id (s3); default `$AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// Secret (s3); default `$AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: Option<String>,
+    /// The storage node, `host:port` (remote).
+    pub address: Option<String>,
+    /// `tcp` (default) or `rdma` (remote).
+    pub transport: Option<String>,
+    /// The RDMA device for `transport = "rdma"`.
+    pub rdma_device: Option<String>,
+    /// Bound of one request (s3, remote).
+    pub timeout_ms: Option<u64>,
+    /// The largest object.
+    pub max_object_bytes: Option<u64>,
+}
+
+/// How a `remote` blob store reaches its node: TCP, or RDMA verbs when
+/// hearthd is built with the `rdma` feature.
+fn remote_connector(
+    store: &BlobStoreConfig,
+    address: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<hearth_blob::remote::Connector, String> {
+    #[cfg(feature = "rdma")]
+    if let Some(device) = &store.rdma_device {
+        let device = hearth_blob::rdma::VerbsDevice::open(device)
+            .map_err(|e| format!("rdma_device: {e}"))?;
+        return Ok(hearth_blob::rdma::rdma_connector(device, address, timeout));
+    }
+    let _ = store;
+    Ok(hearth_blob::remote::tcp_connector(address, timeout))
+}
+
+/// Default bound of one request to a remote blob backend.
+pub const DEFAULT_BLOB_TIMEOUT_MS: u64 = 10_000;
 
 /// `[messaging]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -457,6 +555,8 @@ pub struct FunctionConfig {
     pub broker: Option<String>,
     /// Topics it may publish to; any if unset.
     pub publish_topics: Option<Vec<String>>,
+    /// The label of its blob store; default `[blob] default_store`.
+    pub blob_store: Option<String>,
     /// Subscriptions that trigger its message handler.
     #[serde(default)]
     pub subscribe: Vec<SubscribeConfig>,
@@ -522,6 +622,7 @@ impl FunctionConfig {
                 config_dir: self.config_dir.clone(),
                 broker: self.broker.clone(),
                 publish_topics: self.publish_topics.clone(),
+                blob_store: self.blob_store.clone(),
             },
         }
     }
@@ -552,6 +653,13 @@ impl HearthConfig {
         }
         for broker in config.messaging.brokers.values_mut() {
             if let Some(path) = &mut broker.path
+                && path.is_relative()
+            {
+                *path = base.join(&*path);
+            }
+        }
+        for store in config.blob.stores.values_mut() {
+            if let Some(path) = &mut store.path
                 && path.is_relative()
             {
                 *path = base.join(&*path);
@@ -594,6 +702,7 @@ impl HearthConfig {
         }
         self.validate_state()?;
         self.validate_messaging()?;
+        self.validate_blob()?;
         let mut names = BTreeMap::new();
         let mut listens = BTreeMap::new();
         for (index, function) in self.function.iter().enumerate() {
@@ -706,6 +815,212 @@ impl HearthConfig {
                 .map_err(|e| format!("{}.{e}", key("limits")))?;
         }
         Ok(())
+    }
+
+    fn validate_blob(&self) -> Result<(), String> {
+        if let Some(label) = &self.blob.default_store
+            && !self.blob.stores.contains_key(label)
+        {
+            return Err(format!(
+                "blob.default_store: no blob store labelled `{label}` in [blob.stores]"
+            ));
+        }
+        for (label, store) in &self.blob.stores {
+            let key = |field: &str| format!("blob.stores.{label}.{field}");
+            let given = [
+                ("path", store.path.is_some()),
+                ("endpoint", store.endpoint.is_some()),
+                ("bucket", store.bucket.is_some()),
+                ("region", store.region.is_some()),
+                ("access_key_id", store.access_key_id.is_some()),
+                ("secret_access_key", store.secret_access_key.is_some()),
+                ("address", store.address.is_some()),
+                ("timeout_ms", store.timeout_ms.is_some()),
+                ("transport", store.transport.is_some()),
+                ("rdma_device", store.rdma_device.is_some()),
+            ];
+            let (needed, allowed): (&[&str], &[&str]) = match store.kind {
+                BlobKind::Fs => (&[], &["path"]),
+                BlobKind::S3 => (
+                    &["endpoint", "bucket"],
+                    &[
+                        "endpoint",
+                        "bucket",
+                        "region",
+                        "access_key_id",
+                        "secret_access_key",
+                        "timeout_ms",
+                    ],
+                ),
+                BlobKind::Remote => (
+                    &["address"],
+                    &["address", "timeout_ms", "transport", "rdma_device"],
+                ),
+            };
+            for (field, is_set) in given {
+                if is_set && !allowed.contains(&field) {
+                    return Err(
+                        format!("{}: not a key of a {:?} store", key(field), store.kind)
+                            .to_lowercase(),
+                    );
+                }
+                if !is_set && needed.contains(&field) {
+                    return Err(format!("{}: missing", key(field)));
+                }
+            }
+            match (store.transport.as_deref(), &store.rdma_device) {
+                (None | Some("tcp"), None) => {}
+                (None | Some("tcp"), Some(_)) => {
+                    return Err(format!(
+                        "{}: only a store with transport = \"rdma\" has one",
+                        key("rdma_device")
+                    ));
+                }
+                (Some("rdma"), None) => {
+                    return Err(format!(
+                        "{}: missing; transport = \"rdma\" needs the device",
+                        key("rdma_device")
+                    ));
+                }
+                (Some("rdma"), Some(_)) if !cfg!(feature = "rdma") => {
+                    return Err(format!(
+                        "{}: this hearthd was built without the `rdma` feature",
+                        key("transport")
+                    ));
+                }
+                (Some("rdma"), Some(_)) => {}
+                (Some(other), _) => {
+                    return Err(format!(
+                        "{}: `{other}` is not tcp or rdma",
+                        key("transport")
+                    ));
+                }
+            }
+            if store.timeout_ms == Some(0) || store.max_object_bytes == Some(0) {
+                return Err(format!(
+                    "{}: must be at least 1",
+                    key("timeout_ms / max_object_bytes")
+                ));
+            }
+        }
+        for (index, function) in self.function.iter().enumerate() {
+            if let Some(label) = &function.blob_store
+                && !(self.blob.stores.is_empty() && label == "default"
+                    || self.blob.stores.contains_key(label))
+            {
+                return Err(format!(
+                    "function[{index}].blob_store: no blob store labelled `{label}` in [blob.stores]"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The blob stores this file asks for, and the default label. Without
+    /// `[blob.stores]` there is one fs store, `default`, under the cache
+    /// dir. s3 and remote stores connect lazily, so hearthd starts while
+    /// they are down.
+    pub fn host_blob_stores(
+        &self,
+    ) -> Result<(BTreeMap<String, hearth_blob::BlobStore>, Option<String>), String> {
+        let default_dir = self
+            .cache
+            .dir
+            .clone()
+            .unwrap_or_else(default_cache_dir)
+            .join("blob");
+        let configured = if self.blob.stores.is_empty() {
+            BTreeMap::from([(
+                "default".to_string(),
+                BlobStoreConfig {
+                    kind: BlobKind::Fs,
+                    path: None,
+                    endpoint: None,
+                    bucket: None,
+                    region: None,
+                    access_key_id: None,
+                    secret_access_key: None,
+                    address: None,
+                    transport: None,
+                    rdma_device: None,
+                    timeout_ms: None,
+                    max_object_bytes: None,
+                },
+            )])
+        } else {
+            self.blob.stores.clone()
+        };
+        let mut stores = BTreeMap::new();
+        for (label, store) in configured {
+            let key = |field: &str| format!("blob.stores.{label}.{field}");
+            let timeout = std::time::Duration::from_millis(
+                store.timeout_ms.unwrap_or(DEFAULT_BLOB_TIMEOUT_MS),
+            );
+            let backend: Arc<dyn hearth_blob::BlobBackend> = match store.kind {
+                BlobKind::Fs => {
+                    let path = store
+                        .path
+                        .clone()
+                        .unwrap_or_else(|| default_dir.join(&label));
+                    Arc::new(
+                        hearth_blob::fs::FsBackend::open(&path)
+                            .map_err(|e| format!("{}: {e}", key("path")))?,
+                    )
+                }
+                BlobKind::S3 => {
+                    let from_env = |value: &Option<String>, variable: &str, field: &str| {
+                        value
+                            .clone()
+                            .or_else(|| std::env::var(variable).ok())
+                            .ok_or_else(|| {
+                                format!("{}: missing, and ${variable} is not set", key(field))
+                            })
+                    };
+                    let settings = hearth_blob::s3::S3Settings {
+                        endpoint: store.endpoint.clone().unwrap_or_default(),
+                        bucket: store.bucket.clone().unwrap_or_default(),
+                        region: store.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                        credentials: (
+                            from_env(&store.access_key_id, "AWS_ACCESS_KEY_ID", "access_key_id")?,
+                            from_env(
+                                &store.secret_access_key,
+                                "AWS_SECRET_ACCESS_KEY",
+                                "secret_access_key",
+                            )?,
+                        ),
+                        timeout,
+                    };
+                    Arc::new(
+                        hearth_blob::s3::S3Backend::connect(&settings)
+                            .map_err(|e| format!("{}: {e}", key("endpoint")))?,
+                    )
+                }
+                BlobKind::Remote => {
+                    let address = store.address.clone().unwrap_or_default();
+                    let resolved = std::net::ToSocketAddrs::to_socket_addrs(&address)
+                        .ok()
+                        .and_then(|mut addrs| addrs.next())
+                        .ok_or_else(|| {
+                            format!(
+                                "{}: `{address}` is not a reachable host:port",
+                                key("address")
+                            )
+                        })?;
+                    let connector = remote_connector(&store, resolved, timeout)
+                        .map_err(|e| format!("blob.stores.{label}.{e}"))?;
+                    Arc::new(hearth_blob::remote::RemoteBackend::new(connector))
+                }
+            };
+            let mut limits = hearth_blob::BlobLimits::default();
+            if let Some(max) = store.max_object_bytes {
+                limits.max_object_bytes = max;
+            }
+            stores.insert(
+                label.clone(),
+                hearth_blob::BlobStore::new(&label, backend, limits),
+            );
+        }
+        Ok((stores, self.blob.default_store.clone()))
     }
 
     fn validate_messaging(&self) -> Result<(), String> {
@@ -1261,6 +1576,95 @@ currency = "EUR"
                 Ok(config) => config.validate().unwrap_err(),
             };
             assert!(message.contains(expected), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn blob_stores_default_to_fs_under_the_cache_and_build_as_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "hearth.toml", "[cache]\ndir = \"c\"\n");
+        let (stores, default) = HearthConfig::load(&file)
+            .unwrap()
+            .host_blob_stores()
+            .unwrap();
+        assert_eq!(stores["default"].kind(), "fs");
+        assert_eq!(default, None);
+        assert!(dir.path().join("c/blob/default").is_dir());
+
+        let file = write(
+            dir.path(),
+            "hearth.toml",
+            "[blob]\ndefault_store = \"node\"\n\
+             [blob.stores.local]\ntype = \"fs\"\npath = \"blobs\"\nmax_object_bytes = 1024\n\
+             [blob.stores.archive]\ntype = \"s3\"\nendpoint = \"http://127.0.0.1:1\"\nbucket = \"b\"\n\
+             access_key_id = \"k\"\nsecret_access_key = \"s\"\n\
+             [blob.stores.node]\ntype = \"remote\"\naddress = \"127.0.0.1:1\"\ntimeout_ms = 100\n",
+        );
+        let (stores, default) = HearthConfig::load(&file)
+            .unwrap()
+            .host_blob_stores()
+            .unwrap();
+        assert_eq!(default.as_deref(), Some("node"));
+        assert_eq!(stores["local"].limits().max_object_bytes, 1024);
+        assert!(dir.path().join("blobs").is_dir(), "relative to the file");
+        assert_eq!(stores["archive"].kind(), "s3");
+        assert_eq!(stores["node"].kind(), "remote");
+    }
+
+    #[test]
+    fn blob_errors_name_the_key() {
+        let function = "[[function]]\nname = \"f\"\nimage = \"r/f:1\"\nlisten = \"127.0.0.1:1\"\n";
+        let cases = [
+            (
+                "[blob.stores.a]\ntype = \"s3\"\nbucket = \"b\"\n",
+                "blob.stores.a.endpoint: missing",
+            ),
+            (
+                "[blob.stores.a]\ntype = \"remote\"\n",
+                "blob.stores.a.address: missing",
+            ),
+            (
+                "[blob.stores.a]\ntype = \"fs\"\naddress = \"x:1\"\n",
+                "blob.stores.a.address: not a key of a fs store",
+            ),
+            ("[blob.stores.a]\ntype = \"ftp\"\n", "ftp"),
+            ("[blob]\ndefault_store = \"nope\"\n", "blob.default_store"),
+            (
+                "[blob.stores.a]\ntype = \"remote\"\naddress = \"x:1\"\ntransport = \"rdma\"\n",
+                "blob.stores.a.rdma_device: missing",
+            ),
+            (
+                "[blob.stores.a]\ntype = \"remote\"\naddress = \"x:1\"\ntransport = \"udp\"\n",
+                "blob.stores.a.transport: `udp` is not tcp or rdma",
+            ),
+            (
+                "[blob.stores.a]\ntype = \"fs\"\nmax_object_bytes = 0\n",
+                "must be at least 1",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = match HearthConfig::parse(text) {
+                Err(message) => message,
+                Ok(config) => config.validate().unwrap_err(),
+            };
+            assert!(message.contains(expected), "{text}: {message}");
+        }
+        let unknown = HearthConfig::parse(&format!("{function}blob_store = \"nope\"\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            unknown.contains("function[0].blob_store: no blob store labelled `nope`"),
+            "{unknown}"
+        );
+        #[cfg(not(feature = "rdma"))]
+        {
+            let text = "[blob.stores.a]\ntype = \"remote\"\naddress = \"x:1\"\ntransport = \"rdma\"\nrdma_device = \"rxe0\"\n";
+            let message = HearthConfig::parse(text).unwrap().validate().unwrap_err();
+            assert!(
+                message.contains("built without the `rdma` feature"),
+                "{message}"
+            );
         }
     }
 }

@@ -734,3 +734,41 @@ async fn flaky_worker() {
     );
     assert_eq!(wait_for_shop_value(&host, "flaky-attempts/f1").await, "2");
 }
+
+#[tokio::test]
+async fn blob_roundtrip() {
+    // The embedded default host has an fs blob store beside its state.
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_embedded_state(dir.path(), &small_limits());
+    let addr = serve_on(
+        &host,
+        hearth_testkit::BLOB_ROUNDTRIP,
+        env_for("blob-roundtrip", small_limits(), &[]),
+    )
+    .await;
+    let stored = send(
+        addr,
+        Method::PUT,
+        "/objects/notes/today.txt",
+        &[],
+        Bytes::from_static(b"first light"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.text());
+    let part = send(
+        addr,
+        Method::GET,
+        "/objects/notes/today.txt",
+        &[("range", "bytes=6-10")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.text(), "light");
+    assert_eq!(
+        get(addr, "/objects").await.unwrap().text(),
+        "notes/today.txt\n"
+    );
+}

@@ -1,6 +1,8 @@
 //! `hearth-store`: a storage node. Serves one blob backend (`fs` or `s3`)
 //! to hearthd's `remote` blob stores over TCP, with object data read
-//! one-sided out of a pool of registered buffers (see `hearth_blob::remote`).
+//! one-sided out of a pool of registered buffers (see `hearth_blob::remote`),
+//! and a hot in-memory tier in front of the backend
+//! (`hearth_blob::tiered`; `--hot-mib 0` turns it off).
 //!
 //! ```text
 //! hearth-store --listen 0.0.0.0:7480 --fs /var/lib/hearth-store
@@ -59,6 +61,21 @@ struct Args {
     /// The largest object, in MiB.
     #[arg(long, default_value_t = 1024)]
     max_object_mib: u64,
+    /// The hot tier's size in MiB (0: no hot tier).
+    #[arg(long, default_value_t = 256)]
+    hot_mib: u64,
+    /// The largest object the hot tier keeps, in MiB.
+    #[arg(long, default_value_t = 16)]
+    hot_max_object_mib: u64,
+    /// Also serve over RDMA verbs on this device (built with `--features
+    /// rdma`); read buffers are then registered with it.
+    #[cfg(feature = "rdma")]
+    #[arg(long, requires = "rdma_listen")]
+    rdma_device: Option<String>,
+    /// Where RDMA clients set up their queue pairs (a TCP address).
+    #[cfg(feature = "rdma")]
+    #[arg(long)]
+    rdma_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -103,6 +120,15 @@ async fn run(args: Args) -> Result<(), String> {
         return Err("--buffer-kib and --buffers must be at least 1".into());
     }
     let kind = backend.kind();
+    let backend: Arc<dyn BlobBackend> = if args.hot_mib == 0 {
+        backend
+    } else {
+        Arc::new(hearth_blob::tiered::TieredBackend::new(
+            backend,
+            args.hot_mib << 20,
+            args.hot_max_object_mib << 20,
+        ))
+    };
     let store = BlobStore::new(
         "node",
         backend,
@@ -111,8 +137,39 @@ async fn run(args: Args) -> Result<(), String> {
             ..BlobLimits::default()
         },
     );
+    #[cfg(feature = "rdma")]
+    let rdma_device = match &args.rdma_device {
+        Some(name) => Some(
+            hearth_blob::rdma::VerbsDevice::open(name)
+                .map_err(|e| format!("--rdma-device: {e}"))?,
+        ),
+        None => None,
+    };
+    #[cfg(feature = "rdma")]
+    let regions = Arc::new(match &rdma_device {
+        Some(device) => RegionTable::with_registrar(device.clone()),
+        None => RegionTable::default(),
+    });
+    #[cfg(not(feature = "rdma"))]
     let regions = Arc::new(RegionTable::default());
     let pool = BufferPool::new(regions.clone(), args.buffer_kib << 10, args.buffers);
+    #[cfg(feature = "rdma")]
+    if let (Some(device), Some(rdma_listen)) = (rdma_device, args.rdma_listen) {
+        let listener = tokio::net::TcpListener::bind(rdma_listen)
+            .await
+            .map_err(|e| format!("--rdma-listen {rdma_listen}: {e}"))?;
+        tracing::info!(
+            device = device.name(),
+            "hearth-store serving RDMA, setup on {rdma_listen}"
+        );
+        tokio::spawn(hearth_blob::rdma::serve_rdma(
+            listener,
+            device,
+            store.clone(),
+            pool.clone(),
+            regions.clone(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("--listen {}: {e}", args.listen))?;
@@ -121,6 +178,7 @@ async fn run(args: Args) -> Result<(), String> {
         backend = kind,
         buffers = args.buffers,
         buffer_kib = args.buffer_kib,
+        hot_mib = args.hot_mib,
         "hearth-store listening on {addr}"
     );
     tokio::select! {

@@ -82,11 +82,18 @@ async fn run(args: Args) -> Result<()> {
         .host_capabilities()
         .map_err(|message| anyhow::anyhow!("{}: {message}", config_name(&args)))?
         .with_brokers(brokers, default_broker);
+    let (blob_stores, default_blob_store) = config
+        .host_blob_stores()
+        .map_err(|message| anyhow::anyhow!("{}: {message}", config_name(&args)))?;
+    let capabilities = capabilities.with_blob_stores(blob_stores, default_blob_store);
     for (label, store) in &capabilities.stores {
         tracing::info!(store = %label, backend = store.kind(), "state store configured");
     }
     for (label, broker) in &capabilities.brokers {
         tracing::info!(broker = %label, backend = broker.kind(), "message broker configured");
+    }
+    for (label, store) in &capabilities.blob_stores {
+        tracing::info!(store = %label, backend = store.kind(), "blob store configured");
     }
     host.install_capabilities(capabilities)
         .map_err(|e| anyhow::anyhow!(e))?;

@@ -1,7 +1,7 @@
 //! Capabilities as host functions: state (`wasi:keyvalue` and
 //! `hearth:function/state`), service invocation (`hearth:function/invoke`),
-//! configuration (`wasi:config`) and messaging (`wasi:messaging` and
-//! `hearth:function/messaging`).
+//! configuration (`wasi:config`), messaging (`wasi:messaging` and
+//! `hearth:function/messaging`) and blob storage (`wasi:blobstore`).
 //!
 //! Each capability is WIT (in `wit/`, one source for host and guests) +
 //! a host implementation here + a backend trait + backends chosen in
@@ -10,8 +10,8 @@
 //! # Contract
 //!
 //! * The host holds one [`HostCapabilities`]: the configured state stores
-//!   and message brokers by label, the invoke settings and the directory of
-//!   loaded functions.
+//!   message brokers and blob stores by label, the invoke settings and the
+//!   directory of loaded functions.
 //! * A function's [`CapabilityGrants`] (from its config) are resolved
 //!   against it once, at load, into [`FunctionCapabilities`]: its app's
 //!   namespace in its own store, the shared store labels it may open, and
@@ -28,6 +28,7 @@
 //!   trace context) is set on the store by the HTTP trigger before each
 //!   request and read by `invoke`.
 
+pub mod blobstore;
 pub mod config;
 pub mod invoke;
 pub mod keyvalue;
@@ -56,6 +57,11 @@ pub mod bindings {
             "hearth:function/state.store": crate::capabilities::keyvalue::StoreHandle,
             "wasi:messaging/types.client": crate::capabilities::messaging::ClientHandle,
             "wasi:messaging/types.message": crate::capabilities::messaging::MessageHandle,
+            "wasi:blobstore/container.container": crate::capabilities::blobstore::ContainerHandle,
+            "wasi:blobstore/container.stream-object-names": crate::capabilities::blobstore::ObjectNamesHandle,
+            "wasi:blobstore/types.outgoing-value": crate::capabilities::blobstore::OutgoingValueHandle,
+            "wasi:blobstore/types.incoming-value": crate::capabilities::blobstore::IncomingValueHandle,
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
         },
     });
 }
@@ -97,6 +103,10 @@ pub struct HostCapabilities {
     pub brokers: BTreeMap<String, hearth_messaging::Broker>,
     /// The broker functions publish to and subscribe on unless they name one.
     pub default_broker: Option<String>,
+    /// Blob stores by label.
+    pub blob_stores: BTreeMap<String, hearth_blob::BlobStore>,
+    /// The blob store functions use unless they name one.
+    pub default_blob_store: Option<String>,
     /// How `invoke` reaches functions that are not loaded here.
     pub invoke: InvokeSettings,
     /// Live message subscriptions' counters (for `/metrics`).
@@ -121,8 +131,9 @@ impl HostCapabilities {
         }
     }
 
-    /// A host with one embedded store, `default`, in the file `path`, and
-    /// one embedded broker, `default`, beside it (`<path>.messages.redb`).
+    /// A host with one embedded store, `default`, in the file `path`, one
+    /// embedded broker, `default`, beside it (`<path>.messages.redb`), and
+    /// one `fs` blob store, `default`, in the directory `<path>.blobs`.
     pub fn embedded_default(path: &Path) -> Result<Self, String> {
         let backend = hearth_state::embedded::EmbeddedBackend::open(path)?;
         let store = StateStore::new(
@@ -138,12 +149,21 @@ impl HostCapabilities {
             )?),
             hearth_messaging::MessagingLimits::default(),
         );
+        let blobs = hearth_blob::BlobStore::new(
+            "default",
+            Arc::new(
+                hearth_blob::fs::FsBackend::open(&path.with_extension("blobs"))
+                    .map_err(|e| e.to_string())?,
+            ),
+            hearth_blob::BlobLimits::default(),
+        );
         Ok(Self::new(
             BTreeMap::from([("default".to_string(), store)]),
             None,
             InvokeSettings::default(),
         )
-        .with_brokers(BTreeMap::from([("default".to_string(), broker)]), None))
+        .with_brokers(BTreeMap::from([("default".to_string(), broker)]), None)
+        .with_blob_stores(BTreeMap::from([("default".to_string(), blobs)]), None))
     }
 
     /// Resolves a function's grants; the error names the unknown label.
@@ -180,8 +200,18 @@ impl HostCapabilities {
                 format!("broker: no broker labelled `{label}` is configured in [messaging.brokers]")
             })?),
         };
+        let blob = match grants.blob_store.clone().or(self.default_blob_store.clone()) {
+            None => None,
+            Some(label) => Some(blobstore::BlobScope::new(
+                self.blob_stores.get(&label).cloned().ok_or_else(|| {
+                    format!("blob_store: no blob store labelled `{label}` is configured in [blob.stores]")
+                })?,
+                app.as_str(),
+            )),
+        };
         Ok(FunctionCapabilities {
             function: function.into(),
+            blob,
             app,
             own_store,
             shared,
@@ -225,6 +255,11 @@ impl HostCapabilities {
                 problems.push(error.to_string());
             }
         }
+        for (label, store) in &self.blob_stores {
+            if let Err(error) = store.ping().await {
+                problems.push(format!("blob store `{label}` ({}): {error}", store.kind()));
+            }
+        }
         problems
     }
 
@@ -237,6 +272,18 @@ impl HostCapabilities {
     ) -> Self {
         self.default_broker = default_broker.or_else(|| brokers.keys().next().cloned());
         self.brokers = brokers;
+        self
+    }
+
+    /// Adds blob stores (the first label, or `default_blob_store`, is the
+    /// default).
+    pub fn with_blob_stores(
+        mut self,
+        stores: BTreeMap<String, hearth_blob::BlobStore>,
+        default_store: Option<String>,
+    ) -> Self {
+        self.default_blob_store = default_store.or_else(|| stores.keys().next().cloned());
+        self.blob_stores = stores;
         self
     }
 }
@@ -281,6 +328,8 @@ pub struct CapabilityGrants {
     /// Topics it may publish to (exact, or a prefix ending in `.>` or `*`);
     /// `None` allows any.
     pub publish_topics: Option<Vec<String>>,
+    /// The label of its blob store (default: the host's default).
+    pub blob_store: Option<String>,
 }
 
 /// A function's capabilities, resolved at load.
@@ -300,6 +349,8 @@ pub struct FunctionCapabilities {
     pub broker: Option<hearth_messaging::Broker>,
     /// Topics it may publish to; `None` allows any.
     pub publish_topics: Option<Vec<String>>,
+    /// Its blob store, scoped to its app, if the host has any.
+    pub blob: Option<blobstore::BlobScope>,
 }
 
 impl FunctionCapabilities {
@@ -314,6 +365,7 @@ impl FunctionCapabilities {
             config: Vec::new(),
             broker: None,
             publish_topics: None,
+            blob: None,
         }
     }
 }
@@ -377,6 +429,10 @@ pub fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Res
     use bindings::wasi::messaging as wasi_messaging;
     wasi_messaging::types::add_to_linker::<T, HasCapabilities>(linker, view)?;
     wasi_messaging::producer::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    use bindings::wasi::blobstore as wasi_blobstore;
+    wasi_blobstore::types::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    wasi_blobstore::container::add_to_linker::<T, HasCapabilities>(linker, view)?;
+    wasi_blobstore::blobstore::add_to_linker::<T, HasCapabilities>(linker, view)?;
     use draft_bindings::wasi::keyvalue0_2_0_draft as draft;
     draft::store::add_to_linker::<T, HasCapabilities>(linker, view)?;
     draft::atomics::add_to_linker::<T, HasCapabilities>(linker, view)?;

@@ -43,6 +43,7 @@
 //!    `wasmtime serve` (the peer) on the same component, one after the other,
 //!    each with a fresh instance per request.
 
+mod blob;
 mod capabilities;
 mod cold_start;
 mod languages;
@@ -78,6 +79,8 @@ enum Bench {
     Languages(languages::LanguagesArgs),
     /// Publish → handler start, throughput and redelivery, embedded and NATS.
     Messaging(messaging::MessagingArgs),
+    /// Blob storage per backend and size; CPU per GB; copies per byte read.
+    Blob(blob::BlobArgs),
 }
 
 #[derive(Parser)]
@@ -134,6 +137,7 @@ fn main() -> Result<()> {
         Bench::Capabilities(args) => capabilities::capabilities(args),
         Bench::Languages(args) => languages::languages(args),
         Bench::Messaging(args) => messaging::messaging(args),
+        Bench::Blob(args) => blob::blob(args),
     }
 }
 

@@ -1,0 +1,862 @@
+//! `wasi:blobstore@0.2.0-draft` over [`hearth_blob::BlobStore`].
+//!
+//! # Contract
+//!
+//! * **Scope.** A function sees one blob store (its `blob_store`, else the
+//!   host's default) and, in it, only its app's containers: the guest's
+//!   container `photos` of app `shop` is the store's container `shop.photos`
+//!   (dots in the app's name become `-`, so the first `.` always ends the
+//!   app). Functions of one app share containers; other apps' containers
+//!   cannot be named. A guest container name is what
+//!   [`hearth_blob::validate_container`] allows, short enough that the
+//!   stored name stays within 63 bytes.
+//! * **Errors** are `wasi:blobstore`'s `error` strings, never traps, and
+//!   start with the kind: `invalid name: …`, `not found: …`,
+//!   `already exists: …`, `too large: …`, `corrupt: …`, `unavailable: …`;
+//!   a function without a store gets `unavailable: no blob store …`.
+//! * **Writes** (`outgoing-value`): what the guest writes to the body
+//!   stream is spooled on the host (in memory up to [`SPOOL_MEMORY_BYTES`],
+//!   then in a temp file), never in guest memory at once. `write-data`
+//!   names where it goes (before or after the body is written); `finish`
+//!   stores it, atomically, and answers the store's error. A value dropped
+//!   without `finish`, or whose body went over the store's limit (the
+//!   stream's write fails then), writes nothing.
+//! * **Reads** (`incoming-value`): `get-data(name, start, end)` is the
+//!   inclusive range, clamped to the object; `consume-async` streams it
+//!   (the chunks the backend hands over go to the guest without another
+//!   copy on the host), `consume-sync` reads it whole (up to
+//!   [`CONSUME_SYNC_MAX_BYTES`], else `too large`). A checksum mismatch
+//!   is a stream error (`corrupt: …`), never data.
+//! * `list-objects` pages through the container in name order; `created-at`
+//!   is seconds since the Unix epoch.
+
+use super::CapabilityView;
+use super::bindings::wasi::blobstore::{blobstore, container, types};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hearth_blob::{BlobError, BlobStore, ByteRange, ByteStream};
+use std::collections::VecDeque;
+use std::io::{Read, Seek, Write};
+use std::sync::{Arc, Mutex};
+use wasmtime::component::Resource;
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, InputStream, OutputStream, Pollable};
+use wasmtime_wasi::p2::{StreamError, StreamResult};
+
+/// The most `incoming-value-consume-sync` reads into guest memory at once.
+pub const CONSUME_SYNC_MAX_BYTES: u64 = 64 << 20;
+
+/// Body bytes a write keeps in memory before it spills to a temp file.
+pub const SPOOL_MEMORY_BYTES: usize = 1 << 20;
+
+/// The store a function's `wasi:blobstore` calls reach, and its app's
+/// container prefix.
+#[derive(Clone)]
+pub struct BlobScope {
+    /// The store.
+    pub store: BlobStore,
+    /// `APP.`: what the store's name of each of the app's containers starts with.
+    prefix: String,
+}
+
+impl std::fmt::Debug for BlobScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobScope")
+            .field("store", &self.store.label())
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl BlobScope {
+    /// `store`, scoped to `app`'s containers.
+    pub fn new(store: BlobStore, app: &str) -> Self {
+        BlobScope {
+            store,
+            prefix: format!("{}.", app.replace('.', "-")),
+        }
+    }
+
+    /// The store's name of the guest's container `name`.
+    pub fn stored_name(&self, name: &str) -> Result<String, BlobError> {
+        hearth_blob::validate_container(name)?;
+        let stored = format!("{}{name}", self.prefix);
+        if stored.len() > hearth_blob::MAX_CONTAINER_NAME_BYTES {
+            return Err(BlobError::InvalidName(format!(
+                "container `{name}`: longer than {} bytes for this app",
+                hearth_blob::MAX_CONTAINER_NAME_BYTES - self.prefix.len()
+            )));
+        }
+        Ok(stored)
+    }
+}
+
+/// A `wasi:blobstore/container.container`.
+pub struct ContainerHandle {
+    scope: BlobScope,
+    /// The guest's name.
+    name: String,
+    /// The store's name.
+    stored: String,
+}
+
+/// A `wasi:blobstore/container.stream-object-names`.
+pub struct ObjectNamesHandle {
+    scope: BlobScope,
+    stored: String,
+    after: Option<String>,
+    ready: VecDeque<String>,
+    exhausted: bool,
+}
+
+/// Where a finished value is stored.
+struct WriteTarget {
+    scope: BlobScope,
+    stored: String,
+    name: String,
+}
+
+/// A `wasi:blobstore/types.outgoing-value`.
+pub struct OutgoingValueHandle {
+    spool: Arc<Mutex<Spool>>,
+    body_taken: bool,
+    targets: Vec<WriteTarget>,
+}
+
+/// A `wasi:blobstore/types.incoming-value`.
+pub struct IncomingValueHandle {
+    body: ByteStream,
+    size: u64,
+}
+
+/// An outgoing value's body as it is written: chunks in memory, then a
+/// temp file; `failed` once a write went over `limit`.
+struct Spool {
+    memory: Vec<Bytes>,
+    file: Option<std::fs::File>,
+    written: u64,
+    limit: u64,
+    failed: Option<BlobError>,
+}
+
+impl Spool {
+    fn new(limit: u64) -> Self {
+        Spool {
+            memory: Vec::new(),
+            file: None,
+            written: 0,
+            limit,
+            failed: None,
+        }
+    }
+
+    fn append(&mut self, bytes: Bytes) -> Result<(), BlobError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        if self.written + bytes.len() as u64 > self.limit {
+            let error = BlobError::TooLarge { limit: self.limit };
+            self.failed = Some(error.clone());
+            return Err(error);
+        }
+        self.written += bytes.len() as u64;
+        if self.file.is_none() && self.written as usize <= SPOOL_MEMORY_BYTES {
+            self.memory.push(bytes);
+            return Ok(());
+        }
+        let result = (|| {
+            if self.file.is_none() {
+                let mut file = tempfile::tempfile()?;
+                for chunk in self.memory.drain(..) {
+                    file.write_all(&chunk)?;
+                }
+                self.file = Some(file);
+            }
+            self.file.as_mut().expect("just made").write_all(&bytes)
+        })();
+        result.map_err(|e| {
+            let error = BlobError::Other(format!("spooling the value on the host: {e}"));
+            self.failed = Some(error.clone());
+            error
+        })
+    }
+
+    /// The body, to store; the spool is left empty.
+    fn take_body(&mut self) -> Result<ByteStream, BlobError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        let Some(mut file) = self.file.take() else {
+            let chunks = std::mem::take(&mut self.memory);
+            return Ok(futures_util::stream::iter(chunks.into_iter().map(Ok)).boxed());
+        };
+        file.rewind()
+            .map_err(|e| BlobError::Other(format!("spool: {e}")))?;
+        let body = futures_util::stream::try_unfold(file, |mut file| async move {
+            tokio::task::spawn_blocking(move || {
+                let mut chunk = vec![0u8; 256 * 1024];
+                let n = file
+                    .read(&mut chunk)
+                    .map_err(|e| BlobError::Other(format!("spool: {e}")))?;
+                chunk.truncate(n);
+                Ok(if n == 0 {
+                    None
+                } else {
+                    Some((Bytes::from(chunk), file))
+                })
+            })
+            .await
+            .map_err(|e| BlobError::Other(format!("spool: {e}")))?
+        });
+        Ok(body.boxed())
+    }
+
+    /// The body again (for a second `write-data` target).
+    fn replay(&mut self) -> Result<ByteStream, BlobError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        match &self.file {
+            None => Ok(futures_util::stream::iter(self.memory.clone().into_iter().map(Ok)).boxed()),
+            Some(file) => {
+                let copy = file
+                    .try_clone()
+                    .map_err(|e| BlobError::Other(format!("spool: {e}")))?;
+                let mut spool = Spool {
+                    memory: Vec::new(),
+                    file: Some(copy),
+                    written: self.written,
+                    limit: self.limit,
+                    failed: None,
+                };
+                spool.take_body()
+            }
+        }
+    }
+}
+
+/// The body stream of an outgoing value.
+struct SpoolStream {
+    spool: Arc<Mutex<Spool>>,
+}
+
+#[async_trait::async_trait]
+impl Pollable for SpoolStream {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for SpoolStream {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.spool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(bytes)
+            .map_err(|e| StreamError::LastOperationFailed(wasmtime::format_err!("{e}")))
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        let spool = self.spool.lock().unwrap_or_else(|e| e.into_inner());
+        match &spool.failed {
+            Some(error) => Err(StreamError::LastOperationFailed(wasmtime::format_err!(
+                "{error}"
+            ))),
+            None => Ok(256 * 1024),
+        }
+    }
+}
+
+/// The body of an incoming value as a `wasi:io` input stream: the
+/// backend's chunks are handed out as they are (sliced, not copied).
+struct BlobInputStream {
+    body: Option<ByteStream>,
+    current: Bytes,
+    failed: Option<BlobError>,
+}
+
+#[async_trait::async_trait]
+impl Pollable for BlobInputStream {
+    async fn ready(&mut self) {
+        if !self.current.is_empty() || self.failed.is_some() {
+            return;
+        }
+        let Some(body) = self.body.as_mut() else {
+            return;
+        };
+        match body.next().await {
+            Some(Ok(chunk)) => self.current = chunk,
+            Some(Err(error)) => {
+                tracing::warn!(error = %error, "blob read failed mid-stream");
+                self.failed = Some(error);
+                self.body = None;
+            }
+            None => self.body = None,
+        }
+    }
+}
+
+impl InputStream for BlobInputStream {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        if !self.current.is_empty() {
+            let take = size.min(self.current.len());
+            let piece = self.current.split_to(take);
+            // wasmtime turns the piece into a `Vec` before copying it into
+            // guest memory: free for a whole chunk nobody else holds, a
+            // copy for a slice of one.
+            if !piece.is_unique() {
+                hearth_blob::copy_meter::client_copied(piece.len());
+            }
+            return Ok(piece);
+        }
+        if let Some(error) = self.failed.take() {
+            self.body = None;
+            return Err(StreamError::LastOperationFailed(wasmtime::format_err!(
+                "{error}"
+            )));
+        }
+        if self.body.is_none() {
+            return Err(StreamError::Closed);
+        }
+        Ok(Bytes::new())
+    }
+}
+
+fn error_text(error: BlobError) -> String {
+    error.to_string()
+}
+
+impl CapabilityView<'_> {
+    fn blob_scope(&self) -> Result<BlobScope, String> {
+        self.ctx.function.blob.clone().ok_or_else(|| {
+            "unavailable: no blob store is configured on this host ([blob.stores] in hearth.toml)"
+                .to_string()
+        })
+    }
+
+    fn open_container(&mut self, name: &str) -> Result<(BlobScope, String), String> {
+        let scope = self.blob_scope()?;
+        let stored = scope.stored_name(name).map_err(error_text)?;
+        Ok((scope, stored))
+    }
+
+    fn container_handle(
+        &mut self,
+        container: &Resource<ContainerHandle>,
+    ) -> wasmtime::Result<(BlobScope, String, String)> {
+        let handle = self.table.get(container)?;
+        Ok((
+            handle.scope.clone(),
+            handle.stored.clone(),
+            handle.name.clone(),
+        ))
+    }
+
+    fn object_ids(
+        &mut self,
+        src: &blobstore::ObjectId,
+        dest: &blobstore::ObjectId,
+    ) -> Result<(BlobScope, String, String), String> {
+        let (scope, from) = self.open_container(&src.container)?;
+        let to = scope.stored_name(&dest.container).map_err(error_text)?;
+        Ok((scope, from, to))
+    }
+}
+
+fn log_failure(function: &str, call: &str, error: &str) {
+    if error.starts_with("unavailable") || error.starts_with("corrupt") {
+        tracing::warn!(function, call, error, "blob call failed");
+    } else {
+        tracing::debug!(function, call, error, "blob call refused");
+    }
+}
+
+impl CapabilityView<'_> {
+    fn note<T>(&self, call: &str, result: Result<T, String>) -> Result<T, String> {
+        if let Err(error) = &result {
+            log_failure(&self.ctx.function.function, call, error);
+        }
+        result
+    }
+}
+
+impl blobstore::Host for CapabilityView<'_> {
+    async fn create_container(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Resource<ContainerHandle>, String>> {
+        let opened = self.open_container(&name);
+        let result = match opened {
+            Err(error) => Err(error),
+            Ok((scope, stored)) => match scope.store.create_container(&stored).await {
+                Ok(_) => Ok(self.table.push(ContainerHandle {
+                    scope,
+                    name,
+                    stored,
+                })?),
+                Err(error) => Err(error_text(error)),
+            },
+        };
+        Ok(self.note("create-container", result))
+    }
+
+    async fn get_container(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Resource<ContainerHandle>, String>> {
+        let opened = self.open_container(&name);
+        let result = match opened {
+            Err(error) => Err(error),
+            Ok((scope, stored)) => match scope.store.container_info(&stored).await {
+                Ok(_) => Ok(self.table.push(ContainerHandle {
+                    scope,
+                    name,
+                    stored,
+                })?),
+                Err(error) => Err(error_text(error)),
+            },
+        };
+        Ok(self.note("get-container", result))
+    }
+
+    async fn delete_container(&mut self, name: String) -> wasmtime::Result<Result<(), String>> {
+        let opened = self.open_container(&name);
+        let result = match opened {
+            Err(error) => Err(error),
+            Ok((scope, stored)) => scope
+                .store
+                .delete_container(&stored)
+                .await
+                .map_err(error_text),
+        };
+        Ok(self.note("delete-container", result))
+    }
+
+    async fn container_exists(&mut self, name: String) -> wasmtime::Result<Result<bool, String>> {
+        let opened = self.open_container(&name);
+        let result = match opened {
+            Err(error) => Err(error),
+            Ok((scope, stored)) => scope
+                .store
+                .container_exists(&stored)
+                .await
+                .map_err(error_text),
+        };
+        Ok(self.note("container-exists", result))
+    }
+
+    async fn copy_object(
+        &mut self,
+        src: blobstore::ObjectId,
+        dest: blobstore::ObjectId,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let ids = self.object_ids(&src, &dest);
+        let result = match ids {
+            Err(error) => Err(error),
+            Ok((scope, from, to)) => scope
+                .store
+                .copy((&from, &src.object), (&to, &dest.object))
+                .await
+                .map(drop)
+                .map_err(error_text),
+        };
+        Ok(self.note("copy-object", result))
+    }
+
+    async fn move_object(
+        &mut self,
+        src: blobstore::ObjectId,
+        dest: blobstore::ObjectId,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let ids = self.object_ids(&src, &dest);
+        let result = match ids {
+            Err(error) => Err(error),
+            Ok((scope, from, to)) => scope
+                .store
+                .rename((&from, &src.object), (&to, &dest.object))
+                .await
+                .map(drop)
+                .map_err(error_text),
+        };
+        Ok(self.note("move-object", result))
+    }
+}
+
+impl container::Host for CapabilityView<'_> {}
+
+impl container::HostContainer for CapabilityView<'_> {
+    async fn name(
+        &mut self,
+        container: Resource<ContainerHandle>,
+    ) -> wasmtime::Result<Result<String, String>> {
+        Ok(Ok(self.table.get(&container)?.name.clone()))
+    }
+
+    async fn info(
+        &mut self,
+        container: Resource<ContainerHandle>,
+    ) -> wasmtime::Result<Result<types::ContainerMetadata, String>> {
+        let (scope, stored, name) = self.container_handle(&container)?;
+        let result = scope
+            .store
+            .container_info(&stored)
+            .await
+            .map(|info| types::ContainerMetadata {
+                name,
+                created_at: info.created_at_ms / 1000,
+            })
+            .map_err(error_text);
+        Ok(self.note("info", result))
+    }
+
+    async fn get_data(
+        &mut self,
+        container: Resource<ContainerHandle>,
+        name: String,
+        start: u64,
+        end: u64,
+    ) -> wasmtime::Result<Result<Resource<IncomingValueHandle>, String>> {
+        let (scope, stored, _) = self.container_handle(&container)?;
+        if end < start {
+            return Ok(Err(format!(
+                "invalid range: end {end} is before start {start}"
+            )));
+        }
+        let result = match scope
+            .store
+            .get(&stored, &name, ByteRange { start, end })
+            .await
+        {
+            Ok((info, body)) => {
+                let (from, to) = ByteRange { start, end }.clamp(info.size);
+                Ok(self.table.push(IncomingValueHandle {
+                    body,
+                    size: to.saturating_sub(from),
+                })?)
+            }
+            Err(error) => Err(error_text(error)),
+        };
+        Ok(self.note("get-data", result))
+    }
+
+    async fn write_data(
+        &mut self,
+        container: Resource<ContainerHandle>,
+        name: String,
+        data: Resource<OutgoingValueHandle>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let (scope, stored, _) = self.container_handle(&container)?;
+        if let Err(error) = hearth_blob::validate_object(&name) {
+            return Ok(self.note("write-data", Err(error_text(error))));
+        }
+        self.table.get_mut(&data)?.targets.push(WriteTarget {
+            scope,
+            stored,
+            name,
+        });
+        Ok(Ok(()))
+    }
+
+    async fn list_objects(
+        &mut self,
+        container: Resource<ContainerHandle>,
+    ) -> wasmtime::Result<Result<Resource<ObjectNamesHandle>, String>> {
+        let (scope, stored, _) = self.container_handle(&container)?;
+        Ok(Ok(self.table.push(ObjectNamesHandle {
+            scope,
+            stored,
+            after: None,
+            ready: VecDeque::new(),
+            exhausted: false,
+        })?))
+    }
+
+    async fn delete_object(
+        &mut self,
+        container: Resource<ContainerHandle>,
+        name: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let (scope, stored, _) = self.container_handle(&container)?;
+        let result = scope.store.delete(&stored, &name).await.map_err(error_text);
+        Ok(self.note("delete-object", result))
+    }
+
+    async fn delete_objects(
+        &mut self,
+        container: Resource<ContainerHandle>,
+        names: Vec<String>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let (scope, stored, _) = self.container_handle(&container)?;
+        let mut result = Ok(());
+        for name in &names {
+            if let Err(error) = scope.store.delete(&stored, name).await {
+                result = Err(error_text(error));
+                break;
+            }
+        }
+        Ok(self.note("delete-objects", result))
+    }
+
+    async fn has_object(
+        &mut self,
+        container: Resource<ContainerHandle>,
+        name: String,
+    ) -> wasmtime::Result<Result<bool, String>> {
+        let (scope, stored, _) = self.container_handle(&container)?;
+        let result = scope.store.exists(&stored, &name).await.map_err(error_text);
+        Ok(self.note("has-object", result))
+    }
+
+    async fn object_info(
+        &mut self,
+        container: Resource<ContainerHandle>,
+        name: String,
+    ) -> wasmtime::Result<Result<types::ObjectMetadata, String>> {
+        let (scope, stored, guest_container) = self.container_handle(&container)?;
+        let result = scope
+            .store
+            .info(&stored, &name)
+            .await
+            .map(|info| types::ObjectMetadata {
+                name: info.name,
+                container: guest_container,
+                created_at: info.created_at_ms / 1000,
+                size: info.size,
+            })
+            .map_err(error_text);
+        Ok(self.note("object-info", result))
+    }
+
+    async fn clear(
+        &mut self,
+        container: Resource<ContainerHandle>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let (scope, stored, _) = self.container_handle(&container)?;
+        let result = async {
+            loop {
+                let page = scope.store.list(&stored, None, 1000).await?;
+                if page.names.is_empty() {
+                    return Ok(());
+                }
+                for name in &page.names {
+                    scope.store.delete(&stored, name).await?;
+                }
+            }
+        }
+        .await
+        .map_err(error_text);
+        Ok(self.note("clear", result))
+    }
+
+    async fn drop(&mut self, container: Resource<ContainerHandle>) -> wasmtime::Result<()> {
+        self.table.delete(container)?;
+        Ok(())
+    }
+}
+
+impl container::HostStreamObjectNames for CapabilityView<'_> {
+    async fn read_stream_object_names(
+        &mut self,
+        names: Resource<ObjectNamesHandle>,
+        len: u64,
+    ) -> wasmtime::Result<Result<(Vec<String>, bool), String>> {
+        let wanted = usize::try_from(len).unwrap_or(usize::MAX).min(10_000);
+        let result = fill_names(self.table.get_mut(&names)?, wanted).await;
+        let handle = self.table.get_mut(&names)?;
+        let result = result.map(|()| {
+            let take = wanted.min(handle.ready.len());
+            let batch: Vec<String> = handle.ready.drain(..take).collect();
+            (batch, handle.exhausted && handle.ready.is_empty())
+        });
+        Ok(self.note("read-stream-object-names", result))
+    }
+
+    async fn skip_stream_object_names(
+        &mut self,
+        names: Resource<ObjectNamesHandle>,
+        num: u64,
+    ) -> wasmtime::Result<Result<(u64, bool), String>> {
+        let mut skipped = 0u64;
+        let result = loop {
+            let handle = self.table.get_mut(&names)?;
+            let wanted = usize::try_from(num - skipped)
+                .unwrap_or(usize::MAX)
+                .min(10_000);
+            if wanted == 0 {
+                break Ok(());
+            }
+            if let Err(error) = fill_names(handle, wanted).await {
+                break Err(error);
+            }
+            let take = wanted.min(handle.ready.len());
+            handle.ready.drain(..take);
+            skipped += take as u64;
+            if take == 0 {
+                break Ok(());
+            }
+        };
+        let handle = self.table.get(&names)?;
+        let at_end = handle.exhausted && handle.ready.is_empty();
+        Ok(self.note(
+            "skip-stream-object-names",
+            result.map(|()| (skipped, at_end)),
+        ))
+    }
+
+    async fn drop(&mut self, names: Resource<ObjectNamesHandle>) -> wasmtime::Result<()> {
+        self.table.delete(names)?;
+        Ok(())
+    }
+}
+
+/// Pages names in until `wanted` are ready or the listing ends.
+async fn fill_names(handle: &mut ObjectNamesHandle, wanted: usize) -> Result<(), String> {
+    while handle.ready.len() < wanted && !handle.exhausted {
+        let page = handle
+            .scope
+            .store
+            .list(&handle.stored, handle.after.as_deref(), wanted)
+            .await
+            .map_err(error_text)?;
+        handle.exhausted = page.next.is_none();
+        handle.after = page.names.last().cloned().or(handle.after.take());
+        if page.names.is_empty() {
+            handle.exhausted = true;
+        }
+        handle.ready.extend(page.names);
+    }
+    Ok(())
+}
+
+impl types::Host for CapabilityView<'_> {}
+
+impl types::HostOutgoingValue for CapabilityView<'_> {
+    async fn new_outgoing_value(&mut self) -> wasmtime::Result<Resource<OutgoingValueHandle>> {
+        let limit = self
+            .ctx
+            .function
+            .blob
+            .as_ref()
+            .map_or(u64::MAX, |scope| scope.store.limits().max_object_bytes);
+        Ok(self.table.push(OutgoingValueHandle {
+            spool: Arc::new(Mutex::new(Spool::new(limit))),
+            body_taken: false,
+            targets: Vec::new(),
+        })?)
+    }
+
+    async fn outgoing_value_write_body(
+        &mut self,
+        value: Resource<OutgoingValueHandle>,
+    ) -> wasmtime::Result<Result<Resource<DynOutputStream>, ()>> {
+        let handle = self.table.get_mut(&value)?;
+        if handle.body_taken {
+            return Ok(Err(()));
+        }
+        handle.body_taken = true;
+        let stream: DynOutputStream = Box::new(SpoolStream {
+            spool: handle.spool.clone(),
+        });
+        Ok(Ok(self.table.push_child(stream, &value)?))
+    }
+
+    async fn finish(
+        &mut self,
+        value: Resource<OutgoingValueHandle>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let handle = self.table.delete(value)?;
+        let mut result = Ok(());
+        if handle.targets.is_empty() {
+            result = Err(
+                "invalid argument: finish before write-data named where the value goes".to_string(),
+            );
+        }
+        let last = handle.targets.len().saturating_sub(1);
+        for (index, target) in handle.targets.iter().enumerate() {
+            let body = {
+                let mut spool = handle.spool.lock().unwrap_or_else(|e| e.into_inner());
+                if index == last {
+                    spool.take_body()
+                } else {
+                    spool.replay()
+                }
+            };
+            let stored = match body {
+                Ok(body) => target
+                    .scope
+                    .store
+                    .put(&target.stored, &target.name, body)
+                    .await
+                    .map(drop),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = stored {
+                result = Err(error_text(error));
+                break;
+            }
+        }
+        Ok(self.note("finish", result))
+    }
+
+    async fn drop(&mut self, value: Resource<OutgoingValueHandle>) -> wasmtime::Result<()> {
+        self.table.delete(value)?;
+        Ok(())
+    }
+}
+
+impl types::HostIncomingValue for CapabilityView<'_> {
+    async fn incoming_value_consume_sync(
+        &mut self,
+        value: Resource<IncomingValueHandle>,
+    ) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        let handle = self.table.delete(value)?;
+        if handle.size > CONSUME_SYNC_MAX_BYTES {
+            return Ok(self.note(
+                "consume-sync",
+                Err(format!(
+                    "too large: {} bytes to read at once (the limit is {CONSUME_SYNC_MAX_BYTES}); stream it with incoming-value-consume-async",
+                    handle.size
+                )),
+            ));
+        }
+        let mut body = handle.body;
+        let mut all = Vec::with_capacity(usize::try_from(handle.size).unwrap_or(0).min(64 << 20));
+        let mut result = Ok(());
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    all.extend_from_slice(&chunk);
+                    hearth_blob::copy_meter::client_copied(chunk.len());
+                }
+                Err(error) => {
+                    result = Err(error_text(error));
+                    break;
+                }
+            }
+        }
+        Ok(self.note("consume-sync", result.map(|()| all)))
+    }
+
+    async fn incoming_value_consume_async(
+        &mut self,
+        value: Resource<IncomingValueHandle>,
+    ) -> wasmtime::Result<Result<Resource<DynInputStream>, String>> {
+        let handle = self.table.delete(value)?;
+        let stream: DynInputStream = Box::new(BlobInputStream {
+            body: Some(handle.body),
+            current: Bytes::new(),
+            failed: None,
+        });
+        Ok(Ok(self.table.push(stream)?))
+    }
+
+    async fn size(&mut self, value: Resource<IncomingValueHandle>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&value)?.size)
+    }
+
+    async fn drop(&mut self, value: Resource<IncomingValueHandle>) -> wasmtime::Result<()> {
+        self.table.delete(value)?;
+        Ok(())
+    }
+}

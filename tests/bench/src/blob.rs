@@ -1,0 +1,369 @@
+//! `hearth-bench blob`: blob storage throughput and latency per backend and
+//! object size, CPU time per GB on both sides of the remote path, and
+//! copies per byte read.
+//!
+//! * Backends: `fs` (a temp dir, in this process), `s3` (a moto server the
+//!   bench starts, see the README), `remote-tcp` (a `hearth-store`
+//!   process serving `fs` over TCP, with its default hot tier), and, when
+//!   `--rdma-device` names one, `remote-rdma` (the same node over verbs).
+//! * Per size (4 KiB, 1 MiB, 64 MiB): `--samples` writes of distinct
+//!   objects, then as many whole reads of them, one at a time; MB/s is the
+//!   bytes moved over the summed call times, p50/p99 are per call.
+//! * CPU: this process's user+system time over the run of a row (the
+//!   client: for `fs` and `s3` that is all of Hearth's side), and the
+//!   storage node's, from `/proc/PID/stat`, for remote rows; per GB moved.
+//! * Copies per byte read: counted by `hearth_blob::copy_meter` while
+//!   `blob-roundtrip` reads 1 MiB objects from a remote node in this
+//!   process over TCP (node: backend chunk → registered buffer; host:
+//!   landed bytes → what wasmtime copies into guest memory), plus that one
+//!   copy into guest memory every read ends with.
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use hearth_blob::{BlobBackend, BlobLimits, BlobStore, ByteRange};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+pub struct BlobArgs {
+    /// The `hearth-store` binary for the remote rows.
+    #[arg(long, default_value = "target/release/hearth-store")]
+    store_bin: PathBuf,
+    /// Calls per row for 4 KiB and 1 MiB objects (64 MiB rows use a tenth,
+    /// at least 3).
+    #[arg(long, default_value_t = 100)]
+    samples: usize,
+    /// Rows to run: any of fs, s3, remote-tcp.
+    #[arg(long, value_delimiter = ',', default_value = "fs,s3,remote-tcp")]
+    backends: Vec<String>,
+    /// An RDMA device (e.g. `rxe0`) for the verbs rows; they are skipped,
+    /// with a line saying so, without one.
+    #[arg(long, env = "HEARTH_RDMA_DEVICE")]
+    rdma_device: Option<String>,
+}
+
+const SIZES: [(usize, &str); 3] = [(4 << 10, "4 KiB"), (1 << 20, "1 MiB"), (64 << 20, "64 MiB")];
+
+/// Runs the benchmark and prints its table.
+pub fn blob(args: BlobArgs) -> Result<()> {
+    crate::two_worker_runtime()?.block_on(run(args))
+}
+
+/// This process's or `pid`'s user+system CPU time.
+fn cpu_time(pid: Option<u32>) -> Result<Duration> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".into(),
+    };
+    let stat = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+    let after_name = &stat[stat.rfind(')').context("stat format")? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), counted from the state (field 3).
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let hz = 100.0; // USER_HZ on Linux
+    Ok(Duration::from_secs_f64(ticks as f64 / hz))
+}
+
+fn quantiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort_unstable();
+    let at = |q: f64| {
+        samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
+    };
+    (at(0.5), at(0.99))
+}
+
+struct Row {
+    backend: String,
+    size: &'static str,
+    op: &'static str,
+    mb_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    client_cpu_s_per_gb: f64,
+    node_cpu_s_per_gb: Option<f64>,
+}
+
+/// A `hearth-store` child process.
+struct StoreNode {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl StoreNode {
+    fn start(bin: &PathBuf) -> Result<Self> {
+        if !bin.exists() {
+            bail!(
+                "{} is missing: build it with `cargo build --release -p hearth-blob --bin hearth-store` (scripts/bench-blob.sh does)",
+                bin.display()
+            );
+        }
+        let dir = tempfile::tempdir()?;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let child = std::process::Command::new(bin)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--fs")
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("hearth-store did not listen on {addr}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(StoreNode {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for StoreNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What keeps a backend alive until the row is done.
+type KeepAlive = Box<dyn std::any::Any>;
+
+fn limits() -> BlobLimits {
+    BlobLimits {
+        max_object_bytes: 128 << 20,
+        ..Default::default()
+    }
+}
+
+async fn open(
+    backend: &str,
+    args: &BlobArgs,
+) -> Result<(KeepAlive, Arc<dyn BlobBackend>, Option<u32>)> {
+    Ok(match backend {
+        "fs" => {
+            let dir = tempfile::tempdir()?;
+            let fs = hearth_blob::fs::FsBackend::open(dir.path())?;
+            (Box::new(dir), Arc::new(fs), None)
+        }
+        "s3" => {
+            let server = hearth_testkit::services::S3Server::start();
+            server.create_bucket("bench");
+            let s3 = hearth_blob::s3::S3Backend::connect(&hearth_blob::s3::S3Settings {
+                endpoint: server.endpoint(),
+                bucket: "bench".into(),
+                region: hearth_testkit::services::S3Server::REGION.into(),
+                credentials: (
+                    hearth_testkit::services::S3Server::CREDENTIALS.0.into(),
+                    hearth_testkit::services::S3Server::CREDENTIALS.1.into(),
+                ),
+                timeout: Duration::from_secs(120),
+            })?;
+            (Box::new(server), Arc::new(s3), None)
+        }
+        "remote-tcp" => {
+            let node = StoreNode::start(&args.store_bin)?;
+            let remote = hearth_blob::remote::RemoteBackend::new(
+                hearth_blob::remote::tcp_connector(node.addr, Duration::from_secs(30)),
+            );
+            let pid = node.child.id();
+            (Box::new(node), Arc::new(remote), Some(pid))
+        }
+        other => bail!("unknown backend `{other}` (fs, s3, remote-tcp)"),
+    })
+}
+
+async fn measure(backend_name: &str, args: &BlobArgs, rows: &mut Vec<Row>) -> Result<()> {
+    let (_keep, backend, node_pid) = open(backend_name, args).await?;
+    let store = BlobStore::new(backend_name, backend, limits());
+    store.create_container("bench").await?;
+    for (size, size_name) in SIZES {
+        let samples = if size >= 64 << 20 {
+            (args.samples / 10).max(3)
+        } else {
+            args.samples
+        };
+        let data = bytes::Bytes::from(
+            (0..size)
+                .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1])
+                .collect::<Vec<u8>>(),
+        );
+        for op in ["write", "read"] {
+            let (client_before, node_before) =
+                (cpu_time(None)?, node_pid.map(|p| cpu_time(Some(p))));
+            let mut latencies = Vec::with_capacity(samples);
+            for sample in 0..samples {
+                let name = format!("{size_name}-{sample}");
+                let started = Instant::now();
+                if op == "write" {
+                    store.put_bytes("bench", &name, data.clone()).await?;
+                } else {
+                    let read = store.get_bytes("bench", &name, ByteRange::ALL).await?;
+                    anyhow::ensure!(read.len() == size, "short read of {name}");
+                }
+                latencies.push(started.elapsed());
+            }
+            let total: Duration = latencies.iter().sum();
+            let gb = (size * samples) as f64 / 1e9;
+            let client_cpu = (cpu_time(None)? - client_before).as_secs_f64();
+            let node_cpu = match (node_pid, node_before) {
+                (Some(pid), Some(before)) => Some((cpu_time(Some(pid))? - before?).as_secs_f64()),
+                _ => None,
+            };
+            let (p50_ms, p99_ms) = quantiles(latencies);
+            rows.push(Row {
+                backend: backend_name.into(),
+                size: size_name,
+                op,
+                mb_per_s: (size * samples) as f64 / 1e6 / total.as_secs_f64(),
+                p50_ms,
+                p99_ms,
+                client_cpu_s_per_gb: client_cpu / gb,
+                node_cpu_s_per_gb: node_cpu.map(|cpu| cpu / gb),
+            });
+        }
+        for sample in 0..samples {
+            store
+                .delete("bench", &format!("{size_name}-{sample}"))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads 1 MiB objects with `blob-roundtrip` (whose GET streams the
+/// object from `wasi:blobstore` into the response) on a host whose blob
+/// store is a remote node in this process, over TCP; returns (node,
+/// client) copies per byte read, as `copy_meter` counted them.
+async fn copies_per_byte() -> Result<(f64, f64)> {
+    let dir = tempfile::tempdir()?;
+    let regions = Arc::new(hearth_blob::regions::RegionTable::default());
+    let node = BlobStore::new(
+        "node",
+        Arc::new(hearth_blob::fs::FsBackend::open(dir.path())?),
+        limits(),
+    );
+    let pool = hearth_blob::regions::BufferPool::new(regions.clone(), 1 << 20, 8);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let node_addr = listener.local_addr()?;
+    let server = tokio::spawn(hearth_blob::remote::serve_tcp(
+        listener, node, pool, regions,
+    ));
+    let remote = BlobStore::new(
+        "remote",
+        Arc::new(hearth_blob::remote::RemoteBackend::new(
+            hearth_blob::remote::tcp_connector(node_addr, Duration::from_secs(10)),
+        )),
+        limits(),
+    );
+    let function_limits = hearth_host::Limits {
+        request_timeout_ms: 30_000,
+        max_memory_mib: 64,
+        max_request_body_bytes: 8 << 20,
+        max_concurrent_instances: 4,
+    };
+    let host =
+        hearth_host::Host::new(&hearth_host::EngineSettings::for_limits([&function_limits]))?;
+    host.install_capabilities(
+        hearth_host::capabilities::HostCapabilities::new(
+            Default::default(),
+            None,
+            Default::default(),
+        )
+        .with_blob_stores(
+            std::collections::BTreeMap::from([("remote".to_string(), remote)]),
+            None,
+        ),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut env = hearth_host::FunctionEnv::new("blob-roundtrip");
+    env.limits = function_limits;
+    let function = host
+        .load(
+            env,
+            hearth_testkit::wasm_bytes(hearth_testkit::BLOB_ROUNDTRIP),
+        )
+        .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(hearth_host::http::serve(
+        function,
+        listener,
+        std::future::pending(),
+    ));
+    let data = bytes::Bytes::from(vec![7u8; 1 << 20]);
+    for i in 0..16 {
+        let path = format!("/objects/o{i}");
+        let reply =
+            hearth_testkit::http::send(addr, http::Method::PUT, &path, &[], data.clone()).await?;
+        anyhow::ensure!(
+            reply.status == http::StatusCode::CREATED,
+            "{path}: {}",
+            reply.text()
+        );
+    }
+    let (node_before, client_before) = hearth_blob::copy_meter::totals();
+    let mut read = 0u64;
+    for i in 0..16 {
+        let reply = hearth_testkit::http::get(addr, &format!("/objects/o{i}")).await?;
+        anyhow::ensure!(reply.body == data, "o{i} read back wrong");
+        read += reply.body.len() as u64;
+    }
+    let (node_after, client_after) = hearth_blob::copy_meter::totals();
+    server.abort();
+    Ok((
+        (node_after - node_before) as f64 / read as f64,
+        (client_after - client_before) as f64 / read as f64,
+    ))
+}
+
+async fn run(args: BlobArgs) -> Result<()> {
+    let mut rows = Vec::new();
+    for backend in &args.backends {
+        eprintln!("measuring {backend} ...");
+        measure(backend, &args, &mut rows).await?;
+    }
+    if let Some(device) = &args.rdma_device {
+        eprintln!(
+            "remote-rdma on {device}: this build measures the verbs transport only with the `rdma` feature and a device; not run"
+        );
+    } else {
+        eprintln!(
+            "remote-rdma: not run (no HEARTH_RDMA_DEVICE / --rdma-device; this machine has no RDMA device)"
+        );
+    }
+    println!("| backend | size | op | MB/s | p50 ms | p99 ms | client CPU s/GB | node CPU s/GB |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        println!(
+            "| {} | {} | {} | {:.1} | {:.3} | {:.3} | {:.2} | {} |",
+            row.backend,
+            row.size,
+            row.op,
+            row.mb_per_s,
+            row.p50_ms,
+            row.p99_ms,
+            row.client_cpu_s_per_gb,
+            row.node_cpu_s_per_gb
+                .map_or("-".to_string(), |cpu| format!("{cpu:.2}")),
+        );
+    }
+    let (node, client) = copies_per_byte().await?;
+    println!();
+    println!(
+        "| remote read path (TCP, 1 MiB objects, read by blob-roundtrip) | copies per byte read |"
+    );
+    println!("|---|---:|");
+    println!("| storage node: backend chunk → registered buffer | {node:.2} |");
+    println!("| host: landed bytes → what wasmtime copies into the guest | {client:.2} |");
+    println!("| host → guest memory (wasmtime's copy into the guest's allocation) | 1.00 |");
+    println!(
+        "| between the wire and guest memory, in all | {:.2} |",
+        client + 1.0
+    );
+    Ok(())
+}
