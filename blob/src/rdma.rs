@@ -494,14 +494,23 @@ fn watch_peer(mut socket: std::net::TcpStream, shared: Arc<Shared>) {
 }
 
 impl VerbsTransport {
-    /// Connects a queue pair over `socket` (already connected to the peer,
-    /// which does the same); `regions` is this side's registered memory,
-    /// which the peer may read.
-    pub async fn establish(
-        device: Arc<VerbsDevice>,
-        socket: tokio::net::TcpStream,
+    /// The verbs resources of a connection, made before any await (they
+    /// are not `Send`): queues, buffers with receives posted, and this
+    /// side's endpoint.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        device: &Arc<VerbsDevice>,
         regions: Arc<RegionTable>,
-    ) -> Result<Self, TransportError> {
+    ) -> Result<
+        (
+            Arc<Shared>,
+            RegisteredBuffer,
+            mpsc::UnboundedSender<Bytes>,
+            mpsc::UnboundedReceiver<Bytes>,
+            Endpoint,
+        ),
+        TransportError,
+    > {
         let setup = |what: &str, error: &dyn std::fmt::Display| {
             closed(format!("{}: {what}: {error}", device.name))
         };
@@ -571,7 +580,6 @@ impl VerbsTransport {
                 .map_err(|e| setup("posting receives", &e))?;
         }
 
-        // Exchange endpoints over the socket, then connect the QP.
         let own = Endpoint {
             qp_number: shared
                 .queue_pair
@@ -582,6 +590,69 @@ impl VerbsTransport {
             gid: device.gid.raw,
             psn: (crate::regions::seed() as u32) & 0x00ff_ffff,
         };
+        Ok((shared, staging, to_messages, messages, own))
+    }
+
+    /// Moves the queue pair to ready-to-send, connected to `peer`.
+    fn connect_queue_pair(
+        shared: &Shared,
+        own: &Endpoint,
+        peer: &Endpoint,
+    ) -> Result<(), TransportError> {
+        let device = &shared.device;
+        let setup = |what: &str, error: &dyn std::fmt::Display| {
+            closed(format!("{}: {what}: {error}", device.name))
+        };
+
+        let mut queue_pair = shared.queue_pair.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ready_to_receive = QueuePairAttribute::new();
+        ready_to_receive
+            .setup_state(QueuePairState::ReadyToReceive)
+            .setup_path_mtu(Mtu::Mtu1024)
+            .setup_dest_qp_num(peer.qp_number)
+            .setup_rq_psn(peer.psn)
+            .setup_max_dest_read_atomic(16)
+            .setup_min_rnr_timer(12);
+        let mut address = AddressHandleAttribute::new();
+        address
+            .setup_dest_lid(peer.lid)
+            .setup_port(PORT)
+            .setup_service_level(0)
+            .setup_grh_src_gid_index(device.gid_index)
+            .setup_grh_dest_gid(&Gid { raw: peer.gid })
+            .setup_grh_hop_limit(64);
+        ready_to_receive.setup_address_vector(&address);
+        queue_pair
+            .modify(&ready_to_receive)
+            .map_err(|e| setup("queue pair to RTR", &e))?;
+        let mut ready_to_send = QueuePairAttribute::new();
+        ready_to_send
+            .setup_state(QueuePairState::ReadyToSend)
+            .setup_sq_psn(own.psn)
+            .setup_timeout(14)
+            .setup_retry_cnt(7)
+            .setup_rnr_retry(7)
+            .setup_max_read_atomic(16);
+        queue_pair
+            .modify(&ready_to_send)
+            .map_err(|e| setup("queue pair to RTS", &e))?;
+
+        Ok(())
+    }
+
+    /// Connects a queue pair over `socket` (already connected to the peer,
+    /// which does the same); `regions` is this side's registered memory,
+    /// which the peer may read.
+    pub async fn establish(
+        device: Arc<VerbsDevice>,
+        socket: tokio::net::TcpStream,
+        regions: Arc<RegionTable>,
+    ) -> Result<Self, TransportError> {
+        let setup = |what: &str, error: &dyn std::fmt::Display| {
+            closed(format!("{}: {what}: {error}", device.name))
+        };
+        let (shared, staging, to_messages, messages, own) = Self::prepare(&device, regions)?;
+        // Exchange endpoints over the socket, then connect the QP.
         let mut line = serde_json::to_vec(&own).map_err(|e| setup("endpoint", &e))?;
         line.push(b'\n');
         let mut socket = BufReader::new(socket);
@@ -597,40 +668,7 @@ impl VerbsTransport {
             .map_err(|e| setup("reading the peer's endpoint", &e))?;
         let peer: Endpoint =
             serde_json::from_str(&peer_line).map_err(|e| setup("the peer's endpoint", &e))?;
-        {
-            let mut queue_pair = shared.queue_pair.lock().unwrap_or_else(|e| e.into_inner());
-            let mut ready_to_receive = QueuePairAttribute::new();
-            ready_to_receive
-                .setup_state(QueuePairState::ReadyToReceive)
-                .setup_path_mtu(Mtu::Mtu1024)
-                .setup_dest_qp_num(peer.qp_number)
-                .setup_rq_psn(peer.psn)
-                .setup_max_dest_read_atomic(16)
-                .setup_min_rnr_timer(12);
-            let mut address = AddressHandleAttribute::new();
-            address
-                .setup_dest_lid(peer.lid)
-                .setup_port(PORT)
-                .setup_service_level(0)
-                .setup_grh_src_gid_index(device.gid_index)
-                .setup_grh_dest_gid(&Gid { raw: peer.gid })
-                .setup_grh_hop_limit(64);
-            ready_to_receive.setup_address_vector(&address);
-            queue_pair
-                .modify(&ready_to_receive)
-                .map_err(|e| setup("queue pair to RTR", &e))?;
-            let mut ready_to_send = QueuePairAttribute::new();
-            ready_to_send
-                .setup_state(QueuePairState::ReadyToSend)
-                .setup_sq_psn(own.psn)
-                .setup_timeout(14)
-                .setup_retry_cnt(7)
-                .setup_rnr_retry(7)
-                .setup_max_read_atomic(16);
-            queue_pair
-                .modify(&ready_to_send)
-                .map_err(|e| setup("queue pair to RTS", &e))?;
-        }
+        Self::connect_queue_pair(&shared, &own, &peer)?;
         // Both sides are ready to receive before either sends.
         socket
             .get_mut()
