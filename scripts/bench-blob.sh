@@ -8,5 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo build --release -p hearth-blob --bin hearth-store -p hearth-bench
+cargo build --release -p hearth-blob --bin hearth-store
+cargo build --release -p hearth-bench
 exec target/release/hearth-bench blob "$@"

@@ -578,6 +578,9 @@ pub mod copy_meter {
 
     /// The client side copied `bytes` between the landed data and the
     /// guest's allocation (not counting the copy into guest memory itself).
+    /// The host counts a chunk handed to a guest `read` in pieces (which
+    /// wasmtime copies into a `Vec` first); a `splice` passes pieces on
+    /// without that copy, so for splices this is an upper bound.
     pub fn client_copied(bytes: usize) {
         CLIENT.fetch_add(bytes as u64, Ordering::Relaxed);
     }

@@ -17,15 +17,13 @@ const CHUNK: u64 = 64 * 1024;
 
 /// The container `name`, created if it does not exist yet.
 pub fn open_or_create(name: &str) -> Result<Container, String> {
-    match blobstore::get_container(&name.to_string()) {
+    match blobstore::get_container(name) {
         Ok(container) => Ok(container),
         Err(error) if error.starts_with("not found") => {
-            match blobstore::create_container(&name.to_string()) {
+            match blobstore::create_container(name) {
                 Ok(container) => Ok(container),
                 // Created by someone else in between.
-                Err(error) if error.starts_with("already exists") => {
-                    blobstore::get_container(&name.to_string())
-                }
+                Err(error) if error.starts_with("already exists") => blobstore::get_container(name),
                 Err(error) => Err(error),
             }
         }
@@ -37,7 +35,7 @@ pub fn open_or_create(name: &str) -> Result<Container, String> {
 /// Nothing is stored if `source` fails or the object is over the limit.
 pub fn write_from(container: &Container, name: &str, source: &InputStream) -> Result<u64, String> {
     let value = OutgoingValue::new_outgoing_value();
-    container.write_data(&name.to_string(), &value)?;
+    container.write_data(name, &value)?;
     let mut written = 0u64;
     {
         let body = value
@@ -58,7 +56,7 @@ pub fn write_from(container: &Container, name: &str, source: &InputStream) -> Re
 /// Stores `data` as object `name`.
 pub fn write_bytes(container: &Container, name: &str, data: &[u8]) -> Result<(), String> {
     let value = OutgoingValue::new_outgoing_value();
-    container.write_data(&name.to_string(), &value)?;
+    container.write_data(name, &value)?;
     {
         let body = value
             .outgoing_value_write_body()
@@ -80,13 +78,39 @@ pub fn read_into(
     end: u64,
     sink: &OutputStream,
 ) -> Result<u64, String> {
-    let value = container.get_data(&name.to_string(), start, end)?;
+    let value = container.get_data(name, start, end)?;
     let source = IncomingValue::incoming_value_consume_async(value)?;
     let mut copied = 0u64;
     loop {
         match sink.blocking_splice(&source, CHUNK) {
             Ok(n) => copied += n,
             Err(StreamError::Closed) => return Ok(copied),
+            Err(StreamError::LastOperationFailed(error)) => return Err(error.to_debug_string()),
+        }
+    }
+}
+
+/// Reads bytes `start..=end` of object `name` into guest memory a chunk
+/// at a time (each as the host has it, up to 4 MiB: the host hands its
+/// chunks over without copying them first), calling `each` on each;
+/// returns how many bytes were read.
+pub fn read_each(
+    container: &Container,
+    name: &str,
+    start: u64,
+    end: u64,
+    mut each: impl FnMut(&[u8]),
+) -> Result<u64, String> {
+    let value = container.get_data(name, start, end)?;
+    let source = IncomingValue::incoming_value_consume_async(value)?;
+    let mut read = 0u64;
+    loop {
+        match source.blocking_read(4 << 20) {
+            Ok(chunk) => {
+                read += chunk.len() as u64;
+                each(&chunk);
+            }
+            Err(StreamError::Closed) => return Ok(read),
             Err(StreamError::LastOperationFailed(error)) => return Err(error.to_debug_string()),
         }
     }
@@ -99,7 +123,7 @@ pub fn read_bytes(
     start: u64,
     end: u64,
 ) -> Result<Vec<u8>, String> {
-    let value = container.get_data(&name.to_string(), start, end)?;
+    let value = container.get_data(name, start, end)?;
     IncomingValue::incoming_value_consume_sync(value)
 }
 

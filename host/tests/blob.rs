@@ -593,3 +593,22 @@ listen = "{function_port}"
         "on fs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_reads_an_object_into_its_memory_whole_and_right() {
+    let (_keep, backend) = backend(Kind::RemoteTcp).await;
+    let (_host, addr) = serve(blob_store(backend), "blob-roundtrip").await;
+    let data = pattern(3 << 20);
+    assert_eq!(
+        put(addr, "/objects/d", data.clone()).await.status,
+        StatusCode::CREATED
+    );
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in data.iter() {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    assert_eq!(
+        get(addr, "/digest/d").await.unwrap().text(),
+        format!("size {} fnv1a64 {hash:016x}\n", data.len())
+    );
+}

@@ -4,6 +4,8 @@
 //! * `GET /objects/NAME`: the object; a `range: bytes=A-B` (or `A-`) header
 //!   gives 206 with that part.
 //! * `GET /objects`: the names, one per line. `GET /info/NAME`: `size N`.
+//! * `GET /digest/NAME`: reads the object into guest memory (rather than
+//!   splicing it to the response) and answers `size N fnv1a64 HEX`.
 //! * `DELETE /objects/NAME`: 204 (also for a missing object).
 //! * `POST /copy?from=A&to=B`, `POST /move?from=A&to=B`: 204.
 //!
@@ -59,6 +61,9 @@ impl Handler for BlobRoundtrip {
             (Method::Get, p) if p.starts_with("/info/") => {
                 info(&container_name, &decode(&p["/info/".len()..]))
             }
+            (Method::Get, p) if p.starts_with("/digest/") => {
+                digest(&container_name, &decode(&p["/digest/".len()..]))
+            }
             (Method::Delete, p) if p.starts_with("/objects/") => {
                 blob::blobstore::get_container(&container_name)
                     .and_then(|c| c.delete_object(&decode(&p["/objects/".len()..])))
@@ -93,15 +98,26 @@ impl Handler for BlobRoundtrip {
 }
 
 fn list(container: &str) -> Result<(u16, String), String> {
-    let container = blob::blobstore::get_container(&container.to_string())?;
+    let container = blob::blobstore::get_container(container)?;
     let names = blob::list(&container)?;
     Ok((200, names.iter().map(|n| format!("{n}\n")).collect()))
 }
 
 fn info(container: &str, name: &str) -> Result<(u16, String), String> {
-    let container = blob::blobstore::get_container(&container.to_string())?;
-    let info = container.object_info(&name.to_string())?;
+    let container = blob::blobstore::get_container(container)?;
+    let info = container.object_info(name)?;
     Ok((200, format!("size {}\n", info.size)))
+}
+
+fn digest(container: &str, name: &str) -> Result<(u16, String), String> {
+    let container = blob::blobstore::get_container(&container.to_string())?;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let size = blob::read_each(&container, name, 0, u64::MAX, |chunk| {
+        for byte in chunk {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    })?;
+    Ok((200, format!("size {size} fnv1a64 {hash:016x}\n")))
 }
 
 fn put(container: &str, name: &str, request: IncomingRequest) -> Result<(u16, String), String> {
@@ -118,8 +134,8 @@ fn put(container: &str, name: &str, request: IncomingRequest) -> Result<(u16, St
 
 /// Streams the object (or the range asked for) into the response.
 fn get(container: &str, name: &str, range: Option<String>, out: ResponseOutparam) {
-    let opened = blob::blobstore::get_container(&container.to_string())
-        .and_then(|c| c.object_info(&name.to_string()).map(|info| (c, info.size)));
+    let opened = blob::blobstore::get_container(container)
+        .and_then(|c| c.object_info(name).map(|info| (c, info.size)));
     let (container, size) = match opened {
         Ok(found) => found,
         Err(error) => return respond(out, status_of(&error), &format!("{error}\n")),

@@ -13,7 +13,8 @@
 //!   client: for `fs` and `s3` that is all of Hearth's side), and the
 //!   storage node's, from `/proc/PID/stat`, for remote rows; per GB moved.
 //! * Copies per byte read: counted by `hearth_blob::copy_meter` while
-//!   `blob-roundtrip` reads 1 MiB objects from a remote node in this
+//!   `blob-roundtrip` reads 1 MiB objects into guest memory (`/digest`)
+//!   from a remote node in this
 //!   process over TCP (node: backend chunk → registered buffer; host:
 //!   landed bytes → what wasmtime copies into guest memory), plus that one
 //!   copy into guest memory every read ends with.
@@ -235,8 +236,8 @@ async fn measure(backend_name: &str, args: &BlobArgs, rows: &mut Vec<Row>) -> Re
     Ok(())
 }
 
-/// Reads 1 MiB objects with `blob-roundtrip` (whose GET streams the
-/// object from `wasi:blobstore` into the response) on a host whose blob
+/// Reads 1 MiB objects into guest memory with `blob-roundtrip`'s
+/// `/digest` (`wasi:blobstore` → `wasi:io` blocking reads) on a host whose blob
 /// store is a remote node in this process, over TCP; returns (node,
 /// client) copies per byte read, as `copy_meter` counted them.
 async fn copies_per_byte() -> Result<(f64, f64)> {
@@ -309,9 +310,15 @@ async fn copies_per_byte() -> Result<(f64, f64)> {
     let (node_before, client_before) = hearth_blob::copy_meter::totals();
     let mut read = 0u64;
     for i in 0..16 {
-        let reply = hearth_testkit::http::get(addr, &format!("/objects/o{i}")).await?;
-        anyhow::ensure!(reply.body == data, "o{i} read back wrong");
-        read += reply.body.len() as u64;
+        // `/digest` reads the object into guest memory (`/objects` would
+        // splice it to the response without it ever entering the guest).
+        let reply = hearth_testkit::http::get(addr, &format!("/digest/o{i}")).await?;
+        anyhow::ensure!(
+            reply.text().starts_with(&format!("size {} ", data.len())),
+            "o{i}: {}",
+            reply.text()
+        );
+        read += data.len() as u64;
     }
     let (node_after, client_after) = hearth_blob::copy_meter::totals();
     server.abort();
@@ -355,7 +362,7 @@ async fn run(args: BlobArgs) -> Result<()> {
     let (node, client) = copies_per_byte().await?;
     println!();
     println!(
-        "| remote read path (TCP, 1 MiB objects, read by blob-roundtrip) | copies per byte read |"
+        "| remote read path (TCP, 1 MiB objects, read into guest memory by blob-roundtrip /digest) | copies per byte read |"
     );
     println!("|---|---:|");
     println!("| storage node: backend chunk → registered buffer | {node:.2} |");
