@@ -4,10 +4,13 @@
 # hearth-store process) for 4 KiB, 1 MiB and 64 MiB objects; CPU time per
 # GB on both sides of the remote path; copies per byte read. Prints the
 # tables that go into BENCHMARKS.md. HEARTH_RDMA_DEVICE names a verbs
-# device for the RDMA rows (without one they are reported as not run).
+# device for the remote-rdma rows (both binaries are then built with
+# --features rdma; without one the rows are reported as not run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo build --release -p hearth-blob --bin hearth-store
-cargo build --release -p hearth-bench
+features=()
+if [ -n "${HEARTH_RDMA_DEVICE:-}" ]; then features=(--features rdma); fi
+cargo build --release -p hearth-blob --bin hearth-store "${features[@]}"
+cargo build --release -p hearth-bench "${features[@]}"
 exec target/release/hearth-bench blob "$@"

@@ -5,7 +5,8 @@
 //! * Backends: `fs` (a temp dir, in this process), `s3` (a moto server the
 //!   bench starts, see the README), `remote-tcp` (a `hearth-store`
 //!   process serving `fs` over TCP, with its default hot tier), and, when
-//!   `--rdma-device` names one, `remote-rdma` (the same node over verbs).
+//!   `--rdma-device` names one, `remote-rdma` (the same node over verbs;
+//!   both binaries built with `--features rdma`).
 //! * Per size (4 KiB, 1 MiB, 64 MiB): `--samples` writes of distinct
 //!   objects, then as many whole reads of them, one at a time; MB/s is the
 //!   bytes moved over the summed call times, p50/p99 are per call.
@@ -35,7 +36,8 @@ pub struct BlobArgs {
     /// at least 3).
     #[arg(long, default_value_t = 100)]
     samples: usize,
-    /// Rows to run: any of fs, s3, remote-tcp.
+    /// Rows to run: any of fs, s3, remote-tcp, remote-rdma (added when a
+    /// device is named).
     #[arg(long, value_delimiter = ',', default_value = "fs,s3,remote-tcp")]
     backends: Vec<String>,
     /// An RDMA device (e.g. `rxe0`) for the verbs rows; they are skipped,
@@ -89,11 +91,16 @@ struct Row {
 struct StoreNode {
     child: std::process::Child,
     addr: std::net::SocketAddr,
+    /// Where RDMA clients set up queue pairs (when serving verbs).
+    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
+    rdma_addr: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 impl StoreNode {
-    fn start(bin: &PathBuf) -> Result<Self> {
+    /// Starts `bin` serving a temp dir over TCP, and over RDMA on
+    /// `rdma_device` too when given (its setup address is `rdma_addr`).
+    fn start(bin: &PathBuf, rdma_device: Option<&str>) -> Result<Self> {
         if !bin.exists() {
             bail!(
                 "{} is missing: build it with `cargo build --release -p hearth-blob --bin hearth-store` (scripts/bench-blob.sh does)",
@@ -102,13 +109,20 @@ impl StoreNode {
         }
         let dir = tempfile::tempdir()?;
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let child = std::process::Command::new(bin)
+        let rdma_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let mut command = std::process::Command::new(bin);
+        command
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--fs")
             .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
+            .stderr(std::process::Stdio::null());
+        if let Some(device) = rdma_device {
+            command
+                .args(["--rdma-device", device, "--rdma-listen"])
+                .arg(rdma_addr.to_string());
+        }
+        let child = command.spawn()?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_err() {
             if Instant::now() > deadline {
@@ -116,9 +130,16 @@ impl StoreNode {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        while rdma_device.is_some() && std::net::TcpStream::connect(rdma_addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("hearth-store did not listen for RDMA setup on {rdma_addr}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Ok(StoreNode {
             child,
             addr,
+            rdma_addr,
             _dir: dir,
         })
     }
@@ -166,16 +187,43 @@ async fn open(
             })?;
             (Box::new(server), Arc::new(s3), None)
         }
+        "remote-rdma" => remote_rdma(args)?,
         "remote-tcp" => {
-            let node = StoreNode::start(&args.store_bin)?;
+            let node = StoreNode::start(&args.store_bin, None)?;
             let remote = hearth_blob::remote::RemoteBackend::new(
                 hearth_blob::remote::tcp_connector(node.addr, Duration::from_secs(30)),
             );
             let pid = node.child.id();
             (Box::new(node), Arc::new(remote), Some(pid))
         }
-        other => bail!("unknown backend `{other}` (fs, s3, remote-tcp)"),
+        other => bail!("unknown backend `{other}` (fs, s3, remote-tcp, remote-rdma)"),
     })
+}
+
+/// A `hearth-store` serving over verbs on `--rdma-device`, and a client
+/// connected through the same device.
+#[cfg(feature = "rdma")]
+fn remote_rdma(args: &BlobArgs) -> Result<(KeepAlive, Arc<dyn BlobBackend>, Option<u32>)> {
+    let device_name = args
+        .rdma_device
+        .as_deref()
+        .context("remote-rdma needs --rdma-device or HEARTH_RDMA_DEVICE")?;
+    let node = StoreNode::start(&args.store_bin, Some(device_name))?;
+    let device = hearth_blob::rdma::VerbsDevice::open(device_name).map_err(anyhow::Error::msg)?;
+    let remote = hearth_blob::remote::RemoteBackend::new(hearth_blob::rdma::rdma_connector(
+        device,
+        node.rdma_addr,
+        Duration::from_secs(30),
+    ));
+    let pid = node.child.id();
+    Ok((Box::new(node), Arc::new(remote), Some(pid)))
+}
+
+#[cfg(not(feature = "rdma"))]
+fn remote_rdma(_args: &BlobArgs) -> Result<(KeepAlive, Arc<dyn BlobBackend>, Option<u32>)> {
+    bail!(
+        "remote-rdma: this hearth-bench was built without `--features rdma` (scripts/bench-blob.sh builds it so when HEARTH_RDMA_DEVICE is set)"
+    )
 }
 
 async fn measure(backend_name: &str, args: &BlobArgs, rows: &mut Vec<Row>) -> Result<()> {
@@ -330,18 +378,19 @@ async fn copies_per_byte() -> Result<(f64, f64)> {
 
 async fn run(args: BlobArgs) -> Result<()> {
     let mut rows = Vec::new();
-    for backend in &args.backends {
+    let mut backends = args.backends.clone();
+    match &args.rdma_device {
+        Some(_) if !backends.iter().any(|b| b == "remote-rdma") => {
+            backends.push("remote-rdma".into())
+        }
+        Some(_) => {}
+        None => eprintln!(
+            "remote-rdma: not run (no HEARTH_RDMA_DEVICE / --rdma-device names an RDMA device)"
+        ),
+    }
+    for backend in &backends {
         eprintln!("measuring {backend} ...");
         measure(backend, &args, &mut rows).await?;
-    }
-    if let Some(device) = &args.rdma_device {
-        eprintln!(
-            "remote-rdma on {device}: this build measures the verbs transport only with the `rdma` feature and a device; not run"
-        );
-    } else {
-        eprintln!(
-            "remote-rdma: not run (no HEARTH_RDMA_DEVICE / --rdma-device; this machine has no RDMA device)"
-        );
     }
     println!("| backend | size | op | MB/s | p50 ms | p99 ms | client CPU s/GB | node CPU s/GB |");
     println!("|---|---|---|---:|---:|---:|---:|---:|");
