@@ -772,3 +772,22 @@ async fn blob_roundtrip() {
         "notes/today.txt\n"
     );
 }
+
+#[tokio::test]
+async fn blobstore_draft() {
+    // Built against the upstream wasi:blobstore WIT with its wasi:io@0.2.2,
+    // as wasmCloud's and Spin's components are: it links and runs as is.
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_embedded_state(dir.path(), &small_limits());
+    let job = host
+        .load(
+            env_for("blobstore-draft", small_limits(), &[]),
+            hearth_testkit::wasm_bytes(hearth_testkit::BLOBSTORE_DRAFT),
+        )
+        .await
+        .unwrap();
+    let code = hearth_host::job::run_job(&job, Some(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "every wasi:blobstore call worked");
+}

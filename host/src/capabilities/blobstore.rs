@@ -367,8 +367,11 @@ impl CapabilityView<'_> {
 fn log_failure(function: &str, call: &str, error: &str) {
     if error.starts_with("unavailable") || error.starts_with("corrupt") {
         tracing::warn!(function, call, error, "blob call failed");
+    } else if error.starts_with("not found") {
+        // An everyday answer (a cache miss, say), not worth a line each.
+        tracing::debug!(function, call, error, "blob call: not found");
     } else {
-        tracing::debug!(function, call, error, "blob call refused");
+        tracing::info!(function, call, error, "blob call refused");
     }
 }
 
