@@ -7,6 +7,8 @@
 //! ```text
 //! hearth-store --listen 0.0.0.0:7480 --fs /var/lib/hearth-store
 //! hearth-store --listen 0.0.0.0:7480 --s3-endpoint http://s3:9000 --s3-bucket blobs
+//! # built with --features rdma: also serve over verbs, QP setup on :7481
+//! hearth-store --listen 0.0.0.0:7480 --fs DIR --rdma-device mlx5_0 --rdma-listen 0.0.0.0:7481
 //! ```
 //!
 //! It logs `hearth-store listening on ADDR` once it accepts connections,
