@@ -13,10 +13,11 @@
 //!   served from memory, sliced without a copy. Ranged reads that miss go
 //!   to the cold backend and are not cached.
 //! * Any change through the tier (put, delete, copy or rename onto a name,
-//!   deleting a container) drops what the tier holds of it first, and a
-//!   read that started before a change does not put its (older) bytes in
-//!   the tier: one generation counter, bumped by every change, guards each
-//!   insert. The tier must be the only writer of its cold backend.
+//!   deleting a container) drops what the tier holds of it before and
+//!   after the change, and a read that started before a change ended does
+//!   not put its (possibly older) bytes in the tier: one generation
+//!   counter, bumped on both sides of every change, guards each insert.
+//!   The tier must be the only writer of its cold backend.
 //! * The tier holds at most `capacity_bytes`; the least recently read
 //!   objects are evicted first.
 
@@ -89,6 +90,26 @@ impl TieredBackend {
             objects: hot.objects.len(),
             bytes: hot.bytes,
         }
+    }
+
+    /// Runs `change` to the cold backend with what the tier holds of
+    /// `targets` (`(container, Some(name))` for one object, `None` for the
+    /// whole container) dropped before it, and again after it: a read that
+    /// started while the change ran may have seen the old data and must
+    /// not cache it (the second generation bump makes its insert a no-op).
+    async fn changing<T>(
+        &self,
+        targets: &[(&str, Option<&str>)],
+        change: impl std::future::Future<Output = T>,
+    ) -> T {
+        for (container, name) in targets {
+            self.invalidate(container, *name);
+        }
+        let changed = change.await;
+        for (container, name) in targets {
+            self.invalidate(container, *name);
+        }
+        changed
     }
 
     /// Drops what the tier holds of `container` (one object, or all).
@@ -166,8 +187,8 @@ impl BlobBackend for TieredBackend {
     }
 
     async fn delete_container(&self, container: &str) -> Result<(), BlobError> {
-        self.invalidate(container, None);
-        self.cold.delete_container(container).await
+        self.changing(&[(container, None)], self.cold.delete_container(container))
+            .await
     }
 
     async fn put(
@@ -177,12 +198,11 @@ impl BlobBackend for TieredBackend {
         body: ByteStream,
         limit: u64,
     ) -> Result<ObjectInfo, BlobError> {
-        self.invalidate(container, Some(name));
-        let stored = self.cold.put(container, name, body, limit).await;
-        // Again: a read that started while the write ran may have seen the
-        // old object and must not cache it.
-        self.invalidate(container, Some(name));
-        stored
+        self.changing(
+            &[(container, Some(name))],
+            self.cold.put(container, name, body, limit),
+        )
+        .await
     }
 
     async fn get(
@@ -266,8 +286,11 @@ impl BlobBackend for TieredBackend {
     }
 
     async fn delete(&self, container: &str, name: &str) -> Result<(), BlobError> {
-        self.invalidate(container, Some(name));
-        self.cold.delete(container, name).await
+        self.changing(
+            &[(container, Some(name))],
+            self.cold.delete(container, name),
+        )
+        .await
     }
 
     async fn list(
@@ -285,10 +308,8 @@ impl BlobBackend for TieredBackend {
         to: (&str, &str),
         limit: u64,
     ) -> Result<ObjectInfo, BlobError> {
-        self.invalidate(to.0, Some(to.1));
-        let copied = self.cold.copy(from, to, limit).await;
-        self.invalidate(to.0, Some(to.1));
-        copied
+        self.changing(&[(to.0, Some(to.1))], self.cold.copy(from, to, limit))
+            .await
     }
 
     async fn rename(
@@ -297,12 +318,11 @@ impl BlobBackend for TieredBackend {
         to: (&str, &str),
         limit: u64,
     ) -> Result<ObjectInfo, BlobError> {
-        self.invalidate(to.0, Some(to.1));
-        self.invalidate(from.0, Some(from.1));
-        let moved = self.cold.rename(from, to, limit).await;
-        self.invalidate(to.0, Some(to.1));
-        self.invalidate(from.0, Some(from.1));
-        moved
+        self.changing(
+            &[(to.0, Some(to.1)), (from.0, Some(from.1))],
+            self.cold.rename(from, to, limit),
+        )
+        .await
     }
 
     async fn ping(&self) -> Result<(), BlobError> {
