@@ -6,6 +6,7 @@
 use hearth_blob::conformance::{self, LIMIT};
 use hearth_blob::fs::FsBackend;
 use hearth_blob::{BlobError, BlobLimits, BlobStore, ByteRange};
+use hearth_testkit::files_under;
 use std::sync::Arc;
 
 fn fs_store(root: &std::path::Path) -> BlobStore {
@@ -17,20 +18,6 @@ fn fs_store(root: &std::path::Path) -> BlobStore {
             ..Default::default()
         },
     )
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

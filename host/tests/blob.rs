@@ -17,7 +17,7 @@ use hearth_blob::{BlobBackend, BlobLimits, BlobStore};
 use hearth_host::capabilities::HostCapabilities;
 use hearth_host::{EngineSettings, FunctionEnv, Host, Limits};
 use hearth_testkit::http::{get, send};
-use hearth_testkit::services::S3Server;
+use hearth_testkit::services::{S3Server, free_port};
 use http::{Method, StatusCode};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -399,7 +399,7 @@ async fn a_corrupt_object_is_a_named_error_not_data() {
         StatusCode::CREATED
     );
     // Flip one byte of the stored data (the first block) on disk.
-    let file = walk(dir.path())
+    let file = hearth_testkit::files_under(dir.path())
         .into_iter()
         .find(|path| path.components().any(|c| c.as_os_str() == "objects"))
         .expect("the object's file");
@@ -429,26 +429,10 @@ async fn a_corrupt_object_is_a_named_error_not_data() {
     assert_eq!(get(addr, "/objects").await.unwrap().text(), "doc\n");
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_node_down_at_start_or_mid_read_fails_the_request_not_the_host() {
     // Down at start: nothing listens on the address.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let closed = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let store = blob_store(Arc::new(hearth_blob::remote::RemoteBackend::new(
         hearth_blob::remote::tcp_connector(closed, Duration::from_secs(1)),
     )));
@@ -558,14 +542,8 @@ impl Cable {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hearthd_reports_a_blob_store_not_ready_and_serves_on() {
     let dir = tempfile::tempdir().unwrap();
-    let function_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let function_port = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let closed = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let toml = format!(
         r#"
 [blob]

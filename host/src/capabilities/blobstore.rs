@@ -335,7 +335,7 @@ impl CapabilityView<'_> {
         })
     }
 
-    fn open_container(&mut self, name: &str) -> Result<(BlobScope, String), String> {
+    fn open_container(&self, name: &str) -> Result<(BlobScope, String), String> {
         let scope = self.blob_scope()?;
         let stored = scope.stored_name(name).map_err(error_text)?;
         Ok((scope, stored))
@@ -354,7 +354,7 @@ impl CapabilityView<'_> {
     }
 
     fn object_ids(
-        &mut self,
+        &self,
         src: &blobstore::ObjectId,
         dest: &blobstore::ObjectId,
     ) -> Result<(BlobScope, String, String), String> {
@@ -364,23 +364,52 @@ impl CapabilityView<'_> {
     }
 }
 
-fn log_failure(function: &str, call: &str, error: &str) {
-    if error.starts_with("unavailable") || error.starts_with("corrupt") {
-        tracing::warn!(function, call, error, "blob call failed");
-    } else if error.starts_with("not found") {
-        // An everyday answer (a cache miss, say), not worth a line each.
-        tracing::debug!(function, call, error, "blob call: not found");
-    } else {
-        tracing::info!(function, call, error, "blob call refused");
-    }
-}
-
 impl CapabilityView<'_> {
+    /// Logs a failed call (kept at debug for `not found`, an everyday
+    /// answer) and hands the result on.
     fn note<T>(&self, call: &str, result: Result<T, String>) -> Result<T, String> {
         if let Err(error) = &result {
-            log_failure(&self.ctx.function.function, call, error);
+            let function = &*self.ctx.function.function;
+            if error.starts_with("unavailable") || error.starts_with("corrupt") {
+                tracing::warn!(function, call, error, "blob call failed");
+            } else if error.starts_with("not found") {
+                tracing::debug!(function, call, error, "blob call: not found");
+            } else {
+                tracing::info!(function, call, error, "blob call refused");
+            }
         }
         result
+    }
+
+    /// A handle on the guest's container `name`, after creating it
+    /// (`create`) or checking it exists.
+    async fn container_resource(
+        &mut self,
+        call: &str,
+        name: String,
+        create: bool,
+    ) -> wasmtime::Result<Result<Resource<ContainerHandle>, String>> {
+        let opened = self.open_container(&name);
+        let checked = async {
+            let (scope, stored) = opened?;
+            if create {
+                scope.store.create_container(&stored).await
+            } else {
+                scope.store.container_info(&stored).await
+            }
+            .map_err(error_text)?;
+            Ok((scope, stored))
+        }
+        .await;
+        let result = match checked {
+            Ok((scope, stored)) => Ok(self.table.push(ContainerHandle {
+                scope,
+                name,
+                stored,
+            })?),
+            Err(error) => Err(error),
+        };
+        Ok(self.note(call, result))
     }
 }
 
@@ -389,63 +418,42 @@ impl blobstore::Host for CapabilityView<'_> {
         &mut self,
         name: String,
     ) -> wasmtime::Result<Result<Resource<ContainerHandle>, String>> {
-        let opened = self.open_container(&name);
-        let result = match opened {
-            Err(error) => Err(error),
-            Ok((scope, stored)) => match scope.store.create_container(&stored).await {
-                Ok(_) => Ok(self.table.push(ContainerHandle {
-                    scope,
-                    name,
-                    stored,
-                })?),
-                Err(error) => Err(error_text(error)),
-            },
-        };
-        Ok(self.note("create-container", result))
+        self.container_resource("create-container", name, true)
+            .await
     }
 
     async fn get_container(
         &mut self,
         name: String,
     ) -> wasmtime::Result<Result<Resource<ContainerHandle>, String>> {
-        let opened = self.open_container(&name);
-        let result = match opened {
-            Err(error) => Err(error),
-            Ok((scope, stored)) => match scope.store.container_info(&stored).await {
-                Ok(_) => Ok(self.table.push(ContainerHandle {
-                    scope,
-                    name,
-                    stored,
-                })?),
-                Err(error) => Err(error_text(error)),
-            },
-        };
-        Ok(self.note("get-container", result))
+        self.container_resource("get-container", name, false).await
     }
 
     async fn delete_container(&mut self, name: String) -> wasmtime::Result<Result<(), String>> {
         let opened = self.open_container(&name);
-        let result = match opened {
-            Err(error) => Err(error),
-            Ok((scope, stored)) => scope
+        let result = async {
+            let (scope, stored) = opened?;
+            scope
                 .store
                 .delete_container(&stored)
                 .await
-                .map_err(error_text),
-        };
+                .map_err(error_text)
+        }
+        .await;
         Ok(self.note("delete-container", result))
     }
 
     async fn container_exists(&mut self, name: String) -> wasmtime::Result<Result<bool, String>> {
         let opened = self.open_container(&name);
-        let result = match opened {
-            Err(error) => Err(error),
-            Ok((scope, stored)) => scope
+        let result = async {
+            let (scope, stored) = opened?;
+            scope
                 .store
                 .container_exists(&stored)
                 .await
-                .map_err(error_text),
-        };
+                .map_err(error_text)
+        }
+        .await;
         Ok(self.note("container-exists", result))
     }
 
@@ -455,15 +463,16 @@ impl blobstore::Host for CapabilityView<'_> {
         dest: blobstore::ObjectId,
     ) -> wasmtime::Result<Result<(), String>> {
         let ids = self.object_ids(&src, &dest);
-        let result = match ids {
-            Err(error) => Err(error),
-            Ok((scope, from, to)) => scope
+        let result = async {
+            let (scope, from, to) = ids?;
+            scope
                 .store
                 .copy((&from, &src.object), (&to, &dest.object))
                 .await
                 .map(drop)
-                .map_err(error_text),
-        };
+                .map_err(error_text)
+        }
+        .await;
         Ok(self.note("copy-object", result))
     }
 
@@ -473,15 +482,16 @@ impl blobstore::Host for CapabilityView<'_> {
         dest: blobstore::ObjectId,
     ) -> wasmtime::Result<Result<(), String>> {
         let ids = self.object_ids(&src, &dest);
-        let result = match ids {
-            Err(error) => Err(error),
-            Ok((scope, from, to)) => scope
+        let result = async {
+            let (scope, from, to) = ids?;
+            scope
                 .store
                 .rename((&from, &src.object), (&to, &dest.object))
                 .await
                 .map(drop)
-                .map_err(error_text),
-        };
+                .map_err(error_text)
+        }
+        .await;
         Ok(self.note("move-object", result))
     }
 }

@@ -108,8 +108,9 @@ impl StoreNode {
             );
         }
         let dir = tempfile::tempdir()?;
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let rdma_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let loopback = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = loopback(hearth_testkit::services::free_port());
+        let rdma_addr = loopback(hearth_testkit::services::free_port());
         let mut command = std::process::Command::new(bin);
         command
             .arg("--listen")

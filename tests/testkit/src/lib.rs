@@ -20,6 +20,21 @@ pub mod process;
 pub mod registry;
 pub mod services;
 
+/// Every file under `dir`, recursively (to find and damage what a store
+/// wrote, say).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 /// Reads a built function's bytes.
 pub fn wasm_bytes(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
