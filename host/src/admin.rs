@@ -35,12 +35,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 
 /// Where the admin endpoint finds the functions to report.
-pub trait FunctionSource: Send + Sync {
+pub trait ServedFunctions: Send + Sync {
     /// Every function served now, with its id.
     fn functions(&self) -> Vec<(String, Arc<Function>)>;
 }
 
-impl FunctionSource for Vec<(String, Arc<Function>)> {
+impl ServedFunctions for Vec<(String, Arc<Function>)> {
     fn functions(&self) -> Vec<(String, Arc<Function>)> {
         self.clone()
     }
@@ -51,7 +51,7 @@ pub struct Admin {
     /// The host (compiled cache, capacity).
     pub host: Arc<Host>,
     /// Sources of functions (the control API's, the config's).
-    pub sources: Vec<Arc<dyn FunctionSource>>,
+    pub sources: Vec<Arc<dyn ServedFunctions>>,
     /// Set once start-up is done.
     pub ready: Arc<AtomicBool>,
     /// Why the node cannot serve right now (e.g. a state backend that is
@@ -217,7 +217,7 @@ impl Admin {
             header(&mut out, name, help, kind);
             let _ = writeln!(out, "hearth_{name} {value}");
         }
-        let subscriptions = self.host.capabilities().subscriptions.all();
+        let subscriptions = self.host.subscriptions().all();
         header(
             &mut out,
             "messages_total",

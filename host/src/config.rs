@@ -126,8 +126,8 @@
 use crate::capabilities::{CapabilityGrants, HostCapabilities, InvokeSettings};
 use crate::distribution::{CacheSettings, DEFAULT_ARTIFACT_CACHE_BYTES, default_cache_dir};
 use crate::engine::EngineSettings;
+use crate::function_env::FunctionEnv;
 use crate::limits::Limits;
-use crate::state::FunctionEnv;
 use hearth_prewarm::pool::PoolSettings;
 use hearth_prewarm::registry::{RegistrySettings, parse_reference};
 use serde::Deserialize;

@@ -47,10 +47,10 @@
 
 use crate::distribution::PullPolicy;
 use crate::function::{Function, FunctionKind, FunctionLoadError, Host};
+use crate::function_env::FunctionEnv;
 use crate::guest_output::GuestOutputFiles;
 use crate::limits::Limits;
 use crate::messages::{Subscription, SubscriptionSettings};
-use crate::state::FunctionEnv;
 use hearth_control::v1::control_server::Control;
 use hearth_control::v1::{
     CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, FunctionState, KillRequest,
@@ -88,7 +88,7 @@ pub struct ControlService {
 
 struct ControlFunctions(Functions);
 
-impl crate::admin::FunctionSource for ControlFunctions {
+impl crate::admin::ServedFunctions for ControlFunctions {
     fn functions(&self) -> Vec<(String, Arc<Function>)> {
         let functions = self.0.lock().unwrap_or_else(|e| e.into_inner());
         functions
@@ -255,7 +255,7 @@ fn subscriptions_for(
             "function `{name}` only handles messages; say which topics with the Pod annotation hearth.dev/subscribe: <topic>[@group][,...]"
         )));
     }
-    if !subscriptions.is_empty() && function.capabilities().broker.is_none() {
+    if !subscriptions.is_empty() && function.capabilities().broker().is_none() {
         return Err(Status::failed_precondition(format!(
             "function `{name}` subscribes to messages, but this node's hearthd has no message broker ([messaging.brokers])"
         )));
@@ -277,7 +277,7 @@ impl ControlService {
 
     /// A live view of the functions this service holds, for the admin
     /// endpoint.
-    pub fn function_source(&self) -> Arc<dyn crate::admin::FunctionSource> {
+    pub fn served_functions(&self) -> Arc<dyn crate::admin::ServedFunctions> {
         Arc::new(ControlFunctions(self.functions.clone()))
     }
 
@@ -537,8 +537,8 @@ impl Control for ControlService {
             for settings in &managed.subscriptions {
                 let broker = function
                     .capabilities()
-                    .broker
-                    .clone()
+                    .broker()
+                    .cloned()
                     .expect("checked at create");
                 match Subscription::start(function.clone(), broker, settings.clone()).await {
                     Ok(subscription) => subscriptions.push(subscription),

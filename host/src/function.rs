@@ -6,7 +6,7 @@
 //! does export. Imports are checked at load too: a component that imports
 //! something this host does not provide never gets as far as a request.
 //!
-//! Every instance lives in its own store with [`FunctionState`], the memory
+//! Every instance lives in its own store with [`StoreData`], the memory
 //! limiter and a deadline (see [`crate::limits`]). Instances of one function
 //! are bounded by `max_concurrent_instances`; a request waits for a slot at
 //! most until its deadline.
@@ -25,8 +25,11 @@ use crate::capabilities::handler_bindings::HandlerExportIndices;
 use crate::capabilities::{FunctionCapabilities, HostCapabilities};
 use crate::distribution::{CacheSettings, PullPolicy};
 use crate::engine::{EngineSettings, HostEngine};
+use crate::function_env::FunctionEnv;
+use crate::invocation_error::{InitFailed, Overloaded};
 use crate::limits::DeadlineExceeded;
-use crate::state::{FunctionEnv, FunctionState};
+use crate::stats::SubscriptionRegistry;
+use crate::store_data::StoreData;
 use hearth_prewarm::artifact_cache::{CachedFunction, PullError};
 use hearth_prewarm::pool::{
     CapacityError, Checkout, InstanceFactory, InstancePool, PoolCapacity, PoolError, Ready,
@@ -34,9 +37,10 @@ use hearth_prewarm::pool::{
 use hearth_prewarm::{
     ArtifactCache, CompiledCache, CompiledFrom, CompiledFunction, CompiledStore, LoadError,
 };
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{ComponentExportIndex, Instance, Linker};
@@ -189,11 +193,14 @@ pub struct LifecycleExports {
 /// (with [`Host::with_caches`]) the on-disk caches.
 pub struct Host {
     engine: HostEngine,
-    compiled: CompiledCache<FunctionState>,
+    compiled: CompiledCache<StoreData>,
     artifacts: Option<ArtifactCache>,
     capacity: PoolCapacity,
     loads: [AtomicU64; 3],
     capabilities: OnceLock<Arc<HostCapabilities>>,
+    /// Services loaded here, by name, for `invoke`'s local route.
+    directory: Mutex<HashMap<String, Weak<Function>>>,
+    subscriptions: SubscriptionRegistry,
 }
 
 /// Functions loaded, by where their compiled code came from.
@@ -219,6 +226,8 @@ impl Host {
             capacity: PoolCapacity::new(settings.total_instances),
             loads: Default::default(),
             capabilities: OnceLock::new(),
+            directory: Mutex::default(),
+            subscriptions: SubscriptionRegistry::default(),
         }))
     }
 
@@ -256,17 +265,17 @@ impl Host {
             capacity: PoolCapacity::new(settings.total_instances),
             loads: Default::default(),
             capabilities: OnceLock::new(),
+            directory: Mutex::default(),
+            subscriptions: SubscriptionRegistry::default(),
         }))
     }
 
     fn engine_and_cache(
         settings: &EngineSettings,
-    ) -> wasmtime::Result<(HostEngine, CompiledCache<FunctionState>)> {
+    ) -> wasmtime::Result<(HostEngine, CompiledCache<StoreData>)> {
         let engine = HostEngine::new(settings)?;
-        let mut linker = Linker::<FunctionState>::new(engine.engine());
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        crate::capabilities::add_to_linker(&mut linker)?;
+        let mut linker = Linker::<StoreData>::new(engine.engine());
+        StoreData::add_to_linker(&mut linker)?;
         let compiled = CompiledCache::new(engine.engine().clone(), linker);
         Ok((engine, compiled))
     }
@@ -283,6 +292,31 @@ impl Host {
     /// The host's capabilities (empty unless installed).
     pub fn capabilities(&self) -> &Arc<HostCapabilities> {
         self.capabilities.get_or_init(Default::default)
+    }
+
+    /// Makes `function` reachable by `invoke` under its name (unless a live
+    /// function holds the name already).
+    fn register(&self, function: &Arc<Function>) {
+        let mut directory = self.directory.lock().unwrap_or_else(|e| e.into_inner());
+        directory.retain(|_, f| f.strong_count() > 0);
+        // Only live functions are left, so a taken name stays taken.
+        directory
+            .entry(function.name().to_string())
+            .or_insert_with(|| Arc::downgrade(function));
+    }
+
+    /// The loaded service called `name`, if any.
+    pub fn local_function(&self, name: &str) -> Option<Arc<Function>> {
+        self.directory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .and_then(Weak::upgrade)
+    }
+
+    /// Live message subscriptions' counters (for `/metrics`).
+    pub fn subscriptions(&self) -> &SubscriptionRegistry {
+        &self.subscriptions
     }
 
     /// The artifact cache, when the host was built with one.
@@ -343,7 +377,7 @@ impl Host {
     }
 
     /// The compiled-component cache.
-    pub fn compiled(&self) -> &CompiledCache<FunctionState> {
+    pub fn compiled(&self) -> &CompiledCache<StoreData> {
         &self.compiled
     }
 
@@ -451,7 +485,7 @@ impl Host {
             pool,
         });
         if function.is_service() {
-            self.capabilities().register(&function);
+            self.register(&function);
         }
         Ok(function)
     }
@@ -501,9 +535,9 @@ fn instance_factory(
     host: Arc<Host>,
     env: &FunctionEnv,
     capabilities: &Arc<FunctionCapabilities>,
-    compiled: &Arc<CompiledFunction<FunctionState>>,
+    compiled: &Arc<CompiledFunction<StoreData>>,
     lifecycle: Option<LifecycleExports>,
-) -> InstanceFactory<FunctionState> {
+) -> InstanceFactory<StoreData> {
     let env = env.clone();
     let compiled = compiled.clone();
     let capabilities = capabilities.clone();
@@ -538,15 +572,15 @@ fn new_store(
     env: &FunctionEnv,
     capabilities: &Arc<FunctionCapabilities>,
     timeout: Option<Duration>,
-) -> Store<FunctionState> {
-    let state = FunctionState::new(env, capabilities.clone(), host.capabilities().clone());
+) -> Store<StoreData> {
+    let state = StoreData::new(env, capabilities);
     let mut store = Store::new(host.engine(), state);
     store.limiter(|state| &mut state.limiter);
     set_deadline(&mut store, timeout);
     store
 }
 
-fn export_names(compiled: &CompiledFunction<FunctionState>, engine: &wasmtime::Engine) -> String {
+fn export_names(compiled: &CompiledFunction<StoreData>, engine: &wasmtime::Engine) -> String {
     let names: Vec<String> = compiled
         .component
         .component_type()
@@ -563,7 +597,7 @@ fn export_names(compiled: &CompiledFunction<FunctionState>, engine: &wasmtime::E
 /// Where `wasi:messaging/incoming-handler` lives, if exported.
 fn handler_indices(
     name: &str,
-    compiled: &CompiledFunction<FunctionState>,
+    compiled: &CompiledFunction<StoreData>,
 ) -> Result<Option<HandlerExportIndices>, FunctionLoadError> {
     if compiled
         .component
@@ -582,7 +616,7 @@ fn handler_indices(
 
 fn lifecycle_exports(
     name: &str,
-    compiled: &CompiledFunction<FunctionState>,
+    compiled: &CompiledFunction<StoreData>,
 ) -> Result<Option<LifecycleExports>, FunctionLoadError> {
     let component = &compiled.component;
     let Some(interface) = component.get_export_index(None, LIFECYCLE) else {
@@ -604,7 +638,7 @@ fn lifecycle_exports(
 
 fn classify(
     name: &str,
-    compiled: &CompiledFunction<FunctionState>,
+    compiled: &CompiledFunction<StoreData>,
 ) -> Result<FunctionKind, FunctionLoadError> {
     let component = &compiled.component;
     if component.get_export_index(None, INCOMING_HANDLER).is_some() {
@@ -642,52 +676,12 @@ pub struct Function {
     host: Arc<Host>,
     env: FunctionEnv,
     capabilities: Arc<FunctionCapabilities>,
-    compiled: Arc<CompiledFunction<FunctionState>>,
+    compiled: Arc<CompiledFunction<StoreData>>,
     compiled_from: CompiledFrom,
     kind: FunctionKind,
     message_handler: Option<HandlerExportIndices>,
     slots: Arc<Semaphore>,
-    pool: Option<InstancePool<FunctionState>>,
-}
-
-/// A store and instance, holding one of the function's concurrency slots
-/// until dropped.
-pub struct LiveInstance {
-    /// The store the instance lives in.
-    pub store: Store<FunctionState>,
-    /// The instance.
-    pub instance: Instance,
-    _slot: OwnedSemaphorePermit,
-}
-
-/// A service instance checked out of the pool for one request, holding one
-/// of the function's concurrency slots. Dropping it without
-/// [`PooledInstance::finish`] discards the instance (a failed call).
-pub struct PooledInstance {
-    checkout: Checkout<FunctionState>,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl PooledInstance {
-    /// The store and instance.
-    pub fn ready(&mut self) -> &mut Ready<FunctionState> {
-        self.checkout.ready()
-    }
-
-    /// Whether the instance was idle in the pool (a hit).
-    pub fn was_hit(&self) -> bool {
-        self.checkout.was_hit()
-    }
-}
-
-/// A slot could not be had before the deadline.
-#[derive(Debug, thiserror::Error)]
-#[error("overloaded: all {max} instance slots of this function stayed busy for {waited_ms} ms")]
-pub struct Overloaded {
-    /// `max_concurrent_instances`.
-    pub max: u32,
-    /// How long the request waited.
-    pub waited_ms: u64,
+    pool: Option<InstancePool<StoreData>>,
 }
 
 impl Function {
@@ -722,7 +716,7 @@ impl Function {
     }
 
     /// The compiled component behind it.
-    pub fn compiled(&self) -> &Arc<CompiledFunction<FunctionState>> {
+    pub fn compiled(&self) -> &Arc<CompiledFunction<StoreData>> {
         &self.compiled
     }
 
@@ -745,7 +739,10 @@ impl Function {
     }
 
     /// Waits up to `wait` for one of the function's instance slots.
-    pub async fn acquire_slot(&self, wait: Duration) -> Result<OwnedSemaphorePermit, Overloaded> {
+    pub(crate) async fn acquire_slot(
+        &self,
+        wait: Duration,
+    ) -> Result<OwnedSemaphorePermit, Overloaded> {
         let started = Instant::now();
         match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
@@ -758,22 +755,21 @@ impl Function {
 
     /// A fresh store for one instance, with the limiter installed and a
     /// deadline `timeout` from now (none if `timeout` is `None`).
-    pub fn new_store(&self, timeout: Option<Duration>) -> Store<FunctionState> {
+    pub fn new_store(&self, timeout: Option<Duration>) -> Store<StoreData> {
         new_store(&self.host, &self.env, &self.capabilities, timeout)
     }
 
     /// The service's instance pool (`None` for a job).
-    pub fn pool(&self) -> Option<&InstancePool<FunctionState>> {
+    pub fn pool(&self) -> Option<&InstancePool<StoreData>> {
         self.pool.as_ref()
     }
 
-    /// Checks an instance of this service out of its pool for one request,
-    /// holding `slot`, with a deadline `timeout` from now.
-    pub async fn checkout(
+    /// Checks an instance of this service out of its pool, with a deadline
+    /// `timeout` from now.
+    pub(crate) async fn checkout(
         &self,
-        slot: OwnedSemaphorePermit,
         timeout: Duration,
-    ) -> wasmtime::Result<PooledInstance> {
+    ) -> wasmtime::Result<Checkout<StoreData>> {
         let Some(pool) = &self.pool else {
             wasmtime::bail!("function `{}` is a job, not a service", self.name());
         };
@@ -781,40 +777,34 @@ impl Function {
             PoolError::Instantiate(error) => error,
         })?;
         set_deadline(&mut checkout.ready().store, Some(timeout));
-        Ok(PooledInstance {
-            checkout,
-            _slot: slot,
-        })
+        Ok(checkout)
     }
 
-    /// The request on `pooled` succeeded: gives the instance back to the
-    /// pool, running the guest's `shutdown` first if this was its last
+    /// The invocation on `checkout` succeeded: gives the instance back to
+    /// the pool, running the guest's `shutdown` first if this was its last
     /// invocation.
-    pub async fn finish(&self, mut pooled: PooledInstance) {
-        let last = pooled.checkout.invocations() + 1 >= self.env.pool.max_invocations.max(1);
+    pub(crate) async fn release(&self, mut checkout: Checkout<StoreData>) {
+        let last = checkout.invocations() + 1 >= self.env.pool.max_invocations.max(1);
         if last && let Some(lifecycle) = self.lifecycle() {
-            let ready = pooled.ready();
+            let ready = checkout.ready();
             run_shutdown(&self.env, lifecycle, &mut ready.store, ready.instance).await;
         }
-        pooled.checkout.release();
+        checkout.release();
     }
 
-    /// Creates an instance in `store`, holding `slot` for its lifetime.
-    pub async fn instantiate(
+    /// A fresh instance in a fresh store with a deadline `timeout` from now
+    /// (jobs: not pooled).
+    pub(crate) async fn instantiate(
         &self,
-        mut store: Store<FunctionState>,
-        slot: OwnedSemaphorePermit,
-    ) -> wasmtime::Result<LiveInstance> {
+        timeout: Option<Duration>,
+    ) -> wasmtime::Result<Ready<StoreData>> {
+        let mut store = self.new_store(timeout);
         let instance = self
             .compiled
             .instance_pre
             .instantiate_async(&mut store)
             .await?;
-        Ok(LiveInstance {
-            store,
-            instance,
-            _slot: slot,
-        })
+        Ok(Ready { store, instance })
     }
 
     fn lifecycle(&self) -> Option<LifecycleExports> {
@@ -831,7 +821,7 @@ impl Function {
 async fn run_shutdown(
     env: &FunctionEnv,
     lifecycle: LifecycleExports,
-    store: &mut Store<FunctionState>,
+    store: &mut Store<StoreData>,
     instance: Instance,
 ) {
     set_deadline(store, Some(env.limits.request_timeout()));
@@ -845,17 +835,9 @@ async fn run_shutdown(
     }
 }
 
-/// The guest's `init` returned an error.
-#[derive(Debug, thiserror::Error)]
-#[error("init failed: {message}")]
-pub struct InitFailed {
-    /// The guest's message.
-    pub message: String,
-}
-
 /// Arms the store's epoch deadline: the guest yields to the executor every
 /// epoch tick and traps with [`DeadlineExceeded`] once `timeout` has passed.
-fn set_deadline(store: &mut Store<FunctionState>, timeout: Option<Duration>) {
+fn set_deadline(store: &mut Store<StoreData>, timeout: Option<Duration>) {
     store.set_epoch_deadline(1);
     match timeout {
         None => store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1))),

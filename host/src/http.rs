@@ -22,10 +22,12 @@
 //!   second), then returns. Dropping the [`serve`] future instead (SIGKILL)
 //!   drops every open connection and in-flight request with it.
 
-use crate::capabilities::{RequestContext, invoke};
-use crate::function::{Function, FunctionKind, PooledInstance};
+use crate::capabilities::invoke::{Invoker, LocalCallee};
+use crate::function::{Function, FunctionKind, Host};
+use crate::invocation::{DEADLINE_SLACK, Invocation};
 use crate::invocation_error::{InvocationError, log_failure};
 use crate::limits::DeadlineExceeded;
+use crate::propagation::{ERROR_HEADER, RequestContext};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -33,20 +35,13 @@ use hyper::server::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
-
-/// The header naming a Hearth error on an error response.
-pub const ERROR_HEADER: &str = "x-hearth-error";
-
-/// Extra time the host allows past the deadline before it abandons an
-/// instance itself; the epoch deadline normally fires first.
-const DEADLINE_SLACK: Duration = Duration::from_millis(250);
 
 /// Serves `function` on `listener` until `shutdown` resolves, then drains.
 pub async fn serve(
@@ -140,30 +135,20 @@ pub async fn call(
     })
 }
 
-/// The per-request context (`invoke` depth, request id, trace context)
-/// from a request's headers.
-fn request_context<B>(request: &Request<B>) -> RequestContext {
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    RequestContext {
-        depth: header(invoke::DEPTH_HEADER)
-            .and_then(|d| d.parse().ok())
-            .unwrap_or(0),
-        // Without one, the first `invoke` of the request makes one.
-        request_id: header(invoke::REQUEST_ID_HEADER),
-        traceparent: header(invoke::TRACEPARENT_HEADER),
-    }
-}
-
 /// An [`InvocationError`] and whether it has been logged already.
 struct Failure {
     error: InvocationError,
     logged: bool,
+}
+
+impl Failure {
+    /// A failure that was logged where it happened.
+    fn logged(error: InvocationError) -> Self {
+        Failure {
+            error,
+            logged: true,
+        }
+    }
 }
 
 impl From<InvocationError> for Failure {
@@ -207,32 +192,15 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let started = Instant::now();
-    let limits = function.env().limits;
-    let body_limit = limits.max_request_body_bytes;
+    let body_limit = function.env().limits.max_request_body_bytes;
     if declared_length(&request).is_some_and(|len| len > body_limit) {
         return Err(InvocationError::BodyTooLarge { limit: body_limit }.into());
     }
-    let context = request_context(&request);
-    let slot = function
-        .acquire_slot(timeout)
+    let context = RequestContext::from_headers(request.headers());
+    let mut invocation = function
+        .begin(Some(timeout), context)
         .await
-        .map_err(InvocationError::Overloaded)?;
-    let remaining = timeout.saturating_sub(started.elapsed());
-    let mut pooled = match function.checkout(slot, remaining).await {
-        Ok(pooled) => pooled,
-        Err(raw) => {
-            let error = InvocationError::from_wasmtime(&raw);
-            log_failure(function.name(), &error, Some(&raw));
-            return Err(Failure {
-                error,
-                logged: true,
-            });
-        }
-    };
-    let remaining = timeout.saturating_sub(started.elapsed());
-    let store = &mut pooled.ready().store;
-    store.data_mut().set_request_context(context);
+        .map_err(Failure::logged)?;
 
     let body_over_limit = Arc::new(AtomicBool::new(false));
     let (parts, body) = request.into_parts();
@@ -252,34 +220,21 @@ where
     });
     let internal = |e: wasmtime::Error| InvocationError::Internal(format!("{e:#}"));
     let (sender, receiver) = tokio::sync::oneshot::channel();
-    let incoming = store
-        .data_mut()
-        .http()
+    let mut http = invocation.store_data().http();
+    let incoming = http
         .new_incoming_request(Scheme::Http, Request::from_parts(parts, body))
         .map_err(internal)?;
-    let outparam = store
-        .data_mut()
-        .http()
-        .new_response_outparam(sender)
-        .map_err(internal)?;
+    let outparam = http.new_response_outparam(sender).map_err(internal)?;
 
-    let task = tokio::spawn(run_request(
-        function.clone(),
-        pooled,
-        incoming,
-        outparam,
-        remaining,
-    ));
+    let remaining = invocation.remaining().unwrap_or(timeout);
+    let task = tokio::spawn(run_request(invocation, incoming, outparam));
     let outcome = match tokio::time::timeout(remaining + DEADLINE_SLACK * 2, receiver).await {
         Ok(Ok(Ok(response))) => Ok(response),
         Ok(Ok(Err(code))) => Err(InvocationError::GuestError(format!("{code:?}")).into()),
         // The guest dropped the outparam without answering: the task says why.
         Ok(Err(_)) => match task.await {
             Ok(Ok(())) => Err(InvocationError::NoResponse.into()),
-            Ok(Err(error)) => Err(Failure {
-                error,
-                logged: true,
-            }),
+            Ok(Err(error)) => Err(Failure::logged(error)),
             Err(join) => Err(InvocationError::Internal(join.to_string()).into()),
         },
         Err(_) => {
@@ -296,42 +251,67 @@ where
     outcome
 }
 
+/// The HTTP trigger's own part of an invocation: the `incoming-handler`
+/// export call. It runs in its own task, because the guest may go on
+/// streaming the response body after it has sent the response.
 async fn run_request(
-    function: Arc<Function>,
-    mut pooled: PooledInstance,
+    mut invocation: Invocation,
     incoming: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostIncomingRequest>,
     outparam: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
-    timeout: Duration,
 ) -> Result<(), InvocationError> {
+    let function = invocation.function().clone();
     let FunctionKind::Service { handler, .. } = function.kind() else {
         return Err(InvocationError::Internal(format!(
-            "function `{}` is a job, not a service",
+            "function `{}` is not a service",
             function.name()
         )));
     };
-    let serving = function.clone();
-    let run = async move {
-        let ready = pooled.ready();
-        let proxy = handler.load(&mut ready.store, &ready.instance)?;
-        proxy
-            .wasi_http_incoming_handler()
-            .call_handle(&mut ready.store, incoming, outparam)
-            .await?;
-        // A trapped (or timed-out) instance skips this: dropping `pooled`
-        // poisons it and the pool discards it.
-        serving.finish(pooled).await;
-        wasmtime::Result::Ok(())
-    };
-    let result = match tokio::time::timeout(timeout + DEADLINE_SLACK, run).await {
-        Ok(result) => result,
-        Err(_) => Err(DeadlineExceeded {
-            timeout_ms: timeout.as_millis() as u64,
-        }
-        .into()),
-    };
-    result.map_err(|raw| {
-        let error = InvocationError::from_wasmtime(&raw);
-        log_failure(function.name(), &error, Some(&raw));
-        error
-    })
+    let deadline = invocation.deadline();
+    let ready = invocation.ready();
+    let result = deadline
+        .run(async {
+            let proxy = handler.load(&mut ready.store, &ready.instance)?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut ready.store, incoming, outparam)
+                .await
+        })
+        .await;
+    invocation.finish(result).await
+}
+
+/// `invoke`'s local route: finds services loaded on `host` by name and
+/// calls them through [`call`] (no socket).
+pub struct LocalInvoker {
+    host: Weak<Host>,
+}
+
+impl LocalInvoker {
+    /// An invoker for the services loaded on `host`, to inject with
+    /// [`HostCapabilities::with_invoker`](crate::capabilities::HostCapabilities::with_invoker).
+    pub fn for_host(host: &Arc<Host>) -> Arc<dyn Invoker> {
+        Arc::new(LocalInvoker {
+            host: Arc::downgrade(host),
+        })
+    }
+}
+
+impl Invoker for LocalInvoker {
+    fn local(&self, name: &str) -> Option<Arc<dyn LocalCallee>> {
+        let function = self.host.upgrade()?.local_function(name)?;
+        Some(Arc::new(LocalService(function)))
+    }
+}
+
+struct LocalService(Arc<Function>);
+
+#[async_trait::async_trait]
+impl LocalCallee for LocalService {
+    async fn call(
+        &self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response<HyperOutgoingBody>, InvocationError> {
+        call(&self.0, request, timeout).await
+    }
 }

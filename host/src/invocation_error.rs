@@ -5,9 +5,84 @@
 //! once at `error` level with the function's name (and, for traps, the wasm
 //! backtrace). A job that fails this way exits with [`InvocationError::exit_code`].
 
-use crate::function::{InitFailed, Overloaded};
 use crate::limits::{DeadlineExceeded, MemoryLimitExceeded};
 use http::StatusCode;
+
+/// The guest's `init` returned an error.
+#[derive(Debug, thiserror::Error)]
+#[error("init failed: {message}")]
+pub struct InitFailed {
+    /// The guest's message.
+    pub message: String,
+}
+
+/// A slot could not be had before the deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("overloaded: all {max} instance slots of this function stayed busy for {waited_ms} ms")]
+pub struct Overloaded {
+    /// `max_concurrent_instances`.
+    pub max: u32,
+    /// How long the request waited.
+    pub waited_ms: u64,
+}
+
+/// The kind of an [`InvocationError`], without its details: what a caller
+/// on another node reads back from the `x-hearth-error` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// [`InvocationError::Deadline`].
+    Deadline,
+    /// [`InvocationError::MemoryLimit`].
+    MemoryLimit,
+    /// [`InvocationError::Trap`].
+    Trap,
+    /// [`InvocationError::InitFailed`].
+    InitFailed,
+    /// [`InvocationError::BodyTooLarge`].
+    BodyTooLarge,
+    /// [`InvocationError::Overloaded`].
+    Overloaded,
+    /// [`InvocationError::NoResponse`].
+    NoResponse,
+    /// [`InvocationError::GuestError`].
+    GuestError,
+    /// [`InvocationError::Internal`].
+    Internal,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 9] = [
+        ErrorKind::Deadline,
+        ErrorKind::MemoryLimit,
+        ErrorKind::Trap,
+        ErrorKind::InitFailed,
+        ErrorKind::BodyTooLarge,
+        ErrorKind::Overloaded,
+        ErrorKind::NoResponse,
+        ErrorKind::GuestError,
+        ErrorKind::Internal,
+    ];
+
+    /// The stable name of this kind of failure.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Deadline => "deadline-exceeded",
+            ErrorKind::MemoryLimit => "memory-limit-exceeded",
+            ErrorKind::Trap => "trap",
+            ErrorKind::InitFailed => "init-failed",
+            ErrorKind::BodyTooLarge => "body-too-large",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::NoResponse => "no-response",
+            ErrorKind::GuestError => "guest-error",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// The kind called `name` (as [`ErrorKind::name`] spells it), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
 
 /// A failed invocation.
 #[derive(Debug, thiserror::Error)]
@@ -85,19 +160,24 @@ impl InvocationError {
         InvocationError::Internal(format!("{error:#}"))
     }
 
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            InvocationError::Deadline(_) => ErrorKind::Deadline,
+            InvocationError::MemoryLimit(_) => ErrorKind::MemoryLimit,
+            InvocationError::Trap { .. } => ErrorKind::Trap,
+            InvocationError::InitFailed(_) => ErrorKind::InitFailed,
+            InvocationError::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
+            InvocationError::Overloaded(_) => ErrorKind::Overloaded,
+            InvocationError::NoResponse => ErrorKind::NoResponse,
+            InvocationError::GuestError(_) => ErrorKind::GuestError,
+            InvocationError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
     /// The stable name of this kind of failure.
     pub fn name(&self) -> &'static str {
-        match self {
-            InvocationError::Deadline(_) => "deadline-exceeded",
-            InvocationError::MemoryLimit(_) => "memory-limit-exceeded",
-            InvocationError::Trap { .. } => "trap",
-            InvocationError::InitFailed(_) => "init-failed",
-            InvocationError::BodyTooLarge { .. } => "body-too-large",
-            InvocationError::Overloaded(_) => "overloaded",
-            InvocationError::NoResponse => "no-response",
-            InvocationError::GuestError(_) => "guest-error",
-            InvocationError::Internal(_) => "internal",
-        }
+        self.kind().name()
     }
 
     /// The HTTP status an HTTP caller gets.
@@ -143,5 +223,21 @@ pub fn log_failure(function: &str, error: &InvocationError, raw: Option<&wasmtim
             tracing::error!(function, error = error.name(), ?backtrace, "{error}");
         }
         _ => tracing::error!(function, error = error.name(), "{error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_reads_back_from_its_name() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(ErrorKind::from_name("no-such-kind"), None);
+        let error = InvocationError::BodyTooLarge { limit: 1 };
+        assert_eq!(error.kind(), ErrorKind::BodyTooLarge);
+        assert_eq!(error.name(), "body-too-large");
     }
 }

@@ -7,12 +7,14 @@
 //! [`exit_code`](InvocationError::exit_code) a CLI should exit with.
 
 use crate::function::{Function, FunctionKind};
-use crate::invocation_error::{InvocationError, log_failure};
+use crate::invocation_error::InvocationError;
+use crate::propagation::RequestContext;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime_wasi::I32Exit;
 
-/// Runs `function` (a job) once. `timeout` bounds its wall-clock time.
+/// Runs `function` (a job) once, on a fresh instance (see
+/// [`crate::invocation`]). `timeout` bounds its wall-clock time.
 pub async fn run_job(
     function: &Arc<Function>,
     timeout: Option<Duration>,
@@ -23,27 +25,23 @@ pub async fn run_job(
             function.name()
         )));
     };
-    let slot = function
-        .acquire_slot(timeout.unwrap_or(Duration::from_secs(3600)))
-        .await
-        .map_err(InvocationError::Overloaded)?;
-    let store = function.new_store(timeout);
-    let result = async {
-        let mut live = function.instantiate(store, slot).await?;
-        let command = run.load(&mut live.store, &live.instance)?;
-        command.wasi_cli_run().call_run(&mut live.store).await
+    let mut invocation = function.begin(timeout, RequestContext::default()).await?;
+    let deadline = invocation.deadline();
+    let ready = invocation.ready();
+    let result = deadline
+        .run(async {
+            let command = run.load(&mut ready.store, &ready.instance)?;
+            command.wasi_cli_run().call_run(&mut ready.store).await
+        })
+        .await;
+    // `wasi:cli/exit` unwinds as an error, but it is the job's status.
+    if let Err(raw) = &result
+        && let Some(exit) = raw.chain().find_map(|c| c.downcast_ref::<I32Exit>())
+    {
+        return Ok(exit.0);
     }
-    .await;
-    match result {
-        Ok(Ok(())) => Ok(0),
-        Ok(Err(())) => Ok(1),
-        Err(raw) => {
-            if let Some(exit) = raw.chain().find_map(|c| c.downcast_ref::<I32Exit>()) {
-                return Ok(exit.0);
-            }
-            let error = InvocationError::from_wasmtime(&raw);
-            log_failure(function.name(), &error, Some(&raw));
-            Err(error)
-        }
+    match invocation.finish(result).await? {
+        Ok(()) => Ok(0),
+        Err(()) => Ok(1),
     }
 }

@@ -13,10 +13,19 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Module map: [`capabilities`] (state, invoke, config and messaging host functions), [`messages`] (the message trigger: subscriptions), [`engine`] (engine and epoch clock), [`function`] (loading and
-//! instances), [`http`] (the HTTP trigger), [`job`] (the job world),
-//! [`limits`], [`invocation_error`] (what callers see when things fail),
-//! [`config`] (`hearth.toml`), [`control`] (the control API hearthd serves to shims), [`distribution`] (files, references and the caches), [`guest_output`] (guest stdout/stderr to logs).
+//! # Layers
+//!
+//! Data flows one way, from trigger to backend; each layer uses only the
+//! layers below it (`tests/module_layers.rs` checks the `use` lines):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | serving | [`control`] (the control API shims call), [`admin`] (`/metrics`, `/healthz`, `/readyz`), [`config`] (`hearth.toml`); the `hearthd` and `hearth` binaries |
+//! | triggers | [`http`] (HTTP, and `invoke`'s local route), [`messages`] (subscriptions), [`job`] (`wasi:cli/run`) |
+//! | function | [`function`] (loading, the pool, the host), [`invocation`] (one invocation, for every trigger), [`engine`] |
+//! | store data | [`store_data`] (the `T` of every `Store<T>`), [`function_env`] |
+//! | capabilities | [`capabilities`] (keyvalue, state, invoke, config, messaging, blobstore host functions) |
+//! | leaves | [`invocation_error`] (what callers see when things fail), [`propagation`] (headers and request context), [`limits`], [`stats`], [`guest_output`], [`distribution`] (files, references and the caches), [`logging`] |
 
 pub mod admin;
 pub mod capabilities;
@@ -25,21 +34,27 @@ pub mod control;
 pub mod distribution;
 pub mod engine;
 pub mod function;
+pub mod function_env;
 pub mod guest_output;
 pub mod http;
+pub mod invocation;
 pub mod invocation_error;
 pub mod job;
 pub mod limits;
 pub mod logging;
 pub mod messages;
-pub mod state;
+pub mod propagation;
+pub mod stats;
+pub mod store_data;
 
 pub use distribution::{CacheSettings, FunctionSource, PullPolicy};
 pub use engine::{Allocation, EngineSettings, HostEngine};
 pub use function::{Function, FunctionKind, FunctionLoadError, Host};
+pub use function_env::FunctionEnv;
+pub use invocation::Invocation;
 pub use invocation_error::InvocationError;
 pub use limits::Limits;
-pub use state::{FunctionEnv, FunctionState};
+pub use store_data::StoreData;
 
 /// Resolves when the process is asked to stop (SIGINT or SIGTERM).
 pub async fn shutdown_signal() {

@@ -30,13 +30,14 @@
 //!   return.
 //! * Every failure is logged once with the function, topic and message id.
 
-use crate::capabilities::RequestContext;
 use crate::capabilities::messaging::{InHand, MessageHandle, Settled};
 use crate::function::Function;
 use crate::invocation_error::InvocationError;
+use crate::propagation::RequestContext;
+use crate::stats::SubscriptionStats;
 use hearth_messaging::{Broker, Consumer, Delivery, OutgoingMessage, Receipt, SubscriptionSpec};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -121,70 +122,6 @@ impl SubscriptionSettings {
     }
 }
 
-/// Counters of one subscription.
-#[derive(Debug, Default)]
-pub struct SubscriptionStats {
-    /// The function's name.
-    pub function: String,
-    /// The topic.
-    pub topic: String,
-    /// The group.
-    pub group: String,
-    /// Messages handed to the handler.
-    pub delivered: AtomicU64,
-    /// Of those, redeliveries (`attempt > 1`).
-    pub redelivered: AtomicU64,
-    /// Acked after the handler succeeded (or acked by the handler).
-    pub acked: AtomicU64,
-    /// Nacked for redelivery.
-    pub nacked: AtomicU64,
-    /// Sent to the dead-letter topic.
-    pub dead_lettered: AtomicU64,
-    /// Settled too late: the broker had delivered them again.
-    pub lost: AtomicU64,
-    /// Failed receives (the broker was unreachable).
-    pub receive_errors: AtomicU64,
-}
-
-impl SubscriptionStats {
-    /// (outcome label, count) pairs, for `/metrics`.
-    pub fn outcomes(&self) -> [(&'static str, u64); 6] {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        [
-            ("delivered", get(&self.delivered)),
-            ("redelivered", get(&self.redelivered)),
-            ("acked", get(&self.acked)),
-            ("nacked", get(&self.nacked)),
-            ("dead_lettered", get(&self.dead_lettered)),
-            ("lost", get(&self.lost)),
-        ]
-    }
-}
-
-/// Every live subscription's stats (for `/metrics`).
-#[derive(Default)]
-pub struct SubscriptionRegistry {
-    stats: Mutex<Vec<std::sync::Weak<SubscriptionStats>>>,
-}
-
-impl SubscriptionRegistry {
-    fn register(&self, stats: &Arc<SubscriptionStats>) {
-        let mut all = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        all.retain(|s| s.strong_count() > 0);
-        all.push(Arc::downgrade(stats));
-    }
-
-    /// The stats of every live subscription.
-    pub fn all(&self) -> Vec<Arc<SubscriptionStats>> {
-        self.stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .collect()
-    }
-}
-
 /// A running subscription.
 pub struct Subscription {
     settings: SubscriptionSettings,
@@ -261,11 +198,7 @@ impl Subscription {
             group: settings.group.clone(),
             ..Default::default()
         });
-        function
-            .host()
-            .capabilities()
-            .subscriptions
-            .register(&stats);
+        function.host().subscriptions().register(&stats);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let grace = Arc::new(Mutex::new(Duration::from_secs(10)));
         let dispatch = Arc::new(Dispatch {
@@ -554,91 +487,60 @@ impl Dispatch {
         );
     }
 
-    /// Runs the handler on a pooled instance.
+    /// Runs the handler on a pooled instance (see [`crate::invocation`]).
     async fn invoke(&self, delivery: &Delivery) -> (Handled, Option<Settled>) {
         let function = &self.function;
-        let timeout = function.env().limits.request_timeout();
-        let slot = match function.acquire_slot(timeout).await {
-            Ok(slot) => slot,
-            Err(overloaded) => {
-                let error = InvocationError::Overloaded(overloaded);
-                return (Handled::Failed(format!("{}: {error}", error.name())), None);
-            }
-        };
-        let mut pooled = match function.checkout(slot, timeout).await {
-            Ok(pooled) => pooled,
-            Err(error) => {
-                let error = InvocationError::from_wasmtime(&error);
-                tracing::error!(function = %function.name(), error = %error, "cannot instantiate a message handler");
-                return (Handled::Failed(format!("{}: {error}", error.name())), None);
-            }
-        };
+        let failed = |error: InvocationError| Handled::Failed(format!("{}: {error}", error.name()));
         let Some(indices) = function.message_handler() else {
             return (Handled::Failed("no message handler".into()), None);
         };
-        let ready = pooled.ready();
-        let state = ready.store.data_mut();
-        state.set_request_context(RequestContext {
+        let timeout = function.env().limits.request_timeout();
+        let context = RequestContext {
             depth: 0,
             request_id: Some(delivery.id.clone()),
             traceparent: None,
-        });
-        state.set_in_hand(Some(InHand {
+        };
+        let mut invocation = match function.begin(Some(timeout), context).await {
+            Ok(invocation) => invocation,
+            Err(error) => return (failed(error), None),
+        };
+        invocation.store_data().set_in_hand(Some(InHand {
             consumer: self.consumer.clone(),
             delivery: delivery.clone(),
             group: self.settings.group.clone(),
             settled: None,
         }));
-        let result = async {
-            let message = ready
-                .store
-                .data_mut()
-                .table()
-                .push(MessageHandle::from_delivery(delivery))?;
-            let handler = indices.load(&mut ready.store, &ready.instance)?;
-            if let Some(on_start) = &self.on_start {
-                on_start(delivery);
-            }
-            handler
-                .wasi_messaging_incoming_handler()
-                .call_handle(&mut ready.store, message)
-                .await
-        }
-        .await;
-        let settled = ready
-            .store
-            .data_mut()
+        let deadline = invocation.deadline();
+        let ready = invocation.ready();
+        let result = deadline
+            .run(async {
+                let message = ready
+                    .store
+                    .data_mut()
+                    .table()
+                    .push(MessageHandle::from_delivery(delivery))?;
+                let handler = indices.load(&mut ready.store, &ready.instance)?;
+                if let Some(on_start) = &self.on_start {
+                    on_start(delivery);
+                }
+                handler
+                    .wasi_messaging_incoming_handler()
+                    .call_handle(&mut ready.store, message)
+                    .await
+            })
+            .await;
+        let settled = invocation
+            .store_data()
             .set_in_hand(None)
             .and_then(|in_hand| in_hand.settled);
-        match result {
-            Ok(Ok(())) => {
-                function.finish(pooled).await;
-                (Handled::Ok, settled)
-            }
-            Ok(Err(error)) => {
-                function.finish(pooled).await;
-                (
-                    Handled::Failed(format!("the handler returned an error: {error:?}")),
-                    settled,
-                )
-            }
-            Err(trap) => {
-                let error = InvocationError::from_wasmtime(&trap);
-                tracing::error!(
-                    function = %function.name(),
-                    topic = %delivery.topic,
-                    id = %delivery.id,
-                    error = %error,
-                    "message handler failed: {}; the instance is discarded",
-                    error.name()
-                );
-                // Dropping `pooled` unreleased discards the instance.
-                drop(pooled);
-                (
-                    Handled::Failed(format!("{}: {error}", error.name())),
-                    settled,
-                )
-            }
+        match invocation.finish(result).await {
+            Ok(Ok(())) => (Handled::Ok, settled),
+            Ok(Err(error)) => (
+                Handled::Failed(format!("the handler returned an error: {error:?}")),
+                settled,
+            ),
+            // Logged by `finish`; the instance is discarded.
+            Err(error) => (failed(error), settled),
         }
     }
 

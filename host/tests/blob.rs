@@ -152,7 +152,10 @@ fn host(store: BlobStore) -> Arc<Host> {
     let host = Host::new(&EngineSettings::for_limits([&limits()])).unwrap();
     let capabilities = HostCapabilities::new(BTreeMap::new(), None, Default::default())
         .with_blob_stores(BTreeMap::from([("files".to_string(), store)]), None);
-    host.install_capabilities(capabilities).unwrap();
+    host.install_capabilities(
+        capabilities.with_invoker(hearth_host::http::LocalInvoker::for_host(&host)),
+    )
+    .unwrap();
     host
 }
 

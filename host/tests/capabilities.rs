@@ -86,8 +86,11 @@ fn host(stores: Vec<(&str, Arc<dyn StateBackend>)>, invoke: InvokeSettings) -> A
         })
         .collect();
     let default = stores.keys().next().cloned();
-    host.install_capabilities(HostCapabilities::new(stores, default, invoke))
-        .unwrap();
+    host.install_capabilities(
+        HostCapabilities::new(stores, default, invoke)
+            .with_invoker(hearth_host::http::LocalInvoker::for_host(&host)),
+    )
+    .unwrap();
     host
 }
 

@@ -384,7 +384,8 @@ fn host_with_embedded_state(dir: &std::path::Path, limits: &Limits) -> Arc<Host>
     let host = Host::new(&EngineSettings::for_limits([limits])).unwrap();
     host.install_capabilities(
         hearth_host::capabilities::HostCapabilities::embedded_default(&dir.join("state.redb"))
-            .unwrap(),
+            .unwrap()
+            .with_invoker(hearth_host::http::LocalInvoker::for_host(&host)),
     )
     .unwrap();
     host

@@ -82,7 +82,10 @@ async fn fixture(kind: Kind) -> Fixture {
     let capabilities = HostCapabilities::embedded_default(&dir.path().join("state.redb"))
         .unwrap()
         .with_brokers(BTreeMap::from([("events".into(), broker.clone())]), None);
-    host.install_capabilities(capabilities).unwrap();
+    host.install_capabilities(
+        capabilities.with_invoker(hearth_host::http::LocalInvoker::for_host(&host)),
+    )
+    .unwrap();
     Fixture {
         host,
         broker,

@@ -431,8 +431,10 @@ async fn run(args: RunArgs) -> Result<i32> {
     let state_file = args.cache.settings().dir.join("state").join("default.redb");
     match HostCapabilities::embedded_default(&state_file) {
         Ok(capabilities) => {
-            host.install_capabilities(capabilities)
-                .map_err(|e| anyhow::anyhow!(e))?;
+            host.install_capabilities(
+                capabilities.with_invoker(hearth_host::http::LocalInvoker::for_host(&host)),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
         }
         Err(error) => tracing::warn!("running without a state store: {error}"),
     }

@@ -95,8 +95,10 @@ async fn run(args: Args) -> Result<()> {
     for (label, store) in &capabilities.blob_stores {
         tracing::info!(store = %label, backend = store.kind(), "blob store configured");
     }
-    host.install_capabilities(capabilities)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    host.install_capabilities(
+        capabilities.with_invoker(hearth_host::http::LocalInvoker::for_host(&host)),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     // Remote state backends are checked in the background: hearthd serves
     // while one is down and /readyz names it.
     let not_ready = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -113,7 +115,7 @@ async fn run(args: Args) -> Result<()> {
             prewarm_images: config.prewarm.images.clone(),
             prewarm_min_idle: config.prewarm.min_idle,
         });
-    let mut admin_sources = vec![control.function_source()];
+    let mut admin_sources = vec![control.served_functions()];
     let admin_listener = match args.admin.or(config.admin.listen) {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -241,7 +243,7 @@ async fn run(args: Args) -> Result<()> {
         }));
     }
     let broker_of = |function: &hearth_host::Function| {
-        function.capabilities().broker.clone().ok_or_else(|| {
+        function.capabilities().broker().cloned().ok_or_else(|| {
             anyhow::anyhow!(
                 "function `{}`: no message broker is configured",
                 function.name()

@@ -29,8 +29,13 @@
 //!   is a stream error (`corrupt: …`), never data.
 //! * `list-objects` pages through the container in name order; `created-at`
 //!   is seconds since the Unix epoch.
+//!
+//! # Host side
+//!
+//! The function's [`BlobScope`] is resolved once at load; each instance's
+//! [`BlobstoreCtx`] holds it, and the host functions run on a
+//! [`BlobstoreView`]. [`add_to_linker`] adds the three interfaces.
 
-use super::CapabilityView;
 use super::bindings::wasi::blobstore::{blobstore, container, types};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -38,7 +43,7 @@ use hearth_blob::{BlobError, BlobStore, ByteRange, ByteStream};
 use std::collections::VecDeque;
 use std::io::{Read, Seek, Write};
 use std::sync::{Arc, Mutex};
-use wasmtime::component::Resource;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, InputStream, OutputStream, Pollable};
 use wasmtime_wasi::p2::{StreamError, StreamResult};
 
@@ -88,6 +93,43 @@ impl BlobScope {
         }
         Ok(stored)
     }
+}
+
+/// One instance's blobstore context.
+#[derive(Debug, Clone)]
+pub struct BlobstoreCtx {
+    /// The function's name (in logs).
+    pub function: Arc<str>,
+    /// Its store and app scope, if the host has a blob store.
+    pub scope: Option<BlobScope>,
+}
+
+/// What `wasi:blobstore` host functions run on.
+pub struct BlobstoreView<'a> {
+    /// The context.
+    pub ctx: &'a BlobstoreCtx,
+    /// The instance's resource table (containers, values and the `wasi:io`
+    /// streams over them live here).
+    pub table: &'a mut ResourceTable,
+}
+
+/// The [`HasData`] marker of `wasi:blobstore`.
+pub struct Blobstore;
+
+impl HasData for Blobstore {
+    type Data<'a> = BlobstoreView<'a>;
+}
+
+/// Adds `wasi:blobstore` (blobstore, container, types) to `linker`,
+/// reaching the view through `get`. `wasi:io` must be linked too.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> BlobstoreView<'_>,
+) -> wasmtime::Result<()> {
+    types::add_to_linker::<T, Blobstore>(linker, get)?;
+    container::add_to_linker::<T, Blobstore>(linker, get)?;
+    blobstore::add_to_linker::<T, Blobstore>(linker, get)?;
+    Ok(())
 }
 
 /// A `wasi:blobstore/container.container`.
@@ -327,9 +369,9 @@ fn error_text(error: BlobError) -> String {
     error.to_string()
 }
 
-impl CapabilityView<'_> {
+impl BlobstoreView<'_> {
     fn blob_scope(&self) -> Result<BlobScope, String> {
-        self.ctx.function.blob.clone().ok_or_else(|| {
+        self.ctx.scope.clone().ok_or_else(|| {
             "unavailable: no blob store is configured on this host ([blob.stores] in hearth.toml)"
                 .to_string()
         })
@@ -364,12 +406,12 @@ impl CapabilityView<'_> {
     }
 }
 
-impl CapabilityView<'_> {
+impl BlobstoreView<'_> {
     /// Logs a failed call (kept at debug for `not found`, an everyday
     /// answer) and hands the result on.
     fn note<T>(&self, call: &str, result: Result<T, String>) -> Result<T, String> {
         if let Err(error) = &result {
-            let function = &*self.ctx.function.function;
+            let function = &*self.ctx.function;
             if error.starts_with("unavailable") || error.starts_with("corrupt") {
                 tracing::warn!(function, call, error, "blob call failed");
             } else if error.starts_with("not found") {
@@ -413,7 +455,7 @@ impl CapabilityView<'_> {
     }
 }
 
-impl blobstore::Host for CapabilityView<'_> {
+impl blobstore::Host for BlobstoreView<'_> {
     async fn create_container(
         &mut self,
         name: String,
@@ -496,9 +538,9 @@ impl blobstore::Host for CapabilityView<'_> {
     }
 }
 
-impl container::Host for CapabilityView<'_> {}
+impl container::Host for BlobstoreView<'_> {}
 
-impl container::HostContainer for CapabilityView<'_> {
+impl container::HostContainer for BlobstoreView<'_> {
     async fn name(
         &mut self,
         container: Resource<ContainerHandle>,
@@ -668,7 +710,7 @@ impl container::HostContainer for CapabilityView<'_> {
     }
 }
 
-impl container::HostStreamObjectNames for CapabilityView<'_> {
+impl container::HostStreamObjectNames for BlobstoreView<'_> {
     async fn read_stream_object_names(
         &mut self,
         names: Resource<ObjectNamesHandle>,
@@ -742,14 +784,13 @@ async fn fill_names(handle: &mut ObjectNamesHandle, wanted: usize) -> Result<(),
     Ok(())
 }
 
-impl types::Host for CapabilityView<'_> {}
+impl types::Host for BlobstoreView<'_> {}
 
-impl types::HostOutgoingValue for CapabilityView<'_> {
+impl types::HostOutgoingValue for BlobstoreView<'_> {
     async fn new_outgoing_value(&mut self) -> wasmtime::Result<Resource<OutgoingValueHandle>> {
         let limit = self
             .ctx
-            .function
-            .blob
+            .scope
             .as_ref()
             .map_or(u64::MAX, |scope| scope.store.limits().max_object_bytes);
         Ok(self.table.push(OutgoingValueHandle {
@@ -818,7 +859,7 @@ impl types::HostOutgoingValue for CapabilityView<'_> {
     }
 }
 
-impl types::HostIncomingValue for CapabilityView<'_> {
+impl types::HostIncomingValue for BlobstoreView<'_> {
     async fn incoming_value_consume_sync(
         &mut self,
         value: Resource<IncomingValueHandle>,

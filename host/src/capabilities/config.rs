@@ -12,11 +12,47 @@
 //!
 //! They are read once, when the function is loaded; a changed ConfigMap
 //! is seen by functions loaded after the change.
+//!
+//! # Host side
+//!
+//! The merged values are resolved once at load into an `Arc`; each
+//! instance's [`ConfigCtx`] points at them and the host functions run on a
+//! [`ConfigView`]. [`add_to_linker`] adds the interface.
 
-use super::CapabilityView;
 use super::bindings::wasi::config::store;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker};
+
+/// One instance's `wasi:config` context: the function's values, sorted by
+/// key.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigCtx {
+    /// The values.
+    pub values: Arc<[(String, String)]>,
+}
+
+/// What `wasi:config` host functions run on.
+pub struct ConfigView<'a> {
+    /// The context.
+    pub ctx: &'a ConfigCtx,
+}
+
+/// The [`HasData`] marker of `wasi:config`.
+pub struct Config;
+
+impl HasData for Config {
+    type Data<'a> = ConfigView<'a>;
+}
+
+/// Adds `wasi:config/store` to `linker`, reaching the view through `get`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> ConfigView<'_>,
+) -> wasmtime::Result<()> {
+    store::add_to_linker::<T, Config>(linker, get)
+}
 
 /// Largest file read from a config directory.
 const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
@@ -62,19 +98,17 @@ pub fn collect(
     Ok(values.into_iter().collect())
 }
 
-impl store::Host for CapabilityView<'_> {
+impl store::Host for ConfigView<'_> {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, store::Error>> {
-        Ok(Ok(self
-            .ctx
-            .function
-            .config
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.clone())))
+        let values = &self.ctx.values;
+        Ok(Ok(values
+            .binary_search_by(|(k, _)| k.as_str().cmp(&key))
+            .ok()
+            .map(|at| values[at].1.clone())))
     }
 
     async fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, store::Error>> {
-        Ok(Ok(self.ctx.function.config.clone()))
+        Ok(Ok(self.ctx.values.to_vec()))
     }
 }
 
@@ -116,5 +150,34 @@ mod tests {
     fn a_missing_config_dir_is_named() {
         let error = collect(&[], Some(Path::new("/nonexistent/cm")), &BTreeMap::new()).unwrap_err();
         assert!(error.contains("/nonexistent/cm"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_host_functions_answer_from_the_resolved_values() {
+        let values = collect(
+            &[("B".to_string(), "2".to_string())],
+            None,
+            &BTreeMap::from([("A".to_string(), "1".to_string())]),
+        )
+        .unwrap();
+        let ctx = ConfigCtx {
+            values: values.into(),
+        };
+        let mut view = ConfigView { ctx: &ctx };
+        use store::Host as _;
+        assert_eq!(
+            view.get("A".into()).await.unwrap().unwrap().as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            view.get("B".into()).await.unwrap().unwrap().as_deref(),
+            Some("2")
+        );
+        assert_eq!(view.get("C".into()).await.unwrap().unwrap(), None);
+        let all = view.get_all().await.unwrap().unwrap();
+        assert_eq!(all.len(), 2);
+        let empty = ConfigCtx::default();
+        let mut view = ConfigView { ctx: &empty };
+        assert!(view.get_all().await.unwrap().unwrap().is_empty());
     }
 }

@@ -31,25 +31,98 @@
 //!   large → `invalid-request`, any other failure of the callee →
 //!   `callee-trapped`. Other responses, any status, are returned as they are.
 
-use super::CapabilityView;
+//!
+//! # Host side
+//!
+//! [`InvokeScope`] (the caller's name, the settings, the injected
+//! [`Invoker`] and the host's breakers) is resolved once at load; each
+//! instance's [`InvokeCtx`] adds the request in progress, and the host
+//! function runs on an [`InvokeView`]. [`add_to_linker`] adds the interface.
+
 use super::bindings::hearth::function::invoke as wit;
-use crate::http::ERROR_HEADER;
-use crate::invocation_error::InvocationError;
+use crate::invocation_error::{ErrorKind, InvocationError};
+use crate::propagation::{
+    CALLER_HEADER, DEPTH_HEADER, ERROR_HEADER, REQUEST_ID_HEADER, RequestContext,
+    TRACEPARENT_HEADER, child_traceparent,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use wasmtime::component::{HasData, Linker};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-/// Header carrying the request id.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-/// W3C trace context header.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
-/// How many invoke hops led to a request.
-pub const DEPTH_HEADER: &str = "x-hearth-invoke-depth";
-/// The calling function's name.
-pub const CALLER_HEADER: &str = "x-hearth-caller";
+/// How one function's calls are routed, resolved at load.
+pub struct InvokeScope {
+    /// The calling function's name (`x-hearth-caller`, logs).
+    pub caller: Arc<str>,
+    /// `[invoke]`.
+    pub settings: InvokeSettings,
+    /// Finds callees on this node (none: every callee is remote).
+    pub invoker: Option<Arc<dyn Invoker>>,
+    /// The host's circuit breakers, shared by every caller.
+    pub breakers: Arc<Breakers>,
+}
+
+impl std::fmt::Debug for InvokeScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InvokeScope")
+            .field("caller", &self.caller)
+            .field("settings", &self.settings)
+            .field("local", &self.invoker.is_some())
+            .finish()
+    }
+}
+
+/// One instance's invoke context.
+pub struct InvokeCtx {
+    /// How its calls are routed.
+    pub scope: Arc<InvokeScope>,
+    /// The request in progress (set by the trigger before each call).
+    pub request: RequestContext,
+}
+
+/// What the invoke host function runs on.
+pub struct InvokeView<'a> {
+    /// The context.
+    pub ctx: &'a mut InvokeCtx,
+}
+
+/// The [`HasData`] marker of `hearth:function/invoke`.
+pub struct Invoke;
+
+impl HasData for Invoke {
+    type Data<'a> = InvokeView<'a>;
+}
+
+/// Adds `hearth:function/invoke` to `linker`, reaching the view through `get`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> InvokeView<'_>,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, Invoke>(linker, get)
+}
+
+/// A function loaded on this node that `invoke` calls without a socket.
+#[async_trait::async_trait]
+pub trait LocalCallee: Send + Sync {
+    /// Calls it with `request`, with its deadline cut to `timeout` if that
+    /// is shorter than its own; its failure is logged once by the callee.
+    async fn call(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<http::Response<HyperOutgoingBody>, InvocationError>;
+}
+
+/// Finds the functions loaded on this node by name. Injected into
+/// [`super::HostCapabilities`] by the layer that serves functions (the HTTP
+/// trigger implements it), so this capability never reaches up into it.
+pub trait Invoker: Send + Sync {
+    /// The local function called `name`, if one is loaded.
+    fn local(&self, name: &str) -> Option<Arc<dyn LocalCallee>>;
+}
 
 /// Largest response body a caller receives.
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
@@ -154,45 +227,6 @@ impl Breakers {
     }
 }
 
-/// A random-looking hex id of `bytes` bytes (request ids, span ids).
-fn new_id(bytes: usize) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mixed = (nanos as u64)
-        ^ (COUNTER.fetch_add(1, Ordering::Relaxed)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ ((std::process::id() as u64) << 32);
-    let hash = |seed: u64| {
-        // splitmix64: spreads a counter into well-mixed bits.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    let mut id = String::new();
-    let mut seed = mixed;
-    while id.len() < bytes * 2 {
-        seed = hash(seed);
-        id.push_str(&format!("{seed:016x}"));
-    }
-    id.truncate(bytes * 2);
-    id
-}
-
-/// The `traceparent` for a call: the caller's trace with a new span, or a
-/// new trace.
-fn child_traceparent(parent: Option<&str>) -> String {
-    let span = new_id(8);
-    match parent.map(|p| p.split('-').collect::<Vec<_>>()) {
-        Some(parts) if parts.len() == 4 && parts[1].len() == 32 && parts[3].len() == 2 => {
-            format!("00-{}-{span}-{}", parts[1], parts[3])
-        }
-        _ => format!("00-{}-{span}-01", new_id(16)),
-    }
-}
-
 /// The URL of a function that is not loaded here: its `[invoke.targets]`
 /// entry, else `http://NAME.DOMAIN` with the Service domain, else none.
 fn remote_url(settings: &InvokeSettings, target: &str) -> Option<http::Uri> {
@@ -217,31 +251,40 @@ fn remote_url(settings: &InvokeSettings, target: &str) -> Option<http::Uri> {
 
 /// Where a call goes.
 enum Route {
-    Local(std::sync::Arc<crate::function::Function>),
+    Local(Arc<dyn LocalCallee>),
     Remote(http::Uri),
 }
 
 fn error_from_invocation(target: &str, error: &InvocationError) -> wit::Error {
     let message = format!("`{target}`: {}: {error}", error.name());
-    error_from_name(error.name(), message)
+    error_from_kind(Some(error.kind()), message)
 }
 
-fn error_from_name(name: &str, message: String) -> wit::Error {
-    match name {
-        "deadline-exceeded" => wit::Error::Timeout(message),
-        "overloaded" | "internal" => wit::Error::Unavailable(message),
-        "body-too-large" => wit::Error::InvalidRequest(message),
-        _ => wit::Error::CalleeTrapped(message),
+/// What the caller sees of a callee's failure of `kind` (`None`: a remote
+/// callee named a kind this host does not know).
+fn error_from_kind(kind: Option<ErrorKind>, message: String) -> wit::Error {
+    match kind {
+        Some(ErrorKind::Deadline) => wit::Error::Timeout(message),
+        Some(ErrorKind::Overloaded | ErrorKind::Internal) => wit::Error::Unavailable(message),
+        Some(ErrorKind::BodyTooLarge) => wit::Error::InvalidRequest(message),
+        Some(
+            ErrorKind::MemoryLimit
+            | ErrorKind::Trap
+            | ErrorKind::InitFailed
+            | ErrorKind::NoResponse
+            | ErrorKind::GuestError,
+        )
+        | None => wit::Error::CalleeTrapped(message),
     }
 }
 
-impl CapabilityView<'_> {
+impl InvokeView<'_> {
     fn route(&self, target: &str) -> Option<Route> {
-        let host = &self.ctx.host;
-        if let Some(function) = host.local_function(target) {
-            return Some(Route::Local(function));
+        let scope = &self.ctx.scope;
+        if let Some(callee) = scope.invoker.as_ref().and_then(|i| i.local(target)) {
+            return Some(Route::Local(callee));
         }
-        remote_url(&host.invoke, target).map(Route::Remote)
+        remote_url(&scope.settings, target).map(Route::Remote)
     }
 
     fn build_request(
@@ -293,12 +336,7 @@ impl CapabilityView<'_> {
         builder = builder.header(http::header::HOST, authority);
         // A request that came without an id gets one on its first call, kept
         // for its later calls, so every hop of a chain carries the same id.
-        let request_id = self
-            .ctx
-            .request
-            .request_id
-            .get_or_insert_with(|| new_id(16))
-            .clone();
+        let request_id = self.ctx.request.request_id_or_new();
         let context = &self.ctx.request;
         builder = builder
             .header(REQUEST_ID_HEADER, request_id)
@@ -307,7 +345,7 @@ impl CapabilityView<'_> {
                 child_traceparent(context.traceparent.as_deref()),
             )
             .header(DEPTH_HEADER, depth.to_string())
-            .header(CALLER_HEADER, self.ctx.function.function.as_ref());
+            .header(CALLER_HEADER, self.ctx.scope.caller.as_ref());
         builder
             .body(Full::new(Bytes::from(request.body.clone())))
             .map_err(|e| invalid(e.to_string()))
@@ -321,8 +359,9 @@ async fn attempt_call(
     timeout: Duration,
 ) -> Result<wit::Response, wit::Error> {
     match route {
-        Route::Local(function) => {
-            let response = crate::http::call(function, request, timeout)
+        Route::Local(callee) => {
+            let response = callee
+                .call(request, timeout)
                 .await
                 .map_err(|error| error_from_invocation(target, &error))?;
             read_response(target, response, timeout).await
@@ -360,7 +399,10 @@ where
                 Ok(Ok(body)) => String::from_utf8_lossy(&body.to_bytes()).trim().to_string(),
                 _ => String::new(),
             };
-        return Err(error_from_name(name, format!("`{target}`: {detail}")));
+        return Err(error_from_kind(
+            ErrorKind::from_name(name),
+            format!("`{target}`: {detail}"),
+        ));
     }
     let body = match tokio::time::timeout(timeout, Limited::new(body, MAX_RESPONSE_BYTES).collect())
         .await
@@ -437,16 +479,17 @@ async fn remote_call(
     read_response(target, response, Duration::from_secs(3600)).await
 }
 
-impl wit::Host for CapabilityView<'_> {
+impl wit::Host for InvokeView<'_> {
     async fn call(
         &mut self,
         target: String,
         request: wit::Request,
         options: wit::Options,
     ) -> wasmtime::Result<Result<wit::Response, wit::Error>> {
-        let settings = self.ctx.host.invoke.clone();
+        let scope = self.ctx.scope.clone();
+        let settings = &scope.settings;
         let depth = self.ctx.request.depth + 1;
-        let caller = self.ctx.function.function.clone();
+        let caller = scope.caller.clone();
         if depth > settings.max_depth {
             let error = format!(
                 "calling `{target}` would make a chain of {depth} calls; the limit is {}",
@@ -476,8 +519,7 @@ impl wit::Host for CapabilityView<'_> {
             1
         };
         let mut backoff = Duration::from_millis(25);
-        let host = self.ctx.host.clone();
-        let breakers = &host.breakers;
+        let breakers = &scope.breakers;
         for attempt in 1..=attempts {
             if let Err(open) = breakers.admit(&target) {
                 return Ok(Err(wit::Error::Unavailable(open)));
@@ -489,7 +531,7 @@ impl wit::Host for CapabilityView<'_> {
                 result,
                 Err(wit::Error::Unavailable(_) | wit::Error::Timeout(_))
             );
-            breakers.record(&target, counts_as_failure, &settings);
+            breakers.record(&target, counts_as_failure, settings);
             match result {
                 Err(wit::Error::Unavailable(error))
                     if attempt < attempts
@@ -525,6 +567,220 @@ fn clone_request(request: &http::Request<Full<Bytes>>) -> http::Request<Full<Byt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::invocation_error::{InvocationError, Overloaded};
+    use crate::limits::DeadlineExceeded;
+    use wit::Host as _;
+
+    /// What the fake callee answers: the request's headers back, or a failure.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        EchoHeaders,
+        Fail(ErrorKind),
+    }
+
+    /// The injected seam: one local function, `callee`, answering `answer`.
+    struct OneCallee {
+        answer: Answer,
+        seen: Mutex<Vec<http::HeaderMap>>,
+    }
+
+    #[async_trait::async_trait]
+    impl LocalCallee for Arc<OneCallee> {
+        async fn call(
+            &self,
+            request: http::Request<Full<Bytes>>,
+            _timeout: Duration,
+        ) -> Result<http::Response<HyperOutgoingBody>, InvocationError> {
+            self.seen.lock().unwrap().push(request.headers().clone());
+            match self.answer {
+                Answer::EchoHeaders => {
+                    let body = Full::new(Bytes::from_static(b"ok"))
+                        .map_err(|never| match never {})
+                        .boxed_unsync();
+                    Ok(http::Response::new(body))
+                }
+                Answer::Fail(ErrorKind::Deadline) => {
+                    Err(InvocationError::Deadline(DeadlineExceeded {
+                        timeout_ms: 5,
+                    }))
+                }
+                Answer::Fail(ErrorKind::Overloaded) => {
+                    Err(InvocationError::Overloaded(Overloaded {
+                        max: 1,
+                        waited_ms: 5,
+                    }))
+                }
+                Answer::Fail(_) => Err(InvocationError::Trap {
+                    message: "unreachable".into(),
+                }),
+            }
+        }
+    }
+
+    impl Invoker for Arc<OneCallee> {
+        fn local(&self, name: &str) -> Option<Arc<dyn LocalCallee>> {
+            (name == "callee").then(|| Arc::new(self.clone()) as Arc<dyn LocalCallee>)
+        }
+    }
+
+    fn ctx(answer: Answer, settings: InvokeSettings, depth: u32) -> (InvokeCtx, Arc<OneCallee>) {
+        let callee = Arc::new(OneCallee {
+            answer,
+            seen: Mutex::default(),
+        });
+        let ctx = InvokeCtx {
+            scope: Arc::new(InvokeScope {
+                caller: "caller".into(),
+                settings,
+                invoker: Some(Arc::new(callee.clone())),
+                breakers: Arc::default(),
+            }),
+            request: RequestContext {
+                depth,
+                request_id: None,
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            },
+        };
+        (ctx, callee)
+    }
+
+    fn request(headers: &[(&str, &str)]) -> wit::Request {
+        wit::Request {
+            method: "GET".into(),
+            path_with_query: "/x".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body: Vec::new(),
+        }
+    }
+
+    fn options() -> wit::Options {
+        wit::Options {
+            timeout_ms: Some(1000),
+            idempotent: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_call_carries_the_host_set_caller_depth_and_one_request_id() {
+        let (mut ctx, callee) = ctx(Answer::EchoHeaders, InvokeSettings::default(), 2);
+        let mut view = InvokeView { ctx: &mut ctx };
+        let spoofing = request(&[
+            (CALLER_HEADER, "admin"),
+            (DEPTH_HEADER, "0"),
+            ("x-app", "1"),
+        ]);
+        for _ in 0..2 {
+            let response = view
+                .call("callee".into(), spoofing.clone(), options())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (response.status, response.body.as_slice()),
+                (200, &b"ok"[..])
+            );
+        }
+        let seen = callee.seen.lock().unwrap();
+        let header =
+            |i: usize, name: &str| seen[i].get(name).unwrap().to_str().unwrap().to_string();
+        assert_eq!(
+            header(0, CALLER_HEADER),
+            "caller",
+            "the guest cannot name the caller"
+        );
+        assert_eq!(
+            header(0, DEPTH_HEADER),
+            "3",
+            "the guest cannot reset the depth"
+        );
+        assert_eq!(header(0, "x-app"), "1");
+        assert_eq!(header(0, REQUEST_ID_HEADER), header(1, REQUEST_ID_HEADER));
+        assert!(header(0, TRACEPARENT_HEADER).contains("4bf92f3577b34da6a3ce929d0e0e4736"));
+    }
+
+    #[tokio::test]
+    async fn a_chain_at_its_depth_limit_and_an_unknown_name_are_refused_without_a_call() {
+        let (mut ctx, callee) = ctx(Answer::EchoHeaders, InvokeSettings::default(), 8);
+        let mut view = InvokeView { ctx: &mut ctx };
+        let deep = view
+            .call("callee".into(), request(&[]), options())
+            .await
+            .unwrap();
+        assert!(
+            matches!(deep, Err(wit::Error::DepthExceeded(_))),
+            "{deep:?}"
+        );
+        view.ctx.request.depth = 0;
+        let unknown = view
+            .call("nobody".into(), request(&[]), options())
+            .await
+            .unwrap();
+        assert!(
+            matches!(unknown, Err(wit::Error::NotFound(_))),
+            "{unknown:?}"
+        );
+        assert!(callee.seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_callee_failure_maps_from_its_kind() {
+        for (kind, expected) in [
+            (ErrorKind::Deadline, "timeout"),
+            (ErrorKind::Overloaded, "unavailable"),
+            (ErrorKind::Trap, "callee-trapped"),
+        ] {
+            let (mut ctx, _) = ctx(Answer::Fail(kind), InvokeSettings::default(), 0);
+            let mut view = InvokeView { ctx: &mut ctx };
+            let error = view
+                .call("callee".into(), request(&[]), options())
+                .await
+                .unwrap()
+                .unwrap_err();
+            let name = match error {
+                wit::Error::Timeout(_) => "timeout",
+                wit::Error::Unavailable(_) => "unavailable",
+                wit::Error::CalleeTrapped(_) => "callee-trapped",
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(name, expected, "{kind:?}");
+        }
+        assert!(matches!(
+            error_from_kind(None, "x".into()),
+            wit::Error::CalleeTrapped(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_callee_opens_its_breaker() {
+        let settings = InvokeSettings {
+            breaker_failures: 2,
+            ..Default::default()
+        };
+        let (mut ctx, callee) = ctx(Answer::Fail(ErrorKind::Overloaded), settings, 0);
+        let mut view = InvokeView { ctx: &mut ctx };
+        for _ in 0..2 {
+            view.call("callee".into(), request(&[]), options())
+                .await
+                .unwrap()
+                .unwrap_err();
+        }
+        let refused = view
+            .call("callee".into(), request(&[]), options())
+            .await
+            .unwrap();
+        let Err(wit::Error::Unavailable(message)) = refused else {
+            panic!("{refused:?}");
+        };
+        assert!(message.contains("circuit breaker"), "{message}");
+        assert_eq!(
+            callee.seen.lock().unwrap().len(),
+            2,
+            "the open breaker made no call"
+        );
+    }
 
     #[test]
     fn remote_targets_come_from_config_then_the_service_domain() {
@@ -549,22 +805,6 @@ mod tests {
         );
         assert_eq!(url(&settings, "Not A Service"), None);
         assert_eq!(url(&settings, "evil.com/x"), None);
-    }
-
-    #[test]
-    fn traceparent_keeps_the_trace_and_makes_a_new_span() {
-        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let child = child_traceparent(Some(parent));
-        let parts: Vec<&str> = child.split('-').collect();
-        assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(parts[2], "00f067aa0ba902b7");
-        assert_eq!(parts[2].len(), 16);
-        let fresh = child_traceparent(None);
-        assert_eq!(fresh.split('-').nth(1).unwrap().len(), 32);
-        assert_ne!(
-            child_traceparent(Some("garbage")).split('-').nth(1),
-            Some("garbage")
-        );
     }
 
     #[test]

@@ -10,11 +10,73 @@
 //! `batch.set-many` and `delete-many` are applied as one transaction (all
 //! or nothing), which is stronger than the standard asks.
 
-use super::CapabilityView;
+//!
+//! # Host side
+//!
+//! [`KeyvalueScope`] is what a function may open, resolved once at load;
+//! each instance's store holds a [`KeyvalueCtx`] pointing at it, and the
+//! host functions run on a [`KeyvalueView`] (the context and the instance's
+//! resource table). [`add_to_linker`] adds all three interfaces (both
+//! `wasi:keyvalue` drafts and `hearth:function/state`).
+
 use super::bindings::hearth::function::state as hs;
 use super::bindings::wasi::keyvalue0_2_0_draft2::{atomics, batch, store};
 use hearth_state::{Entry, Namespace, Precondition, StateError, StateStore, TransactionOp};
-use wasmtime::component::Resource;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+/// The stores a function may open, resolved at load.
+#[derive(Debug)]
+pub struct KeyvalueScope {
+    /// The function's name (named in refusals).
+    pub function: Arc<str>,
+    /// Its app's namespace in its own store.
+    pub app: Namespace,
+    /// Its own store, if the host has any.
+    pub own_store: Option<StateStore>,
+    /// Granted shared stores, by label, with their namespace.
+    pub shared: BTreeMap<String, (StateStore, Namespace)>,
+}
+
+/// One instance's keyvalue context.
+#[derive(Clone)]
+pub struct KeyvalueCtx {
+    /// What the function may open.
+    pub scope: Arc<KeyvalueScope>,
+}
+
+/// What keyvalue host functions run on.
+pub struct KeyvalueView<'a> {
+    /// The context.
+    pub ctx: &'a KeyvalueCtx,
+    /// The instance's resource table (open buckets live here).
+    pub table: &'a mut ResourceTable,
+}
+
+/// The [`HasData`] marker of the keyvalue interfaces.
+pub struct Keyvalue;
+
+impl HasData for Keyvalue {
+    type Data<'a> = KeyvalueView<'a>;
+}
+
+/// Adds `wasi:keyvalue@0.2.0-draft2`, `wasi:keyvalue@0.2.0-draft` and
+/// `hearth:function/state` to `linker`, reaching the view through `get`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> KeyvalueView<'_>,
+) -> wasmtime::Result<()> {
+    use super::draft_bindings::wasi::keyvalue0_2_0_draft as draft;
+    store::add_to_linker::<T, Keyvalue>(linker, get)?;
+    atomics::add_to_linker::<T, Keyvalue>(linker, get)?;
+    batch::add_to_linker::<T, Keyvalue>(linker, get)?;
+    hs::add_to_linker::<T, Keyvalue>(linker, get)?;
+    draft::store::add_to_linker::<T, Keyvalue>(linker, get)?;
+    draft::atomics::add_to_linker::<T, Keyvalue>(linker, get)?;
+    draft::batch::add_to_linker::<T, Keyvalue>(linker, get)?;
+    Ok(())
+}
 
 /// An open store: a backend and the namespace the caller may use in it.
 #[derive(Clone)]
@@ -36,9 +98,9 @@ pub(super) enum OpenError {
     Denied(String),
 }
 
-impl CapabilityView<'_> {
+impl KeyvalueView<'_> {
     pub(super) fn open_store(&self, label: &str) -> Result<StoreHandle, OpenError> {
-        let function = &self.ctx.function;
+        let function = &self.ctx.scope;
         if label.is_empty() || label == "default" {
             return match &function.own_store {
                 Some(store) => Ok(StoreHandle {
@@ -142,7 +204,7 @@ macro_rules! shared_keyvalue_impls {
             store::Error::Other(format!("{}: {error}", error.name()))
         }
 
-        impl store::Host for CapabilityView<'_> {
+        impl store::Host for KeyvalueView<'_> {
             async fn open(
                 &mut self,
                 identifier: String,
@@ -155,7 +217,7 @@ macro_rules! shared_keyvalue_impls {
             }
         }
 
-        impl store::HostBucket for CapabilityView<'_> {
+        impl store::HostBucket for KeyvalueView<'_> {
             async fn get(
                 &mut self,
                 bucket: Resource<StoreHandle>,
@@ -197,7 +259,7 @@ macro_rules! shared_keyvalue_impls {
             }
         }
 
-        impl batch::Host for CapabilityView<'_> {
+        impl batch::Host for KeyvalueView<'_> {
             async fn get_many(
                 &mut self,
                 bucket: Resource<StoreHandle>,
@@ -251,7 +313,7 @@ shared_keyvalue_impls! {
 // ---------------------------------------------------------------------------
 // wasi:keyvalue/atomics
 
-impl atomics::Host for CapabilityView<'_> {
+impl atomics::Host for KeyvalueView<'_> {
     async fn increment(
         &mut self,
         bucket: Resource<StoreHandle>,
@@ -311,7 +373,7 @@ impl atomics::Host for CapabilityView<'_> {
     }
 }
 
-impl atomics::HostCas for CapabilityView<'_> {
+impl atomics::HostCas for KeyvalueView<'_> {
     async fn new(
         &mut self,
         bucket: Resource<StoreHandle>,
@@ -369,9 +431,9 @@ fn precondition(precondition: hs::Precondition) -> Precondition {
     }
 }
 
-impl hs::Host for CapabilityView<'_> {}
+impl hs::Host for KeyvalueView<'_> {}
 
-impl hs::HostStore for CapabilityView<'_> {
+impl hs::HostStore for KeyvalueView<'_> {
     async fn open(
         &mut self,
         label: String,
@@ -501,5 +563,182 @@ impl hs::HostStore for CapabilityView<'_> {
     async fn drop(&mut self, store: Resource<StoreHandle>) -> wasmtime::Result<()> {
         self.table.delete(store)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_state::StateLimits;
+    use hearth_state::embedded::EmbeddedBackend;
+    use std::path::Path;
+
+    fn embedded(dir: &Path) -> StateStore {
+        let backend = EmbeddedBackend::open(&dir.join("kv.redb")).unwrap();
+        StateStore::new("default", Arc::new(backend), StateLimits::default())
+    }
+
+    fn ctx(app: &str, own: Option<&StateStore>, shared: &[(&str, &StateStore)]) -> KeyvalueCtx {
+        KeyvalueCtx {
+            scope: Arc::new(KeyvalueScope {
+                function: app.into(),
+                app: Namespace::new(app).unwrap(),
+                own_store: own.cloned(),
+                shared: shared
+                    .iter()
+                    .map(|(label, store)| {
+                        let ns = Namespace::new(&format!("shared.{label}")).unwrap();
+                        (label.to_string(), ((*store).clone(), ns))
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    /// A borrow of `bucket`, as the guest passes it to a method.
+    fn borrow(bucket: &Resource<StoreHandle>) -> Resource<StoreHandle> {
+        Resource::new_borrow(bucket.rep())
+    }
+
+    #[tokio::test]
+    async fn each_app_sees_only_its_own_keys_and_the_shared_labels_it_is_granted() {
+        use store::{Host as _, HostBucket as _};
+        let dir = tempfile::tempdir().unwrap();
+        let state = embedded(dir.path());
+        let (shop, other) = (
+            ctx("shop", Some(&state), &[("cache", &state)]),
+            ctx("other", Some(&state), &[("cache", &state)]),
+        );
+        let (mut shop_table, mut other_table) = (ResourceTable::new(), ResourceTable::new());
+        let mut shop = KeyvalueView {
+            ctx: &shop,
+            table: &mut shop_table,
+        };
+        let mut other = KeyvalueView {
+            ctx: &other,
+            table: &mut other_table,
+        };
+
+        let own = shop.open("".into()).await.unwrap().unwrap();
+        shop.set(borrow(&own), "k".into(), b"shop".to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        let theirs = other.open("default".into()).await.unwrap().unwrap();
+        assert_eq!(
+            other
+                .get(borrow(&theirs), "k".into())
+                .await
+                .unwrap()
+                .unwrap(),
+            None,
+            "another app's own store never shows this app's keys"
+        );
+        assert_eq!(
+            shop.get(borrow(&own), "k".into()).await.unwrap().unwrap(),
+            Some(b"shop".to_vec())
+        );
+
+        let shop_cache = shop.open("cache".into()).await.unwrap().unwrap();
+        shop.set(borrow(&shop_cache), "k".into(), b"both".to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        let other_cache = other.open("cache".into()).await.unwrap().unwrap();
+        assert_eq!(
+            other
+                .get(borrow(&other_cache), "k".into())
+                .await
+                .unwrap()
+                .unwrap(),
+            Some(b"both".to_vec()),
+            "a granted shared label is one namespace for everyone granted it"
+        );
+        assert!(matches!(
+            shop.open("secrets".into()).await.unwrap(),
+            Err(store::Error::AccessDenied)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_host_without_a_store_answers_no_such_store() {
+        use store::Host as _;
+        let nothing = ctx("shop", None, &[]);
+        let mut table = ResourceTable::new();
+        let mut view = KeyvalueView {
+            ctx: &nothing,
+            table: &mut table,
+        };
+        assert!(matches!(
+            view.open("".into()).await.unwrap(),
+            Err(store::Error::NoSuchStore)
+        ));
+    }
+
+    #[tokio::test]
+    async fn atomics_batch_and_state_share_one_app_namespace() {
+        use batch::Host as _;
+        use hs::HostStore as _;
+        let dir = tempfile::tempdir().unwrap();
+        let state = embedded(dir.path());
+        let shop = ctx("shop", Some(&state), &[]);
+        let mut table = ResourceTable::new();
+        let mut view = KeyvalueView {
+            ctx: &shop,
+            table: &mut table,
+        };
+        let bucket = store::Host::open(&mut view, "".into())
+            .await
+            .unwrap()
+            .unwrap();
+        for _ in 0..3 {
+            atomics::Host::increment(&mut view, borrow(&bucket), "n".into(), 1)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let many = view
+            .get_many(borrow(&bucket), vec!["n".into(), "missing".into()])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(many, vec![Some(("n".into(), b"3".to_vec())), None]);
+
+        // hearth:function/state opens the same namespace.
+        let state_store = hs::HostStore::open(&mut view, "".into())
+            .await
+            .unwrap()
+            .unwrap();
+        let entry = hs::HostStore::get(&mut view, borrow(&state_store), "n".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the counter");
+        assert_eq!(entry.value, b"3");
+        let first = view
+            .set(
+                borrow(&state_store),
+                "once".into(),
+                b"1".to_vec(),
+                hs::Precondition::IfAbsent,
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(first.is_ok());
+        let second = view
+            .set(
+                borrow(&state_store),
+                "once".into(),
+                b"2".to_vec(),
+                hs::Precondition::IfAbsent,
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(second, Err(hs::Error::EtagMismatch(_))),
+            "{second:?}"
+        );
     }
 }

@@ -9,9 +9,8 @@
 //! its start (fine for the small listings this draft is used for; use
 //! `hearth:function/state` for large ones).
 
-use super::CapabilityView;
 use super::draft_bindings::wasi::keyvalue0_2_0_draft::{atomics, batch, store};
-use super::keyvalue::{OpenError, StoreHandle};
+use super::keyvalue::{KeyvalueView, OpenError, StoreHandle};
 use hearth_state::StateError;
 use wasmtime::component::Resource;
 
@@ -52,7 +51,7 @@ super::keyvalue::shared_keyvalue_impls! {
     }
 }
 
-impl atomics::Host for CapabilityView<'_> {
+impl atomics::Host for KeyvalueView<'_> {
     async fn increment(
         &mut self,
         bucket: Resource<StoreHandle>,

@@ -14,14 +14,69 @@
 //!   handler invocation; `extend`, `ack` and `nack` act on it, and
 //!   `ack`/`nack` record that the handler settled it (the trigger then
 //!   leaves it alone). Outside a handler they answer `no-message`.
+//!
+//! # Host side
+//!
+//! [`MessagingScope`] (the function's broker, the brokers it may connect to
+//! by label, its allow-list) is resolved once at load; each instance's
+//! [`MessagingCtx`] adds the message in hand, and the host functions run on
+//! a [`MessagingView`]. [`add_to_linker`] adds all three interfaces.
 
-use super::CapabilityView;
 use super::bindings::hearth::function::messaging as hm;
 use super::bindings::wasi::messaging::{producer, types};
 use hearth_messaging::{Broker, Consumer, Delivery, MessagingError, OutgoingMessage};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::Resource;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+/// What a function may publish to, resolved at load.
+#[derive(Debug, Default)]
+pub struct MessagingScope {
+    /// The function's name (named in refusals and logs).
+    pub function: Arc<str>,
+    /// Its broker (`""`/`"default"`), if the host has any.
+    pub broker: Option<Broker>,
+    /// Other brokers it may `connect` to by label.
+    pub brokers: BTreeMap<String, Broker>,
+    /// Topics it may publish to; `None` allows any.
+    pub publish_topics: Option<Vec<String>>,
+}
+
+/// One instance's messaging context.
+pub struct MessagingCtx {
+    /// What the function may publish to.
+    pub scope: Arc<MessagingScope>,
+    /// The message a handler invocation holds (set by the message trigger).
+    pub in_hand: Option<InHand>,
+}
+
+/// What messaging host functions run on.
+pub struct MessagingView<'a> {
+    /// The context.
+    pub ctx: &'a mut MessagingCtx,
+    /// The instance's resource table (clients and messages live here).
+    pub table: &'a mut ResourceTable,
+}
+
+/// The [`HasData`] marker of the messaging interfaces.
+pub struct Messaging;
+
+impl HasData for Messaging {
+    type Data<'a> = MessagingView<'a>;
+}
+
+/// Adds `wasi:messaging` (types, producer) and `hearth:function/messaging`
+/// to `linker`, reaching the view through `get`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> MessagingView<'_>,
+) -> wasmtime::Result<()> {
+    types::add_to_linker::<T, Messaging>(linker, get)?;
+    producer::add_to_linker::<T, Messaging>(linker, get)?;
+    hm::add_to_linker::<T, Messaging>(linker, get)?;
+    Ok(())
+}
 
 /// A `wasi:messaging/types.client`: the broker it publishes to.
 pub struct ClientHandle {
@@ -104,9 +159,9 @@ enum PublishError {
     Broker(MessagingError),
 }
 
-impl CapabilityView<'_> {
+impl MessagingView<'_> {
     fn broker_for_publish(&self, label: Option<&str>) -> Result<Broker, PublishError> {
-        let function = &self.ctx.function;
+        let function = &self.ctx.scope;
         match label {
             None | Some("") | Some("default") => function.broker.clone().ok_or_else(|| {
                 PublishError::NoBroker(
@@ -114,7 +169,7 @@ impl CapabilityView<'_> {
                         .into(),
                 )
             }),
-            Some(label) => self.ctx.host.brokers.get(label).cloned().ok_or_else(|| {
+            Some(label) => function.brokers.get(label).cloned().ok_or_else(|| {
                 PublishError::NoBroker(format!("no broker labelled `{label}` on this host"))
             }),
         }
@@ -123,7 +178,7 @@ impl CapabilityView<'_> {
     /// Checks the allow-list and publishes (not a method: the view is not
     /// `Sync`, and the future must be `Send`).
     async fn publish_checked(
-        function: Arc<super::FunctionCapabilities>,
+        function: Arc<MessagingScope>,
         broker: Broker,
         message: OutgoingMessage,
     ) -> Result<String, PublishError> {
@@ -181,9 +236,9 @@ fn wasi_error(error: PublishError) -> types::Error {
     }
 }
 
-impl types::Host for CapabilityView<'_> {}
+impl types::Host for MessagingView<'_> {}
 
-impl types::HostClient for CapabilityView<'_> {
+impl types::HostClient for MessagingView<'_> {
     async fn connect(
         &mut self,
         name: String,
@@ -207,7 +262,7 @@ impl types::HostClient for CapabilityView<'_> {
     }
 }
 
-impl types::HostMessage for CapabilityView<'_> {
+impl types::HostMessage for MessagingView<'_> {
     async fn new(&mut self, data: Vec<u8>) -> wasmtime::Result<Resource<MessageHandle>> {
         Ok(self.table.push(MessageHandle {
             data,
@@ -300,7 +355,7 @@ impl types::HostMessage for CapabilityView<'_> {
     }
 }
 
-impl producer::Host for CapabilityView<'_> {
+impl producer::Host for MessagingView<'_> {
     async fn send(
         &mut self,
         client: Resource<ClientHandle>,
@@ -316,7 +371,7 @@ impl producer::Host for CapabilityView<'_> {
             content_type: handle.content_type,
             ..Default::default()
         };
-        let function = self.ctx.function.clone();
+        let function = self.ctx.scope.clone();
         Ok(Self::publish_checked(function, broker, outgoing)
             .await
             .map(|_| ())
@@ -324,7 +379,7 @@ impl producer::Host for CapabilityView<'_> {
     }
 }
 
-impl hm::Host for CapabilityView<'_> {
+impl hm::Host for MessagingView<'_> {
     async fn publish(
         &mut self,
         topic: String,
@@ -344,7 +399,7 @@ impl hm::Host for CapabilityView<'_> {
             delay: Duration::from_millis(options.delay_ms),
             priority: options.priority,
         };
-        let function = self.ctx.function.clone();
+        let function = self.ctx.scope.clone();
         Ok(Self::publish_checked(function, broker, outgoing)
             .await
             .map_err(hearth_publish_error))

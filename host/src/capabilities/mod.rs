@@ -9,9 +9,9 @@
 //!
 //! # Contract
 //!
-//! * The host holds one [`HostCapabilities`]: the configured state stores
-//!   message brokers and blob stores by label, the invoke settings and the
-//!   directory of loaded functions.
+//! * The host holds one [`HostCapabilities`]: the configured state stores,
+//!   message brokers and blob stores by label, the invoke settings and an
+//!   injected [`Invoker`] that finds the functions loaded on this node.
 //! * A function's [`CapabilityGrants`] (from its config) are resolved
 //!   against it once, at load, into [`FunctionCapabilities`]: its app's
 //!   namespace in its own store, the shared store labels it may open, and
@@ -25,8 +25,13 @@
 //! * Guest-visible failures are typed errors, never traps; a trap from a
 //!   capability call means a host bug or a bad resource handle.
 //! * Per-request context ([`RequestContext`]: invoke depth, request id,
-//!   trace context) is set on the store by the HTTP trigger before each
-//!   request and read by `invoke`.
+//!   trace context) is set on the store by the trigger before each call
+//!   and read by `invoke`.
+//! * **One context per capability.** Each capability module has its own
+//!   `XCtx` (per instance), `XView { ctx, table }`, `HasData` marker and
+//!   `add_to_linker`, as wasmtime's `wasi-http` and `wasi-keyvalue` do;
+//!   the store data ([`crate::store_data`]) composes them. Each is unit
+//!   tested by calling its host trait methods on a view, without wasm.
 
 pub mod blobstore;
 pub mod config;
@@ -35,14 +40,18 @@ pub mod keyvalue;
 pub mod keyvalue_draft;
 pub mod messaging;
 
-use crate::function::Function;
 use hearth_state::{Namespace, StateStore};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
-use wasmtime::component::{HasData, Linker, ResourceTable};
+use std::sync::Arc;
 
-pub use invoke::InvokeSettings;
+pub use crate::propagation::RequestContext;
+pub use blobstore::BlobstoreCtx;
+pub use config::ConfigCtx;
+pub use invoke::InvokeCtx;
+pub use invoke::{InvokeSettings, Invoker, LocalCallee};
+pub use keyvalue::KeyvalueCtx;
+pub use messaging::MessagingCtx;
 
 /// Bindings for the `hearth:function/capabilities` world.
 #[allow(missing_docs, clippy::all)]
@@ -109,10 +118,10 @@ pub struct HostCapabilities {
     pub default_blob_store: Option<String>,
     /// How `invoke` reaches functions that are not loaded here.
     pub invoke: InvokeSettings,
-    /// Live message subscriptions' counters (for `/metrics`).
-    pub subscriptions: crate::messages::SubscriptionRegistry,
-    directory: Mutex<HashMap<String, Weak<Function>>>,
-    breakers: invoke::Breakers,
+    /// Finds functions loaded on this node for `invoke` (none: every
+    /// callee is remote).
+    pub invoker: Option<Arc<dyn Invoker>>,
+    breakers: Arc<invoke::Breakers>,
 }
 
 impl HostCapabilities {
@@ -209,36 +218,37 @@ impl HostCapabilities {
                 app.as_str(),
             )),
         };
+        let function: Arc<str> = function.into();
         Ok(FunctionCapabilities {
-            function: function.into(),
+            keyvalue: Arc::new(keyvalue::KeyvalueScope {
+                function: function.clone(),
+                app: app.clone(),
+                own_store,
+                shared,
+            }),
+            config: config.into(),
+            invoke: Arc::new(invoke::InvokeScope {
+                caller: function.clone(),
+                settings: self.invoke.clone(),
+                invoker: self.invoker.clone(),
+                breakers: self.breakers.clone(),
+            }),
+            messaging: Arc::new(messaging::MessagingScope {
+                function: function.clone(),
+                broker,
+                brokers: self.brokers.clone(),
+                publish_topics: grants.publish_topics.clone(),
+            }),
             blob,
+            function,
             app,
-            own_store,
-            shared,
-            config,
-            broker,
-            publish_topics: grants.publish_topics.clone(),
         })
     }
 
-    /// Makes `function` reachable by `invoke` under its name (unless a live
-    /// function holds the name already).
-    pub fn register(&self, function: &Arc<Function>) {
-        let mut directory = self.directory.lock().unwrap_or_else(|e| e.into_inner());
-        directory.retain(|_, f| f.strong_count() > 0);
-        // Only live functions are left, so a taken name stays taken.
-        directory
-            .entry(function.name().to_string())
-            .or_insert_with(|| Arc::downgrade(function));
-    }
-
-    /// The loaded function called `name`, if any.
-    pub fn local_function(&self, name: &str) -> Option<Arc<Function>> {
-        self.directory
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .and_then(Weak::upgrade)
+    /// Lets `invoke` call functions loaded on this node through `invoker`.
+    pub fn with_invoker(mut self, invoker: Arc<dyn Invoker>) -> Self {
+        self.invoker = Some(invoker);
+        self
     }
 
     /// Checks every store and broker can be reached; the errors name the
@@ -332,110 +342,29 @@ pub struct CapabilityGrants {
     pub blob_store: Option<String>,
 }
 
-/// A function's capabilities, resolved at load.
+/// A function's capabilities, resolved at load: one scope per capability,
+/// shared (immutable) by all its instances.
 #[derive(Debug)]
 pub struct FunctionCapabilities {
     /// The function's name (the caller in invoke's logs).
     pub function: Arc<str>,
     /// Its app's namespace.
     pub app: Namespace,
-    /// Its own store, if the host has any.
-    pub own_store: Option<StateStore>,
-    /// Granted shared stores, by label, with their namespace.
-    pub shared: BTreeMap<String, (StateStore, Namespace)>,
-    /// `wasi:config` values, in order.
-    pub config: Vec<(String, String)>,
-    /// Its broker, if the host has any.
-    pub broker: Option<hearth_messaging::Broker>,
-    /// Topics it may publish to; `None` allows any.
-    pub publish_topics: Option<Vec<String>>,
+    /// The stores `wasi:keyvalue` and `hearth:function/state` may open.
+    pub keyvalue: Arc<keyvalue::KeyvalueScope>,
+    /// `wasi:config` values, sorted by key.
+    pub config: Arc<[(String, String)]>,
+    /// How `invoke` routes its calls.
+    pub invoke: Arc<invoke::InvokeScope>,
+    /// Where it may publish.
+    pub messaging: Arc<messaging::MessagingScope>,
     /// Its blob store, scoped to its app, if the host has any.
     pub blob: Option<blobstore::BlobScope>,
 }
 
 impl FunctionCapabilities {
-    /// Nothing granted: no store, no config (for functions loaded without
-    /// a host-wide capability setup).
-    pub fn none(function: &str) -> Self {
-        FunctionCapabilities {
-            function: function.into(),
-            app: Namespace::new(&sanitize(function)).expect("sanitized names are valid"),
-            own_store: None,
-            shared: BTreeMap::new(),
-            config: Vec::new(),
-            broker: None,
-            publish_topics: None,
-            blob: None,
-        }
+    /// Its own broker, if the host has any.
+    pub fn broker(&self) -> Option<&hearth_messaging::Broker> {
+        self.messaging.broker.as_ref()
     }
-}
-
-/// Per-request context, set by the trigger before each call.
-#[derive(Debug, Clone, Default)]
-pub struct RequestContext {
-    /// How many `invoke` hops led to this request (0 for an outside caller).
-    pub depth: u32,
-    /// `x-request-id` of the request, propagated by `invoke` (which makes
-    /// one on the request's first call if it came without).
-    pub request_id: Option<String>,
-    /// W3C `traceparent` of the request, propagated by `invoke`.
-    pub traceparent: Option<String>,
-}
-
-/// What one instance's capability calls work with.
-pub struct CapabilityCtx {
-    /// The function's resolved capabilities.
-    pub function: Arc<FunctionCapabilities>,
-    /// The host's capabilities (for `invoke`).
-    pub host: Arc<HostCapabilities>,
-    /// The request in progress.
-    pub request: RequestContext,
-    /// The message a handler invocation holds (set by the message trigger).
-    pub in_hand: Option<messaging::InHand>,
-}
-
-/// The view capability host functions get of the store's data.
-pub struct CapabilityView<'a> {
-    /// The capability context.
-    pub ctx: &'a mut CapabilityCtx,
-    /// The instance's resource table.
-    pub table: &'a mut ResourceTable,
-}
-
-/// Something that can hand out a [`CapabilityView`] (the store's data).
-pub trait CapabilityHost: Send + 'static {
-    /// The view.
-    fn capabilities(&mut self) -> CapabilityView<'_>;
-}
-
-struct HasCapabilities;
-
-impl HasData for HasCapabilities {
-    type Data<'a> = CapabilityView<'a>;
-}
-
-/// Adds every capability interface to `linker`.
-pub fn add_to_linker<T: CapabilityHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    use bindings::hearth::function as hearth;
-    use bindings::wasi::{config as wasi_config, keyvalue0_2_0_draft2 as keyvalue};
-    let view: fn(&mut T) -> CapabilityView<'_> = |state| state.capabilities();
-    keyvalue::store::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    keyvalue::atomics::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    keyvalue::batch::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    wasi_config::store::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    hearth::state::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    hearth::invoke::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    hearth::messaging::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    use bindings::wasi::messaging as wasi_messaging;
-    wasi_messaging::types::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    wasi_messaging::producer::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    use bindings::wasi::blobstore as wasi_blobstore;
-    wasi_blobstore::types::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    wasi_blobstore::container::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    wasi_blobstore::blobstore::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    use draft_bindings::wasi::keyvalue0_2_0_draft as draft;
-    draft::store::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    draft::atomics::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    draft::batch::add_to_linker::<T, HasCapabilities>(linker, view)?;
-    Ok(())
 }

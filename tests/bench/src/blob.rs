@@ -327,7 +327,8 @@ async fn copies_per_byte() -> Result<(f64, f64)> {
         .with_blob_stores(
             std::collections::BTreeMap::from([("remote".to_string(), remote)]),
             None,
-        ),
+        )
+        .with_invoker(hearth_host::http::LocalInvoker::for_host(&host)),
     )
     .map_err(anyhow::Error::msg)?;
     let mut env = hearth_host::FunctionEnv::new("blob-roundtrip");

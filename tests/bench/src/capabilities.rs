@@ -221,8 +221,11 @@ fn host_with(store: Option<StateStore>, invoke: InvokeSettings) -> Result<Arc<Ho
         .into_iter()
         .map(|store| (store.label().to_string(), store))
         .collect();
-    host.install_capabilities(HostCapabilities::new(stores, None, invoke))
-        .map_err(anyhow::Error::msg)?;
+    host.install_capabilities(
+        HostCapabilities::new(stores, None, invoke)
+            .with_invoker(hearth_host::http::LocalInvoker::for_host(&host)),
+    )
+    .map_err(anyhow::Error::msg)?;
     Ok(host)
 }
 

@@ -545,9 +545,10 @@ async fn instantiation(allocation: Allocation, count: usize) -> Result<Vec<Durat
     Ok(samples)
 }
 
-/// Time to get an instance ready to serve out of a warm pool (`min_idle`
-/// 4): `Function::checkout`, which takes a concurrency slot, pops an idle
-/// instance and arms its deadline. Refills happen untimed between samples.
+/// Time to get an instance ready to serve out of a warm pool:
+/// `Function::begin`, which takes a concurrency slot, pops an idle
+/// instance, arms its deadline and sets the request context (the start of
+/// every trigger's invocation). Refills happen untimed between samples.
 /// Instance ready from the prewarm pool, as a request handler sees it:
 /// bursts of back-to-back checkouts (each served and finished, so retired
 /// and refilled in the background as in hearthd) against a pool holding
@@ -569,11 +570,12 @@ async fn pool_checkout(count: usize) -> Result<(Vec<Duration>, u64)> {
     for burst in 0..=count.div_ceil(POOL_BURST) {
         pool.wait_warm().await;
         for _ in 0..POOL_BURST {
-            let slot = function.acquire_slot(limits.request_timeout()).await?;
             let started = Instant::now();
-            let pooled = function.checkout(slot, limits.request_timeout()).await?;
+            let invocation = function
+                .begin(Some(limits.request_timeout()), Default::default())
+                .await?;
             let elapsed = started.elapsed();
-            function.finish(pooled).await;
+            invocation.finish(Ok(())).await?;
             if burst > 0 && samples.len() < count {
                 samples.push(elapsed);
             }

@@ -117,7 +117,8 @@ async fn run(args: MessagingArgs) -> Result<()> {
         host.install_capabilities(
             HostCapabilities::embedded_default(&dir.path().join("state.redb"))
                 .map_err(anyhow::Error::msg)?
-                .with_brokers(BTreeMap::from([("bench".into(), broker.clone())]), None),
+                .with_brokers(BTreeMap::from([("bench".into(), broker.clone())]), None)
+                .with_invoker(hearth_host::http::LocalInvoker::for_host(&host)),
         )
         .map_err(anyhow::Error::msg)?;
         let mut env = FunctionEnv::new("flaky-worker");

@@ -1,85 +1,50 @@
 //! The data every store carries: WASI contexts, the resource table, the
-//! outbound HTTP policy, the capability context and the memory limiter.
+//! outbound HTTP policy, one context per capability and the memory limiter.
 //!
-//! One [`FunctionState`] is made per instance and dropped with it; nothing in
-//! it is shared between instances except the immutable [`FunctionEnv`].
+//! One [`StoreData`] is made per instance and dropped with it; nothing in
+//! it is shared between instances except the immutable [`FunctionEnv`] and
+//! the function's resolved capability scopes.
+//!
+//! It composes the capabilities: each capability module brings its own
+//! context and view, and [`StoreData::add_to_linker`] links every WASI and
+//! capability interface with a getter that hands out that view.
 
-use crate::capabilities::{
-    CapabilityCtx, CapabilityGrants, CapabilityHost, CapabilityView, FunctionCapabilities,
-    HostCapabilities, RequestContext,
-};
-use crate::guest_output::{GuestOutput, GuestOutputFiles, GuestStream};
-use crate::limits::{Limits, MemoryGauge, StoreLimiter};
-use hearth_prewarm::pool::PoolSettings;
+use crate::capabilities::FunctionCapabilities;
+use crate::capabilities::blobstore::{self, BlobstoreCtx, BlobstoreView};
+use crate::capabilities::config::{self, ConfigCtx, ConfigView};
+use crate::capabilities::invoke::{self, InvokeCtx, InvokeView};
+use crate::capabilities::keyvalue::{self, KeyvalueCtx, KeyvalueView};
+use crate::capabilities::messaging::{self, InHand, MessagingCtx, MessagingView};
+use crate::function_env::FunctionEnv;
+use crate::guest_output::{GuestOutput, GuestStream};
+use crate::limits::StoreLimiter;
+use crate::propagation::RequestContext;
 use std::sync::Arc;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{
     Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
     WasiHttpView,
 };
 
-/// What every instance of one function starts with.
-#[derive(Debug, Clone)]
-pub struct FunctionEnv {
-    /// The function's name, used to tag its output and errors.
-    pub name: Arc<str>,
-    /// `wasi:cli/environment` variables, in order.
-    pub env: Vec<(String, String)>,
-    /// Command-line arguments the guest sees (jobs), including argv\[0\].
-    pub args: Vec<String>,
-    /// Hosts that outbound `wasi:http` requests may reach; `*` allows any.
-    /// Empty (the default) denies all outbound requests.
-    pub allowed_outbound_hosts: Arc<[String]>,
-    /// Limits in force.
-    pub limits: Limits,
-    /// Where guest stdout/stderr go: files (e.g. the FIFOs containerd gives
-    /// a task), or, when `None`, hearthd's log.
-    pub output_files: Option<Arc<GuestOutputFiles>>,
-    /// Linear memory held by this function's live instances (idle ones in
-    /// its pool included).
-    pub memory: Arc<MemoryGauge>,
-    /// How its instance pool behaves (services only).
-    pub pool: PoolSettings,
-    /// The capabilities its config grants (stores, config values).
-    pub grants: CapabilityGrants,
-}
-
-impl FunctionEnv {
-    /// An environment for `name` with default limits and nothing else.
-    pub fn new(name: &str) -> Self {
-        FunctionEnv {
-            name: name.into(),
-            env: Vec::new(),
-            args: vec![name.to_string()],
-            allowed_outbound_hosts: Arc::from(Vec::new()),
-            limits: Limits::default(),
-            output_files: None,
-            memory: Arc::default(),
-            pool: PoolSettings::default(),
-            grants: CapabilityGrants::default(),
-        }
-    }
-}
-
 /// The `T` of every `Store<T>` Hearth creates.
-pub struct FunctionState {
+pub struct StoreData {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
     outbound: OutboundPolicy,
-    capabilities: CapabilityCtx,
+    keyvalue: KeyvalueCtx,
+    config: ConfigCtx,
+    invoke: InvokeCtx,
+    messaging: MessagingCtx,
+    blobstore: BlobstoreCtx,
     pub(crate) limiter: StoreLimiter,
 }
 
-impl FunctionState {
+impl StoreData {
     /// Fresh state for one instance of the function described by `env`,
-    /// with its resolved `capabilities` on `host`.
-    pub fn new(
-        env: &FunctionEnv,
-        capabilities: Arc<FunctionCapabilities>,
-        host: Arc<HostCapabilities>,
-    ) -> Self {
+    /// with its resolved `capabilities`.
+    pub fn new(env: &FunctionEnv, capabilities: &FunctionCapabilities) -> Self {
         let mut wasi = WasiCtx::builder();
         wasi.envs(&env.env)
             .args(&env.args)
@@ -93,35 +58,68 @@ impl FunctionState {
                 GuestStream::Stderr,
                 env.output_files.clone(),
             ));
-        FunctionState {
+        StoreData {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound: OutboundPolicy {
                 allowed_hosts: env.allowed_outbound_hosts.clone(),
             },
-            capabilities: CapabilityCtx {
-                function: capabilities,
-                host,
+            keyvalue: KeyvalueCtx {
+                scope: capabilities.keyvalue.clone(),
+            },
+            config: ConfigCtx {
+                values: capabilities.config.clone(),
+            },
+            invoke: InvokeCtx {
+                scope: capabilities.invoke.clone(),
                 request: RequestContext::default(),
+            },
+            messaging: MessagingCtx {
+                scope: capabilities.messaging.clone(),
                 in_hand: None,
+            },
+            blobstore: BlobstoreCtx {
+                function: capabilities.function.clone(),
+                scope: capabilities.blob.clone(),
             },
             limiter: StoreLimiter::new(&env.limits, env.memory.clone()),
         }
     }
 
+    /// Adds every interface a function may import to `linker`: WASI 0.2
+    /// (with `wasi:http`) and each capability, through its own view.
+    pub fn add_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
+        wasmtime_wasi::p2::add_to_linker_async(linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+        keyvalue::add_to_linker(linker, |data| KeyvalueView {
+            ctx: &data.keyvalue,
+            table: &mut data.table,
+        })?;
+        config::add_to_linker(linker, |data| ConfigView { ctx: &data.config })?;
+        invoke::add_to_linker(linker, |data| InvokeView {
+            ctx: &mut data.invoke,
+        })?;
+        messaging::add_to_linker(linker, |data| MessagingView {
+            ctx: &mut data.messaging,
+            table: &mut data.table,
+        })?;
+        blobstore::add_to_linker(linker, |data| BlobstoreView {
+            ctx: &data.blobstore,
+            table: &mut data.table,
+        })?;
+        Ok(())
+    }
+
     /// Sets the context of the request the instance is about to serve.
     pub fn set_request_context(&mut self, request: RequestContext) {
-        self.capabilities.request = request;
+        self.invoke.request = request;
     }
 
     /// Hands the instance the message it is about to handle (or takes it
     /// back, with `None`); returns what it held before.
-    pub fn set_in_hand(
-        &mut self,
-        in_hand: Option<crate::capabilities::messaging::InHand>,
-    ) -> Option<crate::capabilities::messaging::InHand> {
-        std::mem::replace(&mut self.capabilities.in_hand, in_hand)
+    pub fn set_in_hand(&mut self, in_hand: Option<InHand>) -> Option<InHand> {
+        std::mem::replace(&mut self.messaging.in_hand, in_hand)
     }
 
     /// The resource table (for handing the guest resources).
@@ -130,16 +128,7 @@ impl FunctionState {
     }
 }
 
-impl CapabilityHost for FunctionState {
-    fn capabilities(&mut self) -> CapabilityView<'_> {
-        CapabilityView {
-            ctx: &mut self.capabilities,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiView for FunctionState {
+impl WasiView for StoreData {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
             ctx: &mut self.wasi,
@@ -148,7 +137,7 @@ impl WasiView for FunctionState {
     }
 }
 
-impl WasiHttpView for FunctionState {
+impl WasiHttpView for StoreData {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView {
             ctx: &mut self.http,
