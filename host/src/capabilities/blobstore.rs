@@ -914,3 +914,140 @@ impl types::HostIncomingValue for BlobstoreView<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blobstore::Host as _;
+    use container::HostContainer as _;
+    use types::{HostIncomingValue as _, HostOutgoingValue as _};
+
+    fn fs_store(dir: &std::path::Path) -> BlobStore {
+        let backend = hearth_blob::fs::FsBackend::open(dir).unwrap();
+        BlobStore::new(
+            "files",
+            Arc::new(backend),
+            hearth_blob::BlobLimits::default(),
+        )
+    }
+
+    fn ctx(app: &str, store: Option<&BlobStore>) -> BlobstoreCtx {
+        BlobstoreCtx {
+            function: app.into(),
+            scope: store.map(|store| BlobScope::new(store.clone(), app)),
+        }
+    }
+
+    fn borrow<T: 'static>(resource: &Resource<T>) -> Resource<T> {
+        Resource::new_borrow(resource.rep())
+    }
+
+    /// Writes `bytes` as `name` in `container` the way a guest does: a
+    /// value, its body stream, write-data, then finish.
+    async fn put(
+        view: &mut BlobstoreView<'_>,
+        container: &Resource<ContainerHandle>,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        let value = view.new_outgoing_value().await.unwrap();
+        let body = view
+            .outgoing_value_write_body(borrow(&value))
+            .await
+            .unwrap()
+            .unwrap();
+        view.table
+            .get_mut(&body)
+            .unwrap()
+            .write(Bytes::copy_from_slice(bytes))
+            .unwrap();
+        view.table.delete(body).unwrap();
+        view.write_data(borrow(container), name.into(), borrow(&value))
+            .await
+            .unwrap()?;
+        view.finish(value).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_value_round_trips_in_the_apps_own_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = fs_store(dir.path());
+        let shop = ctx("shop", Some(&store));
+        let mut table = ResourceTable::new();
+        let mut view = BlobstoreView {
+            ctx: &shop,
+            table: &mut table,
+        };
+        let photos = view
+            .create_container("photos".into())
+            .await
+            .unwrap()
+            .unwrap();
+        put(&mut view, &photos, "cat.jpg", b"meow").await.unwrap();
+        let value = view
+            .get_data(borrow(&photos), "cat.jpg".into(), 0, u64::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let bytes = view.incoming_value_consume_sync(value).await.unwrap();
+        assert_eq!(bytes.unwrap(), b"meow");
+        assert!(
+            store.container_info("shop.photos").await.is_ok(),
+            "the guest's `photos` is the store's `shop.photos`"
+        );
+        let missing = view
+            .get_data(borrow(&photos), "dog.jpg".into(), 0, u64::MAX)
+            .await
+            .unwrap();
+        let Err(error) = missing else {
+            panic!("a missing object has no data");
+        };
+        assert!(error.starts_with("not found"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn another_app_cannot_see_or_name_the_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = fs_store(dir.path());
+        let (shop, other) = (ctx("shop", Some(&store)), ctx("other", Some(&store)));
+        let (mut shop_table, mut other_table) = (ResourceTable::new(), ResourceTable::new());
+        let mut shop = BlobstoreView {
+            ctx: &shop,
+            table: &mut shop_table,
+        };
+        let mut other = BlobstoreView {
+            ctx: &other,
+            table: &mut other_table,
+        };
+        shop.create_container("photos".into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            other.container_exists("photos".into()).await.unwrap(),
+            Ok(false)
+        );
+        let Err(error) = other.get_container("photos".into()).await.unwrap() else {
+            panic!("another app's container must not open");
+        };
+        assert!(error.starts_with("not found"), "{error}");
+        let Err(error) = other.get_container("../shop.photos".into()).await.unwrap() else {
+            panic!("a path-like name must be refused");
+        };
+        assert!(error.starts_with("invalid name"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn without_a_store_every_call_is_unavailable() {
+        let nothing = ctx("shop", None);
+        let mut table = ResourceTable::new();
+        let mut view = BlobstoreView {
+            ctx: &nothing,
+            table: &mut table,
+        };
+        let Err(error) = view.create_container("photos".into()).await.unwrap() else {
+            panic!("no store, no container");
+        };
+        assert!(error.starts_with("unavailable"), "{error}");
+    }
+}

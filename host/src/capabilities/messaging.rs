@@ -460,3 +460,161 @@ impl hm::Host for MessagingView<'_> {
         Ok(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_messaging::{MessagingLimits, SubscriptionSpec};
+    use hm::Host as _;
+    use producer::Host as _;
+    use types::{HostClient as _, HostMessage as _};
+
+    fn embedded(dir: &std::path::Path) -> Broker {
+        let backend = hearth_messaging::embedded::EmbeddedBroker::open(&dir.join("m.redb"));
+        Broker::new(
+            "default",
+            Arc::new(backend.unwrap()),
+            MessagingLimits::default(),
+        )
+    }
+
+    fn ctx(broker: &Broker, publish_topics: Option<&[&str]>) -> MessagingCtx {
+        MessagingCtx {
+            scope: Arc::new(MessagingScope {
+                function: "producer".into(),
+                broker: Some(broker.clone()),
+                brokers: BTreeMap::from([("default".to_string(), broker.clone())]),
+                publish_topics: publish_topics
+                    .map(|topics| topics.iter().map(|t| t.to_string()).collect()),
+            }),
+            in_hand: None,
+        }
+    }
+
+    async fn consumer(broker: &Broker, topic: &str) -> Arc<dyn Consumer> {
+        let spec = SubscriptionSpec {
+            topic: topic.into(),
+            group: "g".into(),
+            visibility: Duration::from_secs(30),
+        };
+        broker.subscribe(&spec).await.unwrap()
+    }
+
+    async fn receive_one(consumer: &Arc<dyn Consumer>) -> Delivery {
+        let mut got = consumer.receive(1, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got.len(), 1, "one message");
+        got.remove(0)
+    }
+
+    fn publish_options() -> hm::PublishOptions {
+        hm::PublishOptions {
+            key: Some("k".into()),
+            headers: vec![("h".into(), "v".into())],
+            content_type: None,
+            delay_ms: 0,
+            priority: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn publish_reaches_the_broker_only_for_allowed_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = embedded(dir.path());
+        let orders = consumer(&broker, "orders").await;
+        let mut ctx = ctx(&broker, Some(&["orders", "audit.>"]));
+        let mut table = ResourceTable::new();
+        let mut view = MessagingView {
+            ctx: &mut ctx,
+            table: &mut table,
+        };
+        let id = view
+            .publish("orders".into(), b"one".to_vec(), publish_options())
+            .await
+            .unwrap()
+            .unwrap();
+        let delivery = receive_one(&orders).await;
+        assert_eq!(
+            (delivery.id.as_str(), delivery.data.as_slice()),
+            (id.as_str(), &b"one"[..])
+        );
+        assert_eq!(delivery.key.as_deref(), Some("k"));
+        assert!(delivery.headers.contains(&("h".into(), "v".into())));
+        let denied = view
+            .publish("payments".into(), b"x".to_vec(), publish_options())
+            .await
+            .unwrap();
+        assert!(
+            matches!(denied, Err(hm::Error::AccessDenied(_))),
+            "{denied:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_standard_producer_sends_data_and_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = embedded(dir.path());
+        let events = consumer(&broker, "events").await;
+        let mut ctx = ctx(&broker, None);
+        let mut table = ResourceTable::new();
+        let mut view = MessagingView {
+            ctx: &mut ctx,
+            table: &mut table,
+        };
+        let client = view.connect("".into()).await.unwrap().unwrap();
+        let message = types::HostMessage::new(&mut view, b"hello".to_vec())
+            .await
+            .unwrap();
+        view.add_metadata(Resource::new_borrow(message.rep()), "m".into(), "1".into())
+            .await
+            .unwrap();
+        view.send(Resource::new_borrow(client.rep()), "events".into(), message)
+            .await
+            .unwrap()
+            .unwrap();
+        let delivery = receive_one(&events).await;
+        assert_eq!(delivery.data, b"hello");
+        assert!(delivery.headers.contains(&("m".into(), "1".into())));
+        assert!(view.connect("elsewhere".into()).await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn the_message_in_hand_is_settled_once_and_only_inside_a_handler() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = embedded(dir.path());
+        let jobs = consumer(&broker, "jobs").await;
+        let mut ctx = ctx(&broker, None);
+        let mut table = ResourceTable::new();
+        let mut view = MessagingView {
+            ctx: &mut ctx,
+            table: &mut table,
+        };
+        assert!(matches!(
+            view.ack().await.unwrap(),
+            Err(hm::Error::NoMessage)
+        ));
+        view.publish("jobs".into(), b"work".to_vec(), publish_options())
+            .await
+            .unwrap()
+            .unwrap();
+        let delivery = receive_one(&jobs).await;
+        view.ctx.in_hand = Some(InHand {
+            consumer: jobs.clone(),
+            delivery,
+            group: "g".into(),
+            settled: None,
+        });
+        assert_eq!(view.current().await.unwrap().unwrap().topic, "jobs");
+        view.ack().await.unwrap().unwrap();
+        assert_eq!(
+            view.ctx.in_hand.as_ref().unwrap().settled,
+            Some(Settled::Acked)
+        );
+        assert!(
+            matches!(
+                view.nack(0, "late".into()).await.unwrap(),
+                Err(hm::Error::NoMessage)
+            ),
+            "a settled message cannot be settled again"
+        );
+    }
+}
