@@ -48,6 +48,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub mod config;
 pub mod conformance;
 pub mod fs;
 #[cfg(feature = "rdma")]

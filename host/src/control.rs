@@ -47,9 +47,9 @@
 
 use crate::distribution::PullPolicy;
 use crate::function::{Function, FunctionKind, FunctionLoadError, Host};
-use crate::function_env::FunctionEnv;
+use crate::function_env::{FunctionSpec, NodeDefaults};
 use crate::guest_output::GuestOutputFiles;
-use crate::limits::Limits;
+use crate::limits::LimitsOverride;
 use crate::messages::{Subscription, SubscriptionSettings};
 use hearth_control::v1::control_server::Control;
 use hearth_control::v1::{
@@ -57,7 +57,6 @@ use hearth_control::v1::{
     KillResponse, ListRequest, ListResponse, StartRequest, StartResponse, StateRequest,
     WaitRequest, WaitResponse, create_request::Source,
 };
-use hearth_prewarm::pool::PoolSettings;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -81,8 +80,8 @@ type Functions = Arc<Mutex<HashMap<String, Arc<Managed>>>>;
 /// The control service; see the module docs.
 pub struct ControlService {
     host: Arc<Host>,
-    defaults: Limits,
-    pool_defaults: PoolDefaults,
+    defaults: NodeDefaults,
+    prewarm: Prewarmed,
     functions: Functions,
 }
 
@@ -98,15 +97,14 @@ impl crate::admin::ServedFunctions for ControlFunctions {
     }
 }
 
-/// Pool settings for requests that leave them at zero.
+/// `[prewarm]`: functions from these images keep `min_idle` idle
+/// instances unless they ask for their own.
 #[derive(Debug, Clone, Default)]
-pub struct PoolDefaults {
-    /// Calls per instance before it retires (0 means 1).
-    pub max_invocations: u32,
+pub struct Prewarmed {
     /// Images listed in `[prewarm]`...
-    pub prewarm_images: Vec<String>,
+    pub images: Vec<String>,
     /// ...and the idle instances their functions keep.
-    pub prewarm_min_idle: u32,
+    pub min_idle: u32,
 }
 
 /// A process identified by pid and start time, so a reused pid is not
@@ -264,13 +262,13 @@ fn subscriptions_for(
 }
 
 impl ControlService {
-    /// A service loading functions into `host`, with `defaults` for limits
-    /// a request leaves at zero.
-    pub fn new(host: Arc<Host>, defaults: Limits) -> Self {
+    /// A service loading functions into `host`, filling in `defaults`
+    /// where a request leaves a limit or pool setting at zero.
+    pub fn new(host: Arc<Host>, defaults: NodeDefaults) -> Self {
         ControlService {
             host,
             defaults,
-            pool_defaults: PoolDefaults::default(),
+            prewarm: Prewarmed::default(),
             functions: Functions::default(),
         }
     }
@@ -281,26 +279,54 @@ impl ControlService {
         Arc::new(ControlFunctions(self.functions.clone()))
     }
 
-    /// Uses `defaults` for pool settings a request leaves at zero.
-    pub fn with_pool_defaults(mut self, defaults: PoolDefaults) -> Self {
-        self.pool_defaults = defaults;
+    /// Gives functions from `prewarm.images` its `min_idle`.
+    pub fn with_prewarmed(mut self, prewarm: Prewarmed) -> Self {
+        self.prewarm = prewarm;
         self
     }
 
-    fn pool_settings(&self, request: &CreateRequest) -> PoolSettings {
-        let prewarmed = matches!(&request.source, Some(Source::Image(image)) if self.pool_defaults.prewarm_images.contains(image));
+    /// What a Create request asks for, as every way of starting a function
+    /// says it (see [`FunctionSpec`]); a zero means "the node's default".
+    fn spec(&self, request: &CreateRequest, name: &str) -> FunctionSpec {
+        let given = |value: u64| (value != 0).then_some(value);
+        let limits = request
+            .limits
+            .as_ref()
+            .map_or_else(LimitsOverride::default, |l| LimitsOverride {
+                request_timeout_ms: given(l.request_timeout_ms),
+                max_memory_mib: given(l.max_memory_mib),
+                max_request_body_bytes: given(l.max_request_body_bytes),
+                max_concurrent_instances: (l.max_concurrent_instances != 0)
+                    .then_some(l.max_concurrent_instances),
+            });
+        let prewarmed = matches!(&request.source, Some(Source::Image(image)) if self.prewarm.images.contains(image));
         let min_idle = match request.min_idle {
-            0 if prewarmed => self.pool_defaults.prewarm_min_idle,
-            given => given,
+            0 if prewarmed => Some(self.prewarm.min_idle),
+            0 => None,
+            given => Some(given),
         };
-        let max_invocations = match request.max_invocations {
-            0 => self.pool_defaults.max_invocations.max(1),
-            given => given,
-        };
-        PoolSettings {
+        let path_or_none = |path: &str| (!path.is_empty()).then(|| std::path::PathBuf::from(path));
+        let output_files = (!request.stdout_path.is_empty() || !request.stderr_path.is_empty())
+            .then(|| {
+                Arc::new(GuestOutputFiles::new(
+                    name,
+                    path_or_none(&request.stdout_path),
+                    path_or_none(&request.stderr_path),
+                ))
+            });
+        FunctionSpec {
+            name: name.to_string(),
+            env: request
+                .env
+                .iter()
+                .map(|v| (v.key.clone(), v.value.clone()))
+                .collect(),
+            args: request.args.clone(),
+            limits,
             min_idle,
-            max_invocations,
-            ..PoolSettings::default()
+            max_invocations: (request.max_invocations != 0).then_some(request.max_invocations),
+            output_files,
+            ..FunctionSpec::default()
         }
     }
 
@@ -343,33 +369,6 @@ impl ControlService {
             .get(id)
             .cloned()
             .ok_or_else(|| Status::not_found(format!("no function with id `{id}`")))
-    }
-
-    fn limits_from(&self, request: Option<&hearth_control::v1::Limits>) -> Result<Limits, Status> {
-        let pick = |value: u64, default: u64| if value == 0 { default } else { value };
-        let limits = match request {
-            None => self.defaults,
-            Some(given) => Limits {
-                request_timeout_ms: pick(
-                    given.request_timeout_ms,
-                    self.defaults.request_timeout_ms,
-                ),
-                max_memory_mib: pick(given.max_memory_mib, self.defaults.max_memory_mib),
-                max_request_body_bytes: pick(
-                    given.max_request_body_bytes,
-                    self.defaults.max_request_body_bytes,
-                ),
-                max_concurrent_instances: if given.max_concurrent_instances == 0 {
-                    self.defaults.max_concurrent_instances
-                } else {
-                    given.max_concurrent_instances
-                },
-            },
-        };
-        limits
-            .validate()
-            .map_err(|e| Status::invalid_argument(format!("limits: {e}")))?;
-        Ok(limits)
     }
 }
 
@@ -425,44 +424,21 @@ impl Control for ControlService {
                 request.id
             )));
         }
-        let limits = self.limits_from(request.limits.as_ref())?;
         let name = if request.name.is_empty() {
             request.id.clone()
         } else {
             request.name.clone()
         };
-        let mut args = vec![name.clone()];
-        args.extend(request.args.iter().cloned());
         let owner = match request.owner_pid {
             0 => None,
             pid => Some(OwnerProcess::find(pid).ok_or_else(|| {
                 Status::invalid_argument(format!("owner_pid {pid} is not a running process"))
             })?),
         };
-        let path_or_none = |path: &str| (!path.is_empty()).then(|| std::path::PathBuf::from(path));
-        let output_files = (!request.stdout_path.is_empty() || !request.stderr_path.is_empty())
-            .then(|| {
-                Arc::new(GuestOutputFiles::new(
-                    &name,
-                    path_or_none(&request.stdout_path),
-                    path_or_none(&request.stderr_path),
-                ))
-            });
-        let env = FunctionEnv {
-            name: name.as_str().into(),
-            env: request
-                .env
-                .iter()
-                .map(|v| (v.key.clone(), v.value.clone()))
-                .collect(),
-            args,
-            allowed_outbound_hosts: Arc::from(Vec::<String>::new()),
-            limits,
-            output_files,
-            memory: Default::default(),
-            pool: self.pool_settings(&request),
-            grants: Default::default(),
-        };
+        let env = self
+            .spec(&request, &name)
+            .into_env(&self.defaults)
+            .map_err(|e| Status::invalid_argument(format!("limits: {e}")))?;
         let loaded = match &request.source {
             Some(Source::WasmPath(path)) => self.host.load_file(env, path.as_ref()).await,
             Some(Source::Image(image)) => {

@@ -22,7 +22,7 @@
 //! each run gets a fresh instance.
 
 use crate::capabilities::handler_bindings::HandlerExportIndices;
-use crate::capabilities::{FunctionCapabilities, HostCapabilities};
+use crate::capabilities::{FunctionCapabilities, GrantError, HostCapabilities};
 use crate::distribution::{CacheSettings, PullPolicy};
 use crate::engine::{EngineSettings, HostEngine};
 use crate::function_env::FunctionEnv;
@@ -144,12 +144,12 @@ pub enum FunctionLoadError {
         provided: String,
     },
     /// Its capability grants cannot be met (e.g. an unknown store label).
-    #[error("cannot load function `{function}`: {detail}")]
+    #[error("cannot load function `{function}`: {cause}")]
     Capability {
         /// The function's name.
         function: String,
         /// What is wrong, naming the config key.
-        detail: String,
+        cause: GrantError,
     },
     /// Compilation was interrupted (the blocking task panicked or was cancelled).
     #[error("cannot load function `{function}`: compilation did not finish: {detail}")]
@@ -160,6 +160,11 @@ pub enum FunctionLoadError {
         detail: String,
     },
 }
+
+/// [`Host::install_capabilities`] was called a second time.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("capabilities are installed already")]
+pub struct AlreadyInstalled;
 
 /// What a function is, by what it exports.
 pub enum FunctionKind {
@@ -283,10 +288,13 @@ impl Host {
     /// Installs the host's capabilities (state stores, invoke settings).
     /// Call once, before loading functions; functions loaded before get
     /// none (and a second call is refused).
-    pub fn install_capabilities(&self, capabilities: HostCapabilities) -> Result<(), String> {
+    pub fn install_capabilities(
+        &self,
+        capabilities: HostCapabilities,
+    ) -> Result<(), AlreadyInstalled> {
         self.capabilities
             .set(Arc::new(capabilities))
-            .map_err(|_| "capabilities are installed already".to_string())
+            .map_err(|_| AlreadyInstalled)
     }
 
     /// The host's capabilities (empty unless installed).
@@ -443,9 +451,9 @@ impl Host {
         let capabilities = Arc::new(
             self.capabilities()
                 .resolve(&name, &env.grants, &env.env)
-                .map_err(|detail| FunctionLoadError::Capability {
+                .map_err(|cause| FunctionLoadError::Capability {
                     function: name.clone(),
-                    detail,
+                    cause,
                 })?,
         );
         let counter = match compiled_from {

@@ -60,20 +60,66 @@ impl Limits {
     }
 
     /// Checks that every limit is usable, naming the first that is not.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidLimit> {
+        let invalid = |key, rule| Err(InvalidLimit { key, rule });
         if self.request_timeout_ms == 0 {
-            return Err("request_timeout_ms must be at least 1".into());
+            return invalid("request_timeout_ms", "must be at least 1");
         }
         if self.max_memory_mib == 0 {
-            return Err("max_memory_mib must be at least 1".into());
+            return invalid("max_memory_mib", "must be at least 1");
         }
         if self.max_memory_mib > 4096 {
-            return Err("max_memory_mib must be at most 4096 (32-bit linear memory)".into());
+            return invalid(
+                "max_memory_mib",
+                "must be at most 4096 (32-bit linear memory)",
+            );
         }
         if self.max_concurrent_instances == 0 {
-            return Err("max_concurrent_instances must be at least 1".into());
+            return invalid("max_concurrent_instances", "must be at least 1");
         }
         Ok(())
+    }
+}
+
+/// A limit out of its range: the limit's key and the rule it breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{key} {rule}")]
+pub struct InvalidLimit {
+    /// The limit, as `[limits]` names it.
+    pub key: &'static str,
+    /// What it must be.
+    pub rule: &'static str,
+}
+
+/// Limits a function sets for itself; unset ones take the node's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsOverride {
+    /// See [`Limits::request_timeout_ms`].
+    pub request_timeout_ms: Option<u64>,
+    /// See [`Limits::max_memory_mib`].
+    pub max_memory_mib: Option<u64>,
+    /// See [`Limits::max_request_body_bytes`].
+    pub max_request_body_bytes: Option<u64>,
+    /// See [`Limits::max_concurrent_instances`].
+    pub max_concurrent_instances: Option<u32>,
+}
+
+impl LimitsOverride {
+    /// `defaults` with these overrides applied.
+    pub fn apply(&self, defaults: Limits) -> Limits {
+        Limits {
+            request_timeout_ms: self
+                .request_timeout_ms
+                .unwrap_or(defaults.request_timeout_ms),
+            max_memory_mib: self.max_memory_mib.unwrap_or(defaults.max_memory_mib),
+            max_request_body_bytes: self
+                .max_request_body_bytes
+                .unwrap_or(defaults.max_request_body_bytes),
+            max_concurrent_instances: self
+                .max_concurrent_instances
+                .unwrap_or(defaults.max_concurrent_instances),
+        }
     }
 }
 

@@ -44,6 +44,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub mod config;
 pub mod conformance;
 pub mod embedded;
 pub mod nats;

@@ -38,6 +38,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod config;
 pub mod conformance;
 pub mod embedded;
 pub mod postgres;

@@ -17,14 +17,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use hearth_host::capabilities::HostCapabilities;
 use hearth_host::distribution::{CacheSettings, DEFAULT_ARTIFACT_CACHE_BYTES, default_cache_dir};
+use hearth_host::function_env::{FunctionSpec, NodeDefaults};
+use hearth_host::limits::LimitsOverride;
 use hearth_host::{EngineSettings, FunctionEnv, FunctionSource, Host, Limits, PullPolicy};
 use hearth_prewarm::image::{self, ImageForm};
-use hearth_prewarm::pool::PoolSettings;
 use hearth_prewarm::registry::{RegistryClient, RegistrySettings, parse_reference};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -379,36 +379,28 @@ fn bench(args: &[String]) -> Result<i32> {
 }
 
 async fn run(args: RunArgs) -> Result<i32> {
-    let limits = Limits {
-        request_timeout_ms: args
-            .timeout_ms
-            .unwrap_or(Limits::default().request_timeout_ms),
-        max_memory_mib: args.max_memory_mib,
-        max_request_body_bytes: args.max_request_body_bytes,
-        max_concurrent_instances: args.max_concurrent_instances,
-    };
-    if let Err(message) = limits.validate() {
-        bail!("invalid limit: {message}");
-    }
     let source = FunctionSource::parse(&args.function);
     let name = source.default_name();
-    let mut guest_args = vec![name.clone()];
-    guest_args.extend(args.args);
-    let env = FunctionEnv {
-        name: name.as_str().into(),
+    let spec = FunctionSpec {
+        name: name.clone(),
         env: args.env,
-        args: guest_args,
-        allowed_outbound_hosts: Arc::from(args.allow_outbound),
-        limits,
-        output_files: None,
-        memory: Default::default(),
-        pool: PoolSettings {
-            min_idle: args.min_idle,
-            max_invocations: args.max_invocations,
-            ..PoolSettings::default()
+        args: args.args,
+        allowed_outbound_hosts: args.allow_outbound,
+        limits: LimitsOverride {
+            request_timeout_ms: args.timeout_ms,
+            max_memory_mib: Some(args.max_memory_mib),
+            max_request_body_bytes: Some(args.max_request_body_bytes),
+            max_concurrent_instances: Some(args.max_concurrent_instances),
         },
-        grants: Default::default(),
+        min_idle: Some(args.min_idle),
+        max_invocations: Some(args.max_invocations),
+        ..FunctionSpec::default()
     };
+    let env = match spec.into_env(&NodeDefaults::default()) {
+        Ok(env) => env,
+        Err(error) => bail!("invalid limit: {error}"),
+    };
+    let limits = env.limits;
     let mut settings = EngineSettings::for_limits([&limits]);
     settings.total_instances = settings
         .total_instances

@@ -29,7 +29,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use hearth_host::admin::Admin;
 use hearth_host::config::HearthConfig;
-use hearth_host::control::PoolDefaults;
+use hearth_host::control::Prewarmed;
 use hearth_host::{FunctionEnv, FunctionSource, Host, PullPolicy};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -74,18 +74,10 @@ async fn run(args: Args) -> Result<()> {
     let caches = config.cache_settings();
     let engine_settings = config.engine_settings();
     let host = Host::with_caches(&engine_settings, &caches)?;
-    let (brokers, default_broker) = config
-        .host_brokers()
-        .await
-        .map_err(|message| anyhow::anyhow!("{}: {message}", config_name(&args)))?;
     let capabilities = config
         .host_capabilities()
-        .map_err(|message| anyhow::anyhow!("{}: {message}", config_name(&args)))?
-        .with_brokers(brokers, default_broker);
-    let (blob_stores, default_blob_store) = config
-        .host_blob_stores()
-        .map_err(|message| anyhow::anyhow!("{}: {message}", config_name(&args)))?;
-    let capabilities = capabilities.with_blob_stores(blob_stores, default_blob_store);
+        .await
+        .map_err(|error| anyhow::anyhow!("{}: {error}", config_name(&args)))?;
     for (label, store) in &capabilities.stores {
         tracing::info!(store = %label, backend = store.kind(), "state store configured");
     }
@@ -109,11 +101,10 @@ async fn run(args: Args) -> Result<()> {
     tracing::info!(cache = %caches.dir.display(), instance_slots = engine_settings.total_instances, "caches opened");
 
     let ready = Arc::new(AtomicBool::new(false));
-    let control = hearth_host::control::ControlService::new(host.clone(), config.limits)
-        .with_pool_defaults(PoolDefaults {
-            max_invocations: config.pool.max_invocations(),
-            prewarm_images: config.prewarm.images.clone(),
-            prewarm_min_idle: config.prewarm.min_idle,
+    let control = hearth_host::control::ControlService::new(host.clone(), config.node_defaults())
+        .with_prewarmed(Prewarmed {
+            images: config.prewarm.images.clone(),
+            min_idle: config.prewarm.min_idle,
         });
     let mut admin_sources = vec![control.served_functions()];
     let admin_listener = match args.admin.or(config.admin.listen) {
@@ -149,7 +140,16 @@ async fn run(args: Args) -> Result<()> {
     let mut servers = Vec::new();
     let mut handlers = Vec::new();
     for function_config in &config.function {
-        let env = function_config.function_env(config.limits, &config.pool);
+        let env = function_config
+            .spec()
+            .into_env(&config.node_defaults())
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "{}: function `{}`: limits.{error}",
+                    config_name(&args),
+                    function_config.name
+                )
+            })?;
         let (function, origin) = match (&function_config.path, &function_config.image) {
             (Some(path), _) => (host.load_file(env, path).await?, path.display().to_string()),
             (None, Some(image)) => (

@@ -57,18 +57,32 @@ pub fn add_to_linker<T: Send + 'static>(
 /// Largest file read from a config directory.
 const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 
+/// A `config_dir` that cannot be read: the path and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config_dir: {problem}")]
+pub struct ConfigDirError {
+    /// The directory, or the file in it.
+    pub path: std::path::PathBuf,
+    /// What is wrong, naming the path.
+    pub problem: String,
+}
+
 /// The merged values (see the module docs), sorted by key.
 pub fn collect(
     env: &[(String, String)],
     config_dir: Option<&Path>,
     config: &BTreeMap<String, String>,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, ConfigDirError> {
+    let failed = |path: &Path, problem: String| ConfigDirError {
+        path: path.to_owned(),
+        problem,
+    };
     let mut values: BTreeMap<String, String> = env.iter().cloned().collect();
     if let Some(dir) = config_dir {
         let entries = std::fs::read_dir(dir)
-            .map_err(|e| format!("config_dir: cannot read {}: {e}", dir.display()))?;
+            .map_err(|e| failed(dir, format!("cannot read {}: {e}", dir.display())))?;
         for entry in entries {
-            let entry = entry.map_err(|e| format!("config_dir: {}: {e}", dir.display()))?;
+            let entry = entry.map_err(|e| failed(dir, format!("{}: {e}", dir.display())))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
             // Follows symlinks: a ConfigMap's keys are links into `..data`.
@@ -79,16 +93,19 @@ pub fn collect(
                 continue;
             }
             if metadata.len() > MAX_CONFIG_FILE_BYTES {
-                return Err(format!(
-                    "config_dir: {} is {} bytes, over the limit of {MAX_CONFIG_FILE_BYTES}",
-                    path.display(),
-                    metadata.len()
+                return Err(failed(
+                    &path,
+                    format!(
+                        "{} is {} bytes, over the limit of {MAX_CONFIG_FILE_BYTES}",
+                        path.display(),
+                        metadata.len()
+                    ),
                 ));
             }
             let value = std::fs::read_to_string(&path).map_err(|e| {
-                format!(
-                    "config_dir: cannot read {} as UTF-8 text: {e}",
-                    path.display()
+                failed(
+                    &path,
+                    format!("cannot read {} as UTF-8 text: {e}", path.display()),
                 )
             })?;
             values.insert(name, value);
@@ -149,7 +166,13 @@ mod tests {
     #[test]
     fn a_missing_config_dir_is_named() {
         let error = collect(&[], Some(Path::new("/nonexistent/cm")), &BTreeMap::new()).unwrap_err();
-        assert!(error.contains("/nonexistent/cm"), "{error}");
+        assert_eq!(error.path, Path::new("/nonexistent/cm"));
+        assert!(
+            error
+                .to_string()
+                .starts_with("config_dir: cannot read /nonexistent/cm"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

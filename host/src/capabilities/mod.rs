@@ -143,29 +143,37 @@ impl HostCapabilities {
     /// A host with one embedded store, `default`, in the file `path`, one
     /// embedded broker, `default`, beside it (`<path>.messages.redb`), and
     /// one `fs` blob store, `default`, in the directory `<path>.blobs`.
-    pub fn embedded_default(path: &Path) -> Result<Self, String> {
-        let backend = hearth_state::embedded::EmbeddedBackend::open(path)?;
-        let store = StateStore::new(
-            "default",
-            Arc::new(backend),
-            hearth_state::StateLimits::default(),
-        );
+    pub fn embedded_default(path: &Path) -> Result<Self, LocalBackendError> {
+        use hearth_blob::config::{BlobStoreConfig, FsConfig};
+        use hearth_messaging::config::{BrokerConfig, EmbeddedConfig as EmbeddedBroker};
+        use hearth_state::config::{EmbeddedConfig as EmbeddedStore, StoreConfig};
+        let failed = |what, path: &Path, message: String| LocalBackendError {
+            what,
+            path: path.to_owned(),
+            message,
+        };
         let broker_path = path.with_extension("messages.redb");
-        let broker = hearth_messaging::Broker::new(
-            "default",
-            Arc::new(hearth_messaging::embedded::EmbeddedBroker::open(
-                &broker_path,
-            )?),
-            hearth_messaging::MessagingLimits::default(),
-        );
-        let blobs = hearth_blob::BlobStore::new(
-            "default",
-            Arc::new(
-                hearth_blob::fs::FsBackend::open(&path.with_extension("blobs"))
-                    .map_err(|e| e.to_string())?,
-            ),
-            hearth_blob::BlobLimits::default(),
-        );
+        let blob_path = path.with_extension("blobs");
+        let store = StoreConfig::Embedded(EmbeddedStore {
+            path: Some(path.to_owned()),
+            ..Default::default()
+        })
+        .build("default", Path::new(""))
+        .map_err(|e| failed("state store", path, e.message))?;
+        let broker = BrokerConfig::Embedded(EmbeddedBroker {
+            path: Some(broker_path.clone()),
+            ..Default::default()
+        });
+        // Opening the embedded broker does not wait on anything.
+        let broker = futures_util::FutureExt::now_or_never(broker.build("default", Path::new("")))
+            .expect("an embedded broker opens without waiting")
+            .map_err(|e| failed("message broker", &broker_path, e.message))?;
+        let blobs = BlobStoreConfig::Fs(FsConfig {
+            path: Some(blob_path.clone()),
+            ..Default::default()
+        })
+        .build("default", Path::new(""))
+        .map_err(|e| failed("blob store", &blob_path, e.message))?;
         Ok(Self::new(
             BTreeMap::from([("default".to_string(), store)]),
             None,
@@ -175,46 +183,62 @@ impl HostCapabilities {
         .with_blob_stores(BTreeMap::from([("default".to_string(), blobs)]), None))
     }
 
-    /// Resolves a function's grants; the error names the unknown label.
+    /// Resolves a function's grants; the error names the key and label.
     pub fn resolve(
         &self,
         function: &str,
         grants: &CapabilityGrants,
         env: &[(String, String)],
-    ) -> Result<FunctionCapabilities, String> {
+    ) -> Result<FunctionCapabilities, GrantError> {
         let app = Namespace::new(grants.app.as_deref().unwrap_or(&sanitize(function)))
-            .map_err(|e| format!("app: {e}"))?;
-        let own_label = grants.state_store.clone().or(self.default_store.clone());
-        let own_store = match &own_label {
+            .map_err(GrantError::App)?;
+        let unknown = |key, what, section, label: &str| GrantError::UnknownLabel {
+            key,
+            what,
+            section,
+            label: label.to_string(),
+        };
+        let own_store = match grants.state_store.as_ref().or(self.default_store.as_ref()) {
             None => None,
-            Some(label) => Some(self.stores.get(label).cloned().ok_or_else(|| {
-                format!("state_store: no store labelled `{label}` is configured in [state.stores]")
-            })?),
+            Some(label) => Some(
+                self.stores
+                    .get(label)
+                    .cloned()
+                    .ok_or_else(|| unknown("state_store", "store", "state.stores", label))?,
+            ),
         };
         let mut shared = BTreeMap::new();
         for label in &grants.shared_stores {
-            let store = self.stores.get(label).cloned().ok_or_else(|| {
-                format!(
-                    "shared_stores: no store labelled `{label}` is configured in [state.stores]"
-                )
-            })?;
-            let namespace = Namespace::new(&format!("shared.{}", sanitize(label)))
-                .map_err(|e| format!("shared_stores: {e}"))?;
+            let store = self
+                .stores
+                .get(label)
+                .cloned()
+                .ok_or_else(|| unknown("shared_stores", "store", "state.stores", label))?;
+            let namespace =
+                Namespace::new(&format!("shared.{}", sanitize(label))).map_err(GrantError::App)?;
             shared.insert(label.clone(), (store, namespace));
         }
         let config = config::collect(env, grants.config_dir.as_deref(), &grants.config)?;
-        let broker = match grants.broker.clone().or(self.default_broker.clone()) {
+        let broker = match grants.broker.as_ref().or(self.default_broker.as_ref()) {
             None => None,
-            Some(label) => Some(self.brokers.get(&label).cloned().ok_or_else(|| {
-                format!("broker: no broker labelled `{label}` is configured in [messaging.brokers]")
-            })?),
+            Some(label) => Some(
+                self.brokers
+                    .get(label)
+                    .cloned()
+                    .ok_or_else(|| unknown("broker", "broker", "messaging.brokers", label))?,
+            ),
         };
-        let blob = match grants.blob_store.clone().or(self.default_blob_store.clone()) {
+        let blob = match grants
+            .blob_store
+            .as_ref()
+            .or(self.default_blob_store.as_ref())
+        {
             None => None,
             Some(label) => Some(blobstore::BlobScope::new(
-                self.blob_stores.get(&label).cloned().ok_or_else(|| {
-                    format!("blob_store: no blob store labelled `{label}` is configured in [blob.stores]")
-                })?,
+                self.blob_stores
+                    .get(label)
+                    .cloned()
+                    .ok_or_else(|| unknown("blob_store", "blob store", "blob.stores", label))?,
                 app.as_str(),
             )),
         };
@@ -296,6 +320,41 @@ impl HostCapabilities {
         self.blob_stores = stores;
         self
     }
+}
+
+/// A function's grants cannot be met.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    /// It names a label the host has no backend for.
+    #[error("{key}: no {what} labelled `{label}` is configured in [{section}]")]
+    UnknownLabel {
+        /// The grant's key (`state_store`, `broker`...).
+        key: &'static str,
+        /// What the label names (`store`, `broker`...).
+        what: &'static str,
+        /// The section that lacks it.
+        section: &'static str,
+        /// The label.
+        label: String,
+    },
+    /// Its app is not a valid namespace.
+    #[error("app: {0}")]
+    App(String),
+    /// Its `wasi:config` values cannot be read.
+    #[error(transparent)]
+    Config(#[from] config::ConfigDirError),
+}
+
+/// A local default backend could not be opened.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot open the embedded {what} at {}: {message}", path.display())]
+pub struct LocalBackendError {
+    /// Which backend.
+    pub what: &'static str,
+    /// Where.
+    pub path: PathBuf,
+    /// Why.
+    pub message: String,
 }
 
 /// A namespace name from a function or label name (lowercased; anything
