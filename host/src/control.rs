@@ -28,7 +28,7 @@
 //!   runs it to completion.
 //! * `Kill` with SIGTERM drains a service or handler (no new connections or
 //!   messages; in-flight requests and messages finish within
-//!   [`DRAIN_GRACE`], messages still running then are given back; exit
+//!   [`DRAIN_GRACE`](crate::serving::DRAIN_GRACE), messages still running then are given back; exit
 //!   status 0); SIGKILL, or any signal to a job, aborts at once with status
 //!   128 + signal (messages in hand are given back for redelivery); so does
 //!   a second SIGTERM while a service drains. Killing an exited function is a no-op; killing a
@@ -50,7 +50,8 @@ use crate::function::{Function, FunctionKind, FunctionLoadError, Host};
 use crate::function_env::{FunctionSpec, NodeDefaults};
 use crate::guest_output::GuestOutputFiles;
 use crate::limits::LimitsOverride;
-use crate::messages::{Subscription, SubscriptionSettings};
+use crate::messages::SubscriptionSettings;
+use crate::serving::{Drain, Serving};
 use hearth_control::v1::control_server::Control;
 use hearth_control::v1::{
     CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, FunctionState, KillRequest,
@@ -67,10 +68,6 @@ use tonic::{Request, Response, Status};
 const SIGKILL: u32 = 9;
 /// SIGTERM.
 const SIGTERM: u32 = 15;
-
-/// How long in-flight message handlers get to finish when a function is
-/// drained.
-pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often functions are checked for a dead owner.
 pub const OWNER_SWEEP: std::time::Duration = std::time::Duration::from_millis(500);
@@ -148,8 +145,8 @@ struct Managed {
     subscriptions: Vec<SubscriptionSettings>,
     phase: Mutex<Phase>,
     listening: Mutex<String>,
-    /// Set to `true` to drain; taken by the first SIGTERM.
-    drain: Mutex<Option<Arc<watch::Sender<bool>>>>,
+    /// Drains it; taken by the first SIGTERM.
+    drain: Mutex<Option<Drain>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     exit: watch::Sender<Option<(i32, String)>>,
 }
@@ -223,11 +220,6 @@ fn kind_name(function: &Function) -> &'static str {
         FunctionKind::MessageHandler { .. } => "handler",
         FunctionKind::Job { .. } => "job",
     }
-}
-
-/// Resolves once `stop` is `true` (or its sender is gone).
-async fn stop_requested(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Checks the subscriptions asked for against the function and the node.
@@ -507,29 +499,10 @@ impl Control for ControlService {
         managed.set_phase(Phase::Running);
         let function = managed.function.clone();
         if function.is_service() || !managed.subscriptions.is_empty() {
-            // A refused subscription or listener stops what already
-            // started: dropped subscriptions give their messages back.
-            let mut subscriptions = Vec::new();
-            for settings in &managed.subscriptions {
-                let broker = function
-                    .capabilities()
-                    .broker()
-                    .cloned()
-                    .expect("checked at create");
-                match Subscription::start(function.clone(), broker, settings.clone()).await {
-                    Ok(subscription) => subscriptions.push(subscription),
-                    Err(error) => {
-                        managed.set_phase(Phase::Created);
-                        tracing::error!(id = %managed.id, "cannot subscribe: {error}");
-                        return Err(Status::failed_precondition(error));
-                    }
-                }
-            }
-            let mut listening = String::new();
             let listener = if function.is_service() {
                 let addr: SocketAddr = managed.listen.parse().expect("validated at create");
-                let listener = match bind_in_netns(addr, &managed.netns).await {
-                    Ok(listener) => listener,
+                match bind_in_netns(addr, &managed.netns).await {
+                    Ok(listener) => Some(listener),
                     Err(error) => {
                         managed.set_phase(Phase::Created);
                         tracing::error!(id = %managed.id, "cannot listen on {addr}: {error}");
@@ -537,48 +510,29 @@ impl Control for ControlService {
                             "cannot listen on {addr}: {error}"
                         )));
                     }
-                };
-                listening = listener
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
-                Some(listener)
+                }
             } else {
                 None
             };
+            // A refused subscription stops what already started: dropped
+            // subscriptions give their messages back.
+            let serving = match Serving::start(function, listener, &managed.subscriptions).await {
+                Ok(serving) => serving,
+                Err(error) => {
+                    managed.set_phase(Phase::Created);
+                    tracing::error!(id = %managed.id, "cannot subscribe: {error}");
+                    return Err(Status::failed_precondition(error.to_string()));
+                }
+            };
+            let listening = serving
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             *managed.listening.lock().unwrap_or_else(|e| e.into_inner()) = listening.clone();
-            let drain = Arc::new(watch::channel(false).0);
-            *managed.drain.lock().unwrap_or_else(|e| e.into_inner()) = Some(drain.clone());
+            *managed.drain.lock().unwrap_or_else(|e| e.into_inner()) = Some(serving.drain_handle());
             let task_managed = managed.clone();
             let task = tokio::spawn(async move {
-                let serving = async {
-                    let result = match listener {
-                        Some(listener) => {
-                            crate::http::serve(
-                                function,
-                                listener,
-                                stop_requested(drain.subscribe()),
-                            )
-                            .await
-                        }
-                        None => {
-                            stop_requested(drain.subscribe()).await;
-                            Ok(())
-                        }
-                    };
-                    // A failed listener takes the subscriptions down too.
-                    drain.send_replace(true);
-                    result
-                };
-                let handling = async {
-                    stop_requested(drain.subscribe()).await;
-                    let drains = subscriptions
-                        .into_iter()
-                        .map(|subscription| subscription.drain(DRAIN_GRACE));
-                    futures_util::future::join_all(drains).await;
-                };
-                let (served, ()) = tokio::join!(serving, handling);
-                match served {
+                match serving.run().await {
                     Ok(()) => task_managed.exited(0, "drained"),
                     Err(error) => task_managed.exited(1, &format!("listener failed: {error}")),
                 }
@@ -620,9 +574,7 @@ impl Control for ControlService {
                     .unwrap_or_else(|e| e.into_inner())
                     .take();
                 match (request.signal, drain) {
-                    (SIGTERM, Some(drain)) => {
-                        drain.send_replace(true);
-                    }
+                    (SIGTERM, Some(drain)) => drain.drain(),
                     (signal, _) => {
                         let reason = if signal == SIGKILL {
                             "killed"

@@ -35,7 +35,9 @@ use crate::function::Function;
 use crate::invocation_error::InvocationError;
 use crate::propagation::RequestContext;
 use crate::stats::SubscriptionStats;
-use hearth_messaging::{Broker, Consumer, Delivery, OutgoingMessage, Receipt, SubscriptionSpec};
+use hearth_messaging::{
+    Broker, Consumer, Delivery, MessagingError, OutgoingMessage, Receipt, SubscriptionSpec,
+};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -102,7 +104,7 @@ impl SubscriptionSettings {
 
     /// Parses `hearth.dev/subscribe`: `topic[,topic...]`, each optionally
     /// `topic@group` (default group: [`Self::default_group`] of `function`).
-    pub fn from_annotation(value: &str, function: &str) -> Result<Vec<Self>, String> {
+    pub fn from_annotation(value: &str, function: &str) -> Result<Vec<Self>, MessagingError> {
         let default_group = Self::default_group(function);
         let default_group = default_group.as_str();
         let mut out = Vec::new();
@@ -111,15 +113,48 @@ impl SubscriptionSettings {
                 Some((topic, group)) => (topic.trim(), group.trim()),
                 None => (entry, default_group),
             };
-            hearth_messaging::validate_topic(topic).map_err(|e| e.to_string())?;
-            hearth_messaging::validate_topic(group).map_err(|e| format!("group: {e}"))?;
+            hearth_messaging::validate_topic(topic)?;
+            hearth_messaging::validate_topic(group)
+                .map_err(|e| MessagingError::InvalidArgument(format!("group: {e}")))?;
             out.push(SubscriptionSettings::new(topic, group));
         }
         if out.is_empty() {
-            return Err("no topic given".into());
+            return Err(MessagingError::InvalidArgument("no topic given".into()));
         }
         Ok(out)
     }
+}
+
+/// Why a subscription could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// The function has no message handler to call.
+    #[error(
+        "function `{function}` does not export `{}`, so it cannot subscribe to `{topic}`",
+        crate::function::MESSAGE_HANDLER
+    )]
+    NoHandler {
+        /// The function.
+        function: String,
+        /// The topic.
+        topic: String,
+    },
+    /// Its settings are out of range.
+    #[error("subscription to `{topic}`: concurrency and max_deliveries must be at least 1")]
+    Settings {
+        /// The topic.
+        topic: String,
+    },
+    /// The broker refused it.
+    #[error("function `{function}`: cannot subscribe to `{topic}`: {cause}")]
+    Broker {
+        /// The function.
+        function: String,
+        /// The topic.
+        topic: String,
+        /// The broker's error.
+        cause: MessagingError,
+    },
 }
 
 /// A running subscription.
@@ -156,7 +191,7 @@ impl Subscription {
         function: Arc<Function>,
         broker: Broker,
         settings: SubscriptionSettings,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SubscribeError> {
         Self::start_observed(function, broker, settings, None).await
     }
 
@@ -166,17 +201,17 @@ impl Subscription {
         broker: Broker,
         settings: SubscriptionSettings,
         on_start: Option<StartObserver>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SubscribeError> {
         if function.message_handler().is_none() {
-            return Err(format!(
-                "function `{}` does not export `{}`, so it cannot subscribe to `{}`",
-                function.name(),
-                crate::function::MESSAGE_HANDLER,
-                settings.topic
-            ));
+            return Err(SubscribeError::NoHandler {
+                function: function.name().to_string(),
+                topic: settings.topic.clone(),
+            });
         }
         if settings.concurrency == 0 || settings.max_deliveries == 0 {
-            return Err("concurrency and max_deliveries must be at least 1".into());
+            return Err(SubscribeError::Settings {
+                topic: settings.topic.clone(),
+            });
         }
         let consumer = broker
             .subscribe(&SubscriptionSpec {
@@ -185,12 +220,10 @@ impl Subscription {
                 visibility: settings.visibility,
             })
             .await
-            .map_err(|e| {
-                format!(
-                    "function `{}`: cannot subscribe to `{}`: {e}",
-                    function.name(),
-                    settings.topic
-                )
+            .map_err(|cause| SubscribeError::Broker {
+                function: function.name().to_string(),
+                topic: settings.topic.clone(),
+                cause,
             })?;
         let stats = Arc::new(SubscriptionStats {
             function: function.name().to_string(),

@@ -25,7 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("store data", &["function_env", "store_data"]),
     ("function", &["engine", "function", "invocation"]),
     ("triggers", &["http", "messages", "job"]),
-    ("serving", &["control", "admin", "config"]),
+    ("serving", &["serving", "control", "admin", "config"]),
 ];
 
 fn src() -> PathBuf {

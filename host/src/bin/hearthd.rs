@@ -13,9 +13,11 @@
 //! `[[function]]` listeners.
 //!
 //! `[[function.subscribe]]` entries start message subscriptions (see
-//! `hearth_host::messages`) once everything is loaded; on SIGTERM they drain
-//! first (stop pulling, let in-flight handlers finish for 10 s, give back
-//! the rest), then the HTTP listeners drain.
+//! `hearth_host::messages`) once everything is loaded. Each function is
+//! served through `hearth_host::serving::Serving`, as the control API's
+//! Pods are: on SIGTERM its listener and subscriptions drain together (stop
+//! accepting and pulling, let in-flight requests and handlers finish, give
+//! back the messages still running after 10 s).
 //!
 //! With `--admin ADDR` (or `[admin] listen`) hearthd serves `/metrics`,
 //! `/healthz` and `/readyz` there (see `hearth_host::admin`) and logs
@@ -30,6 +32,7 @@ use clap::Parser;
 use hearth_host::admin::Admin;
 use hearth_host::config::HearthConfig;
 use hearth_host::control::Prewarmed;
+use hearth_host::serving::Serving;
 use hearth_host::{FunctionEnv, FunctionSource, Host, PullPolicy};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -137,8 +140,7 @@ async fn run(args: Args) -> Result<()> {
     }
 
     // Load everything before serving anything, so a bad function stops start-up.
-    let mut servers = Vec::new();
-    let mut handlers = Vec::new();
+    let mut to_serve = Vec::new();
     for function_config in &config.function {
         let env = function_config
             .spec()
@@ -171,39 +173,36 @@ async fn run(args: Args) -> Result<()> {
                 hearth_host::function::MESSAGE_HANDLER,
             );
         }
-        for subscribe in &function_config.subscribe {
-            handlers.push((function.clone(), subscribe.settings(&function_config.name)));
-        }
-        if let Some(listen) = function_config.listen {
-            if !function.is_service() {
-                anyhow::bail!(
-                    "function `{}` ({origin}) has `listen` but does not export `{}`",
-                    function_config.name,
-                    hearth_host::function::INCOMING_HANDLER,
-                );
-            }
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| {
+        let subscriptions: Vec<_> = function_config
+            .subscribe
+            .iter()
+            .map(|subscribe| subscribe.settings(&function_config.name))
+            .collect();
+        let listener = match function_config.listen {
+            None => None,
+            Some(_) if !function.is_service() => anyhow::bail!(
+                "function `{}` ({origin}) has `listen` but does not export `{}`",
+                function_config.name,
+                hearth_host::function::INCOMING_HANDLER,
+            ),
+            Some(listen) => Some(tokio::net::TcpListener::bind(listen).await.with_context(
+                || {
                     format!(
                         "function `{}`: cannot listen on {listen}",
                         function_config.name
                     )
-                })?;
-            servers.push((function, listener));
-        }
+                },
+            )?),
+        };
+        to_serve.push((function, listener, subscriptions));
     }
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     admin_sources.push(Arc::new(
-        servers
+        to_serve
             .iter()
-            .map(|(function, _)| function)
-            .chain(handlers.iter().map(|(function, _)| function))
-            .map(|function| (function.name().to_string(), function.clone()))
-            .collect::<std::collections::BTreeMap<_, _>>()
-            .into_iter()
+            .map(|(function, _, _)| (function.name().to_string(), function.clone()))
             .collect::<Vec<_>>(),
     ));
     if let Some(listener) = admin_listener {
@@ -234,41 +233,25 @@ async fn run(args: Args) -> Result<()> {
             },
         ));
     }
-    for (function, listener) in servers {
+    let mut drains = Vec::new();
+    for (function, listener, subscriptions) in to_serve {
         let name = function.name().to_string();
-        tracing::info!(function = %name, "serving function `{name}` on http://{}", listener.local_addr()?);
-        let mut stopped = stopped.clone();
-        tasks.spawn(hearth_host::http::serve(function, listener, async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }));
-    }
-    let broker_of = |function: &hearth_host::Function| {
-        function.capabilities().broker().cloned().ok_or_else(|| {
-            anyhow::anyhow!(
-                "function `{}`: no message broker is configured",
-                function.name()
-            )
-        })
-    };
-    let mut subscriptions = Vec::new();
-    for (function, settings) in handlers {
-        let broker = broker_of(&function)?;
-        subscriptions.push(
-            hearth_host::messages::Subscription::start(function, broker, settings)
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?,
-        );
+        let serving = Serving::start(function, listener, &subscriptions).await?;
+        if let Some(addr) = serving.local_addr() {
+            tracing::info!(function = %name, "serving function `{name}` on http://{addr}");
+        }
+        drains.push(serving.drain_handle());
+        tasks.spawn(serving.run());
     }
     ready.store(true, Ordering::Relaxed);
     tracing::info!(functions = config.function.len(), "hearthd ready");
     hearth_host::shutdown_signal().await;
     tracing::info!("shutting down");
-    // Message handlers drain first: stop pulling, finish or give back
-    // what is in flight.
-    let drains = subscriptions
-        .into_iter()
-        .map(|subscription| subscription.drain(hearth_host::control::DRAIN_GRACE));
-    futures_util::future::join_all(drains).await;
+    // Every function drains (no new requests or messages; in-flight ones
+    // finish or are given back) while the control and admin endpoints stop.
+    for drain in &drains {
+        drain.drain();
+    }
     let _ = stop.send(true);
     while let Some(result) = tasks.join_next().await {
         result??;
