@@ -53,10 +53,12 @@ fn hearth_run_serves_runs_lifecycle_and_drains_on_sigterm() {
 #[test]
 fn hearth_run_listens_on_port_env() {
     let port = free_port();
+    let cache = tempfile::tempdir().unwrap();
     let mut command = Command::new(HEARTH);
     command.args(["run", hearth_testkit::HELLO, "--env", "GREETING=Port"]);
     let mut child = command
         .env("PORT", port.to_string())
+        .env("HEARTH_CACHE_DIR", cache.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
