@@ -11,6 +11,6 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 features=()
 if [ -n "${HEARTH_RDMA_DEVICE:-}" ]; then features=(--features rdma); fi
-cargo build --release -p hearth-blob --bin hearth-store "${features[@]}"
+cargo build --release -p hearth-store-node --bin hearth-store "${features[@]}"
 cargo build --release -p hearth-bench "${features[@]}"
 exec target/release/hearth-bench blob "$@"

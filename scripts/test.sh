@@ -8,6 +8,6 @@ cargo fmt --manifest-path functions/Cargo.toml --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The RDMA verbs transport builds (and lints) here; its tests run when
 # HEARTH_RDMA_DEVICE names a device and otherwise print why they did not.
-cargo clippy -p hearth-host -p hearth-blob -p hearth-bench --all-targets --features hearth-host/rdma,hearth-bench/rdma -- -D warnings
+cargo clippy -p hearth-host -p hearth-blob -p hearth-store-node -p hearth-bench --all-targets --features hearth-host/rdma,hearth-store-node/rdma,hearth-bench/rdma -- -D warnings
 cargo test --workspace
-cargo test -p hearth-blob --features rdma --test rdma -- --nocapture
+cargo test -p hearth-store-node --features rdma --test rdma -- --nocapture

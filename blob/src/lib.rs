@@ -7,9 +7,13 @@
 //! * [`regions`]: registered buffers and the one-sided read rules the
 //!   remote transport (TCP, loopback, RDMA verbs) is built on, and
 //!   [`transport`]: the transport trait with its loopback and TCP ends;
-//!   [`remote`]: the storage-node protocol over it, both sides;
-//!   [`tiered`]: the storage node's hot memory tier over a cold backend.
-//!   With the `rdma` feature, `rdma`: the transport over RDMA verbs.
+//!   [`remote`]: the storage-node protocol's messages and its client, the
+//!   `remote` backend. With the `rdma` feature, `rdma`: the transport over
+//!   RDMA verbs. The wire (transport, region rules, verbs) is here because
+//!   the client reads one-sided through it too; the node itself (serving,
+//!   its hot tier, the `hearth-store` binary) is the `hearth-store-node`
+//!   crate.
+//! * [`config`]: `[blob.stores.LABEL]` tables and how they build.
 //! * [`BlobStore`]: a backend under a label, with the checks every call goes
 //!   through first (container and object names, the size limit), so every
 //!   backend refuses bad input the same way.
@@ -56,7 +60,6 @@ pub mod rdma;
 pub mod regions;
 pub mod remote;
 pub mod s3;
-pub mod tiered;
 pub mod transport;
 
 /// The longest object name, in bytes.

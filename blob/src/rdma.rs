@@ -916,36 +916,6 @@ pub fn rdma_connector(
     })
 }
 
-/// Serves `store` over RDMA to every connection `listener` accepts (the
-/// setup socket), reads out of `pool`'s buffers, which `regions` (made
-/// [`RegionTable::with_registrar`] with `device`) registers with the NIC.
-pub async fn serve_rdma(
-    listener: tokio::net::TcpListener,
-    device: Arc<VerbsDevice>,
-    store: crate::BlobStore,
-    pool: Arc<crate::regions::BufferPool>,
-    regions: Arc<RegionTable>,
-) -> std::io::Result<()> {
-    loop {
-        let (socket, peer) = listener.accept().await?;
-        let (device, store, pool, regions) =
-            (device.clone(), store.clone(), pool.clone(), regions.clone());
-        tokio::spawn(async move {
-            match VerbsTransport::establish(device, socket, regions).await {
-                Ok(transport) => {
-                    let transport: Arc<dyn Transport> = Arc::new(transport);
-                    if let Err(error) =
-                        crate::remote::serve_connection(transport, store, pool).await
-                    {
-                        tracing::warn!(%peer, error = %error, "RDMA storage connection ended with an error");
-                    }
-                }
-                Err(error) => tracing::warn!(%peer, error = %error, "RDMA connection setup failed"),
-            }
-        });
-    }
-}
-
 /// Why the verbs tests cannot run here, if they cannot (they need a device
 /// named by `HEARTH_RDMA_DEVICE`).
 pub fn not_run_reason() -> Option<String> {

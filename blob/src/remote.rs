@@ -1,5 +1,7 @@
-//! The `remote` backend and the storage node's side of its protocol,
-//! written once over any [`Transport`].
+//! The `remote` backend: the client of a storage node (`hearth-store`, in
+//! the `hearth-store-node` crate, which serves this protocol), over any
+//! [`Transport`]. The protocol's messages are defined here, once, for both
+//! sides.
 //!
 //! # Protocol
 //!
@@ -25,11 +27,9 @@
 //! * Everything else is one `Request`, one `Reply`. Errors cross as
 //!   `Reply::Error` with the [`BlobError`] kind and message.
 
-use crate::regions::{BufferPool, PooledBuffer, RemoteSlice};
+use crate::regions::RemoteSlice;
 use crate::transport::{Transport, TransportError};
-use crate::{
-    BlobBackend, BlobError, BlobStore, ByteRange, ByteStream, ContainerInfo, ListPage, ObjectInfo,
-};
+use crate::{BlobBackend, BlobError, ByteRange, ByteStream, ContainerInfo, ListPage, ObjectInfo};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -160,7 +160,8 @@ pub enum Reply {
 }
 
 impl Reply {
-    fn from_error(error: &BlobError) -> Self {
+    /// The reply that carries `error` across the wire.
+    pub fn from_error(error: &BlobError) -> Self {
         let (kind, message, limit) = match error {
             BlobError::InvalidName(m) => ("invalid-name", m.clone(), None),
             BlobError::NotFound(m) => ("not-found", m.clone(), None),
@@ -228,13 +229,15 @@ fn error_from(kind: &str, message: String, limit: Option<u64>) -> BlobError {
     }
 }
 
-fn encode<T: Serialize>(message: &T) -> Bytes {
+/// A control message: [`CONTROL`] and the JSON of `message`.
+pub fn encode<T: Serialize>(message: &T) -> Bytes {
     let mut out = vec![CONTROL];
     serde_json::to_writer(&mut out, message).expect("serializable");
     Bytes::from(out)
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(message: &[u8]) -> Result<T, TransportError> {
+/// The JSON of a control message.
+pub fn decode<T: for<'de> Deserialize<'de>>(message: &[u8]) -> Result<T, TransportError> {
     match message.split_first() {
         Some((&CONTROL, json)) => serde_json::from_slice(json)
             .map_err(|e| TransportError::Protocol(format!("bad control message: {e}"))),
@@ -242,205 +245,6 @@ fn decode<T: for<'de> Deserialize<'de>>(message: &[u8]) -> Result<T, TransportEr
             "expected a control message".into(),
         )),
     }
-}
-
-/// Serves `store` to one connection until it ends, reading chunks out of
-/// `pool`'s registered buffers.
-pub async fn serve_connection(
-    transport: Arc<dyn Transport>,
-    store: BlobStore,
-    pool: Arc<BufferPool>,
-) -> Result<(), TransportError> {
-    loop {
-        let request: Request = match transport.recv().await {
-            Ok(message) => decode(&message)?,
-            Err(TransportError::Closed(_)) => return Ok(()),
-            Err(other) => return Err(other),
-        };
-        let reply = match request {
-            Request::CreateContainer { container } => store
-                .create_container(&container)
-                .await
-                .map(Reply::Container),
-            Request::ContainerInfo { container } => {
-                store.container_info(&container).await.map(Reply::Container)
-            }
-            Request::DeleteContainer { container } => store
-                .delete_container(&container)
-                .await
-                .map(|()| Reply::Done),
-            Request::Info { container, name } => {
-                store.info(&container, &name).await.map(Reply::Object)
-            }
-            Request::Delete { container, name } => {
-                store.delete(&container, &name).await.map(|()| Reply::Done)
-            }
-            Request::List {
-                container,
-                after,
-                limit,
-            } => store
-                .list(&container, after.as_deref(), limit)
-                .await
-                .map(|page| Reply::Page {
-                    names: page.names,
-                    next: page.next,
-                }),
-            Request::Get {
-                container,
-                name,
-                start,
-                end,
-            } => {
-                serve_read(
-                    &*transport,
-                    &store,
-                    &pool,
-                    &container,
-                    &name,
-                    ByteRange { start, end },
-                )
-                .await?;
-                continue;
-            }
-            Request::Put { container, name } => {
-                serve_write(&transport, &store, &container, &name).await
-            }
-            Request::Next | Request::PutEnd => {
-                return Err(TransportError::Protocol(
-                    "`next` or `put-end` outside a read or write".into(),
-                ));
-            }
-        };
-        let reply = reply.unwrap_or_else(|error| Reply::from_error(&error));
-        transport.send(encode(&reply)).await?;
-    }
-}
-
-async fn serve_read(
-    transport: &dyn Transport,
-    store: &BlobStore,
-    pool: &Arc<BufferPool>,
-    container: &str,
-    name: &str,
-    range: ByteRange,
-) -> Result<(), TransportError> {
-    let (info, mut body) = match store.get(container, name, range).await {
-        Ok(found) => found,
-        Err(error) => return transport.send(encode(&Reply::from_error(&error))).await,
-    };
-    transport
-        .send(encode(&Reply::Reading {
-            size: info.size,
-            created_at_ms: info.created_at_ms,
-        }))
-        .await?;
-    // The backend's chunks are copied once, into registered buffers, and
-    // each full buffer (the last may be short) is offered to the client.
-    let mut chunk = Bytes::new();
-    let mut buffer: Option<PooledBuffer> = None;
-    let mut ended = false;
-    loop {
-        if chunk.is_empty() && !ended {
-            match body.next().await {
-                Some(Ok(next)) => chunk = next,
-                Some(Err(error)) => {
-                    return transport.send(encode(&Reply::from_error(&error))).await;
-                }
-                None => ended = true,
-            }
-        }
-        if !chunk.is_empty() {
-            if buffer.is_none() {
-                let Some(taken) = pool.take() else {
-                    let error =
-                        BlobError::Unavailable("the storage node has no free read buffer".into());
-                    return transport.send(encode(&Reply::from_error(&error))).await;
-                };
-                buffer = Some(taken);
-            }
-            let filled = buffer.as_ref().expect("just taken").append(&chunk);
-            bytes::Buf::advance(&mut chunk, filled);
-        }
-        let offer = match &buffer {
-            Some(held) => held.is_full() || (ended && chunk.is_empty()),
-            None => false,
-        };
-        if offer {
-            let held = buffer.take().expect("checked");
-            let (slice, crc32c) = held.advertise();
-            transport
-                .send(encode(&Reply::Chunk {
-                    region: slice.region,
-                    key: slice.key,
-                    len: slice.len,
-                    crc32c,
-                }))
-                .await?;
-            // The buffer stays registered until the client says `next`
-            // (or goes away: then `recv` fails and the buffer is dropped
-            // here, back to the pool).
-            let answer: Request = decode(&transport.recv().await?)?;
-            drop(held);
-            if !matches!(answer, Request::Next) {
-                return Err(TransportError::Protocol(
-                    "expected `next` during a read".into(),
-                ));
-            }
-        }
-        if ended && chunk.is_empty() && buffer.is_none() {
-            return transport.send(encode(&Reply::End)).await;
-        }
-    }
-}
-
-async fn serve_write(
-    transport: &Arc<dyn Transport>,
-    store: &BlobStore,
-    container: &str,
-    name: &str,
-) -> Result<Reply, BlobError> {
-    // Data messages flow into the backend's put as a stream; the put ends
-    // when `put-end` arrives (or fails, and nothing is written, when the
-    // client goes away or sends something else).
-    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let incoming = futures_util::stream::try_unfold(
-        (transport.clone(), ended.clone()),
-        |(transport, ended)| async move {
-            let message = transport.recv().await.map_err(|e| {
-                BlobError::Unavailable(format!("the client went away mid-write: {e}"))
-            })?;
-            match message.first() {
-                Some(&DATA) => Ok(Some((message.slice(1..), (transport, ended)))),
-                Some(&CONTROL) => match decode::<Request>(&message) {
-                    Ok(Request::PutEnd) => {
-                        ended.store(true, std::sync::atomic::Ordering::SeqCst);
-                        Ok(None)
-                    }
-                    _ => Err(BlobError::Other(
-                        "expected data or `put-end` during a write".into(),
-                    )),
-                },
-                _ => Err(BlobError::Other("an empty message during a write".into())),
-            }
-        },
-    )
-    .boxed();
-    let written = store.put(container, name, incoming).await;
-    // A put refused early (a missing container, a bad name, over the
-    // limit) did not read all the data: skip the rest, so the connection is
-    // ready for the next request.
-    while !ended.load(std::sync::atomic::Ordering::SeqCst) {
-        let Ok(message) = transport.recv().await else {
-            break;
-        };
-        if message.first() == Some(&CONTROL)
-            && matches!(decode::<Request>(&message), Ok(Request::PutEnd))
-        {
-            break;
-        }
-    }
-    written.map(Reply::Object)
 }
 
 /// Makes a new connection to the storage node.
@@ -718,30 +522,6 @@ struct ReadState {
     what: String,
 }
 
-/// Serves `store` to every connection `listener` accepts, over TCP, with
-/// `pool`'s buffers (registered in `regions`) for reads. Runs until the
-/// listener fails.
-pub async fn serve_tcp(
-    listener: tokio::net::TcpListener,
-    store: BlobStore,
-    pool: Arc<BufferPool>,
-    regions: Arc<crate::regions::RegionTable>,
-) -> std::io::Result<()> {
-    loop {
-        let (stream, peer) = listener.accept().await?;
-        let transport: Arc<dyn Transport> = Arc::new(crate::transport::tcp::TcpTransport::new(
-            stream,
-            regions.clone(),
-        ));
-        let (store, pool) = (store.clone(), pool.clone());
-        tokio::spawn(async move {
-            if let Err(error) = serve_connection(transport, store, pool).await {
-                tracing::warn!(%peer, error = %error, "storage connection ended with an error");
-            }
-        });
-    }
-}
-
 /// Connects to a storage node at `addr` over TCP.
 pub fn tcp_connector(addr: std::net::SocketAddr, timeout: std::time::Duration) -> Connector {
     Arc::new(move || {
@@ -758,28 +538,6 @@ pub fn tcp_connector(addr: std::net::SocketAddr, timeout: std::time::Duration) -
                 Arc::new(crate::regions::RegionTable::default()),
             );
             Ok(Arc::new(transport) as Arc<dyn Transport>)
-        })
-    })
-}
-
-/// Connects to an in-process storage node serving `store` with `pool`'s
-/// buffers (registered in `regions`) over the loopback transport: each
-/// connection is a [`crate::transport::loopback::pair`] whose node end is
-/// served by [`serve_connection`].
-pub fn loopback_connector(
-    store: BlobStore,
-    pool: Arc<BufferPool>,
-    regions: Arc<crate::regions::RegionTable>,
-) -> Connector {
-    Arc::new(move || {
-        let (store, pool, regions) = (store.clone(), pool.clone(), regions.clone());
-        Box::pin(async move {
-            let (client, node) = crate::transport::loopback::pair(
-                Arc::new(crate::regions::RegionTable::default()),
-                regions,
-            );
-            tokio::spawn(serve_connection(Arc::new(node), store, pool));
-            Ok(Arc::new(client) as Arc<dyn Transport>)
         })
     })
 }

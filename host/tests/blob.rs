@@ -71,7 +71,7 @@ impl Node {
     async fn serve_tcp(&self) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(hearth_blob::remote::serve_tcp(
+        let server = tokio::spawn(hearth_store_node::serve::serve_tcp(
             listener,
             self.store.clone(),
             self.pool.clone(),
@@ -117,12 +117,13 @@ async fn backend(kind: Kind) -> (KeepAlive, Arc<dyn BlobBackend>) {
         }
         Kind::RemoteLoopback => {
             let node = Node::new();
-            let backend =
-                hearth_blob::remote::RemoteBackend::new(hearth_blob::remote::loopback_connector(
+            let backend = hearth_blob::remote::RemoteBackend::new(
+                hearth_store_node::serve::loopback_connector(
                     node.store.clone(),
                     node.pool.clone(),
                     node.regions.clone(),
-                ));
+                ),
+            );
             (Box::new(node), Arc::new(backend))
         }
     }

@@ -103,7 +103,7 @@ impl StoreNode {
     fn start(bin: &PathBuf, rdma_device: Option<&str>) -> Result<Self> {
         if !bin.exists() {
             bail!(
-                "{} is missing: build it with `cargo build --release -p hearth-blob --bin hearth-store` (scripts/bench-blob.sh does)",
+                "{} is missing: build it with `cargo build --release -p hearth-store-node --bin hearth-store` (scripts/bench-blob.sh does)",
                 bin.display()
             );
         }
@@ -300,7 +300,7 @@ async fn copies_per_byte() -> Result<(f64, f64)> {
     let pool = hearth_blob::regions::BufferPool::new(regions.clone(), 1 << 20, 8);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let node_addr = listener.local_addr()?;
-    let server = tokio::spawn(hearth_blob::remote::serve_tcp(
+    let server = tokio::spawn(hearth_store_node::serve::serve_tcp(
         listener, node, pool, regions,
     ));
     let remote = BlobStore::new(

@@ -1,8 +1,8 @@
 //! `hearth-store`: a storage node. Serves one blob backend (`fs` or `s3`)
 //! to hearthd's `remote` blob stores over TCP, with object data read
-//! one-sided out of a pool of registered buffers (see `hearth_blob::remote`),
+//! one-sided out of a pool of registered buffers (see `hearth_store_node::serve`),
 //! and a hot in-memory tier in front of the backend
-//! (`hearth_blob::tiered`; `--hot-mib 0` turns it off).
+//! (`hearth_store_node::tiered`; `--hot-mib 0` turns it off).
 //!
 //! ```text
 //! hearth-store --listen 0.0.0.0:7480 --fs /var/lib/hearth-store
@@ -125,7 +125,7 @@ async fn run(args: Args) -> Result<(), String> {
     let backend: Arc<dyn BlobBackend> = if args.hot_mib == 0 {
         backend
     } else {
-        Arc::new(hearth_blob::tiered::TieredBackend::new(
+        Arc::new(hearth_store_node::tiered::TieredBackend::new(
             backend,
             args.hot_mib << 20,
             args.hot_max_object_mib << 20,
@@ -164,7 +164,7 @@ async fn run(args: Args) -> Result<(), String> {
             device = device.name(),
             "hearth-store serving RDMA, setup on {rdma_listen}"
         );
-        tokio::spawn(hearth_blob::rdma::serve_rdma(
+        tokio::spawn(hearth_store_node::serve::serve_rdma(
             listener,
             device,
             store.clone(),
@@ -184,7 +184,7 @@ async fn run(args: Args) -> Result<(), String> {
         "hearth-store listening on {addr}"
     );
     tokio::select! {
-        served = hearth_blob::remote::serve_tcp(listener, store, pool, regions) => {
+        served = hearth_store_node::serve::serve_tcp(listener, store, pool, regions) => {
             served.map_err(|e| format!("accepting on {addr}: {e}"))
         }
         _ = tokio::signal::ctrl_c() => Ok(()),

@@ -8,10 +8,11 @@
 
 use bytes::Bytes;
 use hearth_blob::conformance::{self, LIMIT};
-use hearth_blob::rdma::{VerbsDevice, VerbsTransport, not_run_reason, rdma_connector, serve_rdma};
+use hearth_blob::rdma::{VerbsDevice, VerbsTransport, not_run_reason, rdma_connector};
 use hearth_blob::regions::{BufferPool, RegionError, RegionTable, RemoteSlice};
 use hearth_blob::transport::{Transport, TransportError};
 use hearth_blob::{BlobLimits, BlobStore};
+use hearth_store_node::serve::serve_rdma;
 use std::sync::Arc;
 use std::time::Duration;
 

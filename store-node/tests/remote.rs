@@ -7,8 +7,9 @@ use futures_util::StreamExt;
 use hearth_blob::conformance::{self, LIMIT};
 use hearth_blob::fs::FsBackend;
 use hearth_blob::regions::{BufferPool, RegionTable};
-use hearth_blob::remote::{Connector, RemoteBackend, serve_tcp, tcp_connector};
+use hearth_blob::remote::{Connector, RemoteBackend, tcp_connector};
 use hearth_blob::{BlobError, BlobLimits, BlobStore, ByteRange};
+use hearth_store_node::serve::serve_tcp;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +48,7 @@ fn remote(connect: Connector) -> BlobStore {
 }
 
 fn loopback_connector(node: &Node) -> Connector {
-    hearth_blob::remote::loopback_connector(
+    hearth_store_node::serve::loopback_connector(
         node.store.clone(),
         node.pool.clone(),
         node.regions.clone(),

@@ -21,10 +21,12 @@
 //! * The tier holds at most `capacity_bytes`; the least recently read
 //!   objects are evicted first.
 
-use crate::{BlobBackend, BlobError, ByteRange, ByteStream, ContainerInfo, ListPage, ObjectInfo};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use hearth_blob::{
+    BlobBackend, BlobError, ByteRange, ByteStream, ContainerInfo, ListPage, ObjectInfo,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -248,7 +250,7 @@ impl BlobBackend for TieredBackend {
             .map(move |chunk| {
                 if let Ok(chunk) = &chunk {
                     kept.extend_from_slice(chunk);
-                    crate::copy_meter::node_copied(chunk.len());
+                    hearth_blob::copy_meter::node_copied(chunk.len());
                     if kept.len() as u64 == cache_info.size
                         && let Some(key) = key.take()
                     {
