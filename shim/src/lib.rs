@@ -10,7 +10,7 @@
 //!   the first start spawns the shim server and later ones reuse it. A
 //!   container without that annotation (`ctr run`) gets a shim of its own.
 //! * The task service ([`task`]) runs the Pod's sandbox task itself (a
-//!   namespace holder, [`pause`]) and forwards function containers to
+//!   namespace holder, [`holder`]) and forwards function containers to
 //!   hearthd over the control API; the shim holds no wasmtime.
 //! * **hearthd is not started by the shim**: it is the node daemon. The
 //!   socket is `$HEARTH_SOCKET`, else `/run/hearth/hearthd.sock`; the shim
@@ -21,7 +21,10 @@
 //!   hearthd also forgets every function whose owning shim is gone.
 //! * The shim logs through containerd's shim log (the bundle's `log` FIFO).
 
-pub mod pause;
+pub mod error;
+pub mod hearthd;
+pub mod holder;
+pub mod rootfs;
 pub mod spec;
 pub mod task;
 
@@ -37,8 +40,8 @@ pub const RUNTIME_ID: &str = "io.containerd.hearth.v1";
 /// The shim binary's entry point.
 pub fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(pause::PAUSE_ARG) {
-        pause::run(&args[2..]);
+    if args.get(1).map(String::as_str) == Some(holder::PAUSE_ARG) {
+        holder::run(&args[2..]);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -2,7 +2,7 @@
 //!
 //! # Contract
 //!
-//! * **Sandbox containers** run a namespace holder ([`crate::pause`]) as a
+//! * **Sandbox containers** run a namespace holder ([`crate::holder`]) as a
 //!   child of the shim; its PID is the task's PID. Kill signals it; its exit
 //!   (128 + signal when a signal ended it) is the task's exit.
 //! * **Function containers** are handed to hearthd over the control API.
@@ -32,12 +32,18 @@
 //!   instances hold in hearthd; for a sandbox, the holder's RSS. Both as
 //!   `io.containerd.cgroups.v2.Metrics`.
 //! * **Shutdown** ends the shim once it holds no containers.
+//!
+//! The task API is here; the sandbox holder is [`crate::holder`], the
+//! hearthd client and exit watcher [`crate::hearthd`], the rootfs
+//! [`crate::rootfs`], and every failure a [`TaskError`].
 
-use crate::pause;
+use crate::error::TaskError;
+use crate::hearthd::{Hearthd, Watcher};
 use crate::spec::{
     BundleSpec, CONTAINER_NAME_ANNOTATION, Entrypoint, SANDBOX_ID_ANNOTATION, SUBSCRIBE_ANNOTATION,
     find_entrypoint,
 };
+use crate::{holder, rootfs};
 use async_trait::async_trait;
 use containerd_shim::api::{
     ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
@@ -46,14 +52,13 @@ use containerd_shim::api::{
     WaitResponse,
 };
 use containerd_shim::protos::cgroups_v2::metrics::{MemoryStat, Metrics};
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskIO, TaskStart};
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{Error as ShimError, ExitSignal, TtrpcContext, TtrpcResult};
-use hearth_control::ControlClient;
+use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 use hearth_control::v1 as control;
 use log::{error, info, warn};
 use std::collections::HashMap;
@@ -86,25 +91,28 @@ pub struct HearthTask {
     exit: Arc<ExitSignal>,
 }
 
-struct Container {
-    id: String,
-    bundle: String,
-    stdin: String,
-    stdout: String,
-    stderr: String,
-    role: Role,
+/// One container of the Pod.
+pub(crate) struct Container {
+    pub(crate) id: String,
+    pub(crate) bundle: String,
+    pub(crate) stdin: String,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) role: Role,
     /// 0 until started.
-    pid: AtomicU32,
-    exit: watch::Sender<Option<Exited>>,
+    pub(crate) pid: AtomicU32,
+    pub(crate) exit: watch::Sender<Option<Exited>>,
 }
 
+/// How a container ended.
 #[derive(Clone)]
-struct Exited {
-    status: u32,
-    at: Timestamp,
+pub(crate) struct Exited {
+    pub(crate) status: u32,
+    pub(crate) at: Timestamp,
 }
 
-enum Role {
+/// What a container is.
+pub(crate) enum Role {
     Sandbox {
         plan: crate::spec::NamespacePlan,
     },
@@ -116,42 +124,6 @@ enum Role {
     },
 }
 
-/// The connection to hearthd, made on first use.
-struct Hearthd {
-    socket: PathBuf,
-    client: tokio::sync::Mutex<Option<ControlClient>>,
-}
-
-impl Hearthd {
-    async fn client(&self) -> Result<ControlClient, ShimError> {
-        let mut client = self.client.lock().await;
-        if let Some(client) = client.as_ref() {
-            return Ok(client.clone());
-        }
-        let connected = hearth_control::connect(&self.socket)
-            .await
-            .map_err(|error| ShimError::FailedPreconditionError(error.to_string()))?;
-        *client = Some(connected.clone());
-        Ok(connected)
-    }
-}
-
-fn from_status(status: tonic::Status) -> ShimError {
-    let message = format!("hearthd: {}", status.message());
-    match status.code() {
-        tonic::Code::NotFound => ShimError::NotFoundError(message),
-        tonic::Code::InvalidArgument | tonic::Code::AlreadyExists => {
-            ShimError::InvalidArgument(message)
-        }
-        tonic::Code::FailedPrecondition => ShimError::FailedPreconditionError(message),
-        _ => ShimError::Other(message),
-    }
-}
-
-fn now() -> Timestamp {
-    Timestamp::now()
-}
-
 impl HearthTask {
     /// A service for the containers of one shim, publishing events to
     /// containerd through `publisher`, signalling `exit` on Shutdown.
@@ -160,21 +132,18 @@ impl HearthTask {
             namespace: namespace.to_string(),
             publisher: Arc::new(publisher),
             containers: Mutex::new(HashMap::new()),
-            hearthd: Hearthd {
-                socket: hearth_control::socket_path(),
-                client: tokio::sync::Mutex::new(None),
-            },
+            hearthd: Hearthd::new(hearth_control::socket_path()),
             exit,
         }
     }
 
-    fn get(&self, id: &str) -> Result<Arc<Container>, ShimError> {
+    fn get(&self, id: &str) -> Result<Arc<Container>, TaskError> {
         self.containers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .cloned()
-            .ok_or_else(|| ShimError::NotFoundError(format!("no container `{id}` in this shim")))
+            .ok_or_else(|| TaskError::NotFound(format!("no container `{id}` in this shim")))
     }
 
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
@@ -187,16 +156,16 @@ impl HearthTask {
         }
     }
 
-    async fn do_create(&self, request: CreateTaskRequest) -> Result<CreateTaskResponse, ShimError> {
+    async fn do_create(&self, request: CreateTaskRequest) -> Result<CreateTaskResponse, TaskError> {
         crate::spec::check_id("the container id", &request.id)
-            .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         if request.terminal {
-            return Err(ShimError::InvalidArgument(
+            return Err(TaskError::InvalidArgument(
                 "a terminal is not supported: functions have no TTY".into(),
             ));
         }
         if !request.checkpoint.is_empty() {
-            return Err(ShimError::Unimplemented(
+            return Err(TaskError::Unimplemented(
                 "checkpoints are not supported".into(),
             ));
         }
@@ -206,17 +175,17 @@ impl HearthTask {
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(&request.id)
         {
-            return Err(ShimError::InvalidArgument(format!(
+            return Err(TaskError::AlreadyExists(format!(
                 "container `{}` exists",
                 request.id
             )));
         }
         let bundle = PathBuf::from(&request.bundle);
         let spec =
-            BundleSpec::load(&bundle).map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+            BundleSpec::load(&bundle).map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         if let Some(sandbox) = spec.annotation(SANDBOX_ID_ANNOTATION) {
             crate::spec::check_id("the sandbox-id annotation", sandbox)
-                .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+                .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         }
         let (role, pid) = if spec.is_sandbox() {
             (
@@ -284,15 +253,15 @@ impl HearthTask {
         request: &CreateTaskRequest,
         spec: &BundleSpec,
         bundle: &Path,
-    ) -> Result<Role, ShimError> {
+    ) -> Result<Role, TaskError> {
         let rootfs = spec.rootfs(bundle);
-        mount_rootfs(request, &rootfs).await?;
+        rootfs::mount(request, &rootfs).await?;
         let created = self.hand_to_hearthd(request, spec, &rootfs).await;
         match created {
             Ok(role) => Ok(role),
             Err(error) => {
                 error!("function {} not created: {error}", request.id);
-                unmount_rootfs(&rootfs).await;
+                rootfs::unmount(&rootfs).await;
                 Err(error)
             }
         }
@@ -303,9 +272,9 @@ impl HearthTask {
         request: &CreateTaskRequest,
         spec: &BundleSpec,
         rootfs: &Path,
-    ) -> Result<Role, ShimError> {
+    ) -> Result<Role, TaskError> {
         let source = match find_entrypoint(spec, rootfs)
-            .map_err(|e| ShimError::InvalidArgument(e.to_string()))?
+            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?
         {
             Entrypoint::File(path) => {
                 control::create_request::Source::WasmPath(path.to_string_lossy().into_owned())
@@ -319,16 +288,16 @@ impl HearthTask {
             (None, true) => {
                 // A container outside any Pod that asked for a network of its
                 // own: hold a fresh namespace for it.
-                let pid = spawn_holder(&plan)?.0;
+                let pid = holder::spawn(&plan)?.0;
                 holder = Some(pid);
                 format!("/proc/{pid}/ns/net")
             }
             (None, false) => String::new(),
         };
-        let listen = spec.listen_address().map_err(ShimError::InvalidArgument)?;
+        let listen = spec.listen_address().map_err(TaskError::InvalidArgument)?;
         let (min_idle, max_invocations) = spec
             .pool_annotations()
-            .map_err(ShimError::InvalidArgument)?;
+            .map_err(TaskError::InvalidArgument)?;
         let name = spec
             .annotation(CONTAINER_NAME_ANNOTATION)
             .unwrap_or(&request.id)
@@ -362,7 +331,10 @@ impl HearthTask {
         };
         let created = async {
             let mut client = self.hearthd.client().await?;
-            client.create(create.clone()).await.map_err(from_status)
+            client
+                .create(create.clone())
+                .await
+                .map_err(TaskError::Hearthd)
         }
         .await;
         match created {
@@ -380,7 +352,7 @@ impl HearthTask {
             }
             Err(error) => {
                 if let Some(pid) = holder {
-                    stop_holder(pid);
+                    holder::stop(pid);
                 }
                 error!("create of {} failed: {error}", request.id);
                 Err(error)
@@ -388,23 +360,23 @@ impl HearthTask {
         }
     }
 
-    async fn do_start(&self, request: StartRequest) -> Result<StartResponse, ShimError> {
+    async fn do_start(&self, request: StartRequest) -> Result<StartResponse, TaskError> {
         no_exec(&request.exec_id)?;
         let container = self.get(&request.id)?;
         if container.pid.load(Ordering::SeqCst) != 0 {
-            return Err(ShimError::FailedPreconditionError(format!(
+            return Err(TaskError::FailedPrecondition(format!(
                 "`{}` was already started",
                 container.id
             )));
         }
         let pid = match &container.role {
             Role::Sandbox { plan } => {
-                let (pid, child) = spawn_holder(plan)?;
+                let (pid, child) = holder::spawn(plan)?;
                 let task = self.clone_for_watch();
                 let watched = container.clone();
                 tokio::spawn(async move {
                     let status = match child.await {
-                        Ok(status) => exit_code(status),
+                        Ok(status) => holder::exit_code(status),
                         Err(error) => {
                             error!("lost the sandbox holder {pid}: {error}");
                             LOST_EXIT_STATUS
@@ -421,7 +393,7 @@ impl HearthTask {
                         id: container.id.clone(),
                     })
                     .await
-                    .map_err(from_status)?
+                    .map_err(TaskError::Hearthd)?
                     .into_inner();
                 if !started.listening.is_empty() {
                     info!(
@@ -455,11 +427,11 @@ impl HearthTask {
         Watcher {
             namespace: self.namespace.clone(),
             publisher: self.publisher.clone(),
-            socket: self.hearthd.socket.clone(),
+            socket: self.hearthd.socket().to_path_buf(),
         }
     }
 
-    async fn do_kill(&self, request: KillRequest) -> Result<(), ShimError> {
+    async fn do_kill(&self, request: KillRequest) -> Result<(), TaskError> {
         no_exec(&request.exec_id)?;
         let container = self.get(&request.id)?;
         info!("kill {} with signal {}", container.id, request.signal);
@@ -467,7 +439,7 @@ impl HearthTask {
             Role::Sandbox { .. } => {
                 let pid = container.pid.load(Ordering::SeqCst);
                 if pid != 0 && container.exit.borrow().is_none() {
-                    signal_process(pid, request.signal)?;
+                    holder::signal(pid, request.signal)?;
                 } else if pid == 0 {
                     let task = self.clone_for_watch();
                     task.finish(&container, 128 + request.signal).await;
@@ -485,7 +457,7 @@ impl HearthTask {
                         signal: request.signal,
                     })
                     .await
-                    .map_err(from_status)?;
+                    .map_err(TaskError::Hearthd)?;
                 if container.pid.load(Ordering::SeqCst) == 0 {
                     // Never started: no watcher will report the exit.
                     let task = self.clone_for_watch();
@@ -496,12 +468,12 @@ impl HearthTask {
         }
     }
 
-    async fn do_delete(&self, request: DeleteRequest) -> Result<DeleteResponse, ShimError> {
+    async fn do_delete(&self, request: DeleteRequest) -> Result<DeleteResponse, TaskError> {
         no_exec(&request.exec_id)?;
         let container = self.get(&request.id)?;
         let started = container.pid.load(Ordering::SeqCst) != 0;
         if started && container.exit.borrow().is_none() {
-            return Err(ShimError::FailedPreconditionError(format!(
+            return Err(TaskError::FailedPrecondition(format!(
                 "`{}` is running; kill it first",
                 container.id
             )));
@@ -539,9 +511,9 @@ impl HearthTask {
                     container.id
                 ),
             }
-            unmount_rootfs(rootfs).await;
+            rootfs::unmount(rootfs).await;
             if let Some(pid) = holder {
-                stop_holder(*pid);
+                holder::stop(*pid);
             }
         }
         self.containers
@@ -575,10 +547,10 @@ impl HearthTask {
         })
     }
 
-    async fn do_stats(&self, request: StatsRequest) -> Result<StatsResponse, ShimError> {
+    async fn do_stats(&self, request: StatsRequest) -> Result<StatsResponse, TaskError> {
         let container = self.get(&request.id)?;
         let usage = match &container.role {
-            Role::Sandbox { .. } => rss_bytes(container.pid.load(Ordering::SeqCst)),
+            Role::Sandbox { .. } => holder::rss_bytes(container.pid.load(Ordering::SeqCst)),
             Role::Function { .. } => {
                 let mut client = self.hearthd.client().await?;
                 client
@@ -586,7 +558,7 @@ impl HearthTask {
                         id: container.id.clone(),
                     })
                     .await
-                    .map_err(from_status)?
+                    .map_err(TaskError::Hearthd)?
                     .into_inner()
                     .memory_bytes
             }
@@ -608,316 +580,14 @@ impl HearthTask {
     }
 }
 
-/// What a background watcher needs to report an exit.
-struct Watcher {
-    namespace: String,
-    publisher: Arc<RemotePublisher>,
-    socket: PathBuf,
-}
-
-impl Watcher {
-    /// Records the first exit of `container` and publishes `/tasks/exit`.
-    async fn finish(&self, container: &Container, status: u32) {
-        let at = now();
-        let first = container.exit.send_if_modified(|exit| {
-            if exit.is_some() {
-                return false;
-            }
-            *exit = Some(Exited {
-                status,
-                at: at.clone(),
-            });
-            true
-        });
-        if !first {
-            return;
-        }
-        info!("{} exited with status {status}", container.id);
-        let event = TaskExit {
-            container_id: container.id.clone(),
-            id: container.id.clone(),
-            pid: container.pid.load(Ordering::SeqCst),
-            exit_status: status,
-            exited_at: Some(at).into(),
-            ..Default::default()
-        };
-        let published = self
-            .publisher
-            .publish(
-                Default::default(),
-                "/tasks/exit",
-                &self.namespace,
-                Box::new(event),
-            )
-            .await;
-        if let Err(error) = published {
-            warn!("cannot publish /tasks/exit: {error}");
-        }
-    }
-
-    /// Waits for a function to exit in hearthd, riding out hearthd restarts.
-    async fn watch_function(&self, container: Arc<Container>) {
-        let Role::Function { request, .. } = &container.role else {
-            return;
-        };
-        loop {
-            let waited = match hearth_control::connect(&self.socket).await {
-                Ok(mut client) => client
-                    .wait(control::WaitRequest {
-                        id: container.id.clone(),
-                    })
-                    .await
-                    .map(|response| response.into_inner()),
-                Err(error) => Err(tonic::Status::unavailable(error.to_string())),
-            };
-            match waited {
-                Ok(exit) => {
-                    let status = u32::try_from(exit.exit_status).unwrap_or(LOST_EXIT_STATUS);
-                    info!("function {} exited: {}", container.id, exit.reason);
-                    self.finish(&container, status).await;
-                    return;
-                }
-                Err(status) => {
-                    if container.exit.borrow().is_some() {
-                        return;
-                    }
-                    warn!(
-                        "lost hearthd while {} runs ({}): reconnecting",
-                        container.id,
-                        status.message()
-                    );
-                    if let Err(reason) = self.reattach(&container, request).await {
-                        error!("function {} is lost: {reason}", container.id);
-                        write_to_stderr(&container.stderr, &reason).await;
-                        self.finish(&container, LOST_EXIT_STATUS).await;
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Reconnects to hearthd; re-creates and restarts the function if
-    /// hearthd no longer has it. Transport failures (hearthd still going
-    /// down, or not yet up) are retried until the reconnect patience runs
-    /// out; an answer from hearthd that it cannot run the function is final.
-    async fn reattach(
-        &self,
-        container: &Container,
-        request: &control::CreateRequest,
-    ) -> Result<(), String> {
-        let patience = reconnect_patience();
-        let deadline = tokio::time::Instant::now() + patience;
-        let mut pause = Duration::from_millis(50);
-        loop {
-            let last_error = match self.try_reattach(container, request).await {
-                Ok(()) => return Ok(()),
-                Err(Reattach::Final(reason)) => return Err(reason),
-                Err(Reattach::Transient(reason)) => reason,
-            };
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "hearth: hearthd at {} did not come back within {} s ({last_error}); the function was lost",
-                    self.socket.display(),
-                    patience.as_secs()
-                ));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
-        }
-    }
-
-    async fn try_reattach(
-        &self,
-        container: &Container,
-        request: &control::CreateRequest,
-    ) -> Result<(), Reattach> {
-        let mut client = hearth_control::connect(&self.socket)
-            .await
-            .map_err(|error| Reattach::Transient(error.to_string()))?;
-        let state = client
-            .state(control::StateRequest {
-                id: container.id.clone(),
-            })
-            .await;
-        let needs_start = match state {
-            Ok(state) => state.into_inner().status == "created",
-            Err(status) if status.code() == tonic::Code::NotFound => {
-                client
-                    .create(request.clone())
-                    .await
-                    .map_err(|status| Reattach::from_status("re-load", status))?;
-                true
-            }
-            Err(status) => return Err(Reattach::from_status("report", status)),
-        };
-        if needs_start {
-            client
-                .start(control::StartRequest {
-                    id: container.id.clone(),
-                })
-                .await
-                .map_err(|status| Reattach::from_status("restart", status))?;
-            info!(
-                "function {} re-loaded into the restarted hearthd",
-                container.id
-            );
-        }
-        Ok(())
-    }
-}
-
-/// Why one attempt to reattach failed.
-enum Reattach {
-    /// hearthd was not (yet) reachable: try again.
-    Transient(String),
-    /// hearthd answered that it cannot run the function.
-    Final(String),
-}
-
-impl Reattach {
-    fn from_status(what: &str, status: tonic::Status) -> Self {
-        match status.code() {
-            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
-                Reattach::Transient(status.message().to_string())
-            }
-            _ => Reattach::Final(format!(
-                "hearth: hearthd restarted and could not {what} the function: {}",
-                status.message()
-            )),
-        }
-    }
-}
-
-/// Appends `line` to the task's stderr (a FIFO read by containerd), without
-/// ever blocking: a FIFO nobody reads is skipped (and the line is only in
-/// the shim log).
-async fn write_to_stderr(path: &str, line: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
-    if path.is_empty() {
-        return;
-    }
-    let path = path.to_string();
-    let line = format!("{line}\n");
-    let written = tokio::task::spawn_blocking(move || {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-            .open(&path)
-            .and_then(|mut file| std::io::Write::write_all(&mut file, line.as_bytes()))
-            .map_err(|error| format!("cannot write to {path}: {error}"))
-    })
-    .await;
-    if let Ok(Err(error)) = written {
-        warn!("{error}");
-    }
-}
-
-fn no_exec(exec_id: &str) -> Result<(), ShimError> {
+fn no_exec(exec_id: &str) -> Result<(), TaskError> {
     if exec_id.is_empty() {
         Ok(())
     } else {
-        Err(ShimError::Unimplemented(
+        Err(TaskError::Unimplemented(
             "exec is not supported: a function has no processes to exec into".into(),
         ))
     }
-}
-
-fn exit_code(status: std::process::ExitStatus) -> u32 {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => code as u32,
-        (None, Some(signal)) => 128 + signal as u32,
-        _ => LOST_EXIT_STATUS,
-    }
-}
-
-/// Starts a namespace holder; returns its pid and a future of its exit.
-fn spawn_holder(
-    plan: &crate::spec::NamespacePlan,
-) -> Result<
-    (
-        u32,
-        impl std::future::Future<Output = std::io::Result<std::process::ExitStatus>> + use<>,
-    ),
-    ShimError,
-> {
-    let command = pause::command_for(plan)
-        .map_err(|e| ShimError::Other(format!("cannot find the shim binary: {e}")))?;
-    let mut child = tokio::process::Command::from(command)
-        .kill_on_drop(false)
-        .spawn()
-        .map_err(|e| ShimError::Other(format!("cannot start the sandbox holder: {e}")))?;
-    let pid = child.id().unwrap_or_default();
-    Ok((pid, async move { child.wait().await }))
-}
-
-fn stop_holder(pid: u32) {
-    let _ = signal_process(pid, 9);
-}
-
-fn signal_process(pid: u32, signal: u32) -> Result<(), ShimError> {
-    let signal = nix::sys::signal::Signal::try_from(signal as i32)
-        .map_err(|_| ShimError::InvalidArgument(format!("unknown signal {signal}")))?;
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(error) => Err(ShimError::Other(format!("cannot signal {pid}: {error}"))),
-    }
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| {
-            value
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map(|kib| kib * 1024)
-        .unwrap_or(0)
-}
-
-async fn mount_rootfs(request: &CreateTaskRequest, rootfs: &Path) -> Result<(), ShimError> {
-    let mounts = request.rootfs.clone();
-    let target = rootfs.to_path_buf();
-    tokio::task::spawn_blocking(move || -> Result<(), ShimError> {
-        std::fs::create_dir_all(&target).map_err(|e| {
-            ShimError::Other(format!("cannot create rootfs {}: {e}", target.display()))
-        })?;
-        for mount in &mounts {
-            let kind = Some(mount.type_.as_str()).filter(|kind| !kind.is_empty());
-            let source = Some(mount.source.as_str()).filter(|source| !source.is_empty());
-            containerd_shim::mount::mount_rootfs(kind, source, &mount.options, &target).map_err(
-                |e| ShimError::Other(format!("cannot mount the rootfs {}: {e}", target.display())),
-            )?;
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|e| ShimError::Other(e.to_string()))?
-}
-
-async fn unmount_rootfs(rootfs: &Path) {
-    let target = rootfs.to_string_lossy().into_owned();
-    let unmounted = tokio::task::spawn_blocking(move || {
-        containerd_shim::mount::umount_recursive(Some(&target), libc_mnt_detach())
-    })
-    .await;
-    match unmounted {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => warn!("cannot unmount {}: {error}", rootfs.display()),
-        Err(error) => warn!("cannot unmount {}: {error}", rootfs.display()),
-    }
-}
-
-/// `MNT_DETACH`: unmount even while something holds a file open.
-fn libc_mnt_detach() -> i32 {
-    nix::mount::MntFlags::MNT_DETACH.bits()
 }
 
 #[async_trait]
@@ -978,7 +648,7 @@ impl Task for HearthTask {
         let exited = exit
             .wait_for(|exit| exit.is_some())
             .await
-            .map_err(|_| ShimError::Other("the container was dropped".into()))?
+            .map_err(|_| TaskError::Internal("the container was dropped".into()))?
             .clone()
             .expect("waited for Some");
         Ok(WaitResponse {

@@ -1,4 +1,6 @@
-//! The namespace holder: the process behind a Pod's sandbox ("pause") task.
+//! The sandbox holder: the process behind a Pod's sandbox ("pause") task
+//! that holds the Pod's namespaces, and how the shim starts, signals,
+//! measures and stops it.
 //!
 //! # Contract
 //!
@@ -20,6 +22,7 @@
 //! * Its command line carries the shim's containerd address
 //!   (`--containerd ADDR`) so `ps` shows which containerd it belongs to.
 
+use crate::error::TaskError;
 use crate::spec::NamespacePlan;
 use nix::sched::CloneFlags;
 use std::process::{Command, Stdio};
@@ -116,4 +119,69 @@ fn enter_namespaces(args: &[String]) -> Result<(), String> {
             .map_err(|e| format!("cannot set hostname {hostname}: {e}"))?;
     }
     Ok(())
+}
+
+/// A holder's exit as a task exit status (128 + signal when a signal
+/// ended it).
+pub fn exit_code(status: std::process::ExitStatus) -> u32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u32,
+        (None, Some(signal)) => 128 + signal as u32,
+        _ => crate::task::LOST_EXIT_STATUS,
+    }
+}
+
+/// Starts a namespace holder for `plan`; returns its pid and a future of
+/// its exit.
+pub fn spawn(
+    plan: &crate::spec::NamespacePlan,
+) -> Result<
+    (
+        u32,
+        impl std::future::Future<Output = std::io::Result<std::process::ExitStatus>> + use<>,
+    ),
+    TaskError,
+> {
+    let command = command_for(plan)
+        .map_err(|e| TaskError::Internal(format!("cannot find the shim binary: {e}")))?;
+    let mut child = tokio::process::Command::from(command)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|e| TaskError::Internal(format!("cannot start the sandbox holder: {e}")))?;
+    let pid = child.id().unwrap_or_default();
+    Ok((pid, async move { child.wait().await }))
+}
+
+/// Stops the holder `pid` (SIGKILL).
+pub fn stop(pid: u32) {
+    let _ = signal(pid, 9);
+}
+
+/// Sends `signal` to `pid`; a process already gone is not an error.
+pub fn signal(pid: u32, signal: u32) -> Result<(), TaskError> {
+    let signal = nix::sys::signal::Signal::try_from(signal as i32)
+        .map_err(|_| TaskError::InvalidArgument(format!("unknown signal {signal}")))?;
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(error) => Err(TaskError::Internal(format!("cannot signal {pid}: {error}"))),
+    }
+}
+
+/// The resident memory of `pid` (0 if it is gone).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
 }
