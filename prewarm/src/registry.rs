@@ -36,6 +36,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How to reach registries.
@@ -54,8 +55,42 @@ pub struct RegistrySettings {
     pub initial_backoff: Duration,
     /// Largest layer accepted, in bytes.
     pub max_layer_bytes: u64,
-    /// Show progress bars on a terminal.
-    pub progress: bool,
+    /// Told how blob transfers go (the CLI draws progress bars with it);
+    /// `None`: nobody is told.
+    pub progress: Option<ProgressSink>,
+}
+
+/// Follows blob transfers, e.g. to draw progress bars. The registry client
+/// only reports; what is drawn, and where, is its caller's business.
+pub trait TransferProgress: Send + Sync {
+    /// A transfer of blob `digest` (`size` bytes) starts.
+    fn start(&self, digest: &str, size: u64) -> Box<dyn BlobProgress>;
+}
+
+/// One blob transfer's progress.
+pub trait BlobProgress: Send + Sync {
+    /// `bytes` have moved so far.
+    fn set_position(&self, bytes: u64);
+    /// The transfer is over (done or failed).
+    fn finish(&self);
+}
+
+/// A [`TransferProgress`] in [`RegistrySettings`].
+#[derive(Clone)]
+pub struct ProgressSink(pub Arc<dyn TransferProgress>);
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
+}
+
+/// The progress of a transfer nobody follows.
+struct Unwatched;
+
+impl BlobProgress for Unwatched {
+    fn set_position(&self, _bytes: u64) {}
+    fn finish(&self) {}
 }
 
 impl Default for RegistrySettings {
@@ -66,7 +101,7 @@ impl Default for RegistrySettings {
             attempts: 4,
             initial_backoff: Duration::from_millis(200),
             max_layer_bytes: 256 * 1024 * 1024,
-            progress: false,
+            progress: None,
         }
     }
 }
@@ -730,14 +765,14 @@ impl RegistryClient {
                 limit,
             });
         }
-        let progress = self.progress_bar(descriptor);
+        let progress = self.progress(descriptor);
         let result = self
             .with_retries(&format!("fetching blob {}", descriptor.digest), || async {
-                self.fetch_blob_once(descriptor, staging_dir, &progress)
+                self.fetch_blob_once(descriptor, staging_dir, progress.as_ref())
                     .await
             })
             .await;
-        progress.finish_and_clear();
+        progress.finish();
         result
     }
 
@@ -745,7 +780,7 @@ impl RegistryClient {
         &self,
         descriptor: &Descriptor,
         staging_dir: &Path,
-        progress: &indicatif::ProgressBar,
+        progress: &dyn BlobProgress,
     ) -> Result<StagedFile, Attempt> {
         let io_error = |cause| {
             Attempt::Fatal(RegistryError::Io {
@@ -860,21 +895,11 @@ impl RegistryClient {
         }
     }
 
-    fn progress_bar(&self, descriptor: &Descriptor) -> indicatif::ProgressBar {
-        if !self.settings.progress {
-            return indicatif::ProgressBar::hidden();
+    fn progress(&self, descriptor: &Descriptor) -> Box<dyn BlobProgress> {
+        match &self.settings.progress {
+            Some(sink) => sink.0.start(&descriptor.digest, descriptor.size),
+            None => Box::new(Unwatched),
         }
-        let bar = indicatif::ProgressBar::new(descriptor.size);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg:>20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .expect("the template is valid")
-            .progress_chars("=> "),
-        );
-        let short = descriptor.digest.trim_start_matches("sha256:");
-        bar.set_message(short[..short.len().min(12)].to_string());
-        bar
     }
 
     /// Pushes `built` to this client's reference: blobs the registry lacks,
@@ -902,7 +927,7 @@ impl RegistryClient {
                         .map_err(Attempt::Oci)
                 })
                 .await?;
-            let bar = self.progress_bar(&blob.descriptor);
+            let progress = self.progress(&blob.descriptor);
             if !exists {
                 self.with_retries(&format!("uploading blob {digest}"), || async {
                     self.client
@@ -912,8 +937,8 @@ impl RegistryClient {
                 })
                 .await?;
             }
-            bar.set_position(blob.descriptor.size);
-            bar.finish_and_clear();
+            progress.set_position(blob.descriptor.size);
+            progress.finish();
         }
         let content_type = http::HeaderValue::from_static(built.manifest_media_type);
         self.with_retries("uploading the manifest", || async {

@@ -21,10 +21,13 @@ use hearth_host::function_env::{FunctionSpec, NodeDefaults};
 use hearth_host::limits::LimitsOverride;
 use hearth_host::{EngineSettings, FunctionEnv, FunctionSource, Host, Limits, PullPolicy};
 use hearth_prewarm::image::{self, ImageForm};
-use hearth_prewarm::registry::{RegistryClient, RegistrySettings, parse_reference};
+use hearth_prewarm::registry::{
+    BlobProgress, ProgressSink, RegistryClient, RegistrySettings, TransferProgress, parse_reference,
+};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -105,7 +108,9 @@ impl CacheArgs {
             registry: RegistrySettings {
                 insecure_registries: self.insecure_registries.clone(),
                 max_layer_bytes: self.max_layer_bytes,
-                progress: std::io::stderr().is_terminal(),
+                progress: std::io::stderr()
+                    .is_terminal()
+                    .then(|| ProgressSink(Arc::new(ProgressBars))),
                 ..RegistrySettings::default()
             },
             max_compiled_memory_bytes: None,
@@ -180,6 +185,37 @@ struct PullArgs {
     no_compile: bool,
     #[command(flatten)]
     cache: CacheArgs,
+}
+
+/// Progress bars on stderr for registry transfers (a terminal only).
+struct ProgressBars;
+
+impl TransferProgress for ProgressBars {
+    fn start(&self, digest: &str, size: u64) -> Box<dyn BlobProgress> {
+        let bar = indicatif::ProgressBar::new(size);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
+        );
+        let short = digest.trim_start_matches("sha256:");
+        bar.set_message(short[..short.len().min(12)].to_string());
+        Box::new(Bar(bar))
+    }
+}
+
+struct Bar(indicatif::ProgressBar);
+
+impl BlobProgress for Bar {
+    fn set_position(&self, bytes: u64) {
+        self.0.set_position(bytes);
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {

@@ -216,111 +216,97 @@ impl<K: BackendKind> Labelled<K> {
     }
 }
 
-/// `[state]`: state stores.
-pub struct StateStores;
+/// Declares a [`BackendKind`] whose crate's config has `resolve_paths`,
+/// `validate` and `build` (async or not) with errors that carry a `key`
+/// and a `message`.
+macro_rules! backend_kind {
+    (
+        $(#[$doc:meta])*
+        $name:ident {
+            section: $section:literal,
+            table: $table:literal,
+            default_key: $default_key:literal,
+            noun: $noun:literal,
+            config: $config:ty,
+            built: $built:ty,
+            local_default: $local:ident,
+            build: |$c:ident, $label:ident, $dir:ident| $build:expr $(,)?
+        }
+    ) => {
+        $(#[$doc])*
+        pub struct $name;
 
-impl BackendKind for StateStores {
-    const SECTION: &'static str = "state";
-    const TABLE: &'static str = "stores";
-    const DEFAULT_KEY: &'static str = "default_store";
-    const NOUN: &'static str = "store";
-    type Config = hearth_state::config::StoreConfig;
-    type Built = hearth_state::StateStore;
+        impl BackendKind for $name {
+            const SECTION: &'static str = $section;
+            const TABLE: &'static str = $table;
+            const DEFAULT_KEY: &'static str = $default_key;
+            const NOUN: &'static str = $noun;
+            type Config = $config;
+            type Built = $built;
 
-    fn local_default() -> Self::Config {
-        Self::Config::default_embedded()
-    }
+            fn local_default() -> Self::Config {
+                <$config>::$local()
+            }
 
-    fn resolve_paths(config: &mut Self::Config, base: &Path) {
-        config.resolve_paths(base);
-    }
+            fn resolve_paths(config: &mut Self::Config, base: &Path) {
+                config.resolve_paths(base);
+            }
 
-    fn validate(config: &Self::Config) -> Result<(), KeyError> {
-        config
-            .validate()
-            .map_err(|e| KeyError::within(e.key, e.message))
-    }
+            fn validate(config: &Self::Config) -> Result<(), KeyError> {
+                config
+                    .validate()
+                    .map_err(|e| KeyError::within(e.key, e.message))
+            }
 
-    async fn build(
-        config: &Self::Config,
-        label: &str,
-        dir: &Path,
-    ) -> Result<Self::Built, KeyError> {
-        config
-            .build(label, dir)
-            .map_err(|e| KeyError::within(e.key, e.message))
+            async fn build(
+                $c: &Self::Config,
+                $label: &str,
+                $dir: &Path,
+            ) -> Result<Self::Built, KeyError> {
+                $build.map_err(|e| KeyError::within(e.key, e.message))
+            }
+        }
+    };
+}
+
+backend_kind! {
+    /// `[state]`: state stores.
+    StateStores {
+        section: "state",
+        table: "stores",
+        default_key: "default_store",
+        noun: "store",
+        config: hearth_state::config::StoreConfig,
+        built: hearth_state::StateStore,
+        local_default: default_embedded,
+        build: |config, label, dir| config.build(label, dir),
     }
 }
 
-/// `[messaging]`: message brokers.
-pub struct Brokers;
-
-impl BackendKind for Brokers {
-    const SECTION: &'static str = "messaging";
-    const TABLE: &'static str = "brokers";
-    const DEFAULT_KEY: &'static str = "default_broker";
-    const NOUN: &'static str = "broker";
-    type Config = hearth_messaging::config::BrokerConfig;
-    type Built = hearth_messaging::Broker;
-
-    fn local_default() -> Self::Config {
-        Self::Config::default_embedded()
-    }
-
-    fn resolve_paths(config: &mut Self::Config, base: &Path) {
-        config.resolve_paths(base);
-    }
-
-    fn validate(config: &Self::Config) -> Result<(), KeyError> {
-        config
-            .validate()
-            .map_err(|e| KeyError::within(e.key, e.message))
-    }
-
-    async fn build(
-        config: &Self::Config,
-        label: &str,
-        dir: &Path,
-    ) -> Result<Self::Built, KeyError> {
-        config
-            .build(label, dir)
-            .await
-            .map_err(|e| KeyError::within(e.key, e.message))
+backend_kind! {
+    /// `[messaging]`: message brokers.
+    Brokers {
+        section: "messaging",
+        table: "brokers",
+        default_key: "default_broker",
+        noun: "broker",
+        config: hearth_messaging::config::BrokerConfig,
+        built: hearth_messaging::Broker,
+        local_default: default_embedded,
+        build: |config, label, dir| config.build(label, dir).await,
     }
 }
 
-/// `[blob]`: blob stores.
-pub struct BlobStores;
-
-impl BackendKind for BlobStores {
-    const SECTION: &'static str = "blob";
-    const TABLE: &'static str = "stores";
-    const DEFAULT_KEY: &'static str = "default_store";
-    const NOUN: &'static str = "blob store";
-    type Config = hearth_blob::config::BlobStoreConfig;
-    type Built = hearth_blob::BlobStore;
-
-    fn local_default() -> Self::Config {
-        Self::Config::default_fs()
-    }
-
-    fn resolve_paths(config: &mut Self::Config, base: &Path) {
-        config.resolve_paths(base);
-    }
-
-    fn validate(config: &Self::Config) -> Result<(), KeyError> {
-        config
-            .validate()
-            .map_err(|e| KeyError::within(e.key, e.message))
-    }
-
-    async fn build(
-        config: &Self::Config,
-        label: &str,
-        dir: &Path,
-    ) -> Result<Self::Built, KeyError> {
-        config
-            .build(label, dir)
-            .map_err(|e| KeyError::within(e.key, e.message))
+backend_kind! {
+    /// `[blob]`: blob stores.
+    BlobStores {
+        section: "blob",
+        table: "stores",
+        default_key: "default_store",
+        noun: "blob store",
+        config: hearth_blob::config::BlobStoreConfig,
+        built: hearth_blob::BlobStore,
+        local_default: default_fs,
+        build: |config, label, dir| config.build(label, dir),
     }
 }

@@ -597,6 +597,14 @@ impl HearthConfig {
 mod tests {
     use super::*;
 
+    /// The error `text` gets, from parsing or else from validating.
+    fn first_error(text: &str) -> String {
+        match HearthConfig::parse(text) {
+            Err(error) => error.to_string(),
+            Ok(config) => config.validate().unwrap_err().to_string(),
+        }
+    }
+
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
@@ -873,10 +881,7 @@ currency = "EUR"
             ),
         ];
         for (text, expected) in cases {
-            let message = match HearthConfig::parse(text) {
-                Err(error) => error.to_string(),
-                Ok(config) => config.validate().unwrap_err().to_string(),
-            };
+            let message = first_error(text);
             assert!(message.contains(expected), "{text}: {message}");
         }
     }
@@ -955,10 +960,7 @@ currency = "EUR"
             ),
         ];
         for (text, expected) in cases {
-            let message = match HearthConfig::parse(text) {
-                Err(error) => error.to_string(),
-                Ok(config) => config.validate().unwrap_err().to_string(),
-            };
+            let message = first_error(text);
             assert!(message.contains(expected), "{text}: {message}");
         }
         let unknown = HearthConfig::parse(&format!("{function}blob_store = \"nope\"\n"))
