@@ -101,7 +101,7 @@ pub struct BlobstoreCtx {
     /// The function's name (in logs).
     pub function: Arc<str>,
     /// Its store and app scope, if the host has a blob store.
-    pub scope: Option<BlobScope>,
+    pub scope: Option<Arc<BlobScope>>,
 }
 
 /// What `wasi:blobstore` host functions run on.
@@ -371,7 +371,7 @@ fn error_text(error: BlobError) -> String {
 
 impl BlobstoreView<'_> {
     fn blob_scope(&self) -> Result<BlobScope, String> {
-        self.ctx.scope.clone().ok_or_else(|| {
+        self.ctx.scope.as_deref().cloned().ok_or_else(|| {
             "unavailable: no blob store is configured on this host ([blob.stores] in hearth.toml)"
                 .to_string()
         })
@@ -934,7 +934,7 @@ mod tests {
     fn ctx(app: &str, store: Option<&BlobStore>) -> BlobstoreCtx {
         BlobstoreCtx {
             function: app.into(),
-            scope: store.map(|store| BlobScope::new(store.clone(), app)),
+            scope: store.map(|store| Arc::new(BlobScope::new(store.clone(), app))),
         }
     }
 

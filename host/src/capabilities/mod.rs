@@ -234,13 +234,13 @@ impl HostCapabilities {
             .or(self.default_blob_store.as_ref())
         {
             None => None,
-            Some(label) => Some(blobstore::BlobScope::new(
+            Some(label) => Some(Arc::new(blobstore::BlobScope::new(
                 self.blob_stores
                     .get(label)
                     .cloned()
                     .ok_or_else(|| unknown("blob_store", "blob store", "blob.stores", label))?,
                 app.as_str(),
-            )),
+            ))),
         };
         let function: Arc<str> = function.into();
         Ok(FunctionCapabilities {
@@ -418,7 +418,7 @@ pub struct FunctionCapabilities {
     /// Where it may publish.
     pub messaging: Arc<messaging::MessagingScope>,
     /// Its blob store, scoped to its app, if the host has any.
-    pub blob: Option<blobstore::BlobScope>,
+    pub blob: Option<Arc<blobstore::BlobScope>>,
 }
 
 impl FunctionCapabilities {
