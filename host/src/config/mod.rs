@@ -597,6 +597,15 @@ impl HearthConfig {
 mod tests {
     use super::*;
 
+    /// The error validating `text` gets (it must parse).
+    fn validate_error(text: &str) -> String {
+        HearthConfig::parse(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
+    }
+
     /// The error `text` gets, from parsing or else from validating.
     fn first_error(text: &str) -> String {
         match HearthConfig::parse(text) {
@@ -666,18 +675,10 @@ max_memory_mib = 16
 
     #[test]
     fn missing_key_is_named() {
-        let message = HearthConfig::parse("[[function]]\nname = \"a\"\npath = \"Cargo.toml\"\n")
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let message = validate_error("[[function]]\nname = \"a\"\npath = \"Cargo.toml\"\n");
         assert!(message.contains("function[0].listen"), "{message}");
         assert!(message.contains("[[function.subscribe]]"), "{message}");
-        let message = HearthConfig::parse("[[function]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n")
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let message = validate_error("[[function]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n");
         assert!(message.contains("function[0].path"), "{message}");
         assert!(message.contains("`image`"), "{message}");
     }
@@ -715,19 +716,11 @@ listen = "127.0.0.1:18080"
 
     #[test]
     fn malformed_references_are_named_with_their_key() {
-        let message = HearthConfig::parse("[prewarm]\nimages = [\"Bad Ref\"]\n")
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let message = validate_error("[prewarm]\nimages = [\"Bad Ref\"]\n");
         assert!(message.contains("prewarm.images[0]"), "{message}");
-        let message = HearthConfig::parse(
+        let message = validate_error(
             "[[function]]\nname = \"a\"\nimage = \"x:y:z:w\"\nlisten = \"127.0.0.1:1\"\n",
-        )
-        .unwrap()
-        .validate()
-        .unwrap_err()
-        .to_string();
+        );
         assert!(message.contains("function[0].image"), "{message}");
     }
 
@@ -768,11 +761,7 @@ listen = "127.0.0.1:18080"
 
     #[test]
     fn out_of_range_limit_is_named() {
-        let message = HearthConfig::parse("[limits]\nmax_memory_mib = 0\n")
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let message = validate_error("[limits]\nmax_memory_mib = 0\n");
         assert!(message.contains("limits.max_memory_mib"), "{message}");
     }
 
@@ -963,11 +952,7 @@ currency = "EUR"
             let message = first_error(text);
             assert!(message.contains(expected), "{text}: {message}");
         }
-        let unknown = HearthConfig::parse(&format!("{function}blob_store = \"nope\"\n"))
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let unknown = validate_error(&format!("{function}blob_store = \"nope\"\n"));
         assert!(
             unknown
                 .contains("function[0].blob_store (function `f`): no blob store labelled `nope`"),
@@ -976,11 +961,7 @@ currency = "EUR"
         #[cfg(not(feature = "rdma"))]
         {
             let text = "[blob.stores.a]\ntype = \"remote\"\naddress = \"x:1\"\ntransport = \"rdma\"\nrdma_device = \"rxe0\"\n";
-            let message = HearthConfig::parse(text)
-                .unwrap()
-                .validate()
-                .unwrap_err()
-                .to_string();
+            let message = validate_error(text);
             assert!(
                 message.contains("built without the `rdma` feature"),
                 "{message}"
