@@ -14,6 +14,10 @@
 //!   refused with 413 before any instance is made. A body without a length is
 //!   counted as it streams; if it goes over, the guest's read fails and the
 //!   caller gets 413 whatever the guest answered.
+//! * A request over the listener is from outside: it cannot name a caller
+//!   (`x-hearth-caller` is removed before the guest sees it) nor claim an
+//!   `invoke` depth beyond `max_depth` (see [`crate::propagation`]). A
+//!   local `invoke` ([`call`]) keeps the headers the host set.
 //! * Failures follow [`crate::invocation_error`]: a named error, a status, one
 //!   log line. A failure in one request never affects another, and the
 //!   listener keeps serving.
@@ -106,7 +110,7 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Response<HyperOutgoingBody> {
     let timeout = function.env().limits.request_timeout();
-    match invoke(function, request, timeout).await {
+    match invoke(function, request, timeout, Origin::Outside).await {
         Ok(response) => response,
         Err(failure) => {
             if !failure.logged {
@@ -127,12 +131,14 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<Response<HyperOutgoingBody>, InvocationError> {
     let timeout = timeout.min(function.env().limits.request_timeout());
-    invoke(function, request, timeout).await.map_err(|failure| {
-        if !failure.logged {
-            log_failure(function.name(), &failure.error, None);
-        }
-        failure.error
-    })
+    invoke(function, request, timeout, Origin::Host)
+        .await
+        .map_err(|failure| {
+            if !failure.logged {
+                log_failure(function.name(), &failure.error, None);
+            }
+            failure.error
+        })
 }
 
 /// An [`InvocationError`] and whether it has been logged already.
@@ -183,10 +189,21 @@ fn declared_length<B>(request: &Request<B>) -> Option<u64> {
         .ok()
 }
 
+/// Who made a request, which decides which of its headers are believed.
+#[derive(Clone, Copy)]
+enum Origin {
+    /// A client or peer, over the listener: see
+    /// [`RequestContext::from_untrusted`].
+    Outside,
+    /// This host, for a local `invoke`: its headers are the host's own.
+    Host,
+}
+
 async fn invoke<B>(
     function: &Arc<Function>,
-    request: Request<B>,
+    mut request: Request<B>,
     timeout: Duration,
+    origin: Origin,
 ) -> Result<Response<HyperOutgoingBody>, Failure>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
@@ -196,7 +213,13 @@ where
     if declared_length(&request).is_some_and(|len| len > body_limit) {
         return Err(InvocationError::BodyTooLarge { limit: body_limit }.into());
     }
-    let context = RequestContext::from_headers(request.headers());
+    let context = match origin {
+        Origin::Outside => {
+            let max_depth = function.capabilities().invoke.settings.max_depth;
+            RequestContext::from_untrusted(request.headers_mut(), max_depth)
+        }
+        Origin::Host => RequestContext::from_headers(request.headers()),
+    };
     let mut invocation = function
         .begin(Some(timeout), context)
         .await

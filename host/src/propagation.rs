@@ -13,6 +13,13 @@
 //! * `traceparent` follows W3C trace context: a call keeps the caller's
 //!   trace id and gets a new span id ([`child_traceparent`]); a malformed
 //!   parent starts a new trace.
+//! * **Only the host names a caller.** A request from outside the host (a
+//!   client, or a peer on another node: [`RequestContext::from_untrusted`])
+//!   loses any `x-hearth-caller` before the guest sees it, and its depth
+//!   counts only if it is a number within the host's `max_depth` (a hop
+//!   from another node's `invoke` always is); anything else is dropped and
+//!   the chain starts at 0. A request the host made itself (a local
+//!   `invoke`) keeps every header as the host set it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,6 +64,26 @@ impl RequestContext {
             request_id: header(REQUEST_ID_HEADER),
             traceparent: header(TRACEPARENT_HEADER),
         }
+    }
+
+    /// The context of a request from outside this host, removing from
+    /// `headers` what such a request may not claim (see the module docs).
+    pub fn from_untrusted(headers: &mut http::HeaderMap, max_depth: u32) -> Self {
+        headers.remove(CALLER_HEADER);
+        let claimed = headers.get(DEPTH_HEADER).map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|depth| *depth <= max_depth)
+        });
+        if let Some(None) = claimed {
+            tracing::debug!(
+                "ignored an {DEPTH_HEADER} header that is not a depth within {max_depth}"
+            );
+            headers.remove(DEPTH_HEADER);
+        }
+        Self::from_headers(headers)
     }
 
     /// The request id, made now if the request came without one.
@@ -122,6 +149,30 @@ mod tests {
             child_traceparent(Some("garbage")).split('-').nth(1),
             Some("garbage")
         );
+    }
+
+    #[test]
+    fn a_request_from_outside_cannot_name_a_caller_or_an_impossible_depth() {
+        for (claimed, kept) in [
+            ("3", Some("3")),
+            ("8", Some("8")),
+            ("9", None),
+            ("4294967295", None),
+            ("-1", None),
+            ("x", None),
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(CALLER_HEADER, "admin".parse().unwrap());
+            headers.insert(DEPTH_HEADER, claimed.parse().unwrap());
+            let context = RequestContext::from_untrusted(&mut headers, 8);
+            assert!(headers.get(CALLER_HEADER).is_none(), "{claimed}");
+            assert_eq!(
+                headers.get(DEPTH_HEADER).map(|v| v.to_str().unwrap()),
+                kept,
+                "{claimed}"
+            );
+            assert_eq!(context.depth, kept.map_or(0, |d| d.parse().unwrap()));
+        }
     }
 
     #[test]

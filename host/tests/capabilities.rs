@@ -506,6 +506,51 @@ async fn invoke_chain_propagates_request_id_and_trace_through_three_functions() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoofed_caller_and_an_impossible_depth_from_outside_are_ignored() {
+    let host = host(vec![], InvokeSettings::default());
+    let spoofing = [
+        ("x-hearth-caller", "admin"),
+        ("x-hearth-invoke-depth", "4294967295"),
+        ("x-app", "kept"),
+    ];
+    // What the guest is handed: `echo` reflects every request header.
+    let echo = serve_on(&host, hearth_testkit::ECHO, env("echo")).await;
+    let reply = send(echo, Method::GET, "/", &spoofing, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-echo-x-app"), Some("kept"));
+    assert_eq!(reply.header("x-echo-x-hearth-caller"), None);
+    assert_eq!(reply.header("x-echo-x-hearth-invoke-depth"), None);
+    // What an invoke from it carries: the chain starts at 0, the callee
+    // sees the host's depth (the counter did not overflow).
+    let head = chain(&host, &[("tail", ""), ("head", "tail")]).await;
+    let reply = send(head, Method::GET, "/", &spoofing, Bytes::new())
+        .await
+        .unwrap();
+    assert!(
+        reply.text().starts_with("head -> tail depth=1 "),
+        "{}",
+        reply.text()
+    );
+    // A depth a peer's invoke can send is believed: one more hop is the limit.
+    let reply = send(
+        head,
+        Method::GET,
+        "/",
+        &[("x-hearth-invoke-depth", "8")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        reply.text().starts_with("depth-exceeded"),
+        "{}",
+        reply.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasi_config_reads_a_configmap_directory_under_the_config_table() {
     let host = host(vec![], InvokeSettings::default());
     let configmap = tempfile::tempdir().unwrap();
@@ -646,7 +691,10 @@ async fn invoke_reaches_a_function_on_another_node_over_http() {
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.header("x-echo-path"), Some("/over/http?x=1"));
-    assert_eq!(reply.header("x-echo-x-hearth-caller"), Some("caller"));
+    // Another node is outside this host: nothing authenticates the peer, so
+    // the callee's host does not believe its caller header; the depth, which
+    // can only shorten the chain, is kept.
+    assert_eq!(reply.header("x-echo-x-hearth-caller"), None);
     assert_eq!(reply.header("x-echo-x-hearth-invoke-depth"), Some("1"));
     assert!(reply.header("x-echo-x-request-id").is_some());
     assert!(reply.header("x-echo-traceparent").is_some());

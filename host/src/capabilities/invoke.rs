@@ -23,8 +23,12 @@
 //! * **Propagation.** The callee sees `x-request-id` (the caller's, or a
 //!   new one), `traceparent` (the caller's trace id with a new parent
 //!   span id, or a new trace), `x-hearth-caller` and
-//!   `x-hearth-invoke-depth`. A call that would make the chain deeper than
-//!   `max_depth` is `depth-exceeded`, whatever the callee.
+//!   `x-hearth-invoke-depth`, all set by the host: a guest's own values for
+//!   them are dropped. A call that would make the chain deeper than
+//!   `max_depth` is `depth-exceeded`, whatever the callee; the count
+//!   saturates, it never wraps. A request from outside the host cannot
+//!   claim a caller or a depth beyond `max_depth` (see
+//!   [`crate::propagation`]).
 //! * **Errors.** A local callee's failure maps from its
 //!   [`InvocationError`]; a remote Hearth's from its `x-hearth-error`
 //!   header: deadline → `timeout`, overloaded → `unavailable`, body too
@@ -488,7 +492,7 @@ impl wit::Host for InvokeView<'_> {
     ) -> wasmtime::Result<Result<wit::Response, wit::Error>> {
         let scope = self.ctx.scope.clone();
         let settings = &scope.settings;
-        let depth = self.ctx.request.depth + 1;
+        let depth = self.ctx.request.depth.saturating_add(1);
         let caller = scope.caller.clone();
         if depth > settings.max_depth {
             let error = format!(
