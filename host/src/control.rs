@@ -8,7 +8,8 @@
 //!   nothing runs yet. A component that cannot be loaded is
 //!   `INVALID_ARGUMENT` with the load error's message; a used id is
 //!   `ALREADY_EXISTS`. A service gets an instance pool with the request's
-//!   `min_idle` and `max_invocations` (zero: the [`PoolDefaults`]; an image
+//!   `min_idle` and `max_invocations` (zero: the node's
+//!   [`NodeDefaults`]; an image
 //!   listed in `[prewarm]` gets its `min_idle`), and the pool starts filling
 //!   at once, so idle instances are ready by `Start`. A `min_idle` the
 //!   node's instance slots cannot hold is `RESOURCE_EXHAUSTED`.

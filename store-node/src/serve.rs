@@ -1,7 +1,7 @@
 //! The storage node's side of the `remote` protocol
 //! ([`hearth_blob::remote`] defines the messages and the client): one
 //! connection at a time is served by [`serve_connection`], over TCP
-//! ([`serve_tcp`]), RDMA verbs ([`serve_rdma`], feature `rdma`) or an
+//! ([`serve_tcp`]), RDMA verbs (`serve_rdma`, feature `rdma`) or an
 //! in-process loopback pair ([`loopback_connector`], for tests).
 //!
 //! # Contract
