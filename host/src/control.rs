@@ -223,6 +223,11 @@ fn kind_name(function: &Function) -> &'static str {
     }
 }
 
+/// A control-API number that is "unset" when zero.
+fn given<T: Default + PartialEq>(value: T) -> Option<T> {
+    (value != T::default()).then_some(value)
+}
+
 /// Checks the subscriptions asked for against the function and the node.
 fn subscriptions_for(
     request: &CreateRequest,
@@ -281,7 +286,6 @@ impl ControlService {
     /// What a Create request asks for, as every way of starting a function
     /// says it (see [`FunctionSpec`]); a zero means "the node's default".
     fn spec(&self, request: &CreateRequest, name: &str) -> FunctionSpec {
-        let given = |value: u64| (value != 0).then_some(value);
         let limits = request
             .limits
             .as_ref()
@@ -289,14 +293,12 @@ impl ControlService {
                 request_timeout_ms: given(l.request_timeout_ms),
                 max_memory_mib: given(l.max_memory_mib),
                 max_request_body_bytes: given(l.max_request_body_bytes),
-                max_concurrent_instances: (l.max_concurrent_instances != 0)
-                    .then_some(l.max_concurrent_instances),
+                max_concurrent_instances: given(l.max_concurrent_instances),
             });
         let prewarmed = matches!(&request.source, Some(Source::Image(image)) if self.prewarm.images.contains(image));
-        let min_idle = match request.min_idle {
-            0 if prewarmed => Some(self.prewarm.min_idle),
-            0 => None,
-            given => Some(given),
+        let min_idle = match given(request.min_idle) {
+            None if prewarmed => Some(self.prewarm.min_idle),
+            asked => asked,
         };
         let path_or_none = |path: &str| (!path.is_empty()).then(|| std::path::PathBuf::from(path));
         let output_files = (!request.stdout_path.is_empty() || !request.stderr_path.is_empty())
@@ -317,7 +319,7 @@ impl ControlService {
             args: request.args.clone(),
             limits,
             min_idle,
-            max_invocations: (request.max_invocations != 0).then_some(request.max_invocations),
+            max_invocations: given(request.max_invocations),
             output_files,
             ..FunctionSpec::default()
         }

@@ -125,11 +125,6 @@ impl Invocation {
         self.ready().store.data_mut()
     }
 
-    /// Whether the instance came idle out of the pool (a hit).
-    pub fn was_pool_hit(&self) -> bool {
-        matches!(&self.instance, Held::Pooled(checkout) if checkout.was_hit())
-    }
-
     /// Time left before the deadline (none: no deadline).
     pub fn remaining(&self) -> Option<Duration> {
         self.timeout

@@ -144,36 +144,34 @@ impl HostCapabilities {
     /// embedded broker, `default`, beside it (`<path>.messages.redb`), and
     /// one `fs` blob store, `default`, in the directory `<path>.blobs`.
     pub fn embedded_default(path: &Path) -> Result<Self, LocalBackendError> {
-        use hearth_blob::config::{BlobStoreConfig, FsConfig};
-        use hearth_messaging::config::{BrokerConfig, EmbeddedConfig as EmbeddedBroker};
-        use hearth_state::config::{EmbeddedConfig as EmbeddedStore, StoreConfig};
         let failed = |what, path: &Path, message: String| LocalBackendError {
             what,
             path: path.to_owned(),
             message,
         };
+        let backend = hearth_state::embedded::EmbeddedBackend::open(path)
+            .map_err(|e| failed("state store", path, e))?;
+        let store = StateStore::new(
+            "default",
+            Arc::new(backend),
+            hearth_state::StateLimits::default(),
+        );
         let broker_path = path.with_extension("messages.redb");
+        let broker = hearth_messaging::embedded::EmbeddedBroker::open(&broker_path)
+            .map_err(|e| failed("message broker", &broker_path, e))?;
+        let broker = hearth_messaging::Broker::new(
+            "default",
+            Arc::new(broker),
+            hearth_messaging::MessagingLimits::default(),
+        );
         let blob_path = path.with_extension("blobs");
-        let store = StoreConfig::Embedded(EmbeddedStore {
-            path: Some(path.to_owned()),
-            ..Default::default()
-        })
-        .build("default", Path::new(""))
-        .map_err(|e| failed("state store", path, e.message))?;
-        let broker = BrokerConfig::Embedded(EmbeddedBroker {
-            path: Some(broker_path.clone()),
-            ..Default::default()
-        });
-        // Opening the embedded broker does not wait on anything.
-        let broker = futures_util::FutureExt::now_or_never(broker.build("default", Path::new("")))
-            .expect("an embedded broker opens without waiting")
-            .map_err(|e| failed("message broker", &broker_path, e.message))?;
-        let blobs = BlobStoreConfig::Fs(FsConfig {
-            path: Some(blob_path.clone()),
-            ..Default::default()
-        })
-        .build("default", Path::new(""))
-        .map_err(|e| failed("blob store", &blob_path, e.message))?;
+        let blobs = hearth_blob::fs::FsBackend::open(&blob_path)
+            .map_err(|e| failed("blob store", &blob_path, e.to_string()))?;
+        let blobs = hearth_blob::BlobStore::new(
+            "default",
+            Arc::new(blobs),
+            hearth_blob::BlobLimits::default(),
+        );
         Ok(Self::new(
             BTreeMap::from([("default".to_string(), store)]),
             None,

@@ -255,7 +255,7 @@ macro_rules! backend_kind {
             fn validate(config: &Self::Config) -> Result<(), KeyError> {
                 config
                     .validate()
-                    .map_err(|e| KeyError::within(e.key, e.message))
+                    .map_err(|e| KeyError::new(e.key, e.message))
             }
 
             async fn build(
@@ -263,7 +263,7 @@ macro_rules! backend_kind {
                 $label: &str,
                 $dir: &Path,
             ) -> Result<Self::Built, KeyError> {
-                $build.map_err(|e| KeyError::within(e.key, e.message))
+                $build.map_err(|e| KeyError::new(e.key, e.message))
             }
         }
     };

@@ -188,11 +188,6 @@ impl KeyError {
             message: message.into(),
         }
     }
-
-    /// An error at `key` within a table whose own key is added later.
-    pub fn within(key: &str, message: impl Into<String>) -> Self {
-        Self::new(key, message)
-    }
 }
 
 /// The whole file.
