@@ -114,8 +114,12 @@ impl SubscriptionSettings {
                 None => (entry, default_group),
             };
             hearth_messaging::validate_topic(topic)?;
-            hearth_messaging::validate_topic(group)
-                .map_err(|e| MessagingError::InvalidArgument(format!("group: {e}")))?;
+            hearth_messaging::validate_topic(group).map_err(|error| match error {
+                MessagingError::InvalidArgument(why) => {
+                    MessagingError::InvalidArgument(format!("group: {why}"))
+                }
+                other => other,
+            })?;
             out.push(SubscriptionSettings::new(topic, group));
         }
         if out.is_empty() {
@@ -650,6 +654,13 @@ mod tests {
             .map(|s| (s.topic.as_str(), s.group.as_str()))
             .collect();
         assert_eq!(pairs, [("orders", "my-worker"), ("refunds", "billing")]);
+        let bad_group = SubscriptionSettings::from_annotation("orders@no good", "w")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad_group.starts_with("invalid argument: group: topic \"no good\""),
+            "{bad_group}"
+        );
         for bad in ["", " , ", "two words", "orders@", "@group"] {
             assert!(
                 SubscriptionSettings::from_annotation(bad, "w").is_err(),
