@@ -11,7 +11,16 @@
 //! * Series (all prefixed `hearth_`):
 //!   - `pool_hits_total`, `pool_misses_total`, `pool_retired_total`,
 //!     `pool_poisoned_total`, `pool_refill_failures_total` and
-//!     `pool_instances{state="idle"|"busy"}`, labelled `id` and `function`;
+//!     `pool_instances{state="idle"|"busy"}`, labelled `id`, `namespace`
+//!     and `function`;
+//!   - `function_memory_bytes` and `function_cpu_seconds_total`: a
+//!     function's linear memory and guest CPU time, and
+//!     `guest_output_dropped_lines_total` (lines dropped while its log
+//!     reader lagged, see [`crate::guest_output`]), `http_connections` and
+//!     `http_connections_refused_total` (see [`crate::http`]), labelled the
+//!     same;
+//!   - `messages_total` and `message_receive_errors_total`, labelled
+//!     `namespace`, `function`, and the broker's topic (and group);
 //!   - `function_loads_total{compiled_from="memory"|"disk"|"compiled"}`:
 //!     functions loaded, by where their compiled code came from (`memory` is
 //!     a compiled-cache hit);
@@ -96,9 +105,15 @@ impl Admin {
         let pools: Vec<_> = functions
             .iter()
             .filter_map(|(id, function)| {
-                function
-                    .pool()
-                    .map(|pool| (id, function.name(), pool.stats()))
+                function.pool().map(|pool| {
+                    let labels = format!(
+                        "id=\"{}\",namespace=\"{}\",function=\"{}\"",
+                        escape(id),
+                        escape(&function.env().namespace),
+                        escape(function.name())
+                    );
+                    (labels, pool.stats())
+                })
             })
             .collect();
         let counters: [PoolCounter; 5] = [
@@ -130,14 +145,8 @@ impl Admin {
         ];
         for (name, help, value) in counters {
             header(&mut out, name, help, "counter");
-            for (id, function, stats) in &pools {
-                let _ = writeln!(
-                    out,
-                    "hearth_{name}{{id=\"{}\",function=\"{}\"}} {}",
-                    escape(id),
-                    escape(function),
-                    value(stats)
-                );
+            for (labels, stats) in &pools {
+                let _ = writeln!(out, "hearth_{name}{{{labels}}} {}", value(stats));
             }
         }
         header(
@@ -146,13 +155,67 @@ impl Admin {
             "Instances in a function's pool, by state.",
             "gauge",
         );
-        for (id, function, stats) in &pools {
+        for (labels, stats) in &pools {
             for (state, count) in [("idle", stats.idle), ("busy", stats.busy)] {
                 let _ = writeln!(
                     out,
-                    "hearth_pool_instances{{id=\"{}\",function=\"{}\",state=\"{state}\"}} {count}",
+                    "hearth_pool_instances{{{labels},state=\"{state}\"}} {count}"
+                );
+            }
+        }
+        type Usage = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&Function) -> f64,
+        );
+        let usage: [Usage; 5] = [
+            (
+                "function_memory_bytes",
+                "Linear memory held by a function's live instances.",
+                "gauge",
+                |f| f.env().memory.bytes() as f64,
+            ),
+            (
+                "function_cpu_seconds_total",
+                "CPU time a function's guest calls have used.",
+                "counter",
+                |f| f.env().cpu.nanos() as f64 / 1e9,
+            ),
+            (
+                "http_connections",
+                "HTTP connections open to a function's listener.",
+                "gauge",
+                |f| f.env().connections.open.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "http_connections_refused_total",
+                "HTTP connections closed on accept because max_connections were open.",
+                "counter",
+                |f| f.env().connections.refused.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "guest_output_dropped_lines_total",
+                "Output lines a function wrote while its log reader was more than 1 MiB behind.",
+                "counter",
+                |f| {
+                    f.env()
+                        .output_files
+                        .as_ref()
+                        .map_or(0, |files| files.dropped_lines()) as f64
+                },
+            ),
+        ];
+        for (name, help, kind, value) in usage {
+            header(&mut out, name, help, kind);
+            for (id, function) in &functions {
+                let _ = writeln!(
+                    out,
+                    "hearth_{name}{{id=\"{}\",namespace=\"{}\",function=\"{}\"}} {}",
                     escape(id),
-                    escape(function),
+                    escape(&function.env().namespace),
+                    escape(function.name()),
+                    value(function)
                 );
             }
         }
@@ -228,7 +291,8 @@ impl Admin {
             for (outcome, count) in stats.outcomes() {
                 let _ = writeln!(
                     out,
-                    "hearth_messages_total{{function=\"{}\",topic=\"{}\",group=\"{}\",outcome=\"{outcome}\"}} {count}",
+                    "hearth_messages_total{{namespace=\"{}\",function=\"{}\",topic=\"{}\",group=\"{}\",outcome=\"{outcome}\"}} {count}",
+                    escape(&stats.namespace),
                     escape(&stats.function),
                     escape(&stats.topic),
                     escape(&stats.group),
@@ -244,7 +308,8 @@ impl Admin {
         for stats in &subscriptions {
             let _ = writeln!(
                 out,
-                "hearth_message_receive_errors_total{{function=\"{}\",topic=\"{}\"}} {}",
+                "hearth_message_receive_errors_total{{namespace=\"{}\",function=\"{}\",topic=\"{}\"}} {}",
+                escape(&stats.namespace),
                 escape(&stats.function),
                 escape(&stats.topic),
                 stats.receive_errors.load(Ordering::Relaxed),

@@ -42,17 +42,26 @@
 //!   that process: hearthd checks owners every [`OWNER_SWEEP`], and a
 //!   function whose owner is gone (the pid is dead, or was reused: the
 //!   process start time is compared) is stopped at once and forgotten.
+//! * **Identity and limits.** `namespace` and `app` make the function's
+//!   identity (see [`crate::tenancy`]); the request's annotations
+//!   (`outbound_hosts`, `shared_stores`, `publish_topics`) can only narrow
+//!   what hearthd's `[tenancy]` policy gives the namespace, and `resources`
+//!   (the Pod's limits) cap its memory, instances and `min_idle` — the same
+//!   [`FunctionSpec::into_env`] a `hearth.toml` function goes through. A
+//!   refusal is `INVALID_ARGUMENT` naming what and why.
 //! * `stdout_path`/`stderr_path` receive the guest's output a line at a time
 //!   (see [`crate::guest_output`]).
 //! * Every transition is logged with the id and the function's name.
 
+use crate::capabilities::CapabilityGrants;
 use crate::distribution::PullPolicy;
 use crate::function::{Function, FunctionKind, FunctionLoadError, Host};
-use crate::function_env::{FunctionSpec, NodeDefaults};
+use crate::function_env::{FunctionSpec, NodeDefaults, PodResources};
 use crate::guest_output::GuestOutputFiles;
 use crate::limits::LimitsOverride;
 use crate::messages::SubscriptionSettings;
 use crate::serving::{Drain, Serving};
+use crate::tenancy::Narrowing;
 use hearth_control::v1::control_server::Control;
 use hearth_control::v1::{
     CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, FunctionState, KillRequest,
@@ -202,6 +211,9 @@ impl Managed {
             idle_instances: pool.idle,
             pool_hits: pool.hits,
             pool_misses: pool.misses,
+            cpu_nanos: self.function.env().cpu.nanos(),
+            namespace: self.function.env().namespace.clone(),
+            app: self.function.capabilities().identity.app().to_string(),
         }
     }
 
@@ -251,6 +263,15 @@ fn subscriptions_for(
             "function `{name}` only handles messages; say which topics with the Pod annotation hearth.dev/subscribe: <topic>[@group][,...]"
         )));
     }
+    let scope = &function.capabilities().messaging;
+    if let Some(refused) = subscriptions
+        .iter()
+        .find_map(|s| scope.broker_topic(&s.topic).err())
+    {
+        return Err(Status::invalid_argument(format!(
+            "hearth.dev/subscribe: {refused}"
+        )));
+    }
     if !subscriptions.is_empty() && function.capabilities().broker().is_none() {
         return Err(Status::failed_precondition(format!(
             "function `{name}` subscribes to messages, but this node's hearthd has no message broker ([messaging.brokers])"
@@ -294,6 +315,7 @@ impl ControlService {
                 max_memory_mib: given(l.max_memory_mib),
                 max_request_body_bytes: given(l.max_request_body_bytes),
                 max_concurrent_instances: given(l.max_concurrent_instances),
+                ..LimitsOverride::default()
             });
         let prewarmed = matches!(&request.source, Some(Source::Image(image)) if self.prewarm.images.contains(image));
         let min_idle = match given(request.min_idle) {
@@ -309,8 +331,33 @@ impl ControlService {
                     path_or_none(&request.stderr_path),
                 ))
             });
+        let names = |list: &Option<hearth_control::v1::NameList>| {
+            list.as_ref().map(|l| {
+                l.names
+                    .iter()
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            })
+        };
+        let resources = request.resources.unwrap_or_default();
+        let mut grants = CapabilityGrants::default();
+        if !request.app.is_empty() {
+            grants.app = Some(request.app.clone());
+        }
         FunctionSpec {
             name: name.to_string(),
+            namespace: given(request.namespace.clone()),
+            grants,
+            narrowing: Narrowing {
+                outbound_hosts: names(&request.outbound_hosts),
+                shared_stores: names(&request.shared_stores),
+                publish_topics: names(&request.publish_topics),
+            },
+            resources: PodResources {
+                memory_limit_bytes: given(resources.memory_limit_bytes),
+                cpu_limit_millis: given(resources.cpu_limit_millis),
+            },
             env: request
                 .env
                 .iter()
@@ -433,7 +480,10 @@ impl Control for ControlService {
         let env = self
             .spec(&request, &name)
             .into_env(&self.defaults)
-            .map_err(|e| Status::invalid_argument(format!("limits: {e}")))?;
+            .map_err(|error| {
+                tracing::error!(id = %request.id, function = %name, namespace = %request.namespace, "create refused: {error}");
+                Status::invalid_argument(error.to_string())
+            })?;
         let loaded = match &request.source {
             Some(Source::WasmPath(path)) => self.host.load_file(env, path.as_ref()).await,
             Some(Source::Image(image)) => {
@@ -462,7 +512,7 @@ impl Control for ControlService {
             kind: kind_name(&function).into(),
             compiled_from: function.compiled_from().as_str().into(),
         };
-        tracing::info!(id = %request.id, function = %name, digest = %response.digest, compiled_from = %response.compiled_from, "function created");
+        tracing::info!(id = %request.id, namespace = %function.env().namespace, function = %name, digest = %response.digest, compiled_from = %response.compiled_from, "function created");
         let managed = Arc::new(Managed {
             id: request.id.clone(),
             sandbox_id: request.sandbox_id,

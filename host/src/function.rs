@@ -203,8 +203,9 @@ pub struct Host {
     capacity: PoolCapacity,
     loads: [AtomicU64; 3],
     capabilities: OnceLock<Arc<HostCapabilities>>,
-    /// Services loaded here, by name, for `invoke`'s local route.
-    directory: Mutex<HashMap<String, Weak<Function>>>,
+    /// Services loaded here, by namespace and name, for `invoke`'s local
+    /// route.
+    directory: Mutex<HashMap<(String, String), Weak<Function>>>,
     subscriptions: SubscriptionRegistry,
 }
 
@@ -302,23 +303,28 @@ impl Host {
         self.capabilities.get_or_init(Default::default)
     }
 
-    /// Makes `function` reachable by `invoke` under its name (unless a live
-    /// function holds the name already).
+    /// Makes `function` reachable by `invoke` under its name in its
+    /// namespace (unless a live function there holds the name already: a
+    /// replica, which serves the same app).
     fn register(&self, function: &Arc<Function>) {
         let mut directory = self.directory.lock().unwrap_or_else(|e| e.into_inner());
         directory.retain(|_, f| f.strong_count() > 0);
         // Only live functions are left, so a taken name stays taken.
+        let key = (
+            function.env().namespace.clone(),
+            function.name().to_string(),
+        );
         directory
-            .entry(function.name().to_string())
+            .entry(key)
             .or_insert_with(|| Arc::downgrade(function));
     }
 
-    /// The loaded service called `name`, if any.
-    pub fn local_function(&self, name: &str) -> Option<Arc<Function>> {
+    /// The loaded service called `name` in `namespace`, if any.
+    pub fn local_function(&self, namespace: &str, name: &str) -> Option<Arc<Function>> {
         self.directory
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(name)
+            .get(&(namespace.to_string(), name.to_string()))
             .and_then(Weak::upgrade)
     }
 
@@ -448,13 +454,17 @@ impl Host {
                     },
                 })?;
         let kind = classify(&name, &compiled)?;
+        let capability_error = |cause| FunctionLoadError::Capability {
+            function: name.clone(),
+            cause,
+        };
+        let identity = env
+            .identity()
+            .map_err(|e| capability_error(GrantError::Identity(e)))?;
         let capabilities = Arc::new(
             self.capabilities()
-                .resolve(&name, &env.grants, &env.env)
-                .map_err(|cause| FunctionLoadError::Capability {
-                    function: name.clone(),
-                    cause,
-                })?,
+                .resolve(&name, &identity, &env.grants, &env.reach, &env.env)
+                .map_err(capability_error)?,
         );
         let counter = match compiled_from {
             CompiledFrom::Memory => 0,

@@ -11,13 +11,17 @@
 //! written there instead, with its `\n`, by one writer thread per file: a
 //! slow reader never blocks an instance. A file that cannot be opened is
 //! reported once in hearthd's log and its lines go to the log instead.
+//! Lines waiting for a slow reader hold at most [`MAX_QUEUED_BYTES`] per
+//! file: past it a line is dropped and counted
+//! ([`GuestOutputFiles::dropped_lines`], `/metrics`), so a guest printing
+//! in a loop cannot grow hearthd's memory, and never waits itself.
 
 use bytes::Bytes;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -25,6 +29,9 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 /// Longest line emitted as one event.
 pub const MAX_LINE: usize = 16 * 1024;
+
+/// Bytes of lines one output file may have waiting for its reader.
+pub const MAX_QUEUED_BYTES: usize = 1 << 20;
 
 /// Which of the guest's output streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +69,16 @@ impl GuestOutputFiles {
         }
     }
 
+    /// Lines dropped because their file's reader fell behind by more than
+    /// [`MAX_QUEUED_BYTES`].
+    pub fn dropped_lines(&self) -> u64 {
+        [&self.stdout, &self.stderr]
+            .into_iter()
+            .flatten()
+            .map(|file| file.dropped.load(Ordering::Relaxed))
+            .sum()
+    }
+
     fn for_stream(&self, stream: GuestStream) -> Option<&OutputFile> {
         match stream {
             GuestStream::Stdout => self.stdout.as_ref(),
@@ -75,11 +92,37 @@ impl GuestOutputFiles {
 #[derive(Debug)]
 struct OutputFile {
     lines: mpsc::Sender<Vec<u8>>,
+    /// Bytes sent and not yet written.
+    queued: Arc<AtomicUsize>,
+    /// Lines dropped because `queued` was full.
+    dropped: AtomicU64,
 }
 
 impl OutputFile {
+    /// Queues `line` for the writer thread; `Err(line)` if the thread is
+    /// gone. A line that would take the queue past [`MAX_QUEUED_BYTES`] is
+    /// dropped and counted (`Ok`).
+    fn send(&self, line: Vec<u8>) -> Result<(), Vec<u8>> {
+        let size = line.len();
+        let reserved = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                (queued + size <= MAX_QUEUED_BYTES).then_some(queued + size)
+            });
+        if reserved.is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.lines.send(line).map_err(|mpsc::SendError(line)| {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+            line
+        })
+    }
+
     fn spawn(function: &str, path: PathBuf) -> Self {
         let (lines, received) = mpsc::channel::<Vec<u8>>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let written_queue = queued.clone();
         let function = function.to_string();
         let spawned = std::thread::Builder::new()
             .name("guest-output".into())
@@ -93,6 +136,7 @@ impl OutputFile {
                     }
                 };
                 for line in received {
+                    written_queue.fetch_sub(line.len(), Ordering::Relaxed);
                     let written = file.as_mut().map(|file| file.write_all(&line));
                     if !matches!(written, Some(Ok(()))) {
                         if let Some(Err(error)) = written {
@@ -107,7 +151,11 @@ impl OutputFile {
         if let Err(error) = spawned {
             tracing::warn!("cannot start a guest output thread: {error}");
         }
-        OutputFile { lines }
+        OutputFile {
+            lines,
+            queued,
+            dropped: AtomicU64::new(0),
+        }
     }
 }
 
@@ -184,10 +232,10 @@ impl LineWriter {
         {
             let mut line = std::mem::take(&mut self.pending);
             line.push(b'\n');
-            match file.lines.send(line) {
+            match file.send(line) {
                 Ok(()) => return,
                 // The writer thread is gone: log the line instead.
-                Err(mpsc::SendError(mut line)) => {
+                Err(mut line) => {
                     line.pop();
                     self.pending = line;
                 }
@@ -249,5 +297,42 @@ impl AsyncWrite for LineWriter {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_reader_that_falls_behind_loses_counted_lines_not_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdout");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let files = Arc::new(GuestOutputFiles::new("chatty", Some(fifo.clone()), None));
+        let output = GuestOutput::new("chatty".into(), GuestStream::Stdout, Some(files.clone()));
+        let mut writer = output.writer();
+        // 2 MiB of 1 KiB lines while nobody reads the FIFO (its writer
+        // thread waits in `open` for a reader): half of them fit.
+        let line = [b'x'; 1023];
+        for _ in 0..2048 {
+            writer.push(&line);
+            writer.push(b"\n");
+        }
+        let fits = MAX_QUEUED_BYTES / 1024;
+        assert_eq!(files.dropped_lines(), (2048 - fits) as u64);
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            std::fs::File::open(&fifo)
+                .unwrap()
+                .read_to_string(&mut text)
+                .unwrap();
+            text
+        });
+        drop((writer, output, files));
+        let text = reader.join().unwrap();
+        assert_eq!(text.lines().count(), fits, "every queued line arrives");
+        assert!(text.lines().all(|l| l.len() == 1023));
     }
 }

@@ -21,6 +21,14 @@
 //! * Failures follow [`crate::invocation_error`]: a named error, a status, one
 //!   log line. A failure in one request never affects another, and the
 //!   listener keeps serving.
+//! * **Connections are bounded** (see [`crate::limits`]): a connection
+//!   that has not sent a request's headers within `header_read_timeout_ms`
+//!   (a slow client, or an idle keep-alive connection) is closed; past
+//!   `max_connections` open ones, a new connection is closed as soon as it
+//!   is accepted and counted (`hearth_http_connections_refused_total`); an
+//!   accept that fails (out of file descriptors) is logged and retried
+//!   after a pause, never fatal. Headers are bounded by hyper's defaults
+//!   (100 headers, about 400 KiB).
 //! * [`serve`] stops accepting when its shutdown future resolves, lets
 //!   in-flight requests finish (bounded by the request deadline plus a
 //!   second), then returns. Dropping the [`serve`] future instead (SIGKILL)
@@ -37,7 +45,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -73,20 +81,41 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let limits = function.env().limits;
+        let stats = function.env().connections.clone();
+        if connections.len() >= limits.max_connections as usize {
+            drop(stream);
+            let refused = stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    function = function.name(),
+                    namespace = %function.env().namespace,
+                    %peer,
+                    refused,
+                    "{} connections are open (max_connections): closed a new one",
+                    limits.max_connections
+                );
+            }
+            continue;
+        }
         let _ = stream.set_nodelay(true);
-        let function = function.clone();
+        let service_function = function.clone();
         let service = hyper::service::service_fn(move |request| {
-            let function = function.clone();
+            let function = service_function.clone();
             async move { Ok::<_, std::convert::Infallible>(handle(&function, request).await) }
         });
         let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
+        stats.open.fetch_add(1, Ordering::Relaxed);
         connections.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
+            stats.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
     drop(listener);
@@ -112,12 +141,7 @@ pub async fn handle(
     let timeout = function.env().limits.request_timeout();
     match invoke(function, request, timeout, Origin::Outside).await {
         Ok(response) => response,
-        Err(failure) => {
-            if !failure.logged {
-                log_failure(function.name(), &failure.error, None);
-            }
-            error_response(&failure.error)
-        }
+        Err(failure) => error_response(&failure.logged_for(function)),
     }
 }
 
@@ -133,12 +157,7 @@ pub async fn call(
     let timeout = timeout.min(function.env().limits.request_timeout());
     invoke(function, request, timeout, Origin::Host)
         .await
-        .map_err(|failure| {
-            if !failure.logged {
-                log_failure(function.name(), &failure.error, None);
-            }
-            failure.error
-        })
+        .map_err(|failure| failure.logged_for(function))
 }
 
 /// An [`InvocationError`] and whether it has been logged already.
@@ -154,6 +173,19 @@ impl Failure {
             error,
             logged: true,
         }
+    }
+
+    /// The error, logged once for `function` if it was not yet.
+    fn logged_for(self, function: &Function) -> InvocationError {
+        if !self.logged {
+            log_failure(
+                &function.env().namespace,
+                function.name(),
+                &self.error,
+                None,
+            );
+        }
+        self.error
     }
 }
 
@@ -320,8 +352,8 @@ impl LocalInvoker {
 }
 
 impl Invoker for LocalInvoker {
-    fn local(&self, name: &str) -> Option<Arc<dyn LocalCallee>> {
-        let function = self.host.upgrade()?.local_function(name)?;
+    fn local(&self, namespace: &str, name: &str) -> Option<Arc<dyn LocalCallee>> {
+        let function = self.host.upgrade()?.local_function(namespace, name)?;
         Some(Arc::new(LocalService(function)))
     }
 }

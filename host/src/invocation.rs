@@ -31,7 +31,7 @@
 
 use crate::function::{Function, FunctionKind};
 use crate::invocation_error::{InvocationError, log_failure};
-use crate::limits::DeadlineExceeded;
+use crate::limits::{CpuGauge, DeadlineExceeded};
 use crate::propagation::RequestContext;
 use crate::store_data::StoreData;
 use hearth_prewarm::pool::{Checkout, Ready};
@@ -78,7 +78,7 @@ impl Function {
             .await
             .map_err(|overloaded| {
                 let error = InvocationError::Overloaded(overloaded);
-                log_failure(self.name(), &error, None);
+                log_failure(&self.env().namespace, self.name(), &error, None);
                 error
             })?;
         let remaining = timeout.map(|t| t.saturating_sub(started.elapsed()));
@@ -91,7 +91,7 @@ impl Function {
         };
         let instance = instance.map_err(|raw| {
             let error = InvocationError::from_wasmtime(&raw);
-            log_failure(self.name(), &error, Some(&raw));
+            log_failure(&self.env().namespace, self.name(), &error, Some(&raw));
             error
         })?;
         let mut invocation = Invocation {
@@ -136,6 +136,7 @@ impl Invocation {
         CallDeadline {
             timeout: self.timeout,
             remaining: self.remaining(),
+            cpu: self.function.env().cpu.clone(),
         }
     }
 
@@ -153,7 +154,12 @@ impl Invocation {
             }
             Err(raw) => {
                 let error = InvocationError::from_wasmtime(&raw);
-                log_failure(self.function.name(), &error, Some(&raw));
+                log_failure(
+                    &self.function.env().namespace,
+                    self.function.name(),
+                    &error,
+                    Some(&raw),
+                );
                 // Dropping the checkout unreleased discards the instance.
                 Err(error)
             }
@@ -161,11 +167,13 @@ impl Invocation {
     }
 }
 
-/// The host-side deadline of one guest call (see the module docs).
-#[derive(Debug, Clone, Copy)]
+/// The host-side deadline of one guest call (see the module docs); it
+/// also counts the call's CPU time into the function's [`CpuGauge`].
+#[derive(Debug, Clone)]
 pub struct CallDeadline {
     timeout: Option<Duration>,
     remaining: Option<Duration>,
+    cpu: Arc<CpuGauge>,
 }
 
 impl CallDeadline {
@@ -175,6 +183,7 @@ impl CallDeadline {
         self,
         call: impl Future<Output = wasmtime::Result<R>>,
     ) -> wasmtime::Result<R> {
+        let call = self.cpu.measure(call);
         let (Some(timeout), Some(remaining)) = (self.timeout, self.remaining) else {
             return call.await;
         };

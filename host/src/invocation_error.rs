@@ -132,10 +132,7 @@ impl InvocationError {
                 });
             }
             if let Some(e) = cause.downcast_ref::<MemoryLimitExceeded>() {
-                return InvocationError::MemoryLimit(MemoryLimitExceeded {
-                    desired: e.desired,
-                    limit: e.limit,
-                });
+                return InvocationError::MemoryLimit(*e);
             }
             if let Some(e) = cause.downcast_ref::<InitFailed>() {
                 return InvocationError::InitFailed(InitFailed {
@@ -210,7 +207,12 @@ impl InvocationError {
 
 /// Logs a failure as one event (one line); traps and memory-limit failures
 /// carry the wasm backtrace in a `backtrace` field (newlines escaped).
-pub fn log_failure(function: &str, error: &InvocationError, raw: Option<&wasmtime::Error>) {
+pub fn log_failure(
+    namespace: &str,
+    function: &str,
+    error: &InvocationError,
+    raw: Option<&wasmtime::Error>,
+) {
     match raw {
         Some(raw)
             if matches!(
@@ -220,9 +222,15 @@ pub fn log_failure(function: &str, error: &InvocationError, raw: Option<&wasmtim
         {
             let causes: Vec<String> = raw.chain().map(|cause| cause.to_string()).collect();
             let backtrace = causes.join("\n");
-            tracing::error!(function, error = error.name(), ?backtrace, "{error}");
+            tracing::error!(
+                namespace,
+                function,
+                error = error.name(),
+                ?backtrace,
+                "{error}"
+            );
         }
-        _ => tracing::error!(function, error = error.name(), "{error}"),
+        _ => tracing::error!(namespace, function, error = error.name(), "{error}"),
     }
 }
 

@@ -25,7 +25,7 @@
 //! | function | [`function`] (loading, the pool, the host), [`invocation`] (one invocation, for every trigger), [`engine`] |
 //! | store data | [`store_data`] (the `T` of every `Store<T>`), [`function_env`] |
 //! | capabilities | [`capabilities`] (keyvalue, state, invoke, config, messaging, blobstore host functions) |
-//! | leaves | [`invocation_error`] (what callers see when things fail), [`propagation`] (headers and request context), [`limits`], [`stats`], [`guest_output`], [`distribution`] (files, references and the caches), [`logging`] |
+//! | leaves | [`invocation_error`] (what callers see when things fail), [`propagation`] (headers and request context), [`limits`], [`stats`], [`guest_output`], [`distribution`] (files, references and the caches), [`logging`], [`tenancy`] (who a function is, what its namespace may reach) |
 
 pub mod admin;
 pub mod capabilities;
@@ -47,6 +47,7 @@ pub mod propagation;
 pub mod serving;
 pub mod stats;
 pub mod store_data;
+pub mod tenancy;
 
 pub use distribution::{CacheSettings, FunctionSource, PullPolicy};
 pub use engine::{Allocation, EngineSettings, HostEngine};

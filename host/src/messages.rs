@@ -29,6 +29,13 @@
 //!   period, then nack what is still running (delivered again at once) and
 //!   return.
 //! * Every failure is logged once with the function, topic and message id.
+//! * **Names are the function's namespace's** (see [`crate::tenancy`]): the
+//!   settings name topics and groups as the guest does; the subscription
+//!   uses the broker's names (`NAMESPACE.topic`, `NAMESPACE.group`), so a
+//!   Pod of another namespace can neither read these topics nor join these
+//!   groups. Another namespace's topic (`NS:topic`) is refused
+//!   ([`SubscribeError::NotAllowed`]) unless the policy lists it; its dead
+//!   letters go to the subscriber's own `NS.topic.dlq`.
 
 use crate::capabilities::messaging::{InHand, MessageHandle, Settled};
 use crate::function::Function;
@@ -113,7 +120,7 @@ impl SubscriptionSettings {
                 Some((topic, group)) => (topic.trim(), group.trim()),
                 None => (entry, default_group),
             };
-            hearth_messaging::validate_topic(topic)?;
+            crate::capabilities::messaging::validate_guest_topic(topic)?;
             hearth_messaging::validate_topic(group).map_err(|error| match error {
                 MessagingError::InvalidArgument(why) => {
                     MessagingError::InvalidArgument(format!("group: {why}"))
@@ -149,6 +156,9 @@ pub enum SubscribeError {
         /// The topic.
         topic: String,
     },
+    /// The topic is another namespace's, and the policy does not list it.
+    #[error("{0}")]
+    NotAllowed(String),
     /// The broker refused it.
     #[error("function `{function}`: cannot subscribe to `{topic}`: {cause}")]
     Broker {
@@ -199,6 +209,29 @@ impl Subscription {
         Self::start_observed(function, broker, settings, None).await
     }
 
+    /// `settings` with the broker's names of its topics and group (see
+    /// [`crate::capabilities::messaging`]: scoped to the function's
+    /// namespace; another namespace's topic only if the policy lists it).
+    fn in_broker_names(
+        function: &Function,
+        mut settings: SubscriptionSettings,
+    ) -> Result<SubscriptionSettings, SubscribeError> {
+        let scope = &function.capabilities().messaging;
+        // Dead letters stay in the subscriber's namespace, even for another
+        // namespace's topic (`team-b:orders` -> `team-b.orders.dlq` of its own).
+        let dead_letter_topic = match &settings.dead_letter_topic {
+            Some(topic) => scope.broker_topic(topic),
+            None => scope.broker_topic(&settings.dead_letter_topic().replace(':', ".")),
+        }
+        .map_err(SubscribeError::NotAllowed)?;
+        settings.topic = scope
+            .broker_topic(&settings.topic)
+            .map_err(SubscribeError::NotAllowed)?;
+        settings.group = scope.broker_group(&settings.group);
+        settings.dead_letter_topic = Some(dead_letter_topic);
+        Ok(settings)
+    }
+
     /// [`Subscription::start`], calling `on_start` before each handler runs.
     pub async fn start_observed(
         function: Arc<Function>,
@@ -217,6 +250,7 @@ impl Subscription {
                 topic: settings.topic.clone(),
             });
         }
+        let settings = Self::in_broker_names(&function, settings)?;
         let consumer = broker
             .subscribe(&SubscriptionSpec {
                 topic: settings.topic.clone(),
@@ -230,6 +264,7 @@ impl Subscription {
                 cause,
             })?;
         let stats = Arc::new(SubscriptionStats {
+            namespace: function.env().namespace.clone(),
             function: function.name().to_string(),
             topic: settings.topic.clone(),
             group: settings.group.clone(),
@@ -548,6 +583,7 @@ impl Dispatch {
             settled: None,
         }));
         let deadline = invocation.deadline();
+        let scope = function.capabilities().messaging.clone();
         let ready = invocation.ready();
         let result = deadline
             .run(async {
@@ -555,7 +591,7 @@ impl Dispatch {
                     .store
                     .data_mut()
                     .table()
-                    .push(MessageHandle::from_delivery(delivery))?;
+                    .push(MessageHandle::from_delivery(delivery, &scope))?;
                 let handler = indices.load(&mut ready.store, &ready.instance)?;
                 if let Some(on_start) = &self.on_start {
                     on_start(delivery);

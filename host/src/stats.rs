@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 /// Counters of one subscription.
 #[derive(Debug, Default)]
 pub struct SubscriptionStats {
+    /// The function's namespace.
+    pub namespace: String,
     /// The function's name.
     pub function: String,
     /// The topic.
@@ -49,6 +51,15 @@ impl SubscriptionStats {
             ("lost", get(&self.lost)),
         ]
     }
+}
+
+/// HTTP connections of one function's listener.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Open now.
+    pub open: AtomicU64,
+    /// Closed at once because `max_connections` were open.
+    pub refused: AtomicU64,
 }
 
 /// Every live subscription's stats (for `/metrics`).

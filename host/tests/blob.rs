@@ -33,6 +33,7 @@ fn limits() -> Limits {
         max_memory_mib: 32,
         max_request_body_bytes: 16 << 20,
         max_concurrent_instances: 8,
+        ..Limits::default()
     }
 }
 
@@ -381,10 +382,11 @@ async fn apps_see_only_their_own_containers() {
         StatusCode::NOT_FOUND,
         "another app's `files` is not this one's"
     );
-    // What the store holds: the app's prefix on the container.
+    // What the store holds: the identity's prefix (namespace `default`,
+    // app `shop`) on the container.
     assert_eq!(
         store
-            .get_bytes("shop.files", "secret", hearth_blob::ByteRange::ALL)
+            .get_bytes("default.shop.files", "secret", hearth_blob::ByteRange::ALL)
             .await
             .unwrap(),
         b"s"

@@ -31,6 +31,7 @@ fn limits() -> Limits {
         max_memory_mib: 32,
         max_request_body_bytes: 64 * 1024,
         max_concurrent_instances: 8,
+        ..Limits::default()
     }
 }
 
@@ -742,8 +743,9 @@ async fn idempotent_calls_are_retried_and_repeated_failures_open_the_breaker() {
             .unwrap();
         assert_eq!(open.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(
-            open.text()
-                .contains("circuit breaker for `retried` is open after 5 consecutive failures"),
+            open.text().contains(
+                "circuit breaker for `retried.default` is open after 5 consecutive failures"
+            ),
             "{}",
             open.text()
         );

@@ -242,3 +242,121 @@ fn hearth_run_of_a_file_works_without_a_usable_cache_dir() {
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("running without the on-disk caches"), "{log}");
 }
+
+/// Reads from `stream` until the server closes it (EOF or reset); whether
+/// it did within `patience`.
+fn closed_by_server(stream: &mut std::net::TcpStream, patience: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(patience)).unwrap();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn idle_and_slow_connections_to_one_function_leave_another_answering() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (a_port, b_port) = (free_port(), free_port());
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[limits]
+max_connections = 20
+header_read_timeout_ms = 1000
+
+[[function]]
+name = "a"
+path = "{hello}"
+listen = "127.0.0.1:{a_port}"
+
+[[function]]
+name = "b"
+path = "{hello}"
+listen = "127.0.0.1:{b_port}"
+"#,
+            hello = hearth_testkit::HELLO,
+        ),
+    );
+    let mut hearthd = Running::start(
+        Command::new(HEARTHD)
+            .env("HEARTH_CACHE_DIR", dir.path().join("cache"))
+            .env("HEARTH_SOCKET", dir.path().join("hearthd.sock"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--admin", "127.0.0.1:0"]),
+    );
+    let (a, b) = (hearthd.serving_addr("a"), hearthd.serving_addr("b"));
+    let admin_line = hearthd.wait_for_line("admin endpoint on http://");
+    let admin: SocketAddr = admin_line
+        .split("on http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    hearthd.wait_for_line("hearthd ready");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    // 300 connections held open against `a`, sending nothing.
+    let mut idle: Vec<_> = (0..300)
+        .map(|_| std::net::TcpStream::connect(a).unwrap())
+        .collect();
+    let reply = runtime.block_on(get(b, "/")).unwrap();
+    assert_eq!(reply.status, 200, "`b` answers while `a` is flooded");
+    // Past max_connections they are closed on accept; the others when
+    // their headers do not come within header_read_timeout_ms.
+    let closed = idle
+        .iter_mut()
+        .map(|stream| closed_by_server(stream, PATIENCE))
+        .filter(|closed| *closed)
+        .count();
+    assert_eq!(closed, 300, "every idle connection was closed by hearthd");
+
+    // A client that sends half a header is cut off.
+    let mut slow = std::net::TcpStream::connect(a).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n").unwrap();
+    assert!(closed_by_server(&mut slow, PATIENCE), "half a header");
+    // So is a keep-alive connection that starts no new request.
+    let mut kept = std::net::TcpStream::connect(a).unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .unwrap();
+    {
+        use std::io::Read;
+        let mut first = [0u8; 12];
+        kept.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+    }
+    assert!(closed_by_server(&mut kept, PATIENCE), "idle keep-alive");
+
+    let reply = runtime.block_on(get(a, "/")).unwrap();
+    assert_eq!(reply.status, 200, "`a` serves again");
+    let metrics = runtime.block_on(get(admin, "/metrics")).unwrap().text();
+    let refused = hearth_testkit::metric(
+        &metrics,
+        "hearth_http_connections_refused_total{id=\"a\",namespace=\"default\",function=\"a\"}",
+    )
+    .unwrap_or_else(|| panic!("{metrics}"));
+    // At most 20 are served at once; slots freed by the header timeout take
+    // a few more from the backlog before the rest is refused.
+    assert!((200.0..=280.0).contains(&refused), "{refused}: {metrics}");
+    assert!(
+        hearthd
+            .log_text()
+            .contains("connections are open (max_connections)"),
+        "the refusal is logged"
+    );
+    assert_eq!(
+        hearthd.terminate().code(),
+        Some(0),
+        "{}",
+        hearthd.log_text()
+    );
+}

@@ -489,7 +489,8 @@ async fn min_idle_instances_are_ready_before_the_first_request_and_metrics_count
     wait_for_idle(&mut client, "warm", 2).await;
 
     let metrics = daemon.metrics().await;
-    let series = |name: &str| format!("hearth_{name}{{id=\"warm\",function=\"hello\"");
+    let series =
+        |name: &str| format!("hearth_{name}{{id=\"warm\",namespace=\"default\",function=\"hello\"");
     assert_eq!(
         metric(&metrics, &series("pool_hits_total")),
         Some(3.0),
@@ -501,7 +502,7 @@ async fn min_idle_instances_are_ready_before_the_first_request_and_metrics_count
     assert_eq!(
         metric(
             &metrics,
-            "hearth_pool_instances{id=\"warm\",function=\"hello\",state=\"idle\"}"
+            "hearth_pool_instances{id=\"warm\",namespace=\"default\",function=\"hello\",state=\"idle\"}"
         ),
         Some(2.0)
     );
@@ -547,7 +548,9 @@ async fn a_trapping_request_poisons_its_instance_and_the_pool_replaces_it() {
     wait_for_idle(&mut client, "reused", 1).await;
     assert_eq!(get(addr, "/ok").await.unwrap().status, 200);
     let metrics = daemon.metrics().await;
-    let series = |name: &str| format!("hearth_{name}{{id=\"reused\",function=\"misbehave\"");
+    let series = |name: &str| {
+        format!("hearth_{name}{{id=\"reused\",namespace=\"default\",function=\"misbehave\"")
+    };
     assert_eq!(
         metric(&metrics, &series("pool_poisoned_total")),
         Some(1.0),
@@ -582,13 +585,14 @@ async fn min_idle_beyond_the_instance_slots_is_refused_with_a_clear_error() {
     wait_for_idle(&mut client, "modest", 4).await;
 }
 
-/// `hearth_messages_total` for `function` on `orders` in group `workers`,
+/// `hearth_messages_total` for `function` on `orders` in group `workers`
+/// (the broker's names in the default namespace),
 /// outcome `outcome` (0 while the subscription has not counted any).
 fn orders_metric(metrics: &str, function: &str, outcome: &str) -> f64 {
     metric(
         metrics,
         &format!(
-            "hearth_messages_total{{function=\"{function}\",topic=\"orders\",group=\"workers\",outcome=\"{outcome}\"}}"
+            "hearth_messages_total{{namespace=\"default\",function=\"{function}\",topic=\"default.orders\",group=\"default.workers\",outcome=\"{outcome}\"}}"
         ),
     )
     .unwrap_or(0.0)

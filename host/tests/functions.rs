@@ -29,6 +29,7 @@ fn small_limits() -> Limits {
         max_memory_mib: 32,
         max_request_body_bytes: 64 * 1024,
         max_concurrent_instances: 4,
+        ..Limits::default()
     }
 }
 
@@ -600,7 +601,8 @@ async fn receive_one(consumer: &dyn hearth_messaging::Consumer) -> hearth_messag
 
 async fn shop_value(host: &Arc<Host>, key: &str) -> Option<String> {
     let store = &host.capabilities().stores["default"];
-    let ns = hearth_state::Namespace::new("shop").unwrap();
+    // The app `shop` of the default namespace (see hearth_host::tenancy).
+    let ns = hearth_state::Namespace::new("default.shop").unwrap();
     store
         .get(&ns, key)
         .await
@@ -635,7 +637,7 @@ async fn order_producer() {
     let broker = host.capabilities().brokers["default"].clone();
     let consumer = broker
         .subscribe(&hearth_messaging::SubscriptionSpec {
-            topic: "orders".into(),
+            topic: "default.orders".into(),
             group: "check".into(),
             visibility: Duration::from_secs(30),
         })
@@ -688,7 +690,7 @@ async fn order_worker() {
     .unwrap();
     broker
         .publish(&hearth_messaging::OutgoingMessage {
-            topic: "orders".into(),
+            topic: "default.orders".into(),
             data: b"3 pears".to_vec(),
             headers: vec![("x-order-id".into(), "o7".into())],
             ..Default::default()
@@ -718,7 +720,7 @@ async fn flaky_worker() {
         .unwrap();
     broker
         .publish(&hearth_messaging::OutgoingMessage {
-            topic: "orders".into(),
+            topic: "default.orders".into(),
             data: b"x".to_vec(),
             headers: vec![
                 ("x-order-id".into(), "f1".into()),

@@ -47,6 +47,7 @@ fn limits() -> Limits {
         max_memory_mib: 32,
         max_request_body_bytes: 64 * 1024,
         max_concurrent_instances: 8,
+        ..Limits::default()
     }
 }
 
@@ -163,7 +164,7 @@ async fn dead_letters(fixture: &Fixture) -> Arc<dyn hearth_messaging::Consumer> 
     fixture
         .broker
         .subscribe(&SubscriptionSpec {
-            topic: "orders.dlq".into(),
+            topic: "default.orders.dlq".into(),
             group: "inspect".into(),
             visibility: Duration::from_secs(30),
         })
@@ -282,7 +283,7 @@ async fn failures_are_retried_with_backoff_and_poison_goes_to_the_dead_letter_to
         "{letter:?}"
     );
     assert_eq!(header("hearth-deliveries"), "3");
-    assert_eq!(header("hearth-original-topic"), "orders");
+    assert_eq!(header("hearth-original-topic"), "default.orders");
     assert_eq!(header("x-order-id"), "poison", "its own headers stay");
     assert_eq!(wait_for_state(addr, "flaky-attempts/poison").await, "3");
     let stats = subscription.stats();

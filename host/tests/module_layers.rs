@@ -19,6 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "guest_output",
             "distribution",
             "logging",
+            "tenancy",
         ],
     ),
     ("capabilities", &["capabilities"]),

@@ -31,6 +31,18 @@ pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 pub const IMAGE_NAME_ANNOTATION: &str = "io.kubernetes.cri.image-name";
 /// Annotation holding the container's name in the Pod.
 pub const CONTAINER_NAME_ANNOTATION: &str = "io.kubernetes.cri.container-name";
+/// Annotation holding the Pod's Kubernetes namespace (set by containerd's
+/// CRI plugin; a Pod cannot set it, as only `hearth.dev/*` Pod annotations
+/// are passed through).
+pub const SANDBOX_NAMESPACE_ANNOTATION: &str = "io.kubernetes.cri.sandbox-namespace";
+/// Pod annotation: the function's app (default: the container's name).
+pub const APP_ANNOTATION: &str = "hearth.dev/app";
+/// Pod annotation: outbound hosts, narrowing the namespace's policy.
+pub const OUTBOUND_HOSTS_ANNOTATION: &str = "hearth.dev/outbound-hosts";
+/// Pod annotation: shared stores, narrowing the namespace's policy.
+pub const SHARED_STORES_ANNOTATION: &str = "hearth.dev/shared-stores";
+/// Pod annotation: topics it may publish to, narrowing the policy.
+pub const PUBLISH_TOPICS_ANNOTATION: &str = "hearth.dev/publish-topics";
 /// Pod annotation: idle instances hearthd keeps ready for the function.
 pub const MIN_IDLE_ANNOTATION: &str = "hearth.dev/min-idle";
 /// Pod annotation: calls an instance serves before it retires.
@@ -88,6 +100,39 @@ pub struct Linux {
     /// Namespaces to join (with a path) or create (without).
     #[serde(default)]
     pub namespaces: Vec<Namespace>,
+    /// The container's resource limits.
+    #[serde(default)]
+    pub resources: Option<Resources>,
+}
+
+/// `linux.resources` (the parts hearthd turns into limits).
+#[derive(Debug, Default, Deserialize)]
+pub struct Resources {
+    /// `memory`.
+    #[serde(default)]
+    pub memory: Option<MemoryResources>,
+    /// `cpu`.
+    #[serde(default)]
+    pub cpu: Option<CpuResources>,
+}
+
+/// `linux.resources.memory`.
+#[derive(Debug, Default, Deserialize)]
+pub struct MemoryResources {
+    /// The limit in bytes (absent, 0 or negative: none).
+    #[serde(default)]
+    pub limit: Option<i64>,
+}
+
+/// `linux.resources.cpu`.
+#[derive(Debug, Default, Deserialize)]
+pub struct CpuResources {
+    /// CPU time per period, µs (absent, 0 or negative: no limit).
+    #[serde(default)]
+    pub quota: Option<i64>,
+    /// The period, µs.
+    #[serde(default)]
+    pub period: Option<u64>,
 }
 
 /// One `linux.namespaces` entry.
@@ -203,6 +248,40 @@ impl BundleSpec {
             .filter_map(|entry| entry.split_once('='))
             .map(|(key, value)| (key.to_string(), value.to_string()))
             .collect()
+    }
+
+    /// The Pod's memory limit in bytes and CPU limit in millicores (0: none).
+    pub fn resource_limits(&self) -> (u64, u64) {
+        let resources = self.linux.as_ref().and_then(|l| l.resources.as_ref());
+        let memory = resources
+            .and_then(|r| r.memory.as_ref())
+            .and_then(|m| m.limit)
+            .filter(|limit| *limit > 0)
+            .map_or(0, |limit| limit as u64);
+        let cpu = resources
+            .and_then(|r| r.cpu.as_ref())
+            .and_then(|c| match (c.quota, c.period) {
+                (Some(quota), Some(period)) if quota > 0 && period > 0 => {
+                    Some((quota as u64).saturating_mul(1000).div_ceil(period))
+                }
+                _ => None,
+            })
+            .unwrap_or(0);
+        (memory, cpu)
+    }
+
+    /// A comma-separated list annotation: `None` when not set; set to `""`
+    /// it is the empty list (narrowed to nothing).
+    pub fn list_annotation(&self, key: &str) -> Option<Vec<String>> {
+        let value = self.annotations.get(key)?;
+        Some(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .map(str::to_string)
+                .collect(),
+        )
     }
 
     /// The pool settings the Pod asks for with the `hearth.dev/min-idle` and

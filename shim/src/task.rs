@@ -28,9 +28,16 @@
 //!   unmounts the rootfs, stops the namespace holder, and publishes
 //!   `/tasks/delete`. Every task publishes `/tasks/create`, `/tasks/start`,
 //!   `/tasks/exit` and `/tasks/delete`.
-//! * **Stats** reports memory: for a function, the linear memory its live
-//!   instances hold in hearthd; for a sandbox, the holder's RSS. Both as
+//! * **Stats** reports memory and CPU: for a function, the linear memory
+//!   its live instances hold in hearthd and the CPU time its guest code has
+//!   used there (`usage_usec`); for a sandbox, the holder's RSS. Both as
 //!   `io.containerd.cgroups.v2.Metrics`.
+//! * **Identity and limits** go to hearthd with `Create`: the Pod's
+//!   namespace (`io.kubernetes.cri.sandbox-namespace`), its app
+//!   (`hearth.dev/app`, else the container's name), its
+//!   `linux.resources` limits, and the narrowing annotations
+//!   `hearth.dev/outbound-hosts`, `hearth.dev/shared-stores` and
+//!   `hearth.dev/publish-topics` (see `hearth_host::tenancy`).
 //! * **Shutdown** ends the shim once it holds no containers.
 //!
 //! The task API is here; the sandbox holder is [`crate::holder`], the
@@ -40,8 +47,9 @@
 use crate::error::TaskError;
 use crate::hearthd::{Hearthd, Watcher};
 use crate::spec::{
-    BundleSpec, CONTAINER_NAME_ANNOTATION, Entrypoint, SANDBOX_ID_ANNOTATION, SUBSCRIBE_ANNOTATION,
-    find_entrypoint,
+    APP_ANNOTATION, BundleSpec, CONTAINER_NAME_ANNOTATION, Entrypoint, OUTBOUND_HOSTS_ANNOTATION,
+    PUBLISH_TOPICS_ANNOTATION, SANDBOX_ID_ANNOTATION, SANDBOX_NAMESPACE_ANNOTATION,
+    SHARED_STORES_ANNOTATION, SUBSCRIBE_ANNOTATION, find_entrypoint,
 };
 use crate::{holder, rootfs};
 use async_trait::async_trait;
@@ -51,7 +59,7 @@ use containerd_shim::api::{
     StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, WaitRequest,
     WaitResponse,
 };
-use containerd_shim::protos::cgroups_v2::metrics::{MemoryStat, Metrics};
+use containerd_shim::protos::cgroups_v2::metrics::{CPUStat, MemoryStat, Metrics};
 use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskIO, TaskStart};
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -302,6 +310,11 @@ impl HearthTask {
             .annotation(CONTAINER_NAME_ANNOTATION)
             .unwrap_or(&request.id)
             .to_string();
+        let (memory_limit_bytes, cpu_limit_millis) = spec.resource_limits();
+        let names = |key| {
+            spec.list_annotation(key)
+                .map(|names| control::NameList { names })
+        };
         let create = control::CreateRequest {
             id: request.id.clone(),
             name,
@@ -328,6 +341,21 @@ impl HearthTask {
                 .annotation(SUBSCRIBE_ANNOTATION)
                 .unwrap_or_default()
                 .to_string(),
+            namespace: spec
+                .annotation(SANDBOX_NAMESPACE_ANNOTATION)
+                .unwrap_or_default()
+                .to_string(),
+            app: spec
+                .annotation(APP_ANNOTATION)
+                .unwrap_or_default()
+                .to_string(),
+            resources: Some(control::PodResources {
+                memory_limit_bytes,
+                cpu_limit_millis,
+            }),
+            outbound_hosts: names(OUTBOUND_HOSTS_ANNOTATION),
+            shared_stores: names(SHARED_STORES_ANNOTATION),
+            publish_topics: names(PUBLISH_TOPICS_ANNOTATION),
         };
         let created = async {
             let mut client = self.hearthd.client().await?;
@@ -549,24 +577,30 @@ impl HearthTask {
 
     async fn do_stats(&self, request: StatsRequest) -> Result<StatsResponse, TaskError> {
         let container = self.get(&request.id)?;
-        let usage = match &container.role {
-            Role::Sandbox { .. } => holder::rss_bytes(container.pid.load(Ordering::SeqCst)),
+        let (usage, cpu_nanos) = match &container.role {
+            Role::Sandbox { .. } => (holder::rss_bytes(container.pid.load(Ordering::SeqCst)), 0),
             Role::Function { .. } => {
                 let mut client = self.hearthd.client().await?;
-                client
+                let state = client
                     .state(control::StateRequest {
                         id: container.id.clone(),
                     })
                     .await
                     .map_err(TaskError::Hearthd)?
-                    .into_inner()
-                    .memory_bytes
+                    .into_inner();
+                (state.memory_bytes, state.cpu_nanos)
             }
         };
         let metrics = Metrics {
             memory: Some(MemoryStat {
                 usage,
                 anon: usage,
+                ..Default::default()
+            })
+            .into(),
+            cpu: Some(CPUStat {
+                usage_usec: cpu_nanos / 1000,
+                user_usec: cpu_nanos / 1000,
                 ..Default::default()
             })
             .into(),

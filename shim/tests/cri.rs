@@ -139,6 +139,7 @@ fn a_host_network_pod_serves_logs_and_drains_on_stop_container() {
             image: &image,
             env: &[("PORT", &port_text)],
             command: &[],
+            ..ContainerSpec::default()
         },
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -218,6 +219,7 @@ fn a_pod_network_pod_is_reachable_at_its_ip_and_a_job_reports_its_exit_code() {
             image: &service,
             env: &[],
             command: &[],
+            ..ContainerSpec::default()
         },
     );
     // No $PORT: the default, 8080, inside the Pod's network namespace.
@@ -235,6 +237,7 @@ fn a_pod_network_pod_is_reachable_at_its_ip_and_a_job_reports_its_exit_code() {
             image: &job,
             env: &[("MODE", "code:3")],
             command: &[],
+            ..ContainerSpec::default()
         },
     );
     wait_until("the job exited", || {
@@ -267,6 +270,7 @@ fn bad_input_through_the_cri_fails_with_a_named_error_and_leaves_nothing() {
             image,
             env: &[],
             command,
+            ..ContainerSpec::default()
         };
         let error = kubelet
             .runtime
@@ -335,6 +339,7 @@ fn bad_input_through_the_cri_fails_with_a_named_error_and_leaves_nothing() {
             image: &image,
             env: &[("PORT", &port_text)],
             command: &[],
+            ..ContainerSpec::default()
         },
     );
     assert!(kubelet.serves_ok(format!("127.0.0.1:{port}").parse().unwrap()));
@@ -355,6 +360,7 @@ fn a_hearthd_restart_with_pods_running_reloads_them() {
                     image: &image,
                     env: &[],
                     command: &[],
+                    ..ContainerSpec::default()
                 },
             );
             (pod, id)
@@ -438,6 +444,7 @@ fn churn_of_50_pods_3_rounds_leaks_nothing() {
                     image: &image,
                     env: &[],
                     command: &[],
+                    ..ContainerSpec::default()
                 };
                 let id = cri.create_container(&pod, &spec).await?;
                 cri.start_container(&id).await?;
@@ -529,6 +536,7 @@ fn a_pod_started_after_prewarm_hits_the_compiled_cache_and_its_annotation_fills_
             image: &image,
             env: &[],
             command: &[],
+            ..ContainerSpec::default()
         },
     );
     let after = kubelet.runtime.block_on(kubelet.node.metrics());
@@ -545,8 +553,9 @@ fn a_pod_started_after_prewarm_hits_the_compiled_cache_and_its_annotation_fills_
         Some(1.0),
         "the Pod's function was a compiled-cache hit:\n{after}"
     );
-    let idle =
-        format!("hearth_pool_instances{{id=\"{container}\",function=\"hello\",state=\"idle\"}}");
+    let idle = format!(
+        "hearth_pool_instances{{id=\"{container}\",namespace=\"default\",function=\"hello\",state=\"idle\"}}"
+    );
     wait_until("the annotation's 2 idle instances", || {
         let text = kubelet.runtime.block_on(kubelet.node.metrics());
         metric(&text, &idle) == Some(2.0)
@@ -581,6 +590,7 @@ fn a_pod_annotated_with_subscribe_handles_what_another_pod_publishes() {
             image: &producer_image,
             env: &[("PORT", &port_text)],
             command: &[],
+            ..ContainerSpec::default()
         },
     );
     let workers = kubelet
@@ -602,6 +612,7 @@ fn a_pod_annotated_with_subscribe_handles_what_another_pod_publishes() {
             image: &worker_image,
             env: &[],
             command: &[],
+            ..ContainerSpec::default()
         },
     );
     let reply = kubelet
@@ -616,7 +627,7 @@ fn a_pod_annotated_with_subscribe_handles_what_another_pod_publishes() {
         .unwrap();
     assert_eq!(reply.status, 202, "{}", reply.text());
     // The group is the container's name, so every replica shares the work.
-    let acked = "hearth_messages_total{function=\"worker\",topic=\"orders\",group=\"worker\",outcome=\"acked\"}";
+    let acked = "hearth_messages_total{namespace=\"default\",function=\"worker\",topic=\"default.orders\",group=\"default.worker\",outcome=\"acked\"}";
     wait_until("the worker Pod acked the order", || {
         let text = kubelet.runtime.block_on(kubelet.node.metrics());
         metric(&text, acked) == Some(1.0)
@@ -626,4 +637,366 @@ fn a_pod_annotated_with_subscribe_handles_what_another_pod_publishes() {
         .block_on(kubelet.cri.remove_pod(&shop))
         .unwrap();
     kubelet.remove_pod_and_check_nothing_is_left(&workers);
+}
+
+/// A host-network Pod `name` in `namespace` running one container of
+/// `image` on a free port; the Pod, its address and the container id.
+struct Served {
+    pod: Pod,
+    addr: SocketAddr,
+    container: String,
+}
+
+impl Kubelet {
+    fn create_in(
+        &self,
+        namespace: &str,
+        name: &str,
+        container: &ContainerSpec,
+        annotations: &[(&str, &str)],
+    ) -> Result<Served, Box<(Pod, tonic::Status)>> {
+        let pod = self
+            .runtime
+            .block_on(self.cri.run_pod_with(
+                &format!("{namespace}-{name}"),
+                Network::Host,
+                &self.logs,
+                &PodOptions {
+                    annotations,
+                    namespace,
+                    ..PodOptions::default()
+                },
+            ))
+            .unwrap_or_else(|status| panic!("RunPodSandbox {namespace}/{name}: {status}"));
+        let port = free_port();
+        let port_text = port.to_string();
+        let mut env = vec![("PORT", port_text.as_str())];
+        env.extend_from_slice(container.env);
+        let spec = ContainerSpec {
+            env: &env,
+            ..container.clone()
+        };
+        match self.runtime.block_on(self.cri.run_container(&pod, &spec)) {
+            Ok(container) => Ok(Served {
+                pod,
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                container,
+            }),
+            Err(status) => Err(Box::new((pod, status))),
+        }
+    }
+
+    fn serve_in(
+        &self,
+        namespace: &str,
+        name: &str,
+        container: &ContainerSpec,
+        annotations: &[(&str, &str)],
+    ) -> Served {
+        self.create_in(namespace, name, container, annotations)
+            .unwrap_or_else(|refused| panic!("container of {namespace}/{name}: {}", refused.1))
+    }
+
+    fn request(&self, addr: SocketAddr, method: http::Method, path: &str) -> (u16, String) {
+        self.request_with(addr, method, path, &[])
+    }
+
+    fn request_with(
+        &self,
+        addr: SocketAddr,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
+        let reply = self
+            .runtime
+            .block_on(hearth_testkit::http::send(
+                addr,
+                method,
+                path,
+                headers,
+                bytes::Bytes::from_static(b"payload"),
+            ))
+            .unwrap_or_else(|error| panic!("{path} on {addr}: {error}"));
+        (reply.status.as_u16(), reply.text())
+    }
+}
+
+/// The policy the tenancy test runs under: `team-c` may open the shared
+/// store `common`, consume `team-a`'s `orders` and invoke its `counter`;
+/// nobody else reaches beyond their namespace.
+const TENANCY_POLICY: &str = r#"
+[state.stores.default]
+type = "embedded"
+[state.stores.common]
+type = "embedded"
+
+[tenancy.namespaces.team-c]
+shared_stores = ["common"]
+topics = ["team-a:orders"]
+invoke = ["counter.team-a"]
+"#;
+
+#[test]
+fn pods_of_two_namespaces_share_nothing_replicas_share_everything_and_only_policy_reaches_across() {
+    use http::Method;
+    let mut kubelet = Kubelet::start();
+    kubelet.node.configure_hearthd(TENANCY_POLICY);
+    let image = |wasm, repository| kubelet.node.push(wasm, repository);
+    let counter_image = image(hearth_testkit::KV_COUNTER, "kv-counter");
+    let blob_image = image(hearth_testkit::BLOB_ROUNDTRIP, "blob-roundtrip");
+    let chain_image = image(hearth_testkit::INVOKE_CHAIN, "invoke-chain");
+    let echo_image = image(hearth_testkit::ECHO, "echo");
+    let producer_image = image(hearth_testkit::ORDER_PRODUCER, "order-producer");
+    let worker_image = image(hearth_testkit::ORDER_WORKER, "order-worker");
+    let counter = ContainerSpec {
+        name: "counter",
+        image: &counter_image,
+        ..ContainerSpec::default()
+    };
+
+    // wasi:keyvalue: same container name, same image, three namespaces.
+    let a1 = kubelet.serve_in("team-a", "counter-1", &counter, &[]);
+    let b = kubelet.serve_in("team-b", "counter-1", &counter, &[]);
+    let a2 = kubelet.serve_in("team-a", "counter-2", &counter, &[]);
+    let c = kubelet.serve_in("team-c", "counter-1", &counter, &[]);
+    for expected in ["1", "2", "3"] {
+        let (status, body) = kubelet.request(a1.addr, Method::POST, "/increment");
+        assert_eq!((status, body.trim()), (200, expected));
+    }
+    let (_, body) = kubelet.request(b.addr, Method::POST, "/increment");
+    assert_eq!(body.trim(), "1", "team-b's counter is its own");
+    let (_, body) = kubelet.request(a2.addr, Method::POST, "/increment");
+    assert_eq!(body.trim(), "4", "a replica in team-a shares its state");
+    // A shared store only where the policy grants it.
+    let (status, body) = kubelet.request(a1.addr, Method::GET, "/open?store=common");
+    assert_eq!(status, 503, "team-a has no grant: {body}");
+    assert!(body.starts_with("access-denied"), "{body}");
+    let (status, body) = kubelet.request(c.addr, Method::GET, "/open?store=common");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    // wasi:blobstore.
+    let blobs = ContainerSpec {
+        name: "files",
+        image: &blob_image,
+        ..ContainerSpec::default()
+    };
+    let blob_a1 = kubelet.serve_in("team-a", "files-1", &blobs, &[]);
+    let blob_b = kubelet.serve_in("team-b", "files-1", &blobs, &[]);
+    let blob_a2 = kubelet.serve_in("team-a", "files-2", &blobs, &[]);
+    let (status, _) = kubelet.request(blob_a1.addr, Method::PUT, "/objects/report");
+    assert_eq!(status, 201);
+    let (status, _) = kubelet.request(blob_b.addr, Method::GET, "/objects/report");
+    assert_eq!(status, 404, "team-b cannot see team-a's container");
+    let (status, body) = kubelet.request(blob_a2.addr, Method::GET, "/objects/report");
+    assert_eq!((status, body.as_str()), (200, "payload"), "the replica can");
+
+    // invoke: a plain name is the caller's namespace; another namespace's
+    // function only as the policy allows.
+    let chain = ContainerSpec {
+        name: "chain",
+        image: &chain_image,
+        env: &[("NAME", "chain")],
+        ..ContainerSpec::default()
+    };
+    let chain_a = kubelet.serve_in("team-a", "chain", &chain, &[]);
+    let chain_b = kubelet.serve_in("team-b", "chain", &chain, &[]);
+    let chain_c = kubelet.serve_in("team-c", "chain", &chain, &[]);
+    let read_counter = "/call?target=counter&path=/";
+    let (_, body) = kubelet.request(chain_a.addr, Method::GET, read_counter);
+    assert_eq!(body.trim(), "4", "team-a's chain reaches team-a's counter");
+    let (_, body) = kubelet.request(chain_b.addr, Method::GET, read_counter);
+    assert_eq!(body.trim(), "1", "team-b's chain reaches team-b's counter");
+    let across = "/call?target=counter.team-a&path=/";
+    let (status, body) = kubelet.request(chain_b.addr, Method::GET, across);
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("may not invoke functions of namespace `team-a`"),
+        "{body}"
+    );
+    let (status, body) = kubelet.request(chain_c.addr, Method::GET, across);
+    assert_eq!(
+        (status, body.trim()),
+        (200, "4"),
+        "team-c's policy allows it"
+    );
+
+    // Callers cannot be spoofed from outside.
+    let echo = ContainerSpec {
+        name: "echo",
+        image: &echo_image,
+        ..ContainerSpec::default()
+    };
+    let echo_a = kubelet.serve_in("team-a", "echo", &echo, &[]);
+    let reply = kubelet
+        .runtime
+        .block_on(hearth_testkit::http::send(
+            echo_a.addr,
+            Method::GET,
+            "/",
+            &[
+                ("x-hearth-caller", "payments.team-b"),
+                ("x-hearth-invoke-depth", "4294967295"),
+            ],
+            bytes::Bytes::new(),
+        ))
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.headers.get("x-echo-x-hearth-caller").is_none(),
+        "{:?}",
+        reply.headers
+    );
+    assert!(
+        reply
+            .headers
+            .get("x-echo-x-hearth-invoke-depth")
+            .is_none_or(|depth| depth != "4294967295"),
+        "{:?}",
+        reply.headers
+    );
+
+    // Messaging and hearth:state: producer and worker of app `shop` in
+    // team-a; a worker of the same app and group in team-b never sees
+    // team-a's orders; team-c consumes them because the policy lets it.
+    let shop = [("hearth.dev/app", "shop")];
+    let producer = ContainerSpec {
+        name: "producer",
+        image: &producer_image,
+        ..ContainerSpec::default()
+    };
+    let worker = ContainerSpec {
+        name: "worker",
+        image: &worker_image,
+        ..ContainerSpec::default()
+    };
+    let subscribe =
+        |topic: &'static str| [("hearth.dev/app", "shop"), ("hearth.dev/subscribe", topic)];
+    let producer_a = kubelet.serve_in("team-a", "producer", &producer, &shop);
+    let producer_b = kubelet.serve_in("team-b", "producer", &producer, &shop);
+    let _worker_b = kubelet.serve_in("team-b", "worker", &worker, &subscribe("orders@workers"));
+    let _worker_c = kubelet.serve_in(
+        "team-c",
+        "worker",
+        &worker,
+        &subscribe("team-a:orders@workers"),
+    );
+    let (_, refused) = *kubelet
+        .create_in("team-b", "spy", &worker, &subscribe("team-a:orders"))
+        .err()
+        .expect("team-b may not subscribe to team-a's topic");
+    assert!(
+        refused
+            .message()
+            .contains("may not reach topic `team-a:orders`"),
+        "{refused}"
+    );
+    let _worker_a = kubelet.serve_in("team-a", "worker", &worker, &subscribe("orders@workers"));
+    let (status, body) = kubelet.request_with(
+        producer_a.addr,
+        Method::POST,
+        "/orders",
+        &[("x-order-id", "o-1")],
+    );
+    assert_eq!(status, 202, "{body}");
+    let acked = |namespace: &str, topic: &str| {
+        format!(
+            "hearth_messages_total{{namespace=\"{namespace}\",function=\"worker\",topic=\"{topic}\",group=\"{namespace}.workers\",outcome=\"acked\"}}"
+        )
+    };
+    wait_until("team-a's and team-c's workers acked the order", || {
+        let text = kubelet.runtime.block_on(kubelet.node.metrics());
+        metric(&text, &acked("team-a", "team-a.orders")) == Some(1.0)
+            && metric(&text, &acked("team-c", "team-a.orders")) == Some(1.0)
+    });
+    let (status, body) = kubelet.request(producer_a.addr, Method::GET, "/state?key=order/o-1");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "payload"),
+        "team-a's app state"
+    );
+    let (status, _) = kubelet.request(producer_b.addr, Method::GET, "/state?key=order/o-1");
+    assert_eq!(status, 404, "team-b's app `shop` has its own state");
+    let text = kubelet.runtime.block_on(kubelet.node.metrics());
+    assert_eq!(
+        metric(&text, &acked("team-b", "team-b.orders")),
+        Some(0.0),
+        "team-b's worker got nothing: {text}"
+    );
+}
+
+#[test]
+fn a_pods_memory_limit_bounds_its_instances_and_stats_show_what_it_uses() {
+    let kubelet = Kubelet::start();
+    let image = kubelet.node.push(MISBEHAVE, "misbehave");
+    let limited = ContainerSpec {
+        name: "misbehave",
+        image: &image,
+        memory_limit_bytes: 64 << 20,
+        ..ContainerSpec::default()
+    };
+    let (eager, refused) = *kubelet
+        .create_in(
+            "team-a",
+            "eager",
+            &limited,
+            &[("hearth.dev/min-idle", "1000")],
+        )
+        .err()
+        .expect("min-idle 1000 in 64 MiB is refused");
+    let message = refused.message();
+    assert!(
+        message.contains("min-idle 1000")
+            && message.contains("1 instance slots")
+            && message.contains("64 MiB"),
+        "{message}"
+    );
+    let pod = kubelet.serve_in("team-a", "bounded", &limited, &[]);
+    let reply = kubelet
+        .runtime
+        .block_on(get(pod.addr, "/grow?mib=100"))
+        .unwrap();
+    assert_eq!(
+        reply
+            .headers
+            .get("x-hearth-error")
+            .map(|v| v.to_str().unwrap()),
+        Some("memory-limit-exceeded"),
+        "{}",
+        reply.text()
+    );
+    assert!(kubelet.serves_ok(pod.addr), "the Pod and hearthd live on");
+    let stats = |id: &str| {
+        kubelet
+            .runtime
+            .block_on(kubelet.cri.container_stats(id))
+            .unwrap()
+    };
+    let (idle_memory, _) = stats(&pod.container);
+    // A request blocked in a host call holds its instance: busy.
+    let addr = pod.addr;
+    let busy = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime
+            .block_on(get(addr, "/sleep?ms=3000"))
+            .unwrap()
+            .status
+    });
+    let mut busy_memory = 0;
+    wait_until("Stats shows the busy instance's memory", || {
+        busy_memory = stats(&pod.container).0;
+        busy_memory > idle_memory
+    });
+    busy.join().unwrap();
+    for _ in 0..20 {
+        assert!(kubelet.serves_ok(pod.addr));
+    }
+    let (_, cpu) = stats(&pod.container);
+    assert!(cpu > 0, "guest CPU time is reported: {cpu} ns");
+    assert!(busy_memory <= 64 << 20, "{busy_memory}");
+    kubelet
+        .runtime
+        .block_on(kubelet.cri.remove_pod(&eager))
+        .unwrap();
+    kubelet.remove_pod_and_check_nothing_is_left(&pod.pod);
 }

@@ -137,6 +137,10 @@ struct RunArgs {
     /// A host that outbound HTTP may reach (`*` for any); may repeat.
     #[arg(long = "allow-outbound", value_name = "HOST")]
     allow_outbound: Vec<String>,
+    /// The function's namespace: its state, blobs, topics and invoke name
+    /// are this namespace's.
+    #[arg(long, default_value = hearth_host::tenancy::DEFAULT_NAMESPACE)]
+    namespace: String,
     /// Wall-clock deadline per request (per run for a job), in milliseconds.
     /// Jobs have no deadline unless this is given.
     #[arg(long)]
@@ -419,6 +423,7 @@ async fn run(args: RunArgs) -> Result<i32> {
     let name = source.default_name();
     let spec = FunctionSpec {
         name: name.clone(),
+        namespace: Some(args.namespace),
         env: args.env,
         args: args.args,
         allowed_outbound_hosts: args.allow_outbound,
@@ -427,6 +432,7 @@ async fn run(args: RunArgs) -> Result<i32> {
             max_memory_mib: Some(args.max_memory_mib),
             max_request_body_bytes: Some(args.max_request_body_bytes),
             max_concurrent_instances: Some(args.max_concurrent_instances),
+            ..LimitsOverride::default()
         },
         min_idle: Some(args.min_idle),
         max_invocations: Some(args.max_invocations),
@@ -434,7 +440,7 @@ async fn run(args: RunArgs) -> Result<i32> {
     };
     let env = match spec.into_env(&NodeDefaults::default()) {
         Ok(env) => env,
-        Err(error) => bail!("invalid limit: {error}"),
+        Err(error) => bail!("{error}"),
     };
     let limits = env.limits;
     let mut settings = EngineSettings::for_limits([&limits]);

@@ -56,10 +56,27 @@ struct Args {
 #[tokio::main]
 async fn main() {
     hearth_host::logging::init();
+    raise_open_file_limit();
     if let Err(error) = run(Args::parse()).await {
         tracing::error!("{error:#}");
         eprintln!("error: {error:#}");
         std::process::exit(2);
+    }
+}
+
+/// Raises the soft limit of open files to the hard one: every connection
+/// to every function on the node is a file descriptor of this one process
+/// (each function's share is bounded by `max_connections`).
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {error}");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!("cannot read the open-file limit: {error}"),
     }
 }
 
@@ -147,7 +164,7 @@ async fn run(args: Args) -> Result<()> {
             .into_env(&config.node_defaults())
             .map_err(|error| {
                 anyhow::anyhow!(
-                    "{}: function `{}`: limits.{error}",
+                    "{}: function `{}`: {error}",
                     config_name(&args),
                     function_config.name
                 )

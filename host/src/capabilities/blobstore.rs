@@ -3,11 +3,13 @@
 //! # Contract
 //!
 //! * **Scope.** A function sees one blob store (its `blob_store`, else the
-//!   host's default) and, in it, only its app's containers: the guest's
-//!   container `photos` of app `shop` is the store's container `shop.photos`
-//!   (dots in the app's name become `-`, so the first `.` always ends the
-//!   app). Functions of one app share containers; other apps' containers
-//!   cannot be named. A guest container name is what
+//!   host's default) and, in it, only its identity's containers (see
+//!   [`crate::tenancy`]): the guest's container `photos` of app `shop` in
+//!   namespace `team-a` is the store's container `team-a.shop.photos`
+//!   (a namespace and an app hold no `.`, so the first two end them; a
+//!   `NAMESPACE.APP` longer than 31 bytes is replaced by a digest of it).
+//!   Replicas and functions of one app share containers; other apps' and
+//!   other namespaces' containers cannot be named. A guest container name is what
 //!   [`hearth_blob::validate_container`] allows, short enough that the
 //!   stored name stays within 63 bytes.
 //! * **Errors** are `wasi:blobstore`'s `error` strings, never traps, and
@@ -37,6 +39,7 @@
 //! [`BlobstoreView`]. [`add_to_linker`] adds the three interfaces.
 
 use super::bindings::wasi::blobstore::{blobstore, container, types};
+use crate::tenancy::Identity;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hearth_blob::{BlobError, BlobStore, ByteRange, ByteStream};
@@ -59,7 +62,8 @@ pub const SPOOL_MEMORY_BYTES: usize = 1 << 20;
 pub struct BlobScope {
     /// The store.
     pub store: BlobStore,
-    /// `APP.`: what the store's name of each of the app's containers starts with.
+    /// `NAMESPACE.APP.`: what the store's name of each of the app's
+    /// containers starts with.
     prefix: String,
 }
 
@@ -73,11 +77,11 @@ impl std::fmt::Debug for BlobScope {
 }
 
 impl BlobScope {
-    /// `store`, scoped to `app`'s containers.
-    pub fn new(store: BlobStore, app: &str) -> Self {
+    /// `store`, scoped to the containers of `identity`'s app.
+    pub fn new(store: BlobStore, identity: &Identity) -> Self {
         BlobScope {
             store,
-            prefix: format!("{}.", app.replace('.', "-")),
+            prefix: container_prefix(identity),
         }
     }
 
@@ -93,6 +97,23 @@ impl BlobScope {
         }
         Ok(stored)
     }
+}
+
+/// Longest `NAMESPACE.APP` used as it is in container names; a longer
+/// one is replaced by a digest so guests keep room for their own names.
+const MAX_PLAIN_SCOPE_BYTES: usize = 31;
+
+/// `NAMESPACE.APP.`, or `h<first 16 bytes of its SHA-256, hex>.` when it is
+/// longer than [`MAX_PLAIN_SCOPE_BYTES`] (no `.` inside, so it never equals
+/// a plain scope; SHA-256, so no tenant can choose a name that collides).
+fn container_prefix(identity: &Identity) -> String {
+    use sha2::Digest as _;
+    let scope = identity.scope();
+    if scope.len() <= MAX_PLAIN_SCOPE_BYTES {
+        return format!("{scope}.");
+    }
+    let digest = sha2::Sha256::digest(scope.as_bytes());
+    format!("h{}.", hex::encode(&digest[..16]))
 }
 
 /// One instance's blobstore context.
@@ -934,7 +955,11 @@ mod tests {
     fn ctx(app: &str, store: Option<&BlobStore>) -> BlobstoreCtx {
         BlobstoreCtx {
             function: app.into(),
-            scope: store.map(|store| Arc::new(BlobScope::new(store.clone(), app))),
+            scope: store.map(|store| {
+                let (namespace, app) = app.split_once('/').unwrap_or(("default", app));
+                let identity = Identity::new(namespace, app).unwrap();
+                Arc::new(BlobScope::new(store.clone(), &identity))
+            }),
         }
     }
 
@@ -992,8 +1017,8 @@ mod tests {
         let bytes = view.incoming_value_consume_sync(value).await.unwrap();
         assert_eq!(bytes.unwrap(), b"meow");
         assert!(
-            store.container_info("shop.photos").await.is_ok(),
-            "the guest's `photos` is the store's `shop.photos`"
+            store.container_info("default.shop.photos").await.is_ok(),
+            "the guest's `photos` is the store's `default.shop.photos`"
         );
         let missing = view
             .get_data(borrow(&photos), "dog.jpg".into(), 0, u64::MAX)
@@ -1003,6 +1028,47 @@ mod tests {
             panic!("a missing object has no data");
         };
         assert!(error.starts_with("not found"), "{error}");
+    }
+
+    #[test]
+    fn long_identities_get_a_digest_prefix_that_no_plain_one_equals() {
+        let short = container_prefix(&Identity::new("team-a", "shop").unwrap());
+        assert_eq!(short, "team-a.shop.");
+        let long =
+            container_prefix(&Identity::new("a-rather-longer-namespace", "and-app").unwrap());
+        assert_eq!(long.len(), 34);
+        assert!(
+            long.starts_with('h') && long.matches('.').count() == 1,
+            "{long}"
+        );
+        let other =
+            container_prefix(&Identity::new("a-rather-longer-namespace", "and-apq").unwrap());
+        assert_ne!(long, other);
+    }
+
+    #[tokio::test]
+    async fn the_same_app_in_another_namespace_cannot_see_the_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = fs_store(dir.path());
+        let (a, b) = (
+            ctx("team-a/shop", Some(&store)),
+            ctx("team-b/shop", Some(&store)),
+        );
+        let (mut a_table, mut b_table) = (ResourceTable::new(), ResourceTable::new());
+        let mut a = BlobstoreView {
+            ctx: &a,
+            table: &mut a_table,
+        };
+        let mut b = BlobstoreView {
+            ctx: &b,
+            table: &mut b_table,
+        };
+        a.create_container("photos".into()).await.unwrap().unwrap();
+        assert_eq!(
+            b.container_exists("photos".into()).await.unwrap(),
+            Ok(false)
+        );
+        assert!(store.container_info("team-a.shop.photos").await.is_ok());
     }
 
     #[tokio::test]

@@ -2,12 +2,19 @@
 //!
 //! # Contract
 //!
-//! * **Routing.** A callee loaded in this hearthd is called directly: the
-//!   request goes into one of its pool instances through the same path the
-//!   HTTP trigger uses (limits, deadline, pool), with no socket. Otherwise
-//!   the name is looked up in `[invoke.targets]` (a base URL) and then, if
-//!   `[invoke] service_domain` is set, sent to `http://NAME.DOMAIN` (a
-//!   Kubernetes Service). Nothing matches: `not-found`.
+//! * **Names are per namespace** (see [`crate::tenancy`]). `invoke("cart")`
+//!   calls `cart` in the caller's own namespace; `invoke("cart.team-b")`
+//!   calls `cart` in `team-b`, and only when the caller's namespace policy
+//!   lists `cart.team-b` or `*.team-b` in `invoke`; otherwise it is
+//!   `not-found`, saying the policy refused it, and no request is made.
+//! * **Routing.** A callee loaded in this hearthd (in that namespace) is
+//!   called directly: the request goes into one of its pool instances
+//!   through the same path the HTTP trigger uses (limits, deadline, pool),
+//!   with no socket. Otherwise `NAME.NAMESPACE` is looked up in
+//!   `[invoke.targets]` (a base URL; a plain `NAME` key is a function of the
+//!   default namespace) and then, if `[invoke] cluster_domain` is set, sent
+//!   to `http://NAME.NAMESPACE.svc.DOMAIN` (its Kubernetes Service).
+//!   Nothing matches: `not-found`.
 //! * **Timeout.** `options.timeout-ms`, else `[invoke] default_timeout_ms`.
 //!   A local callee runs with its deadline cut to the call's, so a callee
 //!   that loops forever is stopped when the caller's timeout fires.
@@ -15,14 +22,21 @@
 //!   failure is retried up to `[invoke] retries` times with doubling
 //!   backoff from 25 ms, within the timeout. Non-idempotent calls are
 //!   tried exactly once.
-//! * **Circuit breaker per target.** After `breaker_failures` consecutive
+//! * **Circuit breaker per target** (`NAME.NAMESPACE`, so one namespace's
+//!   failing callee never opens another's circuit). A timeout counts as
+//!   the target's failure only when the caller allowed at least
+//!   `default_timeout_ms`: a caller's own short timeout never opens a
+//!   circuit for others. At most [`MAX_BREAKERS`] targets are tracked;
+//!   closed circuits are forgotten first, and when every tracked one is
+//!   open a new target is called untracked. After `breaker_failures` consecutive
 //!   `unavailable`/`timeout` failures a target's circuit opens for
 //!   `breaker_open_ms`: calls fail at once with `unavailable` naming the
 //!   breaker. Then one call is let through; its success closes the
 //!   circuit, its failure opens it again.
 //! * **Propagation.** The callee sees `x-request-id` (the caller's, or a
 //!   new one), `traceparent` (the caller's trace id with a new parent
-//!   span id, or a new trace), `x-hearth-caller` and
+//!   span id, or a new trace), `x-hearth-caller` (`NAME.NAMESPACE` of the
+//!   caller) and
 //!   `x-hearth-invoke-depth`, all set by the host: a guest's own values for
 //!   them are dropped. A call that would make the chain deeper than
 //!   `max_depth` is `depth-exceeded`, whatever the callee; the count
@@ -49,6 +63,7 @@ use crate::propagation::{
     CALLER_HEADER, DEPTH_HEADER, ERROR_HEADER, REQUEST_ID_HEADER, RequestContext,
     TRACEPARENT_HEADER, child_traceparent,
 };
+use crate::tenancy::InvokeTarget;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +76,11 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 pub struct InvokeScope {
     /// The calling function's name (`x-hearth-caller`, logs).
     pub caller: Arc<str>,
+    /// The caller's namespace: where plain names are found.
+    pub namespace: Arc<str>,
+    /// Functions of other namespaces it may call (`name.NS`, `*.NS`; its
+    /// namespace's policy).
+    pub other_namespaces: Vec<String>,
     /// `[invoke]`.
     pub settings: InvokeSettings,
     /// Finds callees on this node (none: every callee is remote).
@@ -73,6 +93,8 @@ impl std::fmt::Debug for InvokeScope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InvokeScope")
             .field("caller", &self.caller)
+            .field("namespace", &self.namespace)
+            .field("other_namespaces", &self.other_namespaces)
             .field("settings", &self.settings)
             .field("local", &self.invoker.is_some())
             .finish()
@@ -120,12 +142,13 @@ pub trait LocalCallee: Send + Sync {
     ) -> Result<http::Response<HyperOutgoingBody>, InvocationError>;
 }
 
-/// Finds the functions loaded on this node by name. Injected into
-/// [`super::HostCapabilities`] by the layer that serves functions (the HTTP
-/// trigger implements it), so this capability never reaches up into it.
+/// Finds the functions loaded on this node by namespace and name.
+/// Injected into [`super::HostCapabilities`] by the layer that serves
+/// functions (the HTTP trigger implements it), so this capability never
+/// reaches up into it.
 pub trait Invoker: Send + Sync {
-    /// The local function called `name`, if one is loaded.
-    fn local(&self, name: &str) -> Option<Arc<dyn LocalCallee>>;
+    /// The local function called `name` in `namespace`, if one is loaded.
+    fn local(&self, namespace: &str, name: &str) -> Option<Arc<dyn LocalCallee>>;
 }
 
 /// Largest response body a caller receives.
@@ -134,10 +157,13 @@ const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// `[invoke]` in `hearth.toml`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvokeSettings {
-    /// Base URLs of functions not loaded here, by name.
+    /// Base URLs of functions not loaded here, by `NAME.NAMESPACE` (or
+    /// `NAME`, for [`Self::default_namespace`]).
     pub targets: BTreeMap<String, String>,
-    /// `NAME.DOMAIN` is tried for other names when set.
-    pub service_domain: Option<String>,
+    /// The namespace a plain `NAME` in `targets` is in.
+    pub default_namespace: String,
+    /// `NAME.NAMESPACE.svc.DOMAIN` is tried for other names when set.
+    pub cluster_domain: Option<String>,
     /// Longest chain of calls.
     pub max_depth: u32,
     /// Timeout of a call that gives none.
@@ -154,7 +180,8 @@ impl Default for InvokeSettings {
     fn default() -> Self {
         InvokeSettings {
             targets: BTreeMap::new(),
-            service_domain: None,
+            default_namespace: crate::tenancy::DEFAULT_NAMESPACE.into(),
+            cluster_domain: None,
             max_depth: 8,
             default_timeout: Duration::from_secs(10),
             retries: 2,
@@ -164,8 +191,8 @@ impl Default for InvokeSettings {
     }
 }
 
-/// Targets tracked before healthy ones are forgotten (guests choose names).
-const MAX_BREAKERS: usize = 4096;
+/// Targets tracked at most (guests choose names).
+pub const MAX_BREAKERS: usize = 4096;
 
 /// Circuit breakers by target name.
 #[derive(Default)]
@@ -182,9 +209,9 @@ impl Breakers {
     /// `Err(message)` if `target`'s circuit is open.
     fn admit(&self, target: &str) -> Result<(), String> {
         let mut breakers = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if breakers.len() >= MAX_BREAKERS && !breakers.contains_key(target) {
-            // Closed breakers with no failures carry nothing worth keeping.
-            breakers.retain(|_, b| b.consecutive_failures > 0 || b.open_until.is_some());
+        if !breakers.contains_key(target) && !Self::make_room(&mut breakers) {
+            // Full of open circuits: this target is called untracked.
+            return Ok(());
         }
         let breaker = breakers.entry(target.to_string()).or_default();
         match breaker.open_until {
@@ -204,8 +231,24 @@ impl Breakers {
         }
     }
 
+    /// Whether a new target can be tracked: at [`MAX_BREAKERS`], closed
+    /// circuits are forgotten first (those with no failures, then those
+    /// with some); open ones are kept.
+    fn make_room(breakers: &mut HashMap<String, Breaker>) -> bool {
+        if breakers.len() >= MAX_BREAKERS {
+            breakers.retain(|_, b| b.consecutive_failures > 0 || b.open_until.is_some());
+        }
+        if breakers.len() >= MAX_BREAKERS {
+            breakers.retain(|_, b| b.open_until.is_some());
+        }
+        breakers.len() < MAX_BREAKERS
+    }
+
     fn record(&self, target: &str, failed: bool, settings: &InvokeSettings) {
         let mut breakers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !breakers.contains_key(target) && !Self::make_room(&mut breakers) {
+            return;
+        }
         let breaker = breakers.entry(target.to_string()).or_default();
         breaker.probing = false;
         if failed {
@@ -232,22 +275,23 @@ impl Breakers {
 }
 
 /// The URL of a function that is not loaded here: its `[invoke.targets]`
-/// entry, else `http://NAME.DOMAIN` with the Service domain, else none.
-fn remote_url(settings: &InvokeSettings, target: &str) -> Option<http::Uri> {
-    let base = match settings.targets.get(target) {
+/// entry, else its Service `http://NAME.NAMESPACE.svc.DOMAIN` with the
+/// cluster domain, else none.
+fn remote_url(settings: &InvokeSettings, target: &InvokeTarget<'_>) -> Option<http::Uri> {
+    let key = format!("{}.{}", target.name, target.namespace);
+    let plain = (target.namespace == settings.default_namespace)
+        .then(|| settings.targets.get(target.name))
+        .flatten();
+    let base = match settings.targets.get(&key).or(plain) {
         Some(base) => base.clone(),
         None => {
-            let domain = settings.service_domain.as_ref()?;
-            // A DNS label: a name with anything else is not a Service.
-            let label_ok = !target.is_empty()
-                && target.len() <= 63
-                && target
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            if !label_ok {
+            let domain = settings.cluster_domain.as_ref()?;
+            // A Service's name is a DNS label: a name with anything else is
+            // not a Service.
+            if !crate::tenancy::is_dns_label(target.name) {
                 return None;
             }
-            format!("http://{target}.{domain}")
+            format!("http://{key}.svc.{domain}")
         }
     };
     base.parse().ok()
@@ -283,9 +327,13 @@ fn error_from_kind(kind: Option<ErrorKind>, message: String) -> wit::Error {
 }
 
 impl InvokeView<'_> {
-    fn route(&self, target: &str) -> Option<Route> {
+    fn route(&self, target: &InvokeTarget<'_>) -> Option<Route> {
         let scope = &self.ctx.scope;
-        if let Some(callee) = scope.invoker.as_ref().and_then(|i| i.local(target)) {
+        if let Some(callee) = scope
+            .invoker
+            .as_ref()
+            .and_then(|i| i.local(target.namespace, target.name))
+        {
             return Some(Route::Local(callee));
         }
         remote_url(&scope.settings, target).map(Route::Remote)
@@ -349,7 +397,10 @@ impl InvokeView<'_> {
                 child_traceparent(context.traceparent.as_deref()),
             )
             .header(DEPTH_HEADER, depth.to_string())
-            .header(CALLER_HEADER, self.ctx.scope.caller.as_ref());
+            .header(
+                CALLER_HEADER,
+                format!("{}.{}", self.ctx.scope.caller, self.ctx.scope.namespace),
+            );
         builder
             .body(Full::new(Bytes::from(request.body.clone())))
             .map_err(|e| invalid(e.to_string()))
@@ -502,12 +553,27 @@ impl wit::Host for InvokeView<'_> {
             tracing::warn!(function = %caller, target, "invoke refused: {error}");
             return Ok(Err(wit::Error::DepthExceeded(error)));
         }
-        let Some(route) = self.route(&target) else {
-            tracing::warn!(function = %caller, target, "invoke of unknown function");
+        let Some(callee) = InvokeTarget::parse(&target, &scope.namespace) else {
             return Ok(Err(wit::Error::NotFound(format!(
-                "no function `{target}` is loaded on this host or configured in [invoke.targets]"
+                "`{target}`: after the last `.` must come a namespace name"
             ))));
         };
+        if callee.namespace != &*scope.namespace && !callee.allowed_by(&scope.other_namespaces) {
+            let error = format!(
+                "`{target}`: namespace `{}` may not invoke functions of namespace `{}` (invoke in [tenancy.namespaces.{}] of hearthd's hearth.toml)",
+                scope.namespace, callee.namespace, scope.namespace
+            );
+            tracing::warn!(function = %caller, namespace = %scope.namespace, target, "invoke refused by policy");
+            return Ok(Err(wit::Error::NotFound(error)));
+        }
+        let Some(route) = self.route(&callee) else {
+            tracing::warn!(function = %caller, namespace = %scope.namespace, target, "invoke of unknown function");
+            return Ok(Err(wit::Error::NotFound(format!(
+                "no function `{}` of namespace `{}` is loaded on this host or configured in [invoke.targets]",
+                callee.name, callee.namespace
+            ))));
+        };
+        let breaker_key = format!("{}.{}", callee.name, callee.namespace);
         let http_request = match self.build_request(&target, &request, depth) {
             Ok(request) => request,
             Err(error) => return Ok(Err(error)),
@@ -525,17 +591,21 @@ impl wit::Host for InvokeView<'_> {
         let mut backoff = Duration::from_millis(25);
         let breakers = &scope.breakers;
         for attempt in 1..=attempts {
-            if let Err(open) = breakers.admit(&target) {
+            if let Err(open) = breakers.admit(&breaker_key) {
                 return Ok(Err(wit::Error::Unavailable(open)));
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             let request = clone_request(&http_request);
             let result = attempt_call(&target, &route, request, remaining).await;
-            let counts_as_failure = matches!(
-                result,
-                Err(wit::Error::Unavailable(_) | wit::Error::Timeout(_))
-            );
-            breakers.record(&target, counts_as_failure, settings);
+            // A timeout counts against the target only when the caller gave
+            // it at least the node's default time: a caller's own
+            // impatience (`timeout-ms = 0`) never opens a circuit for others.
+            let counts_as_failure = match &result {
+                Err(wit::Error::Unavailable(_)) => true,
+                Err(wit::Error::Timeout(_)) => timeout >= settings.default_timeout,
+                _ => false,
+            };
+            breakers.record(&breaker_key, counts_as_failure, settings);
             match result {
                 Err(wit::Error::Unavailable(error))
                     if attempt < attempts
@@ -622,8 +692,9 @@ mod tests {
     }
 
     impl Invoker for Arc<OneCallee> {
-        fn local(&self, name: &str) -> Option<Arc<dyn LocalCallee>> {
-            (name == "callee").then(|| Arc::new(self.clone()) as Arc<dyn LocalCallee>)
+        fn local(&self, namespace: &str, name: &str) -> Option<Arc<dyn LocalCallee>> {
+            (namespace == "team-a" && name == "callee")
+                .then(|| Arc::new(self.clone()) as Arc<dyn LocalCallee>)
         }
     }
 
@@ -635,6 +706,8 @@ mod tests {
         let ctx = InvokeCtx {
             scope: Arc::new(InvokeScope {
                 caller: "caller".into(),
+                namespace: "team-a".into(),
+                other_namespaces: Vec::new(),
                 settings,
                 invoker: Some(Arc::new(callee.clone())),
                 breakers: Arc::default(),
@@ -692,7 +765,7 @@ mod tests {
             |i: usize, name: &str| seen[i].get(name).unwrap().to_str().unwrap().to_string();
         assert_eq!(
             header(0, CALLER_HEADER),
-            "caller",
+            "caller.team-a",
             "the guest cannot name the caller"
         );
         assert_eq!(
@@ -703,6 +776,50 @@ mod tests {
         assert_eq!(header(0, "x-app"), "1");
         assert_eq!(header(0, REQUEST_ID_HEADER), header(1, REQUEST_ID_HEADER));
         assert!(header(0, TRACEPARENT_HEADER).contains("4bf92f3577b34da6a3ce929d0e0e4736"));
+    }
+
+    #[tokio::test]
+    async fn another_namespaces_function_is_reached_only_when_the_policy_allows() {
+        let (mut ctx, callee) = ctx(Answer::EchoHeaders, InvokeSettings::default(), 0);
+        let invoker = ctx.scope.invoker.clone();
+        let from_team_b = |other_namespaces: Vec<String>| {
+            Arc::new(InvokeScope {
+                caller: "caller".into(),
+                namespace: "team-b".into(),
+                other_namespaces,
+                settings: InvokeSettings::default(),
+                invoker: invoker.clone(),
+                breakers: Arc::default(),
+            })
+        };
+        ctx.scope = from_team_b(Vec::new());
+        let mut view = InvokeView { ctx: &mut ctx };
+        let own = view.call("callee".into(), request(&[]), options()).await;
+        assert!(
+            matches!(&own, Ok(Err(wit::Error::NotFound(m))) if m.contains("namespace `team-b`")),
+            "a plain name is the caller's own namespace: {own:?}"
+        );
+        let refused = view
+            .call("callee.team-a".into(), request(&[]), options())
+            .await;
+        assert!(
+            matches!(&refused, Ok(Err(wit::Error::NotFound(m))) if m.contains("may not invoke functions of namespace `team-a`")),
+            "{refused:?}"
+        );
+        assert!(
+            callee.seen.lock().unwrap().is_empty(),
+            "no request was made"
+        );
+        ctx.scope = from_team_b(vec!["*.team-c".into(), "callee.team-a".into()]);
+        let mut view = InvokeView { ctx: &mut ctx };
+        let allowed = view
+            .call("callee.team-a".into(), request(&[]), options())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(allowed.status, 200);
+        let seen = callee.seen.lock().unwrap();
+        assert_eq!(seen[0].get(CALLER_HEADER).unwrap(), "caller.team-b");
     }
 
     #[tokio::test]
@@ -787,28 +904,112 @@ mod tests {
     }
 
     #[test]
-    fn remote_targets_come_from_config_then_the_service_domain() {
+    fn remote_targets_come_from_config_then_the_cluster_domain() {
         let mut settings = InvokeSettings {
-            targets: BTreeMap::from([("billing".to_string(), "http://10.0.0.7:8080".to_string())]),
+            targets: BTreeMap::from([
+                ("billing".to_string(), "http://10.0.0.7:8080".to_string()),
+                (
+                    "ledger.team-b".to_string(),
+                    "http://10.0.0.8:8080".to_string(),
+                ),
+            ]),
             ..Default::default()
         };
-        let url = |s: &InvokeSettings, t: &str| remote_url(s, t).map(|u| u.to_string());
+        let url = |s: &InvokeSettings, t: &str, ns: &str| {
+            remote_url(s, &InvokeTarget::parse(t, ns).unwrap()).map(|u| u.to_string())
+        };
         assert_eq!(
-            url(&settings, "billing").as_deref(),
+            url(&settings, "billing", "default").as_deref(),
             Some("http://10.0.0.7:8080/")
         );
-        assert_eq!(url(&settings, "orders"), None, "no domain: not found");
-        settings.service_domain = Some("shop.svc.cluster.local".into());
         assert_eq!(
-            url(&settings, "orders").as_deref(),
+            url(&settings, "billing", "team-b"),
+            None,
+            "a plain key is the default namespace's"
+        );
+        assert_eq!(
+            url(&settings, "ledger", "team-b").as_deref(),
+            Some("http://10.0.0.8:8080/")
+        );
+        assert_eq!(
+            url(&settings, "orders", "shop"),
+            None,
+            "no domain: not found"
+        );
+        settings.cluster_domain = Some("cluster.local".into());
+        assert_eq!(
+            url(&settings, "orders", "shop").as_deref(),
             Some("http://orders.shop.svc.cluster.local/")
         );
         assert_eq!(
-            url(&settings, "billing").as_deref(),
-            Some("http://10.0.0.7:8080/")
+            url(&settings, "orders.team-b", "shop").as_deref(),
+            Some("http://orders.team-b.svc.cluster.local/")
         );
-        assert_eq!(url(&settings, "Not A Service"), None);
-        assert_eq!(url(&settings, "evil.com/x"), None);
+        assert_eq!(url(&settings, "Not A Service", "shop"), None);
+        assert!(InvokeTarget::parse("evil.com/x", "shop").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_callers_own_short_timeout_never_opens_the_breaker() {
+        let settings = InvokeSettings {
+            breaker_failures: 2,
+            ..Default::default()
+        };
+        let (mut ctx, callee) = ctx(Answer::Fail(ErrorKind::Deadline), settings, 0);
+        let mut view = InvokeView { ctx: &mut ctx };
+        let impatient = wit::Options {
+            timeout_ms: Some(1),
+            idempotent: false,
+        };
+        for _ in 0..5 {
+            let result = view
+                .call("callee".into(), request(&[]), impatient)
+                .await
+                .unwrap();
+            assert!(matches!(result, Err(wit::Error::Timeout(_))), "{result:?}");
+        }
+        assert_eq!(callee.seen.lock().unwrap().len(), 5, "every call was made");
+        let patient = wit::Options {
+            timeout_ms: None,
+            idempotent: false,
+        };
+        for _ in 0..2 {
+            view.call("callee".into(), request(&[]), patient)
+                .await
+                .unwrap()
+                .unwrap_err();
+        }
+        let refused = view
+            .call("callee".into(), request(&[]), impatient)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&refused, Err(wit::Error::Unavailable(m)) if m.contains("circuit breaker")),
+            "timeouts within the node's default do count: {refused:?}"
+        );
+    }
+
+    #[test]
+    fn the_breaker_map_stays_bounded_when_every_target_fails() {
+        let settings = InvokeSettings {
+            breaker_failures: 1,
+            ..Default::default()
+        };
+        let breakers = Breakers::default();
+        for n in 0..MAX_BREAKERS + 100 {
+            let target = format!("t{n}.ns");
+            breakers.admit(&target).unwrap();
+            breakers.record(&target, true, &settings);
+        }
+        assert_eq!(breakers.0.lock().unwrap().len(), MAX_BREAKERS);
+        assert!(
+            breakers.admit("t0.ns").is_err(),
+            "tracked circuits stay open"
+        );
+        assert!(
+            breakers.admit("new.ns").is_ok(),
+            "a new target is called untracked"
+        );
     }
 
     #[test]

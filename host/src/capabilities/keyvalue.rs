@@ -587,7 +587,7 @@ mod tests {
                 shared: shared
                     .iter()
                     .map(|(label, store)| {
-                        let ns = Namespace::new(&format!("shared.{label}")).unwrap();
+                        let ns = Namespace::new(&format!("_shared.{label}")).unwrap();
                         (label.to_string(), ((*store).clone(), ns))
                     })
                     .collect(),

@@ -7,6 +7,15 @@
 //!   message's data, content type and metadata (as headers).
 //! * `hearth:function/messaging.publish` publishes on the function's broker
 //!   with key, headers, delay and priority.
+//! * **Topics are per namespace** (see [`crate::tenancy`]). A topic a
+//!   guest names, `orders`, is the broker's `NAMESPACE.orders`; a topic of
+//!   another namespace is written `NS:orders` and reachable (to publish or
+//!   subscribe) only when the function's namespace policy lists it in
+//!   `topics`; otherwise `access-denied` / `permission-denied`, logged.
+//!   Delivered messages show topics the same way. Consumer groups are
+//!   the broker's `NAMESPACE.GROUP`, so no other namespace can join them.
+//! * **Brokers.** `connect` reaches the function's own broker and the
+//!   brokers its namespace policy lists, no others.
 //! * **Allow-list.** When the function's `publish_topics` is set, a topic
 //!   must match one of its entries (exact, or a prefix ending in `.>`/`*`):
 //!   anything else is `access-denied` / `permission-denied`, logged.
@@ -24,6 +33,7 @@
 
 use super::bindings::hearth::function::messaging as hm;
 use super::bindings::wasi::messaging::{producer, types};
+use crate::tenancy::{ForeignTopic, Identity, topic_matches};
 use hearth_messaging::{Broker, Consumer, Delivery, MessagingError, OutgoingMessage};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,16 +41,77 @@ use std::time::Duration;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 /// What a function may publish to, resolved at load.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MessagingScope {
     /// The function's name (named in refusals and logs).
     pub function: Arc<str>,
+    /// Who it is: its namespace scopes its topics and groups.
+    pub identity: Identity,
     /// Its broker (`""`/`"default"`), if the host has any.
     pub broker: Option<Broker>,
     /// Other brokers it may `connect` to by label.
     pub brokers: BTreeMap<String, Broker>,
     /// Topics it may publish to; `None` allows any.
     pub publish_topics: Option<Vec<String>>,
+    /// Other namespaces' topics it may reach (`NS:topic` patterns, its
+    /// namespace's policy).
+    pub other_topics: Vec<String>,
+}
+
+/// Checks a topic as a guest or a config names it: a topic of the
+/// function's own namespace, or `NS:topic` of another.
+pub fn validate_guest_topic(topic: &str) -> Result<(), MessagingError> {
+    match ForeignTopic::parse(topic) {
+        Some(foreign) if !crate::tenancy::is_dns_label(foreign.namespace) => {
+            Err(MessagingError::InvalidArgument(format!(
+                "topic {:?}: before `:` must come a namespace name",
+                topic.chars().take(64).collect::<String>()
+            )))
+        }
+        Some(foreign) => hearth_messaging::validate_topic(foreign.topic),
+        None => hearth_messaging::validate_topic(topic),
+    }
+}
+
+impl MessagingScope {
+    /// The broker's name of the guest's `topic`; `Err` (the refusal) for
+    /// another namespace's topic the policy does not list.
+    pub fn broker_topic(&self, topic: &str) -> Result<String, String> {
+        match ForeignTopic::parse(topic) {
+            None => Ok(self.identity.in_namespace(topic)),
+            Some(foreign) if foreign.namespace == self.identity.namespace() => {
+                Ok(self.identity.in_namespace(foreign.topic))
+            }
+            Some(foreign) => {
+                if self.other_topics.iter().any(|p| topic_matches(p, topic)) {
+                    Ok(foreign.broker_topic())
+                } else {
+                    Err(format!(
+                        "function `{}` of namespace `{}` may not reach topic `{topic}` of namespace `{}` (topics in [tenancy.namespaces.{}] of hearthd's hearth.toml)",
+                        self.function,
+                        self.identity.namespace(),
+                        foreign.namespace,
+                        self.identity.namespace()
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The guest's name of the broker's `topic`: without its own
+    /// namespace, or `NS:topic` for another's.
+    pub fn guest_topic(&self, topic: &str) -> String {
+        match topic.split_once('.') {
+            Some((namespace, rest)) if namespace == self.identity.namespace() => rest.to_string(),
+            Some((namespace, rest)) => format!("{namespace}:{rest}"),
+            None => topic.to_string(),
+        }
+    }
+
+    /// The broker's name of the guest's consumer group.
+    pub fn broker_group(&self, group: &str) -> String {
+        self.identity.in_namespace(group)
+    }
 }
 
 /// One instance's messaging context.
@@ -97,10 +168,10 @@ pub struct MessageHandle {
 }
 
 impl MessageHandle {
-    /// The guest's view of a delivery.
-    pub fn from_delivery(delivery: &Delivery) -> Self {
+    /// The guest's view of a delivery to a function of `scope`.
+    pub fn from_delivery(delivery: &Delivery, scope: &MessagingScope) -> Self {
         MessageHandle {
-            topic: Some(delivery.topic.clone()),
+            topic: Some(scope.guest_topic(&delivery.topic)),
             data: delivery.data.clone(),
             content_type: delivery.content_type.clone(),
             metadata: delivery.headers.clone(),
@@ -137,20 +208,7 @@ pub struct InHand {
 
 /// Whether `topic` is allowed by `patterns` (no patterns = anything).
 pub fn topic_allowed(patterns: Option<&[String]>, topic: &str) -> bool {
-    let Some(patterns) = patterns else {
-        return true;
-    };
-    patterns.iter().any(|pattern| {
-        if let Some(prefix) = pattern.strip_suffix(".>") {
-            topic
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest.starts_with('.'))
-        } else if let Some(prefix) = pattern.strip_suffix('*') {
-            topic.starts_with(prefix)
-        } else {
-            pattern == topic
-        }
-    })
+    patterns.is_none_or(|patterns| patterns.iter().any(|p| topic_matches(p, topic)))
 }
 
 enum PublishError {
@@ -182,15 +240,20 @@ impl MessagingView<'_> {
         broker: Broker,
         message: OutgoingMessage,
     ) -> Result<String, PublishError> {
-        let message = &message;
+        let mut message = message;
         if !topic_allowed(function.publish_topics.as_deref(), &message.topic) {
             let detail = format!(
                 "function `{}` may not publish to `{}` (publish_topics in its config)",
                 function.function, message.topic
             );
-            tracing::warn!(function = %function.function, topic = %message.topic, "publish denied: {detail}");
+            tracing::warn!(function = %function.function, namespace = %function.identity.namespace(), topic = %message.topic, "publish denied: {detail}");
             return Err(PublishError::Denied(detail));
         }
+        message.topic = function.broker_topic(&message.topic).map_err(|detail| {
+            tracing::warn!(function = %function.function, namespace = %function.identity.namespace(), topic = %message.topic, "publish denied: {detail}");
+            PublishError::Denied(detail)
+        })?;
+        let message = &message;
         broker.publish(message).await.map_err(|error| {
             tracing::warn!(function = %function.function, topic = %message.topic, error = %error, "publish failed");
             PublishError::Broker(error)
@@ -408,10 +471,11 @@ impl hm::Host for MessagingView<'_> {
     async fn current(&mut self) -> wasmtime::Result<Option<hm::Delivery>> {
         Ok(self.ctx.in_hand.as_ref().map(|in_hand| {
             let d = &in_hand.delivery;
+            let scope = &self.ctx.scope;
             hm::Delivery {
                 id: d.id.clone(),
-                topic: d.topic.clone(),
-                group: in_hand.group.clone(),
+                topic: scope.guest_topic(&d.topic),
+                group: scope.guest_topic(&in_hand.group),
                 attempt: d.attempt,
                 last_error: d.last_error.clone(),
                 key: d.key.clone(),
@@ -482,10 +546,12 @@ mod tests {
         MessagingCtx {
             scope: Arc::new(MessagingScope {
                 function: "producer".into(),
+                identity: Identity::new("team-a", "producer").unwrap(),
                 broker: Some(broker.clone()),
                 brokers: BTreeMap::from([("default".to_string(), broker.clone())]),
                 publish_topics: publish_topics
                     .map(|topics| topics.iter().map(|t| t.to_string()).collect()),
+                other_topics: Vec::new(),
             }),
             in_hand: None,
         }
@@ -520,7 +586,7 @@ mod tests {
     async fn publish_reaches_the_broker_only_for_allowed_topics() {
         let dir = tempfile::tempdir().unwrap();
         let broker = embedded(dir.path());
-        let orders = consumer(&broker, "orders").await;
+        let orders = consumer(&broker, "team-a.orders").await;
         let mut ctx = ctx(&broker, Some(&["orders", "audit.>"]));
         let mut table = ResourceTable::new();
         let mut view = MessagingView {
@@ -550,10 +616,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn another_namespaces_topic_is_reached_only_when_the_policy_lists_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = embedded(dir.path());
+        let theirs = consumer(&broker, "team-b.orders").await;
+        let mut ctx = ctx(&broker, None);
+        let mut table = ResourceTable::new();
+        let mut view = MessagingView {
+            ctx: &mut ctx,
+            table: &mut table,
+        };
+        for topic in ["team-b:orders", "team-b:orders.eu"] {
+            let denied = view
+                .publish(topic.into(), b"x".to_vec(), publish_options())
+                .await
+                .unwrap();
+            assert!(
+                matches!(&denied, Err(hm::Error::AccessDenied(m)) if m.contains("namespace `team-b`")),
+                "{denied:?}"
+            );
+        }
+        let scope = &view.ctx.scope;
+        view.ctx.scope = Arc::new(MessagingScope {
+            function: scope.function.clone(),
+            identity: scope.identity.clone(),
+            broker: scope.broker.clone(),
+            brokers: scope.brokers.clone(),
+            publish_topics: None,
+            other_topics: vec!["team-b:orders".into()],
+        });
+        view.publish("team-b:orders".into(), b"in".to_vec(), publish_options())
+            .await
+            .unwrap()
+            .unwrap();
+        let delivery = receive_one(&theirs).await;
+        assert_eq!(delivery.data, b"in");
+        assert_eq!(view.ctx.scope.guest_topic(&delivery.topic), "team-b:orders");
+        assert_eq!(view.ctx.scope.guest_topic("team-a.orders.eu"), "orders.eu");
+        assert_eq!(view.ctx.scope.broker_group("workers"), "team-a.workers");
+        assert!(
+            view.publish("team-b:orders.eu".into(), b"x".to_vec(), publish_options())
+                .await
+                .unwrap()
+                .is_err(),
+            "only what the policy lists"
+        );
+    }
+
+    #[tokio::test]
     async fn the_standard_producer_sends_data_and_metadata() {
         let dir = tempfile::tempdir().unwrap();
         let broker = embedded(dir.path());
-        let events = consumer(&broker, "events").await;
+        let events = consumer(&broker, "team-a.events").await;
         let mut ctx = ctx(&broker, None);
         let mut table = ResourceTable::new();
         let mut view = MessagingView {
@@ -581,7 +695,7 @@ mod tests {
     async fn the_message_in_hand_is_settled_once_and_only_inside_a_handler() {
         let dir = tempfile::tempdir().unwrap();
         let broker = embedded(dir.path());
-        let jobs = consumer(&broker, "jobs").await;
+        let jobs = consumer(&broker, "team-a.jobs").await;
         let mut ctx = ctx(&broker, None);
         let mut table = ResourceTable::new();
         let mut view = MessagingView {

@@ -17,11 +17,13 @@
 //!   namespace in its own store, the shared store labels it may open, and
 //!   its `wasi:config` values. A grant naming an unknown store fails the
 //!   load with the label named.
-//! * **Isolation.** A function's own store is always scoped to its app's
-//!   namespace (`app`, default: the function's name); there is no call that
-//!   names another namespace. A shared label is one namespace (`shared.LABEL`)
-//!   that every function granted the label sees; a label not granted is
-//!   `no-such-store` (`access-denied` in `wasi:keyvalue`).
+//! * **Isolation.** A function's own store is always scoped to its
+//!   identity (`NAMESPACE.APP`, see [`crate::tenancy`]); there is no call
+//!   that names another. A shared label is one namespace (`_shared.LABEL`)
+//!   that every function granted the label sees (granted by its own config
+//!   or its namespace's policy); a label not granted is `no-such-store`
+//!   (`access-denied` in `wasi:keyvalue`). Blob containers, topics, groups
+//!   and invoke names are scoped the same way (each module says how).
 //! * Guest-visible failures are typed errors, never traps; a trap from a
 //!   capability call means a host bug or a bad resource handle.
 //! * Per-request context ([`RequestContext`]: invoke depth, request id,
@@ -40,6 +42,7 @@ pub mod keyvalue;
 pub mod keyvalue_draft;
 pub mod messaging;
 
+use crate::tenancy::{Identity, NamespacePolicy};
 use hearth_state::{Namespace, StateStore};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -181,15 +184,17 @@ impl HostCapabilities {
         .with_blob_stores(BTreeMap::from([("default".to_string(), blobs)]), None))
     }
 
-    /// Resolves a function's grants; the error names the key and label.
+    /// Resolves the grants of `function`, of `identity`, whose namespace
+    /// may reach `reach` beyond itself; the error names the key and label.
     pub fn resolve(
         &self,
         function: &str,
+        identity: &Identity,
         grants: &CapabilityGrants,
+        reach: &NamespacePolicy,
         env: &[(String, String)],
     ) -> Result<FunctionCapabilities, GrantError> {
-        let app = Namespace::new(grants.app.as_deref().unwrap_or(&sanitize(function)))
-            .map_err(GrantError::App)?;
+        let app = Namespace::new(&identity.scope()).map_err(GrantError::App)?;
         let unknown = |key, what, section, label: &str| GrantError::UnknownLabel {
             key,
             what,
@@ -212,8 +217,7 @@ impl HostCapabilities {
                 .get(label)
                 .cloned()
                 .ok_or_else(|| unknown("shared_stores", "store", "state.stores", label))?;
-            let namespace =
-                Namespace::new(&format!("shared.{}", sanitize(label))).map_err(GrantError::App)?;
+            let namespace = Namespace::new(&shared_namespace(label)).map_err(GrantError::App)?;
             shared.insert(label.clone(), (store, namespace));
         }
         let config = config::collect(env, grants.config_dir.as_deref(), &grants.config)?;
@@ -226,6 +230,15 @@ impl HostCapabilities {
                     .ok_or_else(|| unknown("broker", "broker", "messaging.brokers", label))?,
             ),
         };
+        let mut brokers = BTreeMap::new();
+        for label in grants.broker.iter().chain(&reach.brokers) {
+            let broker = self
+                .brokers
+                .get(label)
+                .cloned()
+                .ok_or_else(|| unknown("brokers", "broker", "messaging.brokers", label))?;
+            brokers.insert(label.clone(), broker);
+        }
         let blob = match grants
             .blob_store
             .as_ref()
@@ -237,7 +250,7 @@ impl HostCapabilities {
                     .get(label)
                     .cloned()
                     .ok_or_else(|| unknown("blob_store", "blob store", "blob.stores", label))?,
-                app.as_str(),
+                identity,
             ))),
         };
         let function: Arc<str> = function.into();
@@ -251,18 +264,23 @@ impl HostCapabilities {
             config: config.into(),
             invoke: Arc::new(invoke::InvokeScope {
                 caller: function.clone(),
+                namespace: identity.namespace().into(),
+                other_namespaces: reach.invoke.clone(),
                 settings: self.invoke.clone(),
                 invoker: self.invoker.clone(),
                 breakers: self.breakers.clone(),
             }),
             messaging: Arc::new(messaging::MessagingScope {
                 function: function.clone(),
+                identity: identity.clone(),
                 broker,
-                brokers: self.brokers.clone(),
+                brokers,
                 publish_topics: grants.publish_topics.clone(),
+                other_topics: reach.topics.clone(),
             }),
             blob,
             function,
+            identity: identity.clone(),
             app,
         })
     }
@@ -323,6 +341,9 @@ impl HostCapabilities {
 /// A function's grants cannot be met.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrantError {
+    /// Its identity is not valid.
+    #[error(transparent)]
+    Identity(#[from] crate::tenancy::IdentityError),
     /// It names a label the host has no backend for.
     #[error("{key}: no {what} labelled `{label}` is configured in [{section}]")]
     UnknownLabel {
@@ -355,10 +376,11 @@ pub struct LocalBackendError {
     pub message: String,
 }
 
-/// A namespace name from a function or label name (lowercased; anything
-/// outside `[a-z0-9._-]` becomes `-`).
-fn sanitize(name: &str) -> String {
-    let cleaned: String = name
+/// The state namespace of the shared store `label`: `_shared.LABEL`
+/// (lowercased; anything outside `[a-z0-9._-]` becomes `-`). No function's
+/// own namespace starts with `_` (see [`crate::tenancy`]).
+fn shared_namespace(label: &str) -> String {
+    let cleaned: String = label
         .chars()
         .map(|c| c.to_ascii_lowercase())
         .map(|c| {
@@ -370,17 +392,14 @@ fn sanitize(name: &str) -> String {
         })
         .take(100)
         .collect();
-    if cleaned.is_empty() {
-        "function".into()
-    } else {
-        cleaned
-    }
+    format!("_shared.{cleaned}")
 }
 
 /// What a function's config grants it (unresolved).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CapabilityGrants {
-    /// Its app: the namespace of its own store (default: its name).
+    /// Its app, within its namespace (default: its name; see
+    /// [`crate::tenancy`]).
     pub app: Option<String>,
     /// The label of its own store (default: the host's default store).
     pub state_store: Option<String>,
@@ -405,7 +424,9 @@ pub struct CapabilityGrants {
 pub struct FunctionCapabilities {
     /// The function's name (the caller in invoke's logs).
     pub function: Arc<str>,
-    /// Its app's namespace.
+    /// Who it is.
+    pub identity: Identity,
+    /// Its app's state namespace (`NAMESPACE.APP`).
     pub app: Namespace,
     /// The stores `wasi:keyvalue` and `hearth:function/state` may open.
     pub keyvalue: Arc<keyvalue::KeyvalueScope>,

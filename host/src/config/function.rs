@@ -37,7 +37,9 @@ pub struct FunctionConfig {
     pub min_idle: u32,
     /// Calls per instance before it retires; default `[pool] max_invocations`.
     pub max_invocations: Option<u32>,
-    /// Its app (state namespace); default its name.
+    /// Its namespace; default `[tenancy] default_namespace`.
+    pub namespace: Option<String>,
+    /// Its app within its namespace; default its name.
     pub app: Option<String>,
     /// The label of its own store; default `[state] default_store`.
     pub state_store: Option<String>,
@@ -65,6 +67,7 @@ impl FunctionConfig {
     pub fn spec(&self) -> FunctionSpec {
         FunctionSpec {
             name: self.name.clone(),
+            namespace: self.namespace.clone(),
             env: self
                 .env
                 .iter()
@@ -86,6 +89,8 @@ impl FunctionConfig {
                 blob_store: self.blob_store.clone(),
             },
             output_files: None,
+            narrowing: Default::default(),
+            resources: Default::default(),
         }
     }
 }

@@ -6,6 +6,8 @@
 //! max_memory_mib = 128
 //! max_request_body_bytes = 10485760
 //! max_concurrent_instances = 64
+//! max_connections = 1024        # HTTP connections open at once per function
+//! header_read_timeout_ms = 30000  # slow headers and idle keep-alive are closed after it
 //!
 //! [cache]                       # optional
 //! dir = "/var/lib/hearth"       # default: see hearth_host::distribution
@@ -72,9 +74,18 @@
 //! transport = "tcp"             # tcp | rdma (hearthd built with --features rdma;
 //! # rdma_device = "mlx5_0"      #   then address is the node's --rdma-listen)
 //!
+//! [tenancy]                     # optional; see hearth_host::tenancy
+//! default_namespace = "default" # the namespace of [[function]]s and `hearth run`
+//! [tenancy.namespaces.team-a]   # what functions of namespace team-a may reach beyond it
+//! shared_stores = ["cache"]     # [state.stores] labels
+//! brokers = ["events"]          # [messaging.brokers] labels besides their own
+//! topics = ["team-b:orders", "team-b:audit.>"]  # other namespaces' topics
+//! invoke = ["payments.team-b", "*.team-c"]      # other namespaces' functions
+//! outbound_hosts = ["api.example.com"]          # outbound wasi:http ("*": any)
+//!
 //! [invoke]                      # optional
-//! targets = { billing = "http://10.0.0.7:8080" }   # functions not loaded here
-//! service_domain = "default.svc.cluster.local"    # else try http://NAME.DOMAIN
+//! targets = { billing = "http://10.0.0.7:8080", "ledger.team-b" = "http://10.0.0.8:8080" }
+//! cluster_domain = "cluster.local"  # else try http://NAME.NAMESPACE.svc.DOMAIN
 //! max_depth = 8
 //! default_timeout_ms = 10000
 //! retries = 2                   # idempotent calls only
@@ -90,7 +101,8 @@
 //! allowed_outbound_hosts = []   # optional; "*" allows any host
 //! min_idle = 1                  # optional; idle instances kept ready
 //! max_invocations = 1           # optional; overrides [pool] max_invocations
-//! app = "shop"                  # optional; its state namespace (default: its name)
+//! namespace = "team-a"          # optional; default [tenancy] default_namespace
+//! app = "shop"                  # optional; its app within it (default: its name)
 //! state_store = "default"       # optional; default [state] default_store
 //! shared_stores = ["cache"]     # optional; labels it may open by name
 //! config_dir = "/etc/hearth/cm" # optional; a mounted ConfigMap for wasi:config
@@ -133,11 +145,14 @@ pub mod function;
 pub use backends::{BackendKind, BlobStores, Brokers, Labelled, StateStores};
 pub use function::{FunctionConfig, SubscribeConfig};
 
+use crate::capabilities::messaging::validate_guest_topic;
 use crate::capabilities::{HostCapabilities, InvokeSettings};
 use crate::distribution::{CacheSettings, DEFAULT_ARTIFACT_CACHE_BYTES, default_cache_dir};
 use crate::engine::EngineSettings;
 use crate::function_env::NodeDefaults;
 use crate::limits::Limits;
+use crate::tenancy::TenancyPolicy;
+use hearth_messaging::MessagingError;
 use hearth_prewarm::registry::{RegistrySettings, parse_reference};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -224,6 +239,9 @@ pub struct HearthConfig {
     /// Message brokers.
     #[serde(default)]
     pub messaging: Labelled<Brokers>,
+    /// Namespaces and what they may reach.
+    #[serde(default)]
+    pub tenancy: TenancyPolicy,
     /// Functions to serve.
     #[serde(default)]
     pub function: Vec<FunctionConfig>,
@@ -285,8 +303,9 @@ pub struct InvokeConfig {
     /// Base URLs of functions not loaded on this node.
     #[serde(default)]
     pub targets: BTreeMap<String, String>,
-    /// Kubernetes Service domain tried for other names.
-    pub service_domain: Option<String>,
+    /// The cluster's DNS domain: `NAME.NAMESPACE.svc.DOMAIN` is tried for
+    /// functions not loaded here.
+    pub cluster_domain: Option<String>,
     /// Longest chain of calls.
     pub max_depth: Option<u32>,
     /// Timeout of a call that gives none.
@@ -300,12 +319,14 @@ pub struct InvokeConfig {
 }
 
 impl InvokeConfig {
-    /// The settings, defaults filled in.
-    pub fn settings(&self) -> InvokeSettings {
+    /// The settings, defaults filled in; plain target names are in
+    /// `default_namespace`.
+    pub fn settings(&self, default_namespace: &str) -> InvokeSettings {
         let defaults = InvokeSettings::default();
         InvokeSettings {
             targets: self.targets.clone(),
-            service_domain: self.service_domain.clone(),
+            default_namespace: default_namespace.to_string(),
+            cluster_domain: self.cluster_domain.clone(),
             max_depth: self.max_depth.unwrap_or(defaults.max_depth),
             default_timeout: self
                 .default_timeout_ms
@@ -403,6 +424,18 @@ impl HearthConfig {
         self.state.validate()?;
         self.messaging.validate()?;
         self.blob.validate()?;
+        self.tenancy
+            .validate()
+            .map_err(|e| KeyError::new("tenancy", e))?;
+        for (namespace, policy) in &self.tenancy.namespaces {
+            let key = |field: &str| format!("tenancy.namespaces.{namespace}.{field}");
+            if let Some(label) = policy.shared_stores.iter().find(|l| !self.state.knows(l)) {
+                return Err(self.state.unknown_label(key("shared_stores"), label));
+            }
+            if let Some(label) = policy.brokers.iter().find(|l| !self.messaging.knows(l)) {
+                return Err(self.messaging.unknown_label(key("brokers"), label));
+            }
+        }
         let mut names = BTreeMap::new();
         let mut listens = BTreeMap::new();
         for (index, function) in self.function.iter().enumerate() {
@@ -436,16 +469,14 @@ impl HearthConfig {
             }
             for (n, subscribe) in function.subscribe.iter().enumerate() {
                 let field = |f: &str| key(&format!("subscribe[{n}].{f}"));
-                let topic = |f: &str, value: &str| {
-                    hearth_messaging::validate_topic(value)
-                        .map_err(|e| KeyError::new(field(f), e.to_string()))
-                };
-                topic("topic", &subscribe.topic)?;
+                let invalid = |f: &str, e: MessagingError| KeyError::new(field(f), e.to_string());
+                validate_guest_topic(&subscribe.topic).map_err(|e| invalid("topic", e))?;
                 if let Some(group) = &subscribe.group {
-                    topic("group", group)?;
+                    hearth_messaging::validate_topic(group).map_err(|e| invalid("group", e))?;
                 }
                 if let Some(dead_letters) = &subscribe.dead_letter_topic {
-                    topic("dead_letter_topic", dead_letters)?;
+                    validate_guest_topic(dead_letters)
+                        .map_err(|e| invalid("dead_letter_topic", e))?;
                 }
                 for (name, value) in [
                     ("concurrency", subscribe.concurrency.map(u64::from)),
@@ -504,6 +535,14 @@ impl HearthConfig {
             if let Some(app) = &function.app {
                 hearth_state::Namespace::new(app).map_err(|e| KeyError::new(key("app"), e))?;
             }
+            if let Some(namespace) = &function.namespace
+                && !crate::tenancy::is_dns_label(namespace)
+            {
+                return Err(KeyError::new(
+                    key("namespace"),
+                    crate::tenancy::IdentityError::Namespace(namespace.clone()).to_string(),
+                ));
+            }
             if function.max_invocations == Some(0) {
                 return Err(KeyError::new(key("max_invocations"), "must be at least 1"));
             }
@@ -522,6 +561,7 @@ impl HearthConfig {
             limits: self.limits,
             min_idle: 0,
             max_invocations: self.pool.max_invocations(),
+            tenancy: std::sync::Arc::new(self.tenancy.clone()),
         }
     }
 
@@ -535,11 +575,13 @@ impl HearthConfig {
         let (stores, default_store) = self.state.build(&cache_dir).await?;
         let (brokers, default_broker) = self.messaging.build(&cache_dir).await?;
         let (blob_stores, default_blob_store) = self.blob.build(&cache_dir).await?;
-        Ok(
-            HostCapabilities::new(stores, default_store, self.invoke.settings())
-                .with_brokers(brokers, default_broker)
-                .with_blob_stores(blob_stores, default_blob_store),
+        Ok(HostCapabilities::new(
+            stores,
+            default_store,
+            self.invoke.settings(&self.tenancy.default_namespace),
         )
+        .with_brokers(brokers, default_broker)
+        .with_blob_stores(blob_stores, default_blob_store))
     }
 
     /// The cache and registry settings this file asks for.
@@ -607,6 +649,43 @@ mod tests {
             Err(error) => error.to_string(),
             Ok(config) => config.validate().unwrap_err().to_string(),
         }
+    }
+
+    #[test]
+    fn the_tenancy_policy_is_read_and_its_labels_and_names_checked() {
+        let config = HearthConfig::parse(
+            r#"
+[tenancy]
+default_namespace = "shop"
+[tenancy.namespaces.team-c]
+topics = ["team-a:orders"]
+invoke = ["cart.team-a"]
+outbound_hosts = ["api.example.com"]
+"#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let defaults = config.node_defaults();
+        assert_eq!(defaults.tenancy.default_namespace, "shop");
+        assert_eq!(
+            defaults.tenancy.for_namespace("team-c").invoke,
+            ["cart.team-a"]
+        );
+        let error = validate_error("[tenancy.namespaces.team-c]\nshared_stores = [\"nope\"]\n");
+        assert!(
+            error.starts_with("tenancy.namespaces.team-c.shared_stores")
+                && error.contains("`nope`"),
+            "{error}"
+        );
+        let error = validate_error("[tenancy.namespaces.team-c]\nbrokers = [\"nope\"]\n");
+        assert!(
+            error.starts_with("tenancy.namespaces.team-c.brokers"),
+            "{error}"
+        );
+        let error = validate_error("[tenancy.namespaces.Team_C]\n");
+        assert!(error.starts_with("tenancy: namespaces"), "{error}");
+        let error = first_error("[tenancy.namespaces.team-c]\nreach = []\n");
+        assert!(error.contains("unknown field"), "{error}");
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -315,6 +315,7 @@ async fn copies_per_byte() -> Result<(f64, f64)> {
         max_memory_mib: 64,
         max_request_body_bytes: 8 << 20,
         max_concurrent_instances: 4,
+        ..hearth_host::Limits::default()
     };
     let host =
         hearth_host::Host::new(&hearth_host::EngineSettings::for_limits([&function_limits]))?;

@@ -237,6 +237,7 @@ fn one_run(
                 &PodOptions {
                     handler: scenario.handler,
                     annotations: scenario.annotations,
+                    ..PodOptions::default()
                 },
             )
             .await?;
@@ -263,6 +264,7 @@ async fn start_and_reach(
         image: &scenario.image,
         env: &[],
         command: scenario.command,
+        ..ContainerSpec::default()
     };
     let container = cri.create_container(pod, &spec).await?;
     let created = begin.elapsed();

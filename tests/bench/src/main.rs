@@ -173,8 +173,7 @@ fn hello_container(image: &str) -> hearth_testkit::cri::ContainerSpec<'_> {
     hearth_testkit::cri::ContainerSpec {
         name: "hello",
         image,
-        env: &[],
-        command: &[],
+        ..Default::default()
     }
 }
 
@@ -232,7 +231,7 @@ fn pods(args: PodsArgs) -> Result<()> {
             runtime.block_on(cri.pull(&image))?;
             let options = PodOptions {
                 handler: pod_runtime.handler,
-                annotations: &[],
+                ..PodOptions::default()
             };
             // A warm-up Pod loads and compiles the component once: a
             // per-node cost, not a per-Pod one, so it is in the baseline.
@@ -254,7 +253,7 @@ fn pods(args: PodsArgs) -> Result<()> {
                     let _permit = gate.acquire().await;
                     let options = PodOptions {
                         handler,
-                        annotations: &[],
+                        ..PodOptions::default()
                     };
                     let pod = cri
                         .run_pod_with(&format!("idle-{index}"), Network::Pod, &logs, &options)

@@ -39,6 +39,8 @@ pub struct PodOptions<'a> {
     pub handler: &'a str,
     /// Pod annotations, e.g. `("hearth.dev/min-idle", "2")`.
     pub annotations: &'a [(&'a str, &'a str)],
+    /// Its Kubernetes namespace.
+    pub namespace: &'a str,
 }
 
 impl Default for PodOptions<'_> {
@@ -46,6 +48,7 @@ impl Default for PodOptions<'_> {
         PodOptions {
             handler: HEARTH_HANDLER,
             annotations: &[],
+            namespace: "default",
         }
     }
 }
@@ -81,6 +84,8 @@ pub struct ContainerSpec<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// `command` (the OCI args); empty for the image's entrypoint.
     pub command: &'a [&'a str],
+    /// `resources.limits.memory` in bytes; 0: none.
+    pub memory_limit_bytes: i64,
 }
 
 impl Cri {
@@ -133,8 +138,8 @@ impl Cri {
         let config = api::PodSandboxConfig {
             metadata: Some(api::PodSandboxMetadata {
                 name: name.to_string(),
-                uid: format!("{name}-{}", std::process::id()),
-                namespace: "default".to_string(),
+                uid: format!("{}-{name}-{}", options.namespace, std::process::id()),
+                namespace: options.namespace.to_string(),
                 attempt: 0,
             }),
             hostname: match network {
@@ -224,7 +229,10 @@ impl Cri {
                     namespace_options: Some(namespace_options(network)),
                     ..Default::default()
                 }),
-                ..Default::default()
+                resources: (spec.memory_limit_bytes > 0).then(|| api::LinuxContainerResources {
+                    memory_limit_in_bytes: spec.memory_limit_bytes,
+                    ..Default::default()
+                }),
             }),
             ..Default::default()
         };
@@ -289,6 +297,30 @@ impl Cri {
         let id = self.create_container(pod, spec).await?;
         self.start_container(&id).await?;
         Ok(id)
+    }
+
+    /// ContainerStats: what kubelet (and `kubectl top`) sees of a
+    /// container's memory (working set, bytes) and CPU (cumulative ns).
+    pub async fn container_stats(&self, id: &str) -> Result<(u64, u64), tonic::Status> {
+        let stats = self
+            .runtime
+            .clone()
+            .container_stats(api::ContainerStatsRequest {
+                container_id: id.to_string(),
+            })
+            .await?
+            .into_inner()
+            .stats
+            .unwrap_or_default();
+        let memory = stats
+            .memory
+            .and_then(|m| m.working_set_bytes)
+            .map_or(0, |v| v.value);
+        let cpu = stats
+            .cpu
+            .and_then(|c| c.usage_core_nano_seconds)
+            .map_or(0, |v| v.value);
+        Ok((memory, cpu))
     }
 
     /// ContainerStatus.
