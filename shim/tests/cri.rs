@@ -172,15 +172,18 @@ fn a_host_network_pod_serves_logs_and_drains_on_stop_container() {
     // The function's stdout and stderr reach the CRI log file.
     let printed = kubelet.runtime.block_on(get(addr, "/print")).unwrap();
     assert_eq!(printed.status, 200);
+    // Each stream has its own FIFO and copier: wait for both lines, in
+    // either order.
     let log = wait_for_log(&pod, "misbehave", "misbehave: to stderr");
     assert!(
         log.lines()
-            .any(|line| line.contains(" stdout F misbehave: to stdout")),
+            .any(|line| line.contains(" stderr F misbehave: to stderr")),
         "{log}"
     );
+    let log = wait_for_log(&pod, "misbehave", "misbehave: to stdout");
     assert!(
         log.lines()
-            .any(|line| line.contains(" stderr F misbehave: to stderr")),
+            .any(|line| line.contains(" stdout F misbehave: to stdout")),
         "{log}"
     );
 

@@ -43,10 +43,19 @@ pub struct Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // hearthd's log last, so a report that keeps only the end of
+            // the output keeps it; containerd's without its plugin list.
+            let containerd: Vec<String> = self
+                .containerd
+                .log_text()
+                .lines()
+                .filter(|line| !line.contains("loading plugin"))
+                .map(str::to_string)
+                .collect();
             eprintln!(
-                "--- hearthd log:\n{}\n--- containerd log:\n{}",
+                "--- containerd log:\n{}\n--- hearthd log:\n{}\n--- (the test's panic message is above these logs)",
+                containerd.join("\n"),
                 self.hearthd.log_text(),
-                self.containerd.log_text()
             );
         }
     }
