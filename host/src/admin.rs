@@ -327,6 +327,21 @@ impl Admin {
             "hearth_instance_slots{{state=\"reserved\"}} {reserved}"
         );
         let _ = writeln!(out, "hearth_instance_slots{{state=\"total\"}} {total}");
+        if let Some(artifacts) = self.host.artifacts() {
+            header(
+                &mut out,
+                "image_pulls_refused_total",
+                "Image pulls refused for what the registry served, by reason.",
+                "counter",
+            );
+            for (reason, count) in artifacts.refusals() {
+                let _ = writeln!(
+                    out,
+                    "hearth_image_pulls_refused_total{{reason=\"{}\"}} {count}",
+                    reason.as_str()
+                );
+            }
+        }
         out
     }
 

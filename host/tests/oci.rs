@@ -4,7 +4,7 @@
 //! bad input the registry path can meet.
 
 use base64::Engine as _;
-use hearth_prewarm::artifact_cache::{ArtifactCache, PullError};
+use hearth_prewarm::artifact_cache::{ArtifactCache, PullError, PullRefusal};
 use hearth_prewarm::image::{self, BuiltImage, ImageForm};
 use hearth_prewarm::registry::{RegistryClient, RegistryError, RegistrySettings, parse_reference};
 use hearth_testkit::http::get;
@@ -466,6 +466,224 @@ async fn an_image_with_no_wasm_is_named() {
     );
     assert!(log.contains("linux"), "{log}");
     assert_nothing_cached(&scratch.artifact_cache(u64::MAX), &reference);
+}
+
+/// Pushes `built` as is (no checks), as a hostile registry user could.
+fn push_crafted(scratch: &Scratch, reference: &str, built: &BuiltImage) {
+    let client = RegistryClient::new(&parse_reference(reference).unwrap(), &scratch.settings());
+    tokio_block_on(client.push(built)).unwrap();
+}
+
+/// `built` with `manifest` edited by `edit` and re-serialised.
+fn with_manifest(mut built: BuiltImage, edit: impl FnOnce(&mut image::Manifest)) -> BuiltImage {
+    let mut manifest = manifest_of(&built);
+    edit(&mut manifest);
+    built.manifest = serde_json::to_vec(&manifest).unwrap();
+    built
+}
+
+#[test]
+fn a_manifest_or_config_over_the_size_limit_is_refused_and_counted() {
+    let registry = Registry::start();
+    let scratch = Scratch::new();
+    let reference = registry.reference("fn/hello", "1");
+    push(&scratch, HELLO, &reference, ImageForm::Image);
+    let manifest_size = image::build(ImageForm::Image, &wasm_bytes(HELLO))
+        .manifest
+        .len() as u64;
+    let cache = ArtifactCache::open(
+        scratch.cache.path(),
+        u64::MAX,
+        RegistrySettings {
+            max_manifest_bytes: manifest_size - 1,
+            ..scratch.settings()
+        },
+    )
+    .unwrap();
+    let error = tokio_block_on(cache.pull(&reference)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            PullError::Registry(RegistryError::ManifestTooLarge { what: "manifest", size, .. })
+                if size == manifest_size
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("max_manifest_bytes"), "{error}");
+    assert_nothing_cached(&cache, &reference);
+
+    // A config padded past the limit is refused by its descriptor, before
+    // it is downloaded.
+    let padded = reference.replace(":1", ":padded-config");
+    let mut built = image::build(ImageForm::Image, &wasm_bytes(HELLO));
+    let mut config: serde_json::Value = serde_json::from_slice(&built.config.bytes).unwrap();
+    config["padding"] = "x".repeat(8192).into();
+    built.config.bytes = serde_json::to_vec(&config).unwrap();
+    built.config.descriptor.digest = image::sha256_digest(&built.config.bytes);
+    built.config.descriptor.size = built.config.bytes.len() as u64;
+    let config_descriptor = built.config.descriptor.clone();
+    let built = with_manifest(built, |manifest| manifest.config = Some(config_descriptor));
+    push_crafted(&scratch, &padded, &built);
+    let cache = ArtifactCache::open(
+        scratch.cache.path(),
+        u64::MAX,
+        RegistrySettings {
+            max_manifest_bytes: 4096,
+            ..scratch.settings()
+        },
+    )
+    .unwrap();
+    let error = tokio_block_on(cache.pull(&padded)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            PullError::Registry(RegistryError::ManifestTooLarge { what: "config", .. })
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        registry.blob_gets(&built.config.descriptor.digest),
+        0,
+        "refused before download"
+    );
+    assert_nothing_cached(&cache, &padded);
+    assert!(
+        cache
+            .refusals()
+            .contains(&(PullRefusal::ManifestTooLarge, 1)),
+        "{:?}",
+        cache.refusals()
+    );
+}
+
+#[test]
+fn an_image_naming_one_layer_many_times_is_refused_before_download() {
+    let registry = Registry::start();
+    let scratch = Scratch::new();
+    let reference = registry.reference("fn/hello", "repeated");
+    let built = image::build(ImageForm::Image, &wasm_bytes(HELLO));
+    let layer = built.layers[0].descriptor.clone();
+    let built = with_manifest(built, |manifest| {
+        manifest.layers = vec![layer.clone(); 100];
+    });
+    push_crafted(&scratch, &reference, &built);
+    let cache = ArtifactCache::open(
+        scratch.cache.path(),
+        u64::MAX,
+        RegistrySettings {
+            max_image_bytes: 10 * layer.size,
+            ..scratch.settings()
+        },
+    )
+    .unwrap();
+    let error = tokio_block_on(cache.pull(&reference)).unwrap_err();
+    match &error {
+        PullError::Registry(RegistryError::ImageTooLarge { size, layers, .. }) => {
+            assert_eq!(*layers, 100);
+            assert_eq!(*size, 100 * layer.size + built.config.descriptor.size);
+        }
+        other => panic!("expected ImageTooLarge, got {other}"),
+    }
+    assert!(error.to_string().contains("max_image_bytes"), "{error}");
+    assert_eq!(
+        registry.blob_gets(&layer.digest),
+        0,
+        "refused before download"
+    );
+    assert_nothing_cached(&cache, &reference);
+}
+
+/// An image-form image whose one layer holds `junk_bytes` of zeros before
+/// `/function.wasm`: a few KiB compressed, `junk_bytes` to read through.
+fn gzip_bomb(wasm: &[u8], junk_bytes: usize) -> BuiltImage {
+    use std::io::Write as _;
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, bytes) in [
+        ("junk", vec![0u8; junk_bytes]),
+        ("function.wasm", wasm.to_vec()),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, bytes.as_slice())
+            .unwrap();
+    }
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gzip.write_all(&tar.into_inner().unwrap()).unwrap();
+    let bytes = gzip.finish().unwrap();
+    let mut built = image::build(ImageForm::Image, wasm);
+    built.layers[0].descriptor.digest = image::sha256_digest(&bytes);
+    built.layers[0].descriptor.size = bytes.len() as u64;
+    built.layers[0].bytes = bytes;
+    let layer = built.layers[0].descriptor.clone();
+    with_manifest(built, |manifest| manifest.layers = vec![layer])
+}
+
+#[test]
+fn hearthd_refuses_a_gzip_bomb_counts_it_and_keeps_serving() {
+    let registry = Registry::start();
+    let scratch = Scratch::new();
+    let good = registry.reference("fn/hello", "good");
+    push(&scratch, HELLO, &good, ImageForm::Image);
+    let bomb = registry.reference("fn/bomb", "1");
+    let built = gzip_bomb(&wasm_bytes(HELLO), 64 << 20);
+    assert!(built.layers[0].bytes.len() < 1 << 20, "a small layer");
+    push_crafted(&scratch, &bomb, &built);
+
+    let port = free_port();
+    let config = scratch.cache.path().join("hearth.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cache]\ndir = \"{}\"\n[registry]\nmax_unpacked_bytes = 16777216\n\
+             [prewarm]\nimages = [\"{bomb}\", \"{good}\"]\n\
+             [[function]]\nname = \"hello\"\nimage = \"{good}\"\nlisten = \"127.0.0.1:{port}\"\n",
+            scratch.cache.path().join("c").display()
+        ),
+    )
+    .unwrap();
+    let hearthd = Running::start(
+        Command::new(HEARTHD)
+            .env("DOCKER_CONFIG", scratch.docker.path())
+            .env("HEARTH_SOCKET", scratch.cache.path().join("hearthd.sock"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--admin", "127.0.0.1:0"]),
+    );
+    hearthd.wait_for_line("hearthd ready");
+    let failed = hearthd.wait_for_line(&format!("prewarm of {bomb} failed"));
+    assert!(
+        failed.contains("decompress to more than 16777216 bytes"),
+        "{failed}"
+    );
+    let reply = tokio_block_on(get(hearthd.serving_addr("hello"), "/")).unwrap();
+    assert_eq!(reply.status, 200, "the other image serves");
+    let admin_line = hearthd.wait_for_line("admin endpoint on http://");
+    let admin: std::net::SocketAddr = admin_line
+        .split("on http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let metrics = tokio_block_on(get(admin, "/metrics")).unwrap().text();
+    assert_eq!(
+        hearth_testkit::metric(
+            &metrics,
+            "hearth_image_pulls_refused_total{reason=\"unpacked_too_large\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        scratch
+            .artifact_cache(u64::MAX)
+            .lookup(&bomb)
+            .unwrap()
+            .is_none(),
+        "the bomb was cached"
+    );
 }
 
 #[test]

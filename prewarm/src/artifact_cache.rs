@@ -59,6 +59,63 @@ pub enum PullError {
     Image(#[from] ImageError),
 }
 
+/// Why a pull was refused for what the registry served (rather than failing
+/// to reach it): the reasons `/metrics` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullRefusal {
+    /// [`RegistryError::ManifestTooLarge`].
+    ManifestTooLarge,
+    /// [`RegistryError::ImageTooLarge`].
+    ImageTooLarge,
+    /// [`RegistryError::LayerTooLarge`] or [`ImageError::TooLarge`].
+    LayerTooLarge,
+    /// [`ImageError::UnpackedTooLarge`].
+    UnpackedTooLarge,
+    /// [`RegistryError::DigestMismatch`].
+    DigestMismatch,
+}
+
+impl PullRefusal {
+    /// Every reason, in a fixed order.
+    pub const ALL: [PullRefusal; 5] = [
+        PullRefusal::ManifestTooLarge,
+        PullRefusal::ImageTooLarge,
+        PullRefusal::LayerTooLarge,
+        PullRefusal::UnpackedTooLarge,
+        PullRefusal::DigestMismatch,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullRefusal::ManifestTooLarge => "manifest_too_large",
+            PullRefusal::ImageTooLarge => "image_too_large",
+            PullRefusal::LayerTooLarge => "layer_too_large",
+            PullRefusal::UnpackedTooLarge => "unpacked_too_large",
+            PullRefusal::DigestMismatch => "digest_mismatch",
+        }
+    }
+}
+
+impl PullError {
+    /// The refusal this error is, if it is one.
+    pub fn refusal(&self) -> Option<PullRefusal> {
+        Some(match self {
+            PullError::Registry(RegistryError::ManifestTooLarge { .. }) => {
+                PullRefusal::ManifestTooLarge
+            }
+            PullError::Registry(RegistryError::ImageTooLarge { .. }) => PullRefusal::ImageTooLarge,
+            PullError::Registry(RegistryError::LayerTooLarge { .. })
+            | PullError::Image(ImageError::TooLarge { .. }) => PullRefusal::LayerTooLarge,
+            PullError::Image(ImageError::UnpackedTooLarge { .. }) => PullRefusal::UnpackedTooLarge,
+            PullError::Registry(RegistryError::DigestMismatch { .. }) => {
+                PullRefusal::DigestMismatch
+            }
+            _ => return None,
+        })
+    }
+}
+
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> PullError + '_ {
     move |cause| {
         PullError::Registry(RegistryError::Io {
@@ -131,6 +188,7 @@ pub struct ArtifactCache {
     manifest_fetches: AtomicU64,
     hits: AtomicU64,
     evictions: AtomicU64,
+    refusals: [AtomicU64; PullRefusal::ALL.len()],
 }
 
 impl ArtifactCache {
@@ -154,6 +212,7 @@ impl ArtifactCache {
             manifest_fetches: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            refusals: Default::default(),
         };
         for dir in [&cache.blobs, &cache.refs, &cache.locks, &cache.staging] {
             fs::create_dir_all(dir).map_err(io_error(dir))?;
@@ -181,10 +240,17 @@ impl ArtifactCache {
         }
     }
 
+    /// Pulls refused in this process, by reason (every reason listed).
+    pub fn refusals(&self) -> Vec<(PullRefusal, u64)> {
+        PullRefusal::ALL
+            .into_iter()
+            .zip(&self.refusals)
+            .map(|(reason, count)| (reason, count.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     fn blob_path(&self, digest: &str) -> Option<PathBuf> {
-        let hex = digest.strip_prefix("sha256:")?;
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| self.blobs.join(hex))
+        blob_path_in(&self.blobs, digest)
     }
 
     fn entry_path(&self, reference: &str) -> PathBuf {
@@ -266,7 +332,20 @@ impl ArtifactCache {
         }
 
         let client = RegistryClient::new(&reference, &self.settings);
-        let entry = self.pull_locked(&client, &key).await?;
+        let entry = match self.pull_locked(&client, &key).await {
+            Ok(entry) => entry,
+            Err(error) => {
+                if let Some(reason) = error.refusal() {
+                    let index = PullRefusal::ALL
+                        .iter()
+                        .position(|r| *r == reason)
+                        .expect("ALL lists every reason");
+                    self.refusals[index].fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(reference = %key, reason = reason.as_str(), "pull refused: {error}");
+                }
+                return Err(error);
+            }
+        };
         let path = self.entry_path(&key);
         let json = serde_json::to_vec_pretty(&entry).expect("entries serialise");
         write_atomically(&self.staging, &path, &json).map_err(io_error(&path))?;
@@ -291,6 +370,7 @@ impl ArtifactCache {
         self.store_bytes(&fetched.digest, &fetched.bytes)?;
         let mut blobs = vec![fetched.digest.clone()];
         let manifest = &fetched.manifest;
+        self.check_image_size(key, manifest)?;
 
         let config_bytes = match &manifest.config {
             Some(config) => {
@@ -307,23 +387,15 @@ impl ArtifactCache {
                 (ImageForm::Artifact, layer.digest)
             }
             WasmLocation::InLayers { path, layers } => {
-                let mut contents = Vec::new();
+                let mut files = Vec::new();
                 for layer in &layers {
-                    let blob = self.ensure_blob(client, layer).await?;
-                    contents.push(fs::read(&blob).map_err(io_error(&blob))?);
+                    files.push((
+                        layer.media_type.clone(),
+                        self.ensure_blob(client, layer).await?,
+                    ));
                     blobs.push(layer.digest.clone());
                 }
-                let wasm = image::extract_from_layers(
-                    key,
-                    &path,
-                    self.settings.max_layer_bytes,
-                    layers
-                        .iter()
-                        .zip(&contents)
-                        .map(|(layer, bytes)| (layer.media_type.as_str(), bytes.as_slice())),
-                )?;
-                let digest = image::sha256_digest(&wasm);
-                self.store_bytes(&digest, &wasm)?;
+                let digest = self.extract_wasm(key, path, files).await?;
                 blobs.push(digest.clone());
                 (ImageForm::Image, digest)
             }
@@ -346,6 +418,86 @@ impl ArtifactCache {
             pulled_at_ms: unix_millis(SystemTime::now()),
             last_used: None,
         })
+    }
+
+    /// Refuses an image whose config and layers add up to more than
+    /// [`RegistrySettings::max_image_bytes`], or whose config is over
+    /// [`RegistrySettings::max_manifest_bytes`], before anything is
+    /// downloaded.
+    fn check_image_size(&self, key: &str, manifest: &image::Manifest) -> Result<(), PullError> {
+        if let Some(config) = &manifest.config
+            && config.size > self.settings.max_manifest_bytes
+        {
+            return Err(RegistryError::ManifestTooLarge {
+                what: "config",
+                reference: key.to_string(),
+                size: config.size,
+                limit: self.settings.max_manifest_bytes,
+            }
+            .into());
+        }
+        let size = manifest
+            .config
+            .iter()
+            .chain(&manifest.layers)
+            .fold(0u64, |sum, descriptor| sum.saturating_add(descriptor.size));
+        if size > self.settings.max_image_bytes {
+            return Err(RegistryError::ImageTooLarge {
+                reference: key.to_string(),
+                size,
+                layers: manifest.layers.len(),
+                limit: self.settings.max_image_bytes,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Extracts the component at `path` from the cached tar `layers` (media
+    /// type, blob file) and caches it; returns its digest. Decompression and
+    /// hashing run on a blocking thread, never on an async worker.
+    async fn extract_wasm(
+        &self,
+        key: &str,
+        path: String,
+        layers: Vec<(String, PathBuf)>,
+    ) -> Result<String, PullError> {
+        let key = key.to_string();
+        let max_file_bytes = self.settings.max_layer_bytes;
+        let max_unpacked_bytes = self.settings.max_unpacked_bytes;
+        let staging = self.staging.clone();
+        let blobs = self.blobs.clone();
+        let extracted = tokio::task::spawn_blocking(move || {
+            let mut opened = Vec::new();
+            for (media_type, file) in layers {
+                let reader = File::open(&file).map_err(io_error(&file))?;
+                opened.push((media_type, reader));
+            }
+            let wasm = image::extract_from_layers(
+                &key,
+                &path,
+                max_file_bytes,
+                max_unpacked_bytes,
+                opened
+                    .iter()
+                    .map(|(media_type, file)| (media_type.as_str(), file)),
+            )?;
+            let digest = image::sha256_digest(&wasm);
+            let target = blob_path_in(&blobs, &digest).expect("sha256 digests map to paths");
+            if !target.is_file() {
+                write_atomically(&staging, &target, &wasm).map_err(io_error(&target))?;
+            }
+            Ok::<_, PullError>(digest)
+        })
+        .await;
+        match extracted {
+            Ok(result) => result,
+            Err(join) => Err(RegistryError::Io {
+                path: self.staging.clone(),
+                cause: io::Error::other(format!("extracting the component failed: {join}")),
+            }
+            .into()),
+        }
     }
 
     /// Makes sure the blob is cached, downloading and verifying it if not.
@@ -539,6 +691,13 @@ impl ArtifactCache {
         .expect("locking does not panic");
         locked.map_err(io_error(&path))
     }
+}
+
+/// Where blob `digest` lives under `blobs`; `None` for anything but a
+/// well-formed sha256 digest.
+fn blob_path_in(blobs: &Path, digest: &str) -> Option<PathBuf> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| blobs.join(hex))
 }
 
 fn unix_millis(time: SystemTime) -> u64 {

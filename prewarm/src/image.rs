@@ -164,6 +164,16 @@ pub enum ImageError {
         /// The limit.
         limit: u64,
     },
+    /// Looking for the component decompressed more than the limit.
+    #[error(
+        "{reference}: its layers decompress to more than {limit} bytes before the component is found (raise max_unpacked_bytes to accept it)"
+    )]
+    UnpackedTooLarge {
+        /// The image reference.
+        reference: String,
+        /// The limit.
+        limit: u64,
+    },
     /// The manifest or config is not valid JSON of the expected shape.
     #[error("{reference}: malformed {what}: {detail}")]
     Malformed {
@@ -296,53 +306,114 @@ pub fn wasm_location(
 }
 
 /// Finds `path` in the tar layers (given in order, each with its media type
-/// and bytes); the last layer holding it wins. A file larger than
-/// `max_bytes` is refused before it is read, so a small compressed layer
-/// cannot inflate into a memory bomb.
-pub fn extract_from_layers<'a>(
+/// and a reader of its blob); the last layer holding it wins. Reads the
+/// layers as streams, never whole. A file larger than `max_file_bytes` is
+/// refused before it is read, and reading stops with
+/// [`ImageError::UnpackedTooLarge`] once more than `max_unpacked_bytes` have
+/// been decompressed in all (skipped files count too), so a small
+/// compressed layer cannot inflate into a memory or CPU bomb. Blocking: run
+/// it off the async workers.
+pub fn extract_from_layers<'a, R: Read>(
     reference: &str,
     path: &str,
-    max_bytes: u64,
-    layers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    max_file_bytes: u64,
+    max_unpacked_bytes: u64,
+    layers: impl IntoIterator<Item = (&'a str, R)>,
 ) -> Result<Vec<u8>, ImageError> {
     let wanted = path.trim_start_matches('/');
     let mut found = None;
-    for (media_type, bytes) in layers {
-        let reader: Box<dyn Read> = if media_type.ends_with("gzip") {
-            Box::new(flate2::read::GzDecoder::new(bytes))
+    let mut unpacked = 0u64;
+    for (media_type, blob) in layers {
+        let blob = std::io::BufReader::new(blob);
+        let decompressed: Box<dyn Read> = if media_type.ends_with("gzip") {
+            Box::new(flate2::bufread::GzDecoder::new(blob))
         } else {
-            Box::new(bytes)
+            Box::new(blob)
         };
-        let mut archive = tar::Archive::new(reader);
-        let entries = archive
-            .entries()
-            .map_err(|e| malformed_layer(reference, e))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| malformed_layer(reference, e))?;
-            let entry_path = entry.path().map_err(|e| malformed_layer(reference, e))?;
-            let normalized = entry_path.to_string_lossy();
-            let normalized = normalized.trim_start_matches("./").trim_start_matches('/');
-            if normalized == wanted && entry.header().entry_type().is_file() {
-                if entry.size() > max_bytes {
-                    return Err(ImageError::TooLarge {
-                        reference: reference.to_string(),
-                        path: format!("/{wanted}"),
-                        size: entry.size(),
-                        limit: max_bytes,
-                    });
-                }
-                let mut content = Vec::with_capacity(entry.size() as usize);
-                entry
-                    .read_to_end(&mut content)
-                    .map_err(|e| malformed_layer(reference, e))?;
-                found = Some(content);
-            }
+        let mut counted = Budgeted {
+            inner: decompressed,
+            remaining: max_unpacked_bytes.saturating_sub(unpacked),
+            exceeded: false,
+        };
+        let before = counted.remaining;
+        let scanned = find_in_tar(reference, wanted, max_file_bytes, &mut counted);
+        if counted.exceeded {
+            return Err(ImageError::UnpackedTooLarge {
+                reference: reference.to_string(),
+                limit: max_unpacked_bytes,
+            });
         }
+        if let Some(content) = scanned? {
+            found = Some(content);
+        }
+        unpacked += before - counted.remaining;
     }
     found.ok_or_else(|| ImageError::NoWasm {
         reference: reference.to_string(),
         detail: format!("the entrypoint /{wanted} is not in any layer"),
     })
+}
+
+/// The last regular file at `wanted` in one tar stream.
+fn find_in_tar(
+    reference: &str,
+    wanted: &str,
+    max_file_bytes: u64,
+    tar_stream: &mut dyn Read,
+) -> Result<Option<Vec<u8>>, ImageError> {
+    let mut found = None;
+    let mut archive = tar::Archive::new(tar_stream);
+    let entries = archive
+        .entries()
+        .map_err(|e| malformed_layer(reference, e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| malformed_layer(reference, e))?;
+        let entry_path = entry.path().map_err(|e| malformed_layer(reference, e))?;
+        let normalized = entry_path.to_string_lossy();
+        let normalized = normalized.trim_start_matches("./").trim_start_matches('/');
+        if normalized == wanted && entry.header().entry_type().is_file() {
+            if entry.size() > max_file_bytes {
+                return Err(ImageError::TooLarge {
+                    reference: reference.to_string(),
+                    path: format!("/{wanted}"),
+                    size: entry.size(),
+                    limit: max_file_bytes,
+                });
+            }
+            let mut content = Vec::with_capacity(entry.size() as usize);
+            entry
+                .read_to_end(&mut content)
+                .map_err(|e| malformed_layer(reference, e))?;
+            found = Some(content);
+        }
+    }
+    Ok(found)
+}
+
+/// A reader that fails once it has given out `remaining` bytes.
+struct Budgeted<R> {
+    inner: R,
+    remaining: u64,
+    exceeded: bool,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // One byte past the budget tells "exactly at it" from "over it".
+        let allowed = buf
+            .len()
+            .min(usize::try_from(self.remaining.saturating_add(1)).unwrap_or(usize::MAX));
+        let read = self.inner.read(&mut buf[..allowed])?;
+        if read as u64 > self.remaining {
+            self.exceeded = true;
+            self.remaining = 0;
+            return Err(std::io::Error::other(
+                "decompressed past the unpacked-size limit",
+            ));
+        }
+        self.remaining -= read as u64;
+        Ok(read)
+    }
 }
 
 fn malformed_layer(reference: &str, error: std::io::Error) -> ImageError {
@@ -516,6 +587,7 @@ mod tests {
             "r",
             &path,
             u64::MAX,
+            u64::MAX,
             [(
                 layers[0].media_type.as_str(),
                 built.layers[0].bytes.as_slice(),
@@ -588,6 +660,7 @@ mod tests {
             "r",
             "function.wasm",
             1 << 16,
+            u64::MAX,
             [(OCI_LAYER_TAR_GZIP, built.layers[0].bytes.as_slice())],
         )
         .unwrap_err();
@@ -598,11 +671,67 @@ mod tests {
     }
 
     #[test]
+    fn layers_decompressing_past_the_budget_are_refused_while_reading() {
+        // 4 MiB of zeros under another name, then the component: the scan
+        // reads through the zeros to reach it.
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, bytes) in [
+            ("junk", vec![0u8; 4 << 20]),
+            ("function.wasm", WASM.to_vec()),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, name, bytes.as_slice())
+                .unwrap();
+        }
+        let tar = tar.into_inner().unwrap();
+        let mut gzip = GzEncoder::new(Vec::new(), Compression::best());
+        gzip.write_all(&tar).unwrap();
+        let layer = gzip.finish().unwrap();
+        assert!(layer.len() < 64 << 10, "zeros compress well");
+        let extract = |budget| {
+            extract_from_layers(
+                "r",
+                "function.wasm",
+                u64::MAX,
+                budget,
+                [(OCI_LAYER_TAR_GZIP, layer.as_slice())],
+            )
+        };
+        let error = extract(1 << 20).unwrap_err();
+        assert!(
+            matches!(error, ImageError::UnpackedTooLarge { limit, .. } if limit == 1 << 20),
+            "{error}"
+        );
+        assert!(error.to_string().contains("max_unpacked_bytes"), "{error}");
+        // The same budget spans layers: two layers of 4 MiB need 8.
+        assert_eq!(extract(tar.len() as u64).unwrap(), WASM);
+        let twice = extract_from_layers(
+            "r",
+            "function.wasm",
+            u64::MAX,
+            tar.len() as u64 + 1024,
+            [
+                (OCI_LAYER_TAR_GZIP, layer.as_slice()),
+                (OCI_LAYER_TAR_GZIP, layer.as_slice()),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(twice, ImageError::UnpackedTooLarge { .. }),
+            "{twice}"
+        );
+    }
+
+    #[test]
     fn entrypoint_missing_from_layers_is_named() {
         let built = build(ImageForm::Image, WASM);
         let error = extract_from_layers(
             "r",
             "other.wasm",
+            u64::MAX,
             u64::MAX,
             [(OCI_LAYER_TAR_GZIP, built.layers[0].bytes.as_slice())],
         )

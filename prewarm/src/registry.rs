@@ -25,6 +25,11 @@
 //!   its descriptor states; nothing unverified is returned or committed.
 //!   Layers over [`RegistrySettings::max_layer_bytes`] are refused before
 //!   download (by their descriptor) and during it (by the bytes received).
+//! * **Bounded reads.** A manifest (and an image config) is read up to
+//!   [`RegistrySettings::max_manifest_bytes`] and refused past it, by its
+//!   `Content-Length` before reading and by the bytes received while
+//!   reading; a registry cannot make a pull hold more than that in memory.
+//!   Blobs are streamed to a staged file, never held whole in memory.
 
 use crate::atomic_file::StagedFile;
 use crate::image::{self, BuiltImage, Descriptor};
@@ -55,6 +60,15 @@ pub struct RegistrySettings {
     pub initial_backoff: Duration,
     /// Largest layer accepted, in bytes.
     pub max_layer_bytes: u64,
+    /// Largest manifest (or image config) accepted, in bytes.
+    pub max_manifest_bytes: u64,
+    /// Largest image accepted: its config and the layers a pull would
+    /// download, as their descriptors state them (a layer named twice counts
+    /// twice), in bytes.
+    pub max_image_bytes: u64,
+    /// Most bytes decompressed while looking for the component in an image's
+    /// tar layers.
+    pub max_unpacked_bytes: u64,
     /// Told how blob transfers go (the CLI draws progress bars with it);
     /// `None`: nobody is told.
     pub progress: Option<ProgressSink>,
@@ -101,10 +115,17 @@ impl Default for RegistrySettings {
             attempts: 4,
             initial_backoff: Duration::from_millis(200),
             max_layer_bytes: 256 * 1024 * 1024,
+            max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
+            max_image_bytes: 1 << 30,
+            max_unpacked_bytes: 1 << 30,
             progress: None,
         }
     }
 }
+
+/// Default bound of a manifest or image config: the 4 MiB that the CNCF
+/// distribution registry accepts on push.
+pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
 /// Why talking to a registry failed.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +217,34 @@ pub enum RegistryError {
         digest: String,
         /// Its size (announced or received so far).
         size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A manifest or image config is larger than the configured limit.
+    #[error(
+        "the {what} of {reference} is {size} bytes, over the limit of {limit} bytes (raise max_manifest_bytes to accept it)"
+    )]
+    ManifestTooLarge {
+        /// `manifest` or `config`.
+        what: &'static str,
+        /// The image.
+        reference: String,
+        /// Its size (announced, or received so far).
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The image's config and layers add up to more than the limit.
+    #[error(
+        "{reference} is {size} bytes in {layers} layers and its config, over the limit of {limit} bytes (raise max_image_bytes to accept it)"
+    )]
+    ImageTooLarge {
+        /// The image.
+        reference: String,
+        /// The sum of its descriptors' sizes.
+        size: u64,
+        /// How many layers it names.
+        layers: usize,
         /// The limit.
         limit: u64,
     },
@@ -486,9 +535,20 @@ fn run_credential_helper(helper: &str, registry: &str) -> std::io::Result<Option
     }))
 }
 
+/// How long connecting to a registry may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a registry may go without sending while a body is read.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A connection to the registry of one reference.
 pub struct RegistryClient {
     client: Client,
+    /// Manifests are read with this, not `client`, so their size is bounded.
+    http: reqwest::Client,
+    /// `http` for plain-HTTP registries.
+    scheme: &'static str,
+    /// The pull token `client` obtained, fetched once per client.
+    pull_token: tokio::sync::OnceCell<Option<String>>,
     reference: Reference,
     credentials: Credentials,
     settings: RegistrySettings,
@@ -521,12 +581,20 @@ impl RegistryClient {
             } else {
                 ClientProtocol::Https
             },
-            connect_timeout: Some(Duration::from_secs(10)),
-            read_timeout: Some(Duration::from_secs(60)),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
             ..ClientConfig::default()
         };
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .unwrap_or_default();
         RegistryClient {
             client: Client::new(config),
+            http,
+            scheme: if plain_http { "http" } else { "https" },
+            pull_token: tokio::sync::OnceCell::new(),
             credentials: credentials_for(&registry, settings.docker_config.as_deref()),
             reference: reference.clone(),
             settings: settings.clone(),
@@ -714,16 +782,13 @@ impl RegistryClient {
         reference: &Reference,
     ) -> Result<FetchedManifest, RegistryError> {
         let (bytes, header_digest) = self
-            .with_retries("fetching the manifest", || async {
-                self.client
-                    .pull_manifest_raw(reference, &self.credentials.auth, image::ACCEPTED_MANIFESTS)
-                    .await
-                    .map_err(Attempt::Oci)
+            .with_retries("fetching the manifest", || {
+                self.fetch_manifest_bytes_once(reference)
             })
             .await?;
-        // oci-client checks the body against the digest header or the
-        // reference's digest; check again here so the contract does not rest
-        // on a dependency's behaviour.
+        let header_digest = header_digest.unwrap_or_else(|| image::sha256_digest(&bytes));
+        // The body must hash to the reference's digest, else to the digest
+        // the registry announced.
         let actual = image::sha256_digest(&bytes);
         let expected = reference
             .digest()
@@ -743,11 +808,122 @@ impl RegistryClient {
             }
         })?;
         Ok(FetchedManifest {
-            bytes: bytes.to_vec(),
+            bytes,
             digest: actual,
             manifest,
             requests: 1,
         })
+    }
+
+    /// One `GET /v2/<name>/manifests/<tag or digest>`, read up to
+    /// [`RegistrySettings::max_manifest_bytes`]. oci-client's manifest pull
+    /// reads the whole body, whatever its size; this uses its pull token.
+    /// Returns the body and the `Docker-Content-Digest` header, if any.
+    async fn fetch_manifest_bytes_once(
+        &self,
+        reference: &Reference,
+    ) -> Result<(Vec<u8>, Option<String>), Attempt> {
+        let token = self
+            .pull_token
+            .get_or_try_init(|| async {
+                self.client
+                    .auth(reference, &self.credentials.auth, RegistryOperation::Pull)
+                    .await
+            })
+            .await
+            .map_err(Attempt::Oci)?;
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}",
+            self.scheme,
+            reference.resolve_registry(),
+            reference.repository(),
+            reference
+                .digest()
+                .unwrap_or_else(|| reference.tag().unwrap_or("latest")),
+        );
+        let mut request = self
+            .http
+            .get(&url)
+            .header(http::header::ACCEPT, image::ACCEPTED_MANIFESTS.join(", "));
+        request = match (token, &self.credentials.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let what = "fetching the manifest";
+        let transport = |error: reqwest::Error| {
+            let cause = format!("{what}: {}", error_chain(&error));
+            Attempt::Retry(
+                cause.clone(),
+                Box::new(RegistryError::Unreachable {
+                    registry: self.registry().to_string(),
+                    attempts: self.settings.attempts.max(1),
+                    cause,
+                }),
+            )
+        };
+        let mut response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        if !status.is_success() {
+            let detail = read_error_body(&mut response).await;
+            let registry = self.registry().to_string();
+            let unauthorized = |status| RegistryError::Unauthorized {
+                registry: registry.clone(),
+                repository: self.reference.repository().to_string(),
+                status,
+                credential_source: self.credentials.source.clone(),
+            };
+            return Err(match status.as_u16() {
+                401 => Attempt::Fatal(unauthorized("401 Unauthorized")),
+                403 => Attempt::Fatal(unauthorized("403 Forbidden")),
+                404 => Attempt::Fatal(RegistryError::NotFound {
+                    reference: reference.whole(),
+                    registry,
+                }),
+                code @ (429 | 500..) => {
+                    let cause = format!("{what}: HTTP {code}: {detail}");
+                    Attempt::Retry(
+                        cause.clone(),
+                        Box::new(RegistryError::Protocol {
+                            registry,
+                            detail: cause,
+                        }),
+                    )
+                }
+                code => Attempt::Fatal(RegistryError::Protocol {
+                    registry,
+                    detail: format!("{what}: HTTP {code}: {detail}"),
+                }),
+            });
+        }
+        let limit = self.settings.max_manifest_bytes;
+        let too_large = |size| {
+            Attempt::Fatal(RegistryError::ManifestTooLarge {
+                what: "manifest",
+                reference: reference.whole(),
+                size,
+                limit,
+            })
+        };
+        if let Some(announced) = response.content_length()
+            && announced > limit
+        {
+            return Err(too_large(announced));
+        }
+        let digest = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            let size = (body.len() + chunk.len()) as u64;
+            if size > limit {
+                return Err(too_large(size));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, digest))
     }
 
     /// Downloads the blob `descriptor` into a staged file in `staging_dir`,
@@ -954,6 +1130,20 @@ impl RegistryClient {
         .await?;
         Ok(built.manifest_digest())
     }
+}
+
+/// The start of an error response's body, for the error message.
+async fn read_error_body(response: &mut reqwest::Response) -> String {
+    const SHOWN: usize = 512;
+    let mut body = Vec::new();
+    while body.len() < SHOWN {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(SHOWN);
+    String::from_utf8_lossy(&body).trim().to_string()
 }
 
 fn limit_for(descriptor: &Descriptor, max_layer_bytes: u64) -> u64 {

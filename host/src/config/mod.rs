@@ -16,6 +16,9 @@
 //! [registry]                    # optional
 //! insecure = ["registry.lan:5000"]  # plain HTTP; loopback registries always are
 //! max_layer_bytes = 268435456
+//! max_manifest_bytes = 4194304     # a manifest or image config
+//! max_image_bytes = 1073741824     # config + layers, as the manifest states them
+//! max_unpacked_bytes = 1073741824  # decompressed while finding the component
 //!
 //! [prewarm]                     # optional
 //! images = ["127.0.0.1:5000/fn/hello:1"]  # pulled and compiled at start
@@ -266,6 +269,12 @@ pub struct RegistryConfig {
     pub insecure: Vec<String>,
     /// Largest layer accepted, in bytes.
     pub max_layer_bytes: Option<u64>,
+    /// Largest manifest or image config accepted, in bytes.
+    pub max_manifest_bytes: Option<u64>,
+    /// Largest image (config plus layers) accepted, in bytes.
+    pub max_image_bytes: Option<u64>,
+    /// Most bytes decompressed looking for the component, in bytes.
+    pub max_unpacked_bytes: Option<u64>,
 }
 
 /// `[prewarm]`.
@@ -596,6 +605,18 @@ impl HearthConfig {
                     .registry
                     .max_layer_bytes
                     .unwrap_or(defaults.max_layer_bytes),
+                max_manifest_bytes: self
+                    .registry
+                    .max_manifest_bytes
+                    .unwrap_or(defaults.max_manifest_bytes),
+                max_image_bytes: self
+                    .registry
+                    .max_image_bytes
+                    .unwrap_or(defaults.max_image_bytes),
+                max_unpacked_bytes: self
+                    .registry
+                    .max_unpacked_bytes
+                    .unwrap_or(defaults.max_unpacked_bytes),
                 ..defaults
             },
             max_compiled_memory_bytes: Some(
