@@ -327,6 +327,57 @@ impl Admin {
             "hearth_instance_slots{{state=\"reserved\"}} {reserved}"
         );
         let _ = writeln!(out, "hearth_instance_slots{{state=\"total\"}} {total}");
+        let topics: Vec<(String, hearth_messaging::TopicUsage)> = self
+            .host
+            .capabilities()
+            .brokers
+            .values()
+            .flat_map(|broker| {
+                let label = broker.label().to_string();
+                broker
+                    .topic_usage()
+                    .into_iter()
+                    .map(move |usage| (label.clone(), usage))
+            })
+            .collect();
+        let retention: [TopicSeries; 4] = [
+            (
+                "broker_topic_messages",
+                "Messages a topic of the embedded broker holds.",
+                "gauge",
+                |u| u.messages,
+            ),
+            (
+                "broker_topic_bytes",
+                "Bytes of messages a topic of the embedded broker holds.",
+                "gauge",
+                |u| u.bytes,
+            ),
+            (
+                "broker_messages_expired_total",
+                "Messages expired by their topic's retention_hours.",
+                "counter",
+                |u| u.expired,
+            ),
+            (
+                "broker_publishes_refused_total",
+                "Publishes refused because the topic was full (max_topic_messages or max_topic_bytes).",
+                "counter",
+                |u| u.refused,
+            ),
+        ];
+        for (name, help, kind, value) in retention {
+            header(&mut out, name, help, kind);
+            for (broker, usage) in &topics {
+                let _ = writeln!(
+                    out,
+                    "hearth_{name}{{broker=\"{}\",topic=\"{}\"}} {}",
+                    escape(broker),
+                    escape(&usage.topic),
+                    value(usage)
+                );
+            }
+        }
         if let Some(artifacts) = self.host.artifacts() {
             header(
                 &mut out,
@@ -376,6 +427,14 @@ impl Admin {
             .expect("static response parts are valid")
     }
 }
+
+/// A per-topic broker series: name, help, type, and how to read it.
+type TopicSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&hearth_messaging::TopicUsage) -> u64,
+);
 
 /// A per-function pool counter: name, help, and how to read it.
 type PoolCounter = (

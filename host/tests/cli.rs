@@ -1,9 +1,11 @@
 //! The `hearth` and `hearthd` binaries as a user runs them: exit codes, log
 //! lines, signals and configuration errors.
 
-use hearth_testkit::http::get;
+use bytes::Bytes;
+use hearth_testkit::http::{get, send};
 use hearth_testkit::process::{PATIENCE, Running, run_to_end};
 use hearth_testkit::registry::free_port;
+use http::Method;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -358,5 +360,89 @@ listen = "127.0.0.1:{b_port}"
         Some(0),
         "{}",
         hearthd.log_text()
+    );
+}
+
+#[test]
+fn a_full_topic_refuses_publishes_by_name_and_the_rest_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[messaging.brokers.default]
+type = "embedded"
+max_topic_messages = 2
+
+[[function]]
+name = "producer"
+path = "{producer}"
+listen = "127.0.0.1:{port}"
+"#,
+            producer = hearth_testkit::ORDER_PRODUCER,
+        ),
+    );
+    let hearthd = Running::start(
+        Command::new(HEARTHD)
+            .env("HEARTH_CACHE_DIR", dir.path().join("cache"))
+            .env("HEARTH_SOCKET", dir.path().join("hearthd.sock"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--admin", "127.0.0.1:0"]),
+    );
+    let producer = hearthd.serving_addr("producer");
+    let admin_line = hearthd.wait_for_line("admin endpoint on http://");
+    let admin: SocketAddr = admin_line
+        .split("on http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let post = |path: &str| {
+        runtime
+            .block_on(send(
+                producer,
+                Method::POST,
+                path,
+                &[],
+                Bytes::from_static(b"order"),
+            ))
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let reply = post("/orders");
+        assert_eq!(reply.status, 202, "{}", reply.text());
+    }
+    let refused = post("/orders");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused
+            .text()
+            .starts_with("topic-full: topic `default.orders` is full: it holds 2 messages"),
+        "{}",
+        refused.text()
+    );
+    // Another topic of the same broker, and the function itself, carry on.
+    let other = post("/publish?topic=audit");
+    assert_eq!(other.status, 202, "{}", other.text());
+    let metrics = runtime.block_on(get(admin, "/metrics")).unwrap().text();
+    let series = |name: &str| {
+        hearth_testkit::metric(
+            &metrics,
+            &format!("{name}{{broker=\"default\",topic=\"default.orders\"}}"),
+        )
+    };
+    assert_eq!(
+        series("hearth_broker_publishes_refused_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series("hearth_broker_topic_messages"),
+        Some(2.0),
+        "{metrics}"
     );
 }

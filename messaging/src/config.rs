@@ -5,6 +5,9 @@
 //! [messaging.brokers.default]
 //! type = "embedded"              # embedded | nats
 //! path = "messaging/default.redb"  # default: <data dir>/LABEL.redb
+//! retention_hours = 168          # a message older than this is expired
+//! max_topic_messages = 1000000   # per topic; a publish past it is refused
+//! max_topic_bytes = 1073741824   # per topic; a publish past it is refused
 //! [messaging.brokers.events]
 //! type = "nats"
 //! url = "nats://127.0.0.1:4222"
@@ -16,8 +19,8 @@
 //! # Contract
 //!
 //! * [`BrokerConfig`] is a serde enum tagged by `type`; each variant denies
-//!   keys it does not have (an embedded broker keeps messages until they
-//!   are acked, so it has no `retention_hours`).
+//!   keys it does not have (`max_topic_*` are the embedded broker's; a NATS
+//!   stream has JetStream's own limits).
 //! * [`BrokerConfig::validate`] checks ranges; [`BrokerConfig::build`]
 //!   makes the [`Broker`]. NATS connects in the background, so a broker
 //!   whose server is down still builds.
@@ -25,7 +28,7 @@
 
 use crate::embedded::EmbeddedBroker;
 use crate::nats::{NatsBroker, NatsSettings};
-use crate::{Broker, MessagingBackend, MessagingLimits};
+use crate::{Broker, MessagingBackend, MessagingLimits, Retention};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,6 +53,12 @@ pub struct EmbeddedConfig {
     pub path: Option<PathBuf>,
     /// Largest message (payload + key + headers).
     pub max_message_bytes: Option<u64>,
+    /// How long a topic keeps a message, acked or not, in hours.
+    pub retention_hours: Option<u64>,
+    /// Messages one topic may hold.
+    pub max_topic_messages: Option<u64>,
+    /// Bytes of messages one topic may hold.
+    pub max_topic_bytes: Option<u64>,
 }
 
 /// `type = "nats"`.
@@ -105,14 +114,29 @@ impl BrokerConfig {
 
     /// Checks ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let (timeout_ms, max_message_bytes, retention_hours) = match self {
-            BrokerConfig::Embedded(c) => (None, c.max_message_bytes, None),
-            BrokerConfig::Nats(c) => (c.timeout_ms, c.max_message_bytes, c.retention_hours),
-        };
+        let (timeout_ms, max_message_bytes, retention_hours, max_topic_messages, max_topic_bytes) =
+            match self {
+                BrokerConfig::Embedded(c) => (
+                    None,
+                    c.max_message_bytes,
+                    c.retention_hours,
+                    c.max_topic_messages,
+                    c.max_topic_bytes,
+                ),
+                BrokerConfig::Nats(c) => (
+                    c.timeout_ms,
+                    c.max_message_bytes,
+                    c.retention_hours,
+                    None,
+                    None,
+                ),
+            };
         for (key, value) in [
             ("timeout_ms", timeout_ms),
             ("max_message_bytes", max_message_bytes),
             ("retention_hours", retention_hours),
+            ("max_topic_messages", max_topic_messages),
+            ("max_topic_bytes", max_topic_bytes),
         ] {
             if value == Some(0) {
                 return Err(ConfigError {
@@ -136,10 +160,20 @@ impl BrokerConfig {
                     .path
                     .clone()
                     .unwrap_or_else(|| data_dir.join(format!("{label}.redb")));
-                Arc::new(EmbeddedBroker::open(&path).map_err(|message| ConfigError {
-                    key: "path",
-                    message,
-                })?)
+                let defaults = Retention::default();
+                let retention = Retention {
+                    max_age: config
+                        .retention_hours
+                        .map_or(defaults.max_age, |h| Duration::from_secs(h * 3600)),
+                    max_messages: config.max_topic_messages.unwrap_or(defaults.max_messages),
+                    max_bytes: config.max_topic_bytes.unwrap_or(defaults.max_bytes),
+                };
+                Arc::new(
+                    EmbeddedBroker::open_with(&path, retention).map_err(|message| ConfigError {
+                        key: "path",
+                        message,
+                    })?,
+                )
             }
             BrokerConfig::Nats(config) => {
                 limits.max_message_bytes =
@@ -181,8 +215,16 @@ mod tests {
         let nats =
             parse("type = \"nats\"\nurl = \"nats://x:4222\"\nretention_hours = 1\n").unwrap();
         assert_eq!(nats.kind(), "nats");
-        let wrong = parse("type = \"embedded\"\nretention_hours = 1\n").unwrap_err();
-        assert!(wrong.contains("unknown field `retention_hours`"), "{wrong}");
+        let embedded =
+            parse("type = \"embedded\"\nretention_hours = 1\nmax_topic_bytes = 9\n").unwrap();
+        assert_eq!(embedded.kind(), "embedded");
+        let wrong = parse("type = \"nats\"\nurl = \"n\"\nmax_topic_messages = 1\n").unwrap_err();
+        assert!(
+            wrong.contains("unknown field `max_topic_messages`"),
+            "{wrong}"
+        );
+        let zero = parse("type = \"embedded\"\nmax_topic_messages = 0\n").unwrap();
+        assert_eq!(zero.validate().unwrap_err().key, "max_topic_messages");
         let wrong = parse("type = \"embedded\"\nurl = \"nats://x\"\n").unwrap_err();
         assert!(wrong.contains("unknown field `url`"), "{wrong}");
         let missing = parse("type = \"nats\"\n").unwrap_err();

@@ -14,6 +14,18 @@
 //!   `(until ms, sequence)`: delayed, nacked and in-flight messages, which
 //!   become ready at `until` (for one in flight: its visibility ran out).
 //!
+//! # Retention
+//!
+//! Every topic (dead-letter topics too) is bounded by [`Retention`]: a
+//! message older than `max_age` is expired — removed from the log and from
+//! every group, in flight or not — when its topic is next published to or
+//! received from, and in a sweep of every topic at open and at most once a
+//! minute after. A publish that would take its topic past `max_messages` or
+//! `max_bytes` (of stored messages, after expiring what is due) is refused
+//! with [`MessagingError::TopicFull`]; nothing stored is dropped to make
+//! room. [`EmbeddedBroker::topic_usage`] reports each topic's messages,
+//! bytes, expired and refused counts (hearthd's `/metrics`).
+//!
 //! # Durability
 //!
 //! A publish and an ack are each one write transaction committed with
@@ -26,10 +38,10 @@
 //! redelivers them as soon as it is back.
 
 use crate::{
-    Consumer, Delivery, MessagingBackend, MessagingError, OutgoingMessage, Receipt,
-    SubscriptionSpec, now_ms,
+    Consumer, Delivery, MessagingBackend, MessagingError, OutgoingMessage, Receipt, Retention,
+    SubscriptionSpec, TopicUsage, now_ms,
 };
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -51,10 +63,25 @@ pub struct EmbeddedBroker {
 struct Inner {
     db: Database,
     path: PathBuf,
-    /// Serialises write transactions with the key index they update.
-    keys: Mutex<KeyIndex>,
+    retention: Retention,
+    /// Serialises write transactions with the in-memory state they update.
+    keys: Mutex<State>,
     published: tokio::sync::Notify,
 }
+
+/// What the write transactions keep in memory beside the file.
+struct State {
+    keys: KeyIndex,
+    /// Per topic: what it holds (rebuilt from the log at open) and the
+    /// counters since.
+    topics: HashMap<String, TopicUsage>,
+    /// When every topic was last checked for expired messages.
+    last_sweep: Instant,
+}
+
+/// How often every topic (not just those in use) is checked for expired
+/// messages.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Per group: for each key, the sequences of its messages not yet acked.
 type KeyIndex = HashMap<String, HashMap<String, BTreeSet<u64>>>;
@@ -62,24 +89,50 @@ type KeyIndex = HashMap<String, HashMap<String, BTreeSet<u64>>>;
 type BackendResult<T> = Result<T, String>;
 
 impl EmbeddedBroker {
-    /// Opens (creating if need be) the broker file at `path` and makes every
-    /// message that was in flight ready again.
+    /// Opens (creating if need be) the broker file at `path` with the
+    /// default [`Retention`] and makes every message that was in flight
+    /// ready again.
     pub fn open(path: &Path) -> Result<Self, String> {
+        Self::open_with(path, Retention::default())
+    }
+
+    /// [`EmbeddedBroker::open`] with `retention`; messages already past it
+    /// are expired now.
+    pub fn open_with(path: &Path, retention: Retention) -> Result<Self, String> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
         let db =
             Database::create(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let keys = recover(&db).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        Ok(EmbeddedBroker {
-            inner: Arc::new(Inner {
-                db,
-                path: path.to_owned(),
-                keys: Mutex::new(keys),
-                published: tokio::sync::Notify::new(),
+        let (keys, topics) =
+            recover(&db).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let inner = Inner {
+            db,
+            path: path.to_owned(),
+            retention,
+            keys: Mutex::new(State {
+                keys,
+                topics,
+                last_sweep: Instant::now(),
             }),
+            published: tokio::sync::Notify::new(),
+        };
+        inner
+            .sweep()
+            .map_err(|e| format!("cannot expire old messages in {}: {e}", path.display()))?;
+        Ok(EmbeddedBroker {
+            inner: Arc::new(inner),
         })
+    }
+
+    /// Each topic's messages and bytes held, and its expired and refused
+    /// counts since open, by topic.
+    pub fn topic_usage(&self) -> Vec<TopicUsage> {
+        let state = self.inner.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut usage: Vec<TopicUsage> = state.topics.values().cloned().collect();
+        usage.sort_by(|a, b| a.topic.cmp(&b.topic));
+        usage
     }
 
     /// The file it lives in.
@@ -88,12 +141,23 @@ impl EmbeddedBroker {
     }
 }
 
-/// Creates the tables, requeues in-flight messages and rebuilds the key index.
-fn recover(db: &Database) -> Result<KeyIndex, redb::Error> {
+/// Creates the tables, requeues in-flight messages and rebuilds the key
+/// index and each topic's usage.
+fn recover(db: &Database) -> Result<(KeyIndex, HashMap<String, TopicUsage>), redb::Error> {
     let txn = db.begin_write()?;
     let mut keys = KeyIndex::new();
+    let mut topics = HashMap::<String, TopicUsage>::new();
     {
-        txn.open_table(LOG)?;
+        let log = txn.open_table(LOG)?;
+        for row in log.iter()? {
+            let (key, value) = row?;
+            let topic = key.value().0;
+            let usage = topics
+                .entry(topic.to_string())
+                .or_insert_with(|| TopicUsage::new(topic));
+            usage.messages += 1;
+            usage.bytes += value.value().len() as u64;
+        }
         txn.open_table(META)?;
         txn.open_table(GROUPS)?;
         let mut deliveries = txn.open_table(DELIVERIES)?;
@@ -128,7 +192,12 @@ fn recover(db: &Database) -> Result<KeyIndex, redb::Error> {
         }
     }
     txn.commit()?;
-    Ok(keys)
+    Ok((keys, topics))
+}
+
+/// When a stored message was published: its first 8 bytes.
+fn published_at_ms(raw: &[u8]) -> u64 {
+    Reader(raw).u64()
 }
 
 /// A group's state for one message.
@@ -284,33 +353,158 @@ impl Inner {
         }
     }
 
-    fn publish(&self, message: &OutgoingMessage) -> BackendResult<u64> {
-        let _serial = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+    fn publish(&self, message: &OutgoingMessage) -> Result<u64, MessagingError> {
+        let mut state = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let fail = |e: redb::Error| self.unavailable(e);
         let now = now_ms();
         let stored = StoredMessage {
             published_at_ms: now,
             not_before_ms: now + message.delay.as_millis() as u64,
             message: message.clone(),
+        }
+        .encode();
+        let topic = message.topic.as_str();
+        if state.last_sweep.elapsed() >= SWEEP_EVERY {
+            drop(state);
+            self.sweep().map_err(fail)?;
+            state = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        }
+        let txn = self.db.begin_write().map_err(|x| fail(x.into()))?;
+        self.expire(&txn, &mut state, topic, now).map_err(fail)?;
+        let usage = state
+            .topics
+            .entry(topic.to_string())
+            .or_insert_with(|| TopicUsage::new(topic));
+        let limit = &self.retention;
+        let full = if usage.messages + 1 > limit.max_messages {
+            Some(format!("it holds {} messages, the limit", usage.messages))
+        } else if usage.bytes + stored.len() as u64 > limit.max_bytes {
+            Some(format!(
+                "it holds {} bytes and the limit is {}",
+                usage.bytes, limit.max_bytes
+            ))
+        } else {
+            None
         };
-        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        if let Some(detail) = full {
+            usage.refused += 1;
+            // Keep what was expired; store nothing.
+            txn.commit().map_err(|x| fail(x.into()))?;
+            return Err(MessagingError::TopicFull {
+                topic: topic.to_string(),
+                detail: format!(
+                    "{detail} (messages leave it when every group has acked them, or after {} hours)",
+                    limit.max_age.as_secs() / 3600
+                ),
+            });
+        }
         let sequence = {
-            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+            let mut meta = txn.open_table(META).map_err(|x| fail(x.into()))?;
             let sequence = meta
                 .get(SEQUENCE)
-                .map_err(|e| e.to_string())?
+                .map_err(|x| fail(x.into()))?
                 .map_or(0, |v| v.value())
                 + 1;
-            meta.insert(SEQUENCE, sequence).map_err(|e| e.to_string())?;
-            let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
-            log.insert(
-                (message.topic.as_str(), sequence),
-                stored.encode().as_slice(),
-            )
-            .map_err(|e| e.to_string())?;
+            meta.insert(SEQUENCE, sequence)
+                .map_err(|x| fail(x.into()))?;
+            let mut log = txn.open_table(LOG).map_err(|x| fail(x.into()))?;
+            log.insert((topic, sequence), stored.as_slice())
+                .map_err(|x| fail(x.into()))?;
             sequence
         };
-        txn.commit().map_err(|e| e.to_string())?;
+        txn.commit().map_err(|x| fail(x.into()))?;
+        usage.messages += 1;
+        usage.bytes += stored.len() as u64;
         Ok(sequence)
+    }
+
+    /// Expires what is due in every topic.
+    fn sweep(&self) -> Result<(), redb::Error> {
+        let mut state = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        let txn = self.db.begin_write()?;
+        let topics: Vec<String> = state.topics.keys().cloned().collect();
+        for topic in topics {
+            self.expire(&txn, &mut state, &topic, now)?;
+        }
+        txn.commit()?;
+        state.last_sweep = Instant::now();
+        Ok(())
+    }
+
+    /// Within `txn`: removes `topic`'s messages published more than
+    /// `max_age` before `now` from the log and from every group.
+    fn expire(
+        &self,
+        txn: &WriteTransaction,
+        state: &mut State,
+        topic: &str,
+        now: u64,
+    ) -> Result<(), redb::Error> {
+        let cutoff = now.saturating_sub(self.retention.max_age.as_millis() as u64);
+        let mut log = txn.open_table(LOG)?;
+        let mut expired = Vec::new();
+        for row in log.range((topic, 0)..=(topic, u64::MAX))? {
+            let (key, value) = row?;
+            if published_at_ms(value.value()) > cutoff {
+                break;
+            }
+            expired.push((key.value().1, value.value().len() as u64));
+        }
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let groups: Vec<String> = txn
+            .open_table(GROUPS)?
+            .range((topic, "")..=(topic, "\u{7f}"))?
+            .map(|row| row.map(|(key, _)| group_key(topic, key.value().1)))
+            .collect::<Result<_, _>>()?;
+        let mut deliveries = txn.open_table(DELIVERIES)?;
+        let mut ready = txn.open_table(READY)?;
+        let mut waiting = txn.open_table(WAITING)?;
+        let mut bytes = 0;
+        for &(sequence, size) in &expired {
+            log.remove((topic, sequence))?;
+            bytes += size;
+            for gk in &groups {
+                let Some(raw) = deliveries
+                    .remove((gk.as_str(), sequence))?
+                    .map(|v| v.value().to_vec())
+                else {
+                    continue;
+                };
+                let delivery = DeliveryState::decode(&raw);
+                if delivery.until == 0 {
+                    ready.remove((gk.as_str(), 255 - delivery.priority, sequence))?;
+                } else {
+                    waiting.remove((gk.as_str(), delivery.until, sequence))?;
+                }
+                if let Some(key) = &delivery.key
+                    && let Some(group_keys) = state.keys.get_mut(gk)
+                    && let Some(sequences) = group_keys.get_mut(key)
+                {
+                    sequences.remove(&sequence);
+                    if sequences.is_empty() {
+                        group_keys.remove(key);
+                    }
+                }
+            }
+        }
+        let usage = state
+            .topics
+            .entry(topic.to_string())
+            .or_insert_with(|| TopicUsage::new(topic));
+        usage.messages = usage.messages.saturating_sub(expired.len() as u64);
+        usage.bytes = usage.bytes.saturating_sub(bytes);
+        usage.expired += expired.len() as u64;
+        tracing::info!(
+            broker = %self.path.display(),
+            topic,
+            messages = expired.len(),
+            bytes,
+            "expired messages older than the topic's retention"
+        );
+        Ok(())
     }
 
     /// Takes new log entries into the group, makes due waiting ones ready and
@@ -321,13 +515,15 @@ impl Inner {
         spec: &SubscriptionSpec,
         max: usize,
     ) -> BackendResult<(Vec<Delivery>, Option<u64>)> {
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         let gk = group_key(&spec.topic, &spec.group);
-        let group_keys = keys.entry(gk.clone()).or_default();
         let now = now_ms();
         let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
         txn.set_durability(Durability::None)
             .map_err(|e| e.to_string())?;
+        self.expire(&txn, &mut state, &spec.topic, now)
+            .map_err(|e| e.to_string())?;
+        let group_keys = state.keys.entry(gk.clone()).or_default();
         let mut out = Vec::new();
         let next_due;
         {
@@ -498,10 +694,11 @@ impl Inner {
         durability: Durability,
         change: impl FnOnce(DeliveryState) -> Option<DeliveryState>,
     ) -> Result<(), MessagingError> {
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         let gk = group_key(&spec.topic, &spec.group);
         let topic = spec.topic.as_str();
         let sequence = receipt.sequence;
+        let mut removed_bytes = None;
         let fail = |e: redb::Error| self.unavailable(e);
         let mut txn = self.db.begin_write().map_err(|x| fail(x.into()))?;
         txn.set_durability(durability)
@@ -535,7 +732,7 @@ impl Inner {
                 None => {
                     return Err(MessagingError::Lost {
                         sequence,
-                        reason: "it was acked already".into(),
+                        reason: "it was acked already, or its topic's retention expired it".into(),
                     });
                 }
             };
@@ -587,13 +784,22 @@ impl Inner {
                 }
                 if !needed {
                     let mut log = txn.open_table(LOG).map_err(|x| fail(x.into()))?;
-                    log.remove((topic, sequence)).map_err(|x| fail(x.into()))?;
+                    removed_bytes = log
+                        .remove((topic, sequence))
+                        .map_err(|x| fail(x.into()))?
+                        .map(|v| v.value().len() as u64);
                 }
             }
         }
         txn.commit().map_err(|x| fail(x.into()))?;
+        if let Some(bytes) = removed_bytes
+            && let Some(usage) = state.topics.get_mut(topic)
+        {
+            usage.messages = usage.messages.saturating_sub(1);
+            usage.bytes = usage.bytes.saturating_sub(bytes);
+        }
         if let Some(Some(key)) = acked_key
-            && let Some(group_keys) = keys.get_mut(&gk)
+            && let Some(group_keys) = state.keys.get_mut(&gk)
             && let Some(sequences) = group_keys.get_mut(&key)
         {
             sequences.remove(&sequence);
@@ -623,12 +829,13 @@ impl MessagingBackend for EmbeddedBroker {
 
     async fn publish(&self, message: &OutgoingMessage) -> Result<String, MessagingError> {
         let message = message.clone();
-        let sequence = blocking(&self.inner, move |inner| {
-            inner.publish(&message).map_err(|e| inner.unavailable(e))
-        })
-        .await?;
+        let sequence = blocking(&self.inner, move |inner| inner.publish(&message)).await?;
         self.inner.published.notify_waiters();
         Ok(sequence.to_string())
+    }
+
+    fn topic_usage(&self) -> Vec<TopicUsage> {
+        EmbeddedBroker::topic_usage(self)
     }
 
     async fn subscribe(

@@ -15,7 +15,11 @@
 //!
 //! * A publish that returned `Ok` is durable (fsynced by redb; acknowledged
 //!   by JetStream's file store) and will be delivered to every subscription
-//!   group of its topic until that group acks it.
+//!   group of its topic until that group acks it, or until it is older than
+//!   its broker's retention (`retention_hours`, 7 days by default). A topic
+//!   of the embedded broker that holds its `max_topic_messages` or
+//!   `max_topic_bytes` refuses further publishes with
+//!   [`MessagingError::TopicFull`] rather than drop anything.
 //! * A group that subscribes first starts at the oldest message the topic
 //!   still keeps: messages published before any worker existed wait for it.
 //!   Within a group, each message goes to one consumer at a time.
@@ -148,6 +152,15 @@ pub enum MessagingError {
         /// Why.
         reason: String,
     },
+    /// The topic holds as much as its retention allows; the message was not
+    /// stored.
+    #[error("topic `{topic}` is full: {detail}")]
+    TopicFull {
+        /// The topic, as the broker names it.
+        topic: String,
+        /// Which limit, and what it holds.
+        detail: String,
+    },
     /// The broker could not be reached or failed.
     #[error("messaging `{broker}` ({backend}) is unavailable: {detail}")]
     Unavailable {
@@ -167,7 +180,58 @@ impl MessagingError {
             MessagingError::InvalidArgument(_) => "invalid-argument",
             MessagingError::TooLarge { .. } => "too-large",
             MessagingError::Lost { .. } => "lost",
+            MessagingError::TopicFull { .. } => "topic-full",
             MessagingError::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
+/// How much one topic of a broker keeps (the embedded broker's; a NATS
+/// stream's are JetStream's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// A message older than this is expired, acked or not.
+    pub max_age: Duration,
+    /// Messages held at once; a publish past it is refused.
+    pub max_messages: u64,
+    /// Bytes of messages held at once; a publish past it is refused.
+    pub max_bytes: u64,
+}
+
+impl Default for Retention {
+    /// 7 days (as a NATS broker's `retention_hours`), a million messages,
+    /// 1 GiB.
+    fn default() -> Self {
+        Retention {
+            max_age: Duration::from_secs(168 * 3600),
+            max_messages: 1_000_000,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What one topic holds, and what retention did to it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TopicUsage {
+    /// The topic, as the broker names it.
+    pub topic: String,
+    /// Messages held.
+    pub messages: u64,
+    /// Bytes of messages held.
+    pub bytes: u64,
+    /// Messages expired for age, since the broker opened.
+    pub expired: u64,
+    /// Publishes refused because the topic was full, since the broker
+    /// opened.
+    pub refused: u64,
+}
+
+impl TopicUsage {
+    /// An empty topic.
+    pub fn new(topic: &str) -> Self {
+        TopicUsage {
+            topic: topic.to_string(),
+            ..TopicUsage::default()
         }
     }
 }
@@ -188,6 +252,12 @@ pub trait MessagingBackend: Send + Sync + 'static {
 
     /// Whether the broker answers.
     async fn ping(&self) -> Result<(), MessagingError>;
+
+    /// What each topic holds, for backends that account for it (the
+    /// embedded broker); empty for others.
+    fn topic_usage(&self) -> Vec<TopicUsage> {
+        Vec::new()
+    }
 }
 
 /// One process's handle on a subscription group.
@@ -359,6 +429,11 @@ impl Broker {
     /// Whether the broker answers.
     pub async fn ping(&self) -> Result<(), MessagingError> {
         self.backend.ping().await
+    }
+
+    /// What each topic holds (see [`MessagingBackend::topic_usage`]).
+    pub fn topic_usage(&self) -> Vec<TopicUsage> {
+        self.backend.topic_usage()
     }
 }
 

@@ -6,7 +6,8 @@
 use hearth_messaging::embedded::EmbeddedBroker;
 use hearth_messaging::nats::{NatsBroker, NatsSettings};
 use hearth_messaging::{
-    Broker, MessagingBackend, MessagingError, OutgoingMessage, SubscriptionSpec, conformance,
+    Broker, MessagingBackend, MessagingError, OutgoingMessage, Retention, SubscriptionSpec,
+    conformance,
 };
 use hearth_testkit::services::NatsServer;
 use std::sync::Arc;
@@ -171,4 +172,139 @@ async fn nats_not_running_at_start_is_unavailable_not_a_hang() {
     assert_eq!(error.name(), "unavailable", "{error}");
     assert!(error.to_string().contains(&port.to_string()), "{error}");
     assert!(backend.ping().await.is_err());
+}
+
+fn usage_of(broker: &EmbeddedBroker, topic: &str) -> hearth_messaging::TopicUsage {
+    broker
+        .topic_usage()
+        .into_iter()
+        .find(|usage| usage.topic == topic)
+        .unwrap_or_else(|| hearth_messaging::TopicUsage::new(topic))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_refuses_a_publish_past_a_full_topic_and_frees_room_on_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("messages.redb");
+    let retention = Retention {
+        max_messages: 3,
+        ..Retention::default()
+    };
+    let broker = EmbeddedBroker::open_with(&path, retention).unwrap();
+    let consumer = broker
+        .subscribe(&SubscriptionSpec {
+            topic: "orders".into(),
+            group: "workers".into(),
+            visibility: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    for n in 0..3 {
+        broker
+            .publish(&message("orders", &format!("o{n}")))
+            .await
+            .unwrap();
+    }
+    let refused = broker.publish(&message("orders", "o3")).await.unwrap_err();
+    assert_eq!(refused.name(), "topic-full", "{refused}");
+    assert!(refused.to_string().contains("3 messages"), "{refused}");
+    // Other topics are not affected.
+    broker.publish(&message("refunds", "r0")).await.unwrap();
+    let usage = usage_of(&broker, "orders");
+    assert_eq!((usage.messages, usage.refused), (3, 1));
+    assert!(usage.bytes > 0);
+
+    // An ack by the only group frees room for one more.
+    let taken = consumer.receive(1, Duration::from_secs(5)).await.unwrap();
+    consumer.ack(&taken[0].receipt).await.unwrap();
+    assert_eq!(usage_of(&broker, "orders").messages, 2);
+    broker.publish(&message("orders", "o3")).await.unwrap();
+
+    // What a topic holds is rebuilt from the file when it is opened again;
+    // nothing acknowledged was dropped.
+    drop((consumer, broker));
+    let broker = EmbeddedBroker::open_with(&path, retention).unwrap();
+    assert_eq!(usage_of(&broker, "orders").messages, 3);
+    let consumer = broker
+        .subscribe(&SubscriptionSpec {
+            topic: "orders".into(),
+            group: "workers".into(),
+            visibility: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    let mut payloads = Vec::new();
+    for delivery in consumer.receive(10, Duration::from_secs(5)).await.unwrap() {
+        payloads.push(String::from_utf8(delivery.data.clone()).unwrap());
+        consumer.ack(&delivery.receipt).await.unwrap();
+    }
+    payloads.sort();
+    assert_eq!(payloads, ["o1", "o2", "o3"]);
+    assert_eq!(usage_of(&broker, "orders").messages, 0);
+    assert_eq!(usage_of(&broker, "orders").bytes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_expires_messages_past_their_age_from_every_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let age = Duration::from_millis(300);
+    let broker = EmbeddedBroker::open_with(
+        &dir.path().join("messages.redb"),
+        Retention {
+            max_age: age,
+            ..Retention::default()
+        },
+    )
+    .unwrap();
+    let spec = |group: &str| SubscriptionSpec {
+        topic: "orders".into(),
+        group: group.into(),
+        visibility: Duration::from_secs(30),
+    };
+    let gone = broker.subscribe(&spec("gone")).await.unwrap();
+    let busy = broker.subscribe(&spec("busy")).await.unwrap();
+    // `gone` takes the keyed message into its queue and never comes back;
+    // `busy` holds it in flight.
+    broker
+        .publish(&OutgoingMessage {
+            key: Some("cart-1".into()),
+            ..message("orders", "old")
+        })
+        .await
+        .unwrap();
+    assert_eq!(gone.receive(0, Duration::ZERO).await.unwrap().len(), 0);
+    let held = busy.receive(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(held.len(), 1);
+    // A topic nobody subscribes to keeps nothing forever either.
+    broker
+        .publish(&message("orders.dlq", "dead"))
+        .await
+        .unwrap();
+
+    tokio::time::sleep(age * 2).await;
+    // A new message of the same key: once the old one has expired, it is
+    // not held back behind it.
+    broker
+        .publish(&OutgoingMessage {
+            key: Some("cart-1".into()),
+            ..message("orders", "new")
+        })
+        .await
+        .unwrap();
+    let usage = usage_of(&broker, "orders");
+    assert_eq!((usage.messages, usage.expired), (1, 1), "{usage:?}");
+    let fresh = gone.receive(10, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(fresh[0].data, b"new");
+    let lost = busy.ack(&held[0].receipt).await.unwrap_err();
+    assert_eq!(lost.name(), "lost", "{lost}");
+    assert!(lost.to_string().contains("retention"), "{lost}");
+
+    // The dead-letter topic is expired too (by the next touch of it).
+    broker
+        .publish(&message("orders.dlq", "dead2"))
+        .await
+        .unwrap();
+    let dlq = usage_of(&broker, "orders.dlq");
+    assert_eq!((dlq.messages, dlq.expired), (1, 1), "{dlq:?}");
 }

@@ -26,6 +26,7 @@ fn failure(error: Error) -> Response {
         Error::AccessDenied(detail) => (403, format!("access-denied: {detail}")),
         Error::InvalidArgument(detail) => (400, format!("invalid-argument: {detail}")),
         Error::Unavailable(detail) => (503, format!("unavailable: {detail}")),
+        Error::TopicFull(detail) => (503, format!("topic-full: {detail}")),
         Error::NoMessage => (500, "no-message".into()),
         Error::Lost(detail) => (500, format!("lost: {detail}")),
     };

@@ -274,6 +274,7 @@ fn hearth_error(error: MessagingError) -> hm::Error {
         MessagingError::TooLarge { limit, .. } => hm::Error::TooLarge(limit),
         MessagingError::Lost { .. } => hm::Error::Lost(error.to_string()),
         MessagingError::Unavailable { .. } => hm::Error::Unavailable(error.to_string()),
+        MessagingError::TopicFull { .. } => hm::Error::TopicFull(error.to_string()),
     }
 }
 
