@@ -169,7 +169,29 @@ impl Admin {
             &'static str,
             fn(&Function) -> f64,
         );
-        let usage: [Usage; 5] = [
+        let usage: [Usage; 7] = [
+            (
+                "blob_spool_bytes",
+                "Bytes a function's unfinished blob writes hold on the host.",
+                "gauge",
+                |f| {
+                    f.capabilities()
+                        .blob
+                        .as_ref()
+                        .map_or(0, |scope| scope.spool.used()) as f64
+                },
+            ),
+            (
+                "blob_spool_refused_total",
+                "Blob writes refused because the function's unfinished writes held max_blob_spool_bytes.",
+                "counter",
+                |f| {
+                    f.capabilities()
+                        .blob
+                        .as_ref()
+                        .map_or(0, |scope| scope.spool.refused()) as f64
+                },
+            ),
             (
                 "function_memory_bytes",
                 "Linear memory held by a function's live instances.",

@@ -18,7 +18,12 @@
 //!   a function without a store gets `unavailable: no blob store …`.
 //! * **Writes** (`outgoing-value`): what the guest writes to the body
 //!   stream is spooled on the host (in memory up to [`SPOOL_MEMORY_BYTES`],
-//!   then in a temp file), never in guest memory at once. `write-data`
+//!   then in an unnamed file in the host's spool directory, under its
+//!   cache dir), never in guest memory at once. All of one function's
+//!   unfinished values together hold at most its [`SpoolBudget`]
+//!   (`[cache] max_blob_spool_bytes`, 2 GiB): a write past it fails with
+//!   `too large: …` and is counted (`hearth_blob_spool_refused_total`); a
+//!   value's bytes are given back when it is finished or dropped. `write-data`
 //!   names where it goes (before or after the body is written); `finish`
 //!   stores it, atomically, and answers the store's error. A value dropped
 //!   without `finish`, or whose body went over the store's limit (the
@@ -56,6 +61,78 @@ pub const CONSUME_SYNC_MAX_BYTES: u64 = 64 << 20;
 /// Body bytes a write keeps in memory before it spills to a temp file.
 pub const SPOOL_MEMORY_BYTES: usize = 1 << 20;
 
+/// Default bound of one function's unfinished blob writes.
+pub const DEFAULT_MAX_SPOOL_BYTES: u64 = 2 << 30;
+
+/// Where a host spools outgoing values, and how much one function may hold.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    /// The directory (made when first needed).
+    pub dir: std::path::PathBuf,
+    /// Bytes one function's unfinished values may hold, memory and disk.
+    pub max_bytes_per_function: u64,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        SpoolSettings {
+            dir: std::env::temp_dir().join("hearth-blob-spool"),
+            max_bytes_per_function: DEFAULT_MAX_SPOOL_BYTES,
+        }
+    }
+}
+
+/// One function's spool: the bytes its unfinished outgoing values hold,
+/// against its bound.
+#[derive(Debug)]
+pub struct SpoolBudget {
+    settings: SpoolSettings,
+    used: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl SpoolBudget {
+    /// An empty budget.
+    pub fn new(settings: SpoolSettings) -> Self {
+        SpoolBudget {
+            settings,
+            used: Default::default(),
+            refused: Default::default(),
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes refused for the bound.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn reserve(&self, bytes: u64) -> Result<(), BlobError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let limit = self.settings.max_bytes_per_function;
+        self.used
+            .fetch_update(Relaxed, Relaxed, |used| {
+                used.checked_add(bytes).filter(|total| *total <= limit)
+            })
+            .map(drop)
+            .map_err(|used| {
+                self.refused.fetch_add(1, Relaxed);
+                BlobError::Other(format!(
+                    "too large: this function's unfinished blob writes hold {used} bytes; {bytes} more would pass its spool limit of {limit} bytes ([cache] max_blob_spool_bytes)"
+                ))
+            })
+    }
+
+    fn release(&self, bytes: u64) {
+        self.used
+            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The store a function's `wasi:blobstore` calls reach, and its app's
 /// container prefix.
 #[derive(Clone)]
@@ -65,6 +142,8 @@ pub struct BlobScope {
     /// `NAMESPACE.APP.`: what the store's name of each of the app's
     /// containers starts with.
     prefix: String,
+    /// The function's spool.
+    pub spool: Arc<SpoolBudget>,
 }
 
 impl std::fmt::Debug for BlobScope {
@@ -77,11 +156,13 @@ impl std::fmt::Debug for BlobScope {
 }
 
 impl BlobScope {
-    /// `store`, scoped to the containers of `identity`'s app.
-    pub fn new(store: BlobStore, identity: &Identity) -> Self {
+    /// `store`, scoped to the containers of `identity`'s app, spooling
+    /// as `spool` says.
+    pub fn new(store: BlobStore, identity: &Identity, spool: SpoolSettings) -> Self {
         BlobScope {
             store,
             prefix: container_prefix(identity),
+            spool: Arc::new(SpoolBudget::new(spool)),
         }
     }
 
@@ -199,16 +280,28 @@ struct Spool {
     written: u64,
     limit: u64,
     failed: Option<BlobError>,
+    /// The function's budget, which `written` is reserved from (none for
+    /// a replayed copy, which holds nothing of its own).
+    budget: Option<Arc<SpoolBudget>>,
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.release(self.written);
+        }
+    }
 }
 
 impl Spool {
-    fn new(limit: u64) -> Self {
+    fn new(limit: u64, budget: Option<Arc<SpoolBudget>>) -> Self {
         Spool {
             memory: Vec::new(),
             file: None,
             written: 0,
             limit,
             failed: None,
+            budget,
         }
     }
 
@@ -221,6 +314,12 @@ impl Spool {
             self.failed = Some(error.clone());
             return Err(error);
         }
+        if let Some(budget) = &self.budget
+            && let Err(error) = budget.reserve(bytes.len() as u64)
+        {
+            self.failed = Some(error.clone());
+            return Err(error);
+        }
         self.written += bytes.len() as u64;
         if self.file.is_none() && self.written as usize <= SPOOL_MEMORY_BYTES {
             self.memory.push(bytes);
@@ -228,7 +327,13 @@ impl Spool {
         }
         let result = (|| {
             if self.file.is_none() {
-                let mut file = tempfile::tempfile()?;
+                let mut file = match &self.budget {
+                    Some(budget) => {
+                        std::fs::create_dir_all(&budget.settings.dir)?;
+                        tempfile::tempfile_in(&budget.settings.dir)?
+                    }
+                    None => tempfile::tempfile()?,
+                };
                 for chunk in self.memory.drain(..) {
                     file.write_all(&chunk)?;
                 }
@@ -290,6 +395,7 @@ impl Spool {
                     written: self.written,
                     limit: self.limit,
                     failed: None,
+                    budget: None,
                 };
                 spool.take_body()
             }
@@ -814,8 +920,9 @@ impl types::HostOutgoingValue for BlobstoreView<'_> {
             .scope
             .as_ref()
             .map_or(u64::MAX, |scope| scope.store.limits().max_object_bytes);
+        let budget = self.ctx.scope.as_ref().map(|scope| scope.spool.clone());
         Ok(self.table.push(OutgoingValueHandle {
-            spool: Arc::new(Mutex::new(Spool::new(limit))),
+            spool: Arc::new(Mutex::new(Spool::new(limit, budget))),
             body_taken: false,
             targets: Vec::new(),
         })?)
@@ -958,7 +1065,11 @@ mod tests {
             scope: store.map(|store| {
                 let (namespace, app) = app.split_once('/').unwrap_or(("default", app));
                 let identity = Identity::new(namespace, app).unwrap();
-                Arc::new(BlobScope::new(store.clone(), &identity))
+                Arc::new(BlobScope::new(
+                    store.clone(),
+                    &identity,
+                    SpoolSettings::default(),
+                ))
             }),
         }
     }
@@ -1028,6 +1139,75 @@ mod tests {
             panic!("a missing object has no data");
         };
         assert!(error.starts_with("not found"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn unfinished_writes_of_one_function_are_bounded_and_spool_under_its_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = fs_store(&dir.path().join("store"));
+        let spool_dir = dir.path().join("cache/blob-spool");
+        let limit = 3 * SPOOL_MEMORY_BYTES as u64;
+        let identity = Identity::new("default", "shop").unwrap();
+        let shop = BlobstoreCtx {
+            function: "shop".into(),
+            scope: Some(Arc::new(BlobScope::new(
+                store.clone(),
+                &identity,
+                SpoolSettings {
+                    dir: spool_dir.clone(),
+                    max_bytes_per_function: limit,
+                },
+            ))),
+        };
+        let budget = shop.scope.as_ref().unwrap().spool.clone();
+        let mut table = ResourceTable::new();
+        let mut view = BlobstoreView {
+            ctx: &shop,
+            table: &mut table,
+        };
+        let photos = view
+            .create_container("photos".into())
+            .await
+            .unwrap()
+            .unwrap();
+        // Two values left unfinished, each past the in-memory part: the
+        // second cannot take the function past its bound.
+        let chunk = Bytes::from(vec![7u8; 2 * SPOOL_MEMORY_BYTES]);
+        let mut open = Vec::new();
+        let mut results = Vec::new();
+        for _ in 0..2 {
+            let value = view.new_outgoing_value().await.unwrap();
+            let body = view
+                .outgoing_value_write_body(borrow(&value))
+                .await
+                .unwrap()
+                .unwrap();
+            results.push(view.table.get_mut(&body).unwrap().write(chunk.clone()));
+            view.table.delete(body).unwrap();
+            open.push(value);
+        }
+        assert!(results[0].is_ok());
+        let refused = format!("{:?}", results[1].as_ref().unwrap_err());
+        assert!(
+            refused.contains("too large") && refused.contains("max_blob_spool_bytes"),
+            "{refused}"
+        );
+        assert_eq!(budget.used(), chunk.len() as u64);
+        assert_eq!(budget.refused(), 1);
+        // The first one's bytes are in an (unnamed) file of the spool dir.
+        assert!(spool_dir.is_dir());
+        let spooled = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .any(|target| target.starts_with(&spool_dir));
+        assert!(spooled, "no open file under {}", spool_dir.display());
+        // Dropping the values gives their bytes back; a new write fits.
+        for value in open {
+            view.table.delete(value).unwrap();
+        }
+        assert_eq!(budget.used(), 0);
+        put(&mut view, &photos, "big.bin", &chunk).await.unwrap();
+        assert_eq!(budget.used(), 0, "a finished value holds nothing");
     }
 
     #[test]

@@ -119,6 +119,8 @@ pub struct HostCapabilities {
     pub blob_stores: BTreeMap<String, hearth_blob::BlobStore>,
     /// The blob store functions use unless they name one.
     pub default_blob_store: Option<String>,
+    /// Where outgoing blob values spool, and each function's bound.
+    pub blob_spool: blobstore::SpoolSettings,
     /// How `invoke` reaches functions that are not loaded here.
     pub invoke: InvokeSettings,
     /// Finds functions loaded on this node for `invoke` (none: every
@@ -168,6 +170,7 @@ impl HostCapabilities {
             hearth_messaging::MessagingLimits::default(),
         );
         let blob_path = path.with_extension("blobs");
+        let spool_dir = path.with_extension("blob-spool");
         let blobs = hearth_blob::fs::FsBackend::open(&blob_path)
             .map_err(|e| failed("blob store", &blob_path, e.to_string()))?;
         let blobs = hearth_blob::BlobStore::new(
@@ -181,7 +184,11 @@ impl HostCapabilities {
             InvokeSettings::default(),
         )
         .with_brokers(BTreeMap::from([("default".to_string(), broker)]), None)
-        .with_blob_stores(BTreeMap::from([("default".to_string(), blobs)]), None))
+        .with_blob_stores(BTreeMap::from([("default".to_string(), blobs)]), None)
+        .with_blob_spool(blobstore::SpoolSettings {
+            dir: spool_dir,
+            ..Default::default()
+        }))
     }
 
     /// Resolves the grants of `function`, of `identity`, whose namespace
@@ -251,6 +258,7 @@ impl HostCapabilities {
                     .cloned()
                     .ok_or_else(|| unknown("blob_store", "blob store", "blob.stores", label))?,
                 identity,
+                self.blob_spool.clone(),
             ))),
         };
         let function: Arc<str> = function.into();
@@ -334,6 +342,12 @@ impl HostCapabilities {
     ) -> Self {
         self.default_blob_store = default_store.or_else(|| stores.keys().next().cloned());
         self.blob_stores = stores;
+        self
+    }
+
+    /// Spools outgoing blob values as `spool` says.
+    pub fn with_blob_spool(mut self, spool: blobstore::SpoolSettings) -> Self {
+        self.blob_spool = spool;
         self
     }
 }

@@ -12,6 +12,7 @@
 //! [cache]                       # optional
 //! dir = "/var/lib/hearth"       # default: see hearth_host::distribution
 //! max_bytes = 2147483648        # bound of the artifact cache
+//! max_blob_spool_bytes = 2147483648  # one function's unfinished blob writes
 //!
 //! [registry]                    # optional
 //! insecure = ["registry.lan:5000"]  # plain HTTP; loopback registries always are
@@ -148,6 +149,7 @@ pub mod function;
 pub use backends::{BackendKind, BlobStores, Brokers, Labelled, StateStores};
 pub use function::{FunctionConfig, SubscribeConfig};
 
+use crate::capabilities::blobstore::SpoolSettings;
 use crate::capabilities::messaging::validate_guest_topic;
 use crate::capabilities::{HostCapabilities, InvokeSettings};
 use crate::distribution::{CacheSettings, DEFAULT_ARTIFACT_CACHE_BYTES, default_cache_dir};
@@ -258,6 +260,9 @@ pub struct CacheConfig {
     pub dir: Option<PathBuf>,
     /// Bound of the artifact cache, in bytes.
     pub max_bytes: Option<u64>,
+    /// Bytes one function's unfinished blob writes may spool (under
+    /// `<dir>/blob-spool`).
+    pub max_blob_spool_bytes: Option<u64>,
 }
 
 /// `[registry]`.
@@ -590,7 +595,14 @@ impl HearthConfig {
             self.invoke.settings(&self.tenancy.default_namespace),
         )
         .with_brokers(brokers, default_broker)
-        .with_blob_stores(blob_stores, default_blob_store))
+        .with_blob_stores(blob_stores, default_blob_store)
+        .with_blob_spool(SpoolSettings {
+            dir: cache_dir.join("blob-spool"),
+            max_bytes_per_function: self
+                .cache
+                .max_blob_spool_bytes
+                .unwrap_or(crate::capabilities::blobstore::DEFAULT_MAX_SPOOL_BYTES),
+        }))
     }
 
     /// The cache and registry settings this file asks for.
