@@ -185,13 +185,18 @@ pub mod tcp {
     const READ_REFUSED: u8 = 3;
     /// The largest frame accepted.
     pub const MAX_FRAME_BYTES: usize = 64 << 20;
+    /// Control messages received and not yet taken by `recv`; past them
+    /// the connection stops reading its socket until `recv` catches up
+    /// (read requests behind them wait too), so a peer that sends faster
+    /// than it is served cannot grow this side's memory.
+    pub const QUEUED_MESSAGES: usize = 8;
 
     type Completion = oneshot::Sender<Result<Bytes, TransportError>>;
 
     /// One end of a TCP connection; see the module docs.
     pub struct TcpTransport {
         writer: Arc<Mutex<OwnedWriteHalf>>,
-        messages: Mutex<mpsc::UnboundedReceiver<Bytes>>,
+        messages: Mutex<mpsc::Receiver<Bytes>>,
         pending: Arc<SyncMutex<VecDeque<Completion>>>,
         broken: Arc<AtomicBool>,
         reader: tokio::task::JoinHandle<()>,
@@ -265,7 +270,7 @@ pub mod tcp {
         reader: OwnedReadHalf,
         writer: Arc<Mutex<OwnedWriteHalf>>,
         regions: Arc<RegionTable>,
-        messages: mpsc::UnboundedSender<Bytes>,
+        messages: mpsc::Sender<Bytes>,
         pending: Arc<SyncMutex<VecDeque<Completion>>>,
         broken: Arc<AtomicBool>,
     ) {
@@ -287,7 +292,9 @@ pub mod tcp {
             }
             match head[4] {
                 MESSAGE => {
-                    let _ = messages.send(Bytes::from(payload));
+                    if messages.send(Bytes::from(payload)).await.is_err() {
+                        break "this side closed the connection".into();
+                    }
                 }
                 READ if payload.len() == 24 => {
                     let u32_at =
@@ -355,7 +362,7 @@ pub mod tcp {
             let _ = stream.set_nodelay(true);
             let (read_half, write_half) = stream.into_split();
             let writer = Arc::new(Mutex::new(write_half));
-            let (to_messages, messages) = mpsc::unbounded_channel();
+            let (to_messages, messages) = mpsc::channel(QUEUED_MESSAGES);
             let pending = Arc::new(SyncMutex::new(VecDeque::new()));
             let broken = Arc::new(AtomicBool::new(false));
             let reader = tokio::spawn(read_loop(

@@ -13,7 +13,17 @@
 //! * Writes stream `DATA` messages into the backend's atomic put: a client
 //!   that goes away mid-write leaves nothing visible.
 //! * Errors cross as `Reply::Error` with the [`BlobError`] kind.
-
+//! * **A lease, not a loan.** A client holds a read buffer at most
+//!   [`ServeOptions::lease_timeout`] (30 s): one that does not say `Next`
+//!   by then is cut off (its connection is closed, logged) and the buffer
+//!   goes back to the pool, so idle clients cannot drain it.
+//! * **Bounded.** At most [`ServeOptions::max_connections`] (1024)
+//!   connections are served at once; one past it is closed on accept and
+//!   logged (at powers of two). The TCP transport queues a few frames per
+//!   connection before it stops reading the socket (see
+//!   [`hearth_blob::transport::tcp`]). An accept that fails (no file
+//!   descriptors left, say) is logged and retried after a pause; it never
+//!   ends the node.
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hearth_blob::regions::{BufferPool, PooledBuffer, RegionTable};
@@ -21,13 +31,43 @@ use hearth_blob::remote::{CONTROL, Connector, DATA, Reply, Request, decode, enco
 use hearth_blob::transport::{Transport, TransportError};
 use hearth_blob::{BlobError, BlobStore, ByteRange};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How a node bounds its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// How long a client may hold a read buffer before it says `Next`.
+    pub lease_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            max_connections: 1024,
+            lease_timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Serves `store` to one connection until it ends, reading chunks out of
-/// `pool`'s registered buffers.
+/// `pool`'s registered buffers, with the default [`ServeOptions`].
 pub async fn serve_connection(
     transport: Arc<dyn Transport>,
     store: BlobStore,
     pool: Arc<BufferPool>,
+) -> Result<(), TransportError> {
+    serve_connection_with(transport, store, pool, ServeOptions::default()).await
+}
+
+/// [`serve_connection`] with `options`.
+pub async fn serve_connection_with(
+    transport: Arc<dyn Transport>,
+    store: BlobStore,
+    pool: Arc<BufferPool>,
+    options: ServeOptions,
 ) -> Result<(), TransportError> {
     loop {
         let request: Request = match transport.recv().await {
@@ -77,6 +117,7 @@ pub async fn serve_connection(
                     &container,
                     &name,
                     ByteRange { start, end },
+                    options.lease_timeout,
                 )
                 .await?;
                 continue;
@@ -102,6 +143,7 @@ async fn serve_read(
     container: &str,
     name: &str,
     range: ByteRange,
+    lease_timeout: Duration,
 ) -> Result<(), TransportError> {
     let (info, mut body) = match store.get(container, name, range).await {
         Ok(found) => found,
@@ -156,10 +198,17 @@ async fn serve_read(
                 }))
                 .await?;
             // The buffer stays registered until the client says `next`
-            // (or goes away: then `recv` fails and the buffer is dropped
-            // here, back to the pool).
-            let answer: Request = decode(&transport.recv().await?)?;
+            // (or goes away, or lets the lease run out: then the buffer is
+            // dropped here, back to the pool, and the connection ends).
+            let answer = tokio::time::timeout(lease_timeout, transport.recv()).await;
             drop(held);
+            let Ok(answer) = answer else {
+                return Err(TransportError::Protocol(format!(
+                    "the client held a read buffer for {} ms without saying `next`",
+                    lease_timeout.as_millis()
+                )));
+            };
+            let answer: Request = decode(&answer?)?;
             if !matches!(answer, Request::Next) {
                 return Err(TransportError::Protocol(
                     "expected `next` during a read".into(),
@@ -222,25 +271,91 @@ async fn serve_write(
 }
 
 /// Serves `store` to every connection `listener` accepts, over TCP, with
-/// `pool`'s buffers (registered in `regions`) for reads. Runs until the
-/// listener fails.
+/// `pool`'s buffers (registered in `regions`) for reads and the default
+/// [`ServeOptions`]. Runs until the task is dropped.
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     store: BlobStore,
     pool: Arc<BufferPool>,
     regions: Arc<RegionTable>,
 ) -> std::io::Result<()> {
+    serve_tcp_with(listener, store, pool, regions, ServeOptions::default()).await
+}
+
+/// [`serve_tcp`] with `options`.
+pub async fn serve_tcp_with(
+    listener: tokio::net::TcpListener,
+    store: BlobStore,
+    pool: Arc<BufferPool>,
+    regions: Arc<RegionTable>,
+    options: ServeOptions,
+) -> std::io::Result<()> {
+    let admission = Admission::new(options.max_connections);
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let (stream, peer) = accept(&listener).await;
+        let Some(permit) = admission.admit(peer) else {
+            drop(stream);
+            continue;
+        };
         let transport: Arc<dyn Transport> = Arc::new(
             hearth_blob::transport::tcp::TcpTransport::new(stream, regions.clone()),
         );
         let (store, pool) = (store.clone(), pool.clone());
         tokio::spawn(async move {
-            if let Err(error) = serve_connection(transport, store, pool).await {
+            let _permit = permit;
+            if let Err(error) = serve_connection_with(transport, store, pool, options).await {
                 tracing::warn!(%peer, error = %error, "storage connection ended with an error");
             }
         });
+    }
+}
+
+/// The next connection; an accept that fails (EMFILE, ENFILE, a reset
+/// before accept) is logged and retried after a pause, never returned.
+async fn accept(
+    listener: &tokio::net::TcpListener,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    let mut failures = 0u64;
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(error) => {
+                failures += 1;
+                if failures.is_power_of_two() {
+                    tracing::warn!(%error, failures, "storage node accept failed; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Counts connections against [`ServeOptions::max_connections`].
+struct Admission {
+    open: Arc<tokio::sync::Semaphore>,
+    refused: AtomicU64,
+}
+
+impl Admission {
+    fn new(max_connections: usize) -> Self {
+        Admission {
+            open: Arc::new(tokio::sync::Semaphore::new(max_connections.max(1))),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// A permit for one more connection, or `None` (logged) at the cap.
+    fn admit(&self, peer: std::net::SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match self.open.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(%peer, refused, "storage node at max_connections; closed a new connection");
+                }
+                None
+            }
+        }
     }
 }
 
@@ -253,12 +368,23 @@ pub fn loopback_connector(
     pool: Arc<BufferPool>,
     regions: Arc<RegionTable>,
 ) -> Connector {
+    loopback_connector_with(store, pool, regions, ServeOptions::default())
+}
+
+/// [`loopback_connector`] with `options` (its lease timeout; connections
+/// are not capped).
+pub fn loopback_connector_with(
+    store: BlobStore,
+    pool: Arc<BufferPool>,
+    regions: Arc<RegionTable>,
+    options: ServeOptions,
+) -> Connector {
     Arc::new(move || {
         let (store, pool, regions) = (store.clone(), pool.clone(), regions.clone());
         Box::pin(async move {
             let (client, node) =
                 hearth_blob::transport::loopback::pair(Arc::new(RegionTable::default()), regions);
-            tokio::spawn(serve_connection(Arc::new(node), store, pool));
+            tokio::spawn(serve_connection_with(Arc::new(node), store, pool, options));
             Ok(Arc::new(client) as Arc<dyn Transport>)
         })
     })
@@ -274,15 +400,23 @@ pub async fn serve_rdma(
     pool: Arc<hearth_blob::regions::BufferPool>,
     regions: Arc<RegionTable>,
 ) -> std::io::Result<()> {
+    let options = ServeOptions::default();
+    let admission = Admission::new(options.max_connections);
     loop {
-        let (socket, peer) = listener.accept().await?;
+        let (socket, peer) = accept(&listener).await;
+        let Some(permit) = admission.admit(peer) else {
+            drop(socket);
+            continue;
+        };
         let (device, store, pool, regions) =
             (device.clone(), store.clone(), pool.clone(), regions.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             match hearth_blob::rdma::VerbsTransport::establish(device, socket, regions).await {
                 Ok(transport) => {
                     let transport: Arc<dyn Transport> = Arc::new(transport);
-                    if let Err(error) = serve_connection(transport, store, pool).await {
+                    if let Err(error) = serve_connection_with(transport, store, pool, options).await
+                    {
                         tracing::warn!(%peer, error = %error, "RDMA storage connection ended with an error");
                     }
                 }

@@ -7,9 +7,11 @@ use futures_util::StreamExt;
 use hearth_blob::conformance::{self, LIMIT};
 use hearth_blob::fs::FsBackend;
 use hearth_blob::regions::{BufferPool, RegionTable};
-use hearth_blob::remote::{Connector, RemoteBackend, tcp_connector};
+use hearth_blob::remote::{
+    Connector, RemoteBackend, Reply, Request, decode, encode, tcp_connector,
+};
 use hearth_blob::{BlobError, BlobLimits, BlobStore, ByteRange};
-use hearth_store_node::serve::serve_tcp;
+use hearth_store_node::serve::{ServeOptions, serve_tcp, serve_tcp_with};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,4 +166,140 @@ async fn a_client_gone_mid_read_frees_the_nodes_buffers() {
             .unwrap(),
         conformance::pattern(4, 2)
     );
+}
+
+/// Asks for `big` over a raw connection and takes its first chunk without
+/// ever saying `next`: the read buffer is leased to this client.
+async fn hold_a_read_buffer(connect: &Connector) -> Arc<dyn hearth_blob::transport::Transport> {
+    let transport = connect().await.unwrap();
+    transport
+        .send(encode(&Request::Get {
+            container: "c".into(),
+            name: "big".into(),
+            start: 0,
+            end: u64::MAX,
+        }))
+        .await
+        .unwrap();
+    for expected in ["reading", "chunk"] {
+        let reply: Reply = decode(&transport.recv().await.unwrap()).unwrap();
+        let kind = match reply {
+            Reply::Reading { .. } => "reading",
+            Reply::Chunk { .. } => "chunk",
+            other => panic!("expected {expected}, got {other:?}"),
+        };
+        assert_eq!(kind, expected);
+    }
+    transport
+}
+
+async fn wait_for_free_buffers(node: &Node) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while node.pool.stats().in_use > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a lease never ran out: {:?}",
+            node.pool.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holding_a_read_buffer_is_cut_off_when_its_lease_runs_out() {
+    let options = ServeOptions {
+        lease_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    };
+    let node = node();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _server = tokio::spawn(serve_tcp_with(
+        listener,
+        node.store.clone(),
+        node.pool.clone(),
+        node.regions.clone(),
+        options,
+    ));
+    let over_tcp = tcp_connector(addr, Duration::from_secs(2));
+    let over_loopback = hearth_store_node::serve::loopback_connector_with(
+        node.store.clone(),
+        node.pool.clone(),
+        node.regions.clone(),
+        options,
+    );
+    let store = remote(over_tcp.clone());
+    store.create_container("c").await.unwrap();
+    store
+        .put_bytes("c", "big", conformance::pattern(2 << 20, 3))
+        .await
+        .unwrap();
+    for connect in [&over_tcp, &over_loopback] {
+        let held = hold_a_read_buffer(connect).await;
+        assert_eq!(node.pool.stats().in_use, 1);
+        wait_for_free_buffers(&node).await;
+        // The node ended the connection: the idle client learns it.
+        let ended = tokio::time::timeout(Duration::from_secs(10), held.recv())
+            .await
+            .expect("the node closed the connection");
+        assert!(ended.is_err(), "{ended:?}");
+        // A client that keeps saying `next` reads the whole object.
+        assert_eq!(
+            remote(connect.clone())
+                .get_bytes("c", "big", ByteRange::ALL)
+                .await
+                .unwrap(),
+            conformance::pattern(2 << 20, 3)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_closed_and_the_rest_still_served() {
+    let node = node();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _server = tokio::spawn(serve_tcp_with(
+        listener,
+        node.store.clone(),
+        node.pool.clone(),
+        node.regions.clone(),
+        ServeOptions {
+            max_connections: 2,
+            ..ServeOptions::default()
+        },
+    ));
+    let connect = tcp_connector(addr, Duration::from_secs(2));
+    let first = connect().await.unwrap();
+    let second = connect().await.unwrap();
+    // Both are served.
+    for held in [&first, &second] {
+        held.send(encode(&Request::ContainerInfo {
+            container: "none".into(),
+        }))
+        .await
+        .unwrap();
+        let reply: Reply = decode(&held.recv().await.unwrap()).unwrap();
+        assert!(matches!(reply, Reply::Error { .. }), "{reply:?}");
+    }
+    // A third is closed on accept: its call fails by name.
+    let third = remote(connect.clone());
+    match third.container_info("none").await {
+        Err(BlobError::Unavailable(message)) => {
+            assert!(message.starts_with("storage node: "), "{message}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    // One goes away; there is room again.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match remote(connect.clone()).create_container("c").await {
+            Ok(_) => break,
+            Err(error) => {
+                assert!(std::time::Instant::now() < deadline, "{error:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }

@@ -16,8 +16,13 @@ const HEARTH_STORE: &str = env!("CARGO_BIN_EXE_hearth-store");
 /// Starts `hearth-store` with `args` on a free port; returns it and where
 /// it listens.
 fn start(args: &[&str]) -> (Running, SocketAddr) {
+    start_command(Command::new(HEARTH_STORE), args)
+}
+
+/// [`start`] with `command` standing for the binary (e.g. under `prlimit`).
+fn start_command(mut command: Command, args: &[&str]) -> (Running, SocketAddr) {
     let node = Running::start(
-        Command::new(HEARTH_STORE)
+        command
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -93,4 +98,42 @@ fn bad_arguments_are_named_errors() {
         assert_eq!(status.code(), Some(2), "{args:?}: {log}");
         assert!(log.contains(says), "{args:?} should say {says:?}: {log}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hearth_store_out_of_file_descriptors_keeps_running_and_recovers() {
+    assert!(
+        std::path::Path::new("/usr/bin/prlimit").exists(),
+        "/usr/bin/prlimit is missing: install Debian's util-linux package"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new("/usr/bin/prlimit");
+    command.args(["--nofile=48:48", "--", HEARTH_STORE]);
+    let (node, addr) = start_command(command, &["--fs", dir.path().to_str().unwrap()]);
+    // Hold more connections than the node has descriptors for.
+    let held: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    node.wait_for_line("storage node accept failed; retrying");
+    drop(held);
+    // Once they are gone, the node serves again.
+    let store = remote(addr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.create_container("after").await {
+            Ok(_) => break,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{error:?}\n{}",
+                    node.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    store
+        .put_bytes("after", "x", conformance::pattern(1000, 4))
+        .await
+        .unwrap();
 }

@@ -69,6 +69,12 @@ struct Args {
     /// The largest object the hot tier keeps, in MiB.
     #[arg(long, default_value_t = 16)]
     hot_max_object_mib: u64,
+    /// Connections served at once; more are closed on accept.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// How long a client may hold a read buffer before it is cut off, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    lease_timeout_ms: u64,
     /// Also serve over RDMA verbs on this device (built with `--features
     /// rdma`); read buffers are then registered with it.
     #[cfg(feature = "rdma")]
@@ -121,6 +127,13 @@ async fn run(args: Args) -> Result<(), String> {
     if args.buffer_kib == 0 || args.buffers == 0 {
         return Err("--buffer-kib and --buffers must be at least 1".into());
     }
+    if args.max_connections == 0 || args.lease_timeout_ms == 0 {
+        return Err("--max-connections and --lease-timeout-ms must be at least 1".into());
+    }
+    let options = hearth_store_node::serve::ServeOptions {
+        max_connections: args.max_connections,
+        lease_timeout: Duration::from_millis(args.lease_timeout_ms),
+    };
     let kind = backend.kind();
     let backend: Arc<dyn BlobBackend> = if args.hot_mib == 0 {
         backend
@@ -184,7 +197,7 @@ async fn run(args: Args) -> Result<(), String> {
         "hearth-store listening on {addr}"
     );
     tokio::select! {
-        served = hearth_store_node::serve::serve_tcp(listener, store, pool, regions) => {
+        served = hearth_store_node::serve::serve_tcp_with(listener, store, pool, regions, options) => {
             served.map_err(|e| format!("accepting on {addr}: {e}"))
         }
         _ = tokio::signal::ctrl_c() => Ok(()),
