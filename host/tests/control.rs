@@ -800,3 +800,56 @@ async fn a_subscribed_handler_consumes_drains_on_sigterm_and_gives_back_on_sigki
     .await;
     assert_eq!(orders_metric(&metrics, worker, "redelivered"), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_printing_in_a_loop_to_a_log_nobody_reads_loses_counted_lines_not_the_node() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client().await;
+    // The chatty function's stdout is a FIFO nobody opens for reading: its
+    // writer thread never gets past `open`, as with a stuck log reader.
+    let fifos = tempfile::tempdir().unwrap();
+    let fifo = fifos.path().join("stdout");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo (coreutils) failed");
+    let mut chatty = create("chatty", hearth_testkit::MISBEHAVE, &[]);
+    chatty.stdout_path = fifo.to_string_lossy().into();
+    client.create(chatty).await.unwrap();
+    client
+        .create(create("quiet", hearth_testkit::HELLO, &[]))
+        .await
+        .unwrap();
+    let chatty = start_service(&mut client, "chatty").await;
+    let quiet = start_service(&mut client, "quiet").await;
+
+    // 100,000 lines of about 40 bytes: about 4 MiB, four times what may
+    // wait for the reader. The guest is never blocked by it.
+    let reply = get(chatty, "/chatter?lines=100000").await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "printed 100000 lines\n");
+    assert_eq!(get(quiet, "/").await.unwrap().status, 200);
+    let metrics = daemon.metrics().await;
+    let dropped = hearth_testkit::metric(
+        &metrics,
+        "hearth_guest_output_dropped_lines_total{id=\"chatty\"",
+    )
+    .unwrap_or_else(|| panic!("no dropped-lines series for chatty:\n{metrics}"));
+    assert!(
+        (50_000.0..100_000.0).contains(&dropped),
+        "about 1 MiB of lines kept, the rest dropped and counted: {dropped}"
+    );
+    // What was kept arrives, in order, once a reader comes.
+    let kept = 100_000 - dropped as usize;
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let fifo = std::io::BufReader::new(std::fs::File::open(&fifo).unwrap());
+        fifo.lines()
+            .take(kept)
+            .map(Result::unwrap)
+            .collect::<Vec<String>>()
+    });
+    let lines = reader.join().unwrap();
+    assert_eq!(lines.len(), kept);
+    for (n, line) in lines.iter().enumerate() {
+        assert_eq!(line, &format!("misbehave: chatter line {n} of 100000"));
+    }
+}

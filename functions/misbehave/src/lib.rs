@@ -8,6 +8,8 @@
 //! * `/grow?mib=N`: allocates and touches N MiB (the memory limit must stop it).
 //! * `/body-len`: reads the whole body and answers its length.
 //! * `/print`: writes a line to stdout and one to stderr.
+//! * `/chatter?lines=N`: writes N lines to stdout (a guest printing in a
+//!   loop; the host must bound what waits for a slow log reader).
 
 use hearth_sdk::http::{Request, Response, Service};
 
@@ -58,6 +60,13 @@ impl Service for Misbehave {
                 println!("misbehave: to stdout");
                 eprintln!("misbehave: to stderr");
                 Response::text(200, "printed\n")
+            }
+            "/chatter" => {
+                let lines = query_number(&request, "lines", 1000);
+                for n in 0..lines {
+                    println!("misbehave: chatter line {n} of {lines}");
+                }
+                Response::text(200, format!("printed {lines} lines\n"))
             }
             other => Response::text(404, format!("no such path: {other}\n")),
         }
