@@ -446,3 +446,64 @@ listen = "127.0.0.1:{port}"
         "{metrics}"
     );
 }
+
+#[test]
+fn one_callers_impatience_never_opens_a_circuit_for_another_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[[function]]
+name = "slow"
+path = "{misbehave}"
+listen = "127.0.0.1:{slow}"
+
+[[function]]
+name = "impatient"
+path = "{chain}"
+listen = "127.0.0.1:{impatient}"
+[function.config]
+NAME = "impatient"
+
+[[function]]
+name = "patient"
+path = "{chain}"
+listen = "127.0.0.1:{patient}"
+[function.config]
+NAME = "patient"
+"#,
+            misbehave = hearth_testkit::MISBEHAVE,
+            chain = hearth_testkit::INVOKE_CHAIN,
+            slow = ports[0],
+            impatient = ports[1],
+            patient = ports[2],
+        ),
+    );
+    let hearthd = Running::start(
+        Command::new(HEARTHD)
+            .env("HEARTH_CACHE_DIR", dir.path().join("cache"))
+            .env("HEARTH_SOCKET", dir.path().join("hearthd.sock"))
+            .arg("--config")
+            .arg(&config),
+    );
+    let impatient = hearthd.serving_addr("impatient");
+    let patient = hearthd.serving_addr("patient");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Ten calls that give the callee 1 ms: each times out, by the caller's
+    // own choice (the default breaker opens after 5 failures).
+    for _ in 0..10 {
+        let reply = runtime
+            .block_on(get(impatient, "/call?target=slow&path=/sleep&timeout_ms=1"))
+            .unwrap();
+        assert_eq!(reply.status, 504, "{}", reply.text());
+        assert!(reply.text().contains("timeout"), "{}", reply.text());
+    }
+    // Another caller still reaches the callee.
+    let reply = runtime
+        .block_on(get(patient, "/call?target=slow&path=/ok"))
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "ok\n");
+}
