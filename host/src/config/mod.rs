@@ -51,11 +51,14 @@
 //! [messaging.brokers.default]
 //! type = "embedded"             # embedded | nats
 //! path = "messaging/default.redb"  # embedded; default <cache dir>/messaging/LABEL.redb
+//! retention_hours = 168         # a message older than this expires (both types)
+//! max_topic_messages = 1000000  # embedded, per topic; past it publishes are refused
+//! max_topic_bytes = 1073741824  # embedded, per topic; past it publishes are refused
 //! [messaging.brokers.events]
 //! type = "nats"
 //! url = "nats://127.0.0.1:4222"
 //! timeout_ms = 5000             # per call
-//! retention_hours = 168         # how long a stream keeps messages (nats)
+//! retention_hours = 168         # how long a stream keeps messages
 //! max_message_bytes = 1048576   # payload + key + headers
 //!
 //! [blob]                        # optional; default: one fs store `default`
