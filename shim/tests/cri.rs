@@ -81,10 +81,16 @@ impl Kubelet {
             Vec::<String>::new(),
             "mounts left behind"
         );
+        // The socket file goes a moment after the shim process: wait for
+        // it as for the process (CI saw the window).
         for socket in sockets {
-            assert!(!socket.exists(), "shim socket left: {}", socket.display());
+            wait_until(&format!("{} is removed", socket.display()), || {
+                !socket.exists()
+            });
         }
-        assert_eq!(self.runtime.block_on(self.node.hearthd_functions()), 0);
+        wait_until("hearthd holds none of the Pod's functions", || {
+            self.runtime.block_on(self.node.hearthd_functions()) == 0
+        });
         assert_eq!(
             self.runtime.block_on(self.cri.sandbox_ids()).unwrap(),
             Vec::<String>::new()
