@@ -65,7 +65,7 @@ struct Inner {
     path: PathBuf,
     retention: Retention,
     /// Serialises write transactions with the in-memory state they update.
-    keys: Mutex<State>,
+    state: Mutex<State>,
     published: tokio::sync::Notify,
 }
 
@@ -111,7 +111,7 @@ impl EmbeddedBroker {
             db,
             path: path.to_owned(),
             retention,
-            keys: Mutex::new(State {
+            state: Mutex::new(State {
                 keys,
                 topics,
                 last_sweep: Instant::now(),
@@ -129,7 +129,7 @@ impl EmbeddedBroker {
     /// Each topic's messages and bytes held, and its expired and refused
     /// counts since open, by topic.
     pub fn topic_usage(&self) -> Vec<TopicUsage> {
-        let state = self.inner.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut usage: Vec<TopicUsage> = state.topics.values().cloned().collect();
         usage.sort_by(|a, b| a.topic.cmp(&b.topic));
         usage
@@ -354,7 +354,7 @@ impl Inner {
     }
 
     fn publish(&self, message: &OutgoingMessage) -> Result<u64, MessagingError> {
-        let mut state = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let fail = |e: redb::Error| self.unavailable(e);
         let now = now_ms();
         let stored = StoredMessage {
@@ -367,7 +367,7 @@ impl Inner {
         if state.last_sweep.elapsed() >= SWEEP_EVERY {
             drop(state);
             self.sweep().map_err(fail)?;
-            state = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         }
         let txn = self.db.begin_write().map_err(|x| fail(x.into()))?;
         self.expire(&txn, &mut state, topic, now).map_err(fail)?;
@@ -420,7 +420,7 @@ impl Inner {
 
     /// Expires what is due in every topic.
     fn sweep(&self) -> Result<(), redb::Error> {
-        let mut state = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = now_ms();
         let txn = self.db.begin_write()?;
         let topics: Vec<String> = state.topics.keys().cloned().collect();
@@ -515,7 +515,7 @@ impl Inner {
         spec: &SubscriptionSpec,
         max: usize,
     ) -> BackendResult<(Vec<Delivery>, Option<u64>)> {
-        let mut state = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let gk = group_key(&spec.topic, &spec.group);
         let now = now_ms();
         let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
@@ -694,7 +694,7 @@ impl Inner {
         durability: Durability,
         change: impl FnOnce(DeliveryState) -> Option<DeliveryState>,
     ) -> Result<(), MessagingError> {
-        let mut state = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let gk = group_key(&spec.topic, &spec.group);
         let topic = spec.topic.as_str();
         let sequence = receipt.sequence;
