@@ -761,12 +761,6 @@ async fn idempotent_calls_are_retried_and_repeated_failures_open_the_breaker() {
 // ---------------------------------------------------------------------------
 // hearthd as a process.
 
-fn admin_addr(hearthd: &hearth_testkit::process::Running) -> SocketAddr {
-    let line = hearthd.wait_for_line("admin endpoint on http://");
-    let addr = line.split("on http://").nth(1).unwrap();
-    addr.split_whitespace().next().unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_writes_acknowledged_before_a_kill_9_survive_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -846,7 +840,7 @@ listen = "127.0.0.1:{port}"
         hearth_testkit::KV_COUNTER
     );
     let hearthd = start_hearthd(dir.path(), &toml);
-    let admin = admin_addr(&hearthd);
+    let admin = hearthd.admin_addr();
     hearthd.wait_for_line("not ready: state store `cache` (redis) is unavailable");
     let readyz = get(admin, "/readyz").await.unwrap();
     assert_eq!(readyz.status, StatusCode::SERVICE_UNAVAILABLE);

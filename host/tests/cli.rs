@@ -296,14 +296,7 @@ listen = "127.0.0.1:{b_port}"
             .args(["--admin", "127.0.0.1:0"]),
     );
     let (a, b) = (hearthd.serving_addr("a"), hearthd.serving_addr("b"));
-    let admin_line = hearthd.wait_for_line("admin endpoint on http://");
-    let admin: SocketAddr = admin_line
-        .split("on http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let admin = hearthd.admin_addr();
     hearthd.wait_for_line("hearthd ready");
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
@@ -392,14 +385,7 @@ listen = "127.0.0.1:{port}"
             .args(["--admin", "127.0.0.1:0"]),
     );
     let producer = hearthd.serving_addr("producer");
-    let admin_line = hearthd.wait_for_line("admin endpoint on http://");
-    let admin: SocketAddr = admin_line
-        .split("on http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let admin = hearthd.admin_addr();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let post = |path: &str| {
         runtime

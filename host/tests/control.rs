@@ -50,10 +50,7 @@ impl Daemon {
     }
 
     async fn metrics(&self) -> String {
-        let line = self.process.wait_for_line("admin endpoint on http://");
-        let addr = line.split("on http://").nth(1).unwrap();
-        let addr = addr.split_whitespace().next().unwrap().parse().unwrap();
-        let reply = get(addr, "/metrics").await.unwrap();
+        let reply = get(self.process.admin_addr(), "/metrics").await.unwrap();
         assert_eq!(reply.status, 200);
         reply.text()
     }

@@ -659,14 +659,7 @@ fn hearthd_refuses_a_gzip_bomb_counts_it_and_keeps_serving() {
     );
     let reply = tokio_block_on(get(hearthd.serving_addr("hello"), "/")).unwrap();
     assert_eq!(reply.status, 200, "the other image serves");
-    let admin_line = hearthd.wait_for_line("admin endpoint on http://");
-    let admin: std::net::SocketAddr = admin_line
-        .split("on http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let admin = hearthd.admin_addr();
     let metrics = tokio_block_on(get(admin, "/metrics")).unwrap().text();
     assert_eq!(
         hearth_testkit::metric(

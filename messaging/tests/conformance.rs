@@ -191,14 +191,7 @@ async fn embedded_refuses_a_publish_past_a_full_topic_and_frees_room_on_ack() {
         ..Retention::default()
     };
     let broker = EmbeddedBroker::open_with(&path, retention).unwrap();
-    let consumer = broker
-        .subscribe(&SubscriptionSpec {
-            topic: "orders".into(),
-            group: "workers".into(),
-            visibility: Duration::from_secs(30),
-        })
-        .await
-        .unwrap();
+    let consumer = broker.subscribe(&spec("orders", 30_000)).await.unwrap();
     for n in 0..3 {
         broker
             .publish(&message("orders", &format!("o{n}")))
@@ -225,14 +218,7 @@ async fn embedded_refuses_a_publish_past_a_full_topic_and_frees_room_on_ack() {
     drop((consumer, broker));
     let broker = EmbeddedBroker::open_with(&path, retention).unwrap();
     assert_eq!(usage_of(&broker, "orders").messages, 3);
-    let consumer = broker
-        .subscribe(&SubscriptionSpec {
-            topic: "orders".into(),
-            group: "workers".into(),
-            visibility: Duration::from_secs(30),
-        })
-        .await
-        .unwrap();
+    let consumer = broker.subscribe(&spec("orders", 30_000)).await.unwrap();
     let mut payloads = Vec::new();
     for delivery in consumer.receive(10, Duration::from_secs(5)).await.unwrap() {
         payloads.push(String::from_utf8(delivery.data.clone()).unwrap());
@@ -256,13 +242,12 @@ async fn embedded_expires_messages_past_their_age_from_every_group() {
         },
     )
     .unwrap();
-    let spec = |group: &str| SubscriptionSpec {
-        topic: "orders".into(),
+    let in_group = |group: &str| SubscriptionSpec {
         group: group.into(),
-        visibility: Duration::from_secs(30),
+        ..spec("orders", 30_000)
     };
-    let gone = broker.subscribe(&spec("gone")).await.unwrap();
-    let busy = broker.subscribe(&spec("busy")).await.unwrap();
+    let gone = broker.subscribe(&in_group("gone")).await.unwrap();
+    let busy = broker.subscribe(&in_group("busy")).await.unwrap();
     // `gone` takes the keyed message into its queue and never comes back;
     // `busy` holds it in flight.
     broker

@@ -11,7 +11,7 @@ use hearth_blob::remote::{
     Connector, RemoteBackend, Reply, Request, decode, encode, tcp_connector,
 };
 use hearth_blob::{BlobError, BlobLimits, BlobStore, ByteRange};
-use hearth_store_node::serve::{ServeOptions, serve_tcp, serve_tcp_with};
+use hearth_store_node::serve::{ServeOptions, serve_tcp_with};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,13 +63,24 @@ async fn tcp_node(
     std::net::SocketAddr,
     tokio::task::JoinHandle<std::io::Result<()>>,
 ) {
+    tcp_node_with(node, ServeOptions::default()).await
+}
+
+async fn tcp_node_with(
+    node: &Node,
+    options: ServeOptions,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(serve_tcp(
+    let server = tokio::spawn(serve_tcp_with(
         listener,
         node.store.clone(),
         node.pool.clone(),
         node.regions.clone(),
+        options,
     ));
     (addr, server)
 }
@@ -212,15 +223,7 @@ async fn a_client_holding_a_read_buffer_is_cut_off_when_its_lease_runs_out() {
         ..ServeOptions::default()
     };
     let node = node();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let _server = tokio::spawn(serve_tcp_with(
-        listener,
-        node.store.clone(),
-        node.pool.clone(),
-        node.regions.clone(),
-        options,
-    ));
+    let (addr, _server) = tcp_node_with(&node, options).await;
     let over_tcp = tcp_connector(addr, Duration::from_secs(2));
     let over_loopback = hearth_store_node::serve::loopback_connector_with(
         node.store.clone(),
@@ -257,18 +260,14 @@ async fn a_client_holding_a_read_buffer_is_cut_off_when_its_lease_runs_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_are_closed_and_the_rest_still_served() {
     let node = node();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let _server = tokio::spawn(serve_tcp_with(
-        listener,
-        node.store.clone(),
-        node.pool.clone(),
-        node.regions.clone(),
+    let (addr, _server) = tcp_node_with(
+        &node,
         ServeOptions {
             max_connections: 2,
             ..ServeOptions::default()
         },
-    ));
+    )
+    .await;
     let connect = tcp_connector(addr, Duration::from_secs(2));
     let first = connect().await.unwrap();
     let second = connect().await.unwrap();

@@ -1060,16 +1060,17 @@ mod tests {
     }
 
     fn ctx(app: &str, store: Option<&BlobStore>) -> BlobstoreCtx {
+        ctx_spooling(app, store, SpoolSettings::default())
+    }
+
+    /// `ctx` with `spool` as its host's spool settings.
+    fn ctx_spooling(app: &str, store: Option<&BlobStore>, spool: SpoolSettings) -> BlobstoreCtx {
         BlobstoreCtx {
             function: app.into(),
             scope: store.map(|store| {
                 let (namespace, app) = app.split_once('/').unwrap_or(("default", app));
                 let identity = Identity::new(namespace, app).unwrap();
-                Arc::new(BlobScope::new(
-                    store.clone(),
-                    &identity,
-                    SpoolSettings::default(),
-                ))
+                Arc::new(BlobScope::new(store.clone(), &identity, spool))
             }),
         }
     }
@@ -1147,18 +1148,14 @@ mod tests {
         let store = fs_store(&dir.path().join("store"));
         let spool_dir = dir.path().join("cache/blob-spool");
         let limit = 3 * SPOOL_MEMORY_BYTES as u64;
-        let identity = Identity::new("default", "shop").unwrap();
-        let shop = BlobstoreCtx {
-            function: "shop".into(),
-            scope: Some(Arc::new(BlobScope::new(
-                store.clone(),
-                &identity,
-                SpoolSettings {
-                    dir: spool_dir.clone(),
-                    max_bytes_per_function: limit,
-                },
-            ))),
-        };
+        let shop = ctx_spooling(
+            "shop",
+            Some(&store),
+            SpoolSettings {
+                dir: spool_dir.clone(),
+                max_bytes_per_function: limit,
+            },
+        );
         let budget = shop.scope.as_ref().unwrap().spool.clone();
         let mut table = ResourceTable::new();
         let mut view = BlobstoreView {

@@ -155,9 +155,7 @@ impl Node {
 
     /// hearthd's admin endpoint.
     pub fn admin_addr(&self) -> std::net::SocketAddr {
-        let line = self.hearthd.wait_for_line("admin endpoint on http://");
-        let addr = line.split("on http://").nth(1).unwrap();
-        addr.split_whitespace().next().unwrap().parse().unwrap()
+        self.hearthd.admin_addr()
     }
 
     /// hearthd's `/metrics` text.

@@ -85,6 +85,13 @@ impl Running {
         let _ = self.child.wait();
     }
 
+    /// hearthd's admin endpoint, from its "admin endpoint on http://ADDR" line.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let line = self.wait_for_line("admin endpoint on http://");
+        let addr = line.split("on http://").nth(1).unwrap();
+        addr.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
     /// The address from a "serving function `NAME` on http://ADDR" line.
     pub fn serving_addr(&self, name: &str) -> SocketAddr {
         let line = self.wait_for_line(&format!("serving function `{name}` on http://"));
