@@ -19,6 +19,8 @@
 //! address = "10.0.0.9:7400"     # host:port, resolved when built
 //! transport = "tcp"             # tcp | rdma (built with the `rdma` feature;
 //! # rdma_device = "mlx5_0"      #   then address is the node's --rdma-listen)
+//! token_file = "/etc/hearth/store-token"   # this host's credential; the
+//! #                               node's --hosts file holds its SHA-256
 //! ```
 //!
 //! # Contract
@@ -100,6 +102,10 @@ pub struct RemoteConfig {
     pub timeout_ms: Option<u64>,
     /// The largest object.
     pub max_object_bytes: Option<u64>,
+    /// A file holding this host's token, presented to the node on each
+    /// connection (see [`crate::remote`]); relative paths are relative to
+    /// the config file. None: the node must serve anyone (`--no-auth`).
+    pub token_file: Option<PathBuf>,
 }
 
 /// A store's table is wrong: `key` within it, and why.
@@ -138,9 +144,12 @@ impl BlobStoreConfig {
     /// Makes a relative `path` relative to `base` (the config file's
     /// directory).
     pub fn resolve_paths(&mut self, base: &Path) {
-        if let BlobStoreConfig::Fs(FsConfig {
-            path: Some(path), ..
-        }) = self
+        let path = match self {
+            BlobStoreConfig::Fs(FsConfig { path, .. }) => path,
+            BlobStoreConfig::Remote(RemoteConfig { token_file, .. }) => token_file,
+            BlobStoreConfig::S3(_) => return,
+        };
+        if let Some(path) = path
             && path.is_relative()
         {
             *path = base.join(&*path);
@@ -238,8 +247,14 @@ impl BlobStoreConfig {
                             format!("`{}` is not a reachable host:port", config.address),
                         )
                     })?;
+                let token = match &config.token_file {
+                    Some(path) => Some(
+                        crate::remote::read_token_file(path).map_err(|e| error("token_file", e))?,
+                    ),
+                    None => None,
+                };
                 let connector = remote_connector(config, address, timeout(config.timeout_ms))?;
-                Arc::new(RemoteBackend::new(connector))
+                Arc::new(RemoteBackend::with_token(connector, token))
             }
         };
         Ok(BlobStore::new(label, backend, limits))
@@ -332,5 +347,34 @@ mod tests {
             .unwrap()
             .build("node", dir.path());
         assert_eq!(unreachable.err().map(|e| e.key), Some("address"));
+    }
+
+    #[test]
+    fn a_token_file_is_read_relative_to_the_config_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let build = |text: &str| {
+            let mut config = parse(&format!(
+                "type = \"remote\"\naddress = \"127.0.0.1:1\"\n{text}"
+            ))
+            .unwrap();
+            config.resolve_paths(dir.path());
+            config
+                .build("node", dir.path())
+                .err()
+                .map(|e| e.to_string())
+        };
+        std::fs::write(dir.path().join("good"), "0123456789abcdef0123\n").unwrap();
+        std::fs::write(dir.path().join("short"), "0123\n").unwrap();
+        assert_eq!(build("token_file = \"good\"\n"), None);
+        let short = build("token_file = \"short\"\n").unwrap();
+        assert!(
+            short.starts_with("token_file: ") && short.contains("at least 16 characters"),
+            "{short}"
+        );
+        let missing = build("token_file = \"missing\"\n").unwrap();
+        assert!(
+            missing.starts_with("token_file: ") && missing.contains("missing"),
+            "{missing}"
+        );
     }
 }

@@ -288,6 +288,12 @@ impl BlobStore {
         self.limits
     }
 
+    /// Its backend (names reach it only through the store's checks; a
+    /// wrapper that renames, as a storage node's scopes do, goes here).
+    pub fn backend(&self) -> &Arc<dyn BlobBackend> {
+        &self.backend
+    }
+
     /// See [`BlobBackend::create_container`].
     pub async fn create_container(&self, container: &str) -> Result<ContainerInfo, BlobError> {
         validate_container(container)?;

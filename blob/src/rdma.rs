@@ -54,7 +54,7 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
 /// The largest SEND: one receive buffer.
@@ -661,8 +661,11 @@ impl VerbsTransport {
             .write_all(&line)
             .await
             .map_err(|e| setup("sending the endpoint", &e))?;
+        // The endpoint is a short JSON line: a peer sending more is cut
+        // off there (and fails to parse), not buffered.
         let mut peer_line = String::new();
-        socket
+        (&mut socket)
+            .take(MAX_ENDPOINT_LINE_BYTES)
             .read_line(&mut peer_line)
             .await
             .map_err(|e| setup("reading the peer's endpoint", &e))?;
@@ -887,6 +890,9 @@ impl Transport for VerbsTransport {
         Ok(Bytes::from(landed))
     }
 }
+
+/// The longest endpoint line read during queue pair setup.
+const MAX_ENDPOINT_LINE_BYTES: u64 = 4096;
 
 /// Connects to a storage node's RDMA listener (its setup socket) at `addr`.
 pub fn rdma_connector(

@@ -9,6 +9,14 @@
 //! [`Reply`]) or [`DATA`] (object bytes of a write). A connection carries
 //! one request at a time; [`RemoteBackend`] keeps a pool of connections.
 //!
+//! * **Hello first.** A connection's first message is `Hello { token }`,
+//!   the host's credential (the contents of its `token_file`; none for a
+//!   node that serves anyone). The node answers `Welcome { host }` with
+//!   the name it knows this host by, or `Error { kind: "unauthorized" }`
+//!   and closes the connection; [`RemoteBackend`] turns that into
+//!   [`BlobError::Unavailable`] (`unavailable: storage node: not authorized:
+//!   …`). What the host may reach (its scope) is the node's to decide, from
+//!   the credential, never the host's to say.
 //! * **Reads.** `Get` is answered with `Reading` (the object's description),
 //!   then, chunk by chunk, `Chunk { slice, crc32c }`: the node has put the
 //!   chunk into one of its registered buffers, and the client fetches it
@@ -48,6 +56,11 @@ pub const WRITE_CHUNK_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
+    /// The first message of every connection: who this host is.
+    Hello {
+        /// The host's token (`None` to a node that authenticates nobody).
+        token: Option<String>,
+    },
     /// See [`BlobBackend::create_container`].
     CreateContainer {
         /// The container.
@@ -114,6 +127,11 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "kebab-case")]
 pub enum Reply {
+    /// The node accepted the `Hello`.
+    Welcome {
+        /// The name the node knows this host by.
+        host: String,
+    },
     /// Done, nothing to say.
     Done,
     /// A container.
@@ -150,7 +168,8 @@ pub enum Reply {
     /// The request failed.
     Error {
         /// `invalid-name`, `not-found`, `already-exists`, `too-large`,
-        /// `corrupt`, `unavailable`, `other`.
+        /// `corrupt`, `unavailable`, `unauthorized` (a refused `Hello`),
+        /// `other`.
         kind: String,
         /// The message.
         message: String,
@@ -225,6 +244,9 @@ fn error_from(kind: &str, message: String, limit: Option<u64>) -> BlobError {
         },
         "corrupt" => BlobError::Corrupt(message),
         "unavailable" => BlobError::Unavailable(message),
+        "unauthorized" => {
+            BlobError::Unavailable(format!("storage node: not authorized: {message}"))
+        }
         _ => BlobError::Other(message),
     }
 }
@@ -255,6 +277,7 @@ pub type Connector =
 /// module docs.
 pub struct RemoteBackend {
     connect: Connector,
+    token: Option<Arc<str>>,
     idle: Idle,
 }
 
@@ -266,10 +289,18 @@ fn unavailable(error: TransportError) -> BlobError {
 }
 
 impl RemoteBackend {
-    /// A backend that opens connections with `connect` as it needs them.
+    /// A backend that opens connections with `connect` as it needs them,
+    /// and says `Hello` without a token (to a node that serves anyone).
     pub fn new(connect: Connector) -> Self {
+        Self::with_token(connect, None)
+    }
+
+    /// [`RemoteBackend::new`] presenting `token` in each connection's
+    /// `Hello`.
+    pub fn with_token(connect: Connector, token: Option<String>) -> Self {
         RemoteBackend {
             connect,
+            token: token.map(Arc::from),
             idle: Idle::default(),
         }
     }
@@ -278,7 +309,24 @@ impl RemoteBackend {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match idle {
             Some(connection) => Ok(connection),
-            None => (self.connect)().await,
+            None => self.connect_and_hello().await,
+        }
+    }
+
+    /// A new connection, past its `Hello`.
+    async fn connect_and_hello(&self) -> Result<Arc<dyn Transport>, BlobError> {
+        let connection = (self.connect)().await?;
+        connection
+            .send(encode(&Request::Hello {
+                token: self.token.as_deref().map(str::to_string),
+            }))
+            .await
+            .map_err(unavailable)?;
+        let reply: Reply =
+            decode(&connection.recv().await.map_err(unavailable)?).map_err(unavailable)?;
+        match reply {
+            Reply::Welcome { .. } => Ok(connection),
+            other => Err(other.into_error()),
         }
     }
 
@@ -520,6 +568,24 @@ struct ReadState {
     connection: Option<Arc<dyn Transport>>,
     idle: Idle,
     what: String,
+}
+
+/// The shortest token a host may present.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// The token in `path`: its contents without surrounding whitespace (so
+/// `openssl rand -hex 32 > FILE` makes one), at least
+/// [`MIN_TOKEN_CHARS`] long.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.chars().count() < MIN_TOKEN_CHARS {
+        return Err(format!(
+            "{}: a token has at least {MIN_TOKEN_CHARS} characters (make one with `openssl rand -hex 32`)",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
 }
 
 /// Connects to a storage node at `addr` over TCP.

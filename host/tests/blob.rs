@@ -5,7 +5,8 @@
 //! Then the faults: bad names, the size limit, a partial upload, a corrupt
 //! object, the storage node down at start and going down mid-read (the
 //! request fails with a named error and the host keeps serving), apps kept
-//! apart, and a hearthd process reporting a blob store not ready.
+//! apart, a hearthd process reporting a blob store not ready, and hearthd
+//! reaching a real `hearth-store` with its hosts' tokens, each in its scope.
 
 #[macro_use]
 mod common;
@@ -595,4 +596,96 @@ async fn a_guest_reads_an_object_into_its_memory_whole_and_right() {
         get(addr, "/digest/d").await.unwrap().text(),
         format!("size {} fnv1a64 {hash:016x}\n", data.len())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hearthd_reaches_a_storage_node_with_its_token_and_only_its_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node-data");
+    std::fs::create_dir(&data).unwrap();
+    // Three credentials: two hosts of one cluster (scope `prod`) and a
+    // staging host; and a token the node does not list.
+    let tokens = [
+        ("prod-a", "token-prod-a-0123456789abcdef", Some("prod")),
+        ("prod-b", "token-prod-b-0123456789abcdef", Some("prod")),
+        ("staging", "token-staging-0123456789abcdef", Some("staging")),
+        ("stranger", "token-stranger-0123456789abcdef", None),
+    ];
+    let mut hosts = String::new();
+    for (name, token, scope) in &tokens {
+        std::fs::write(
+            dir.path().join(format!("{name}.token")),
+            format!("{token}\n"),
+        )
+        .unwrap();
+        if let Some(scope) = scope {
+            hosts.push_str(&format!(
+                "[hosts.{name}]\ntoken_sha256 = \"{}\"\nscope = \"{scope}\"\n",
+                hearth_store_node::access::token_digest(token)
+            ));
+        }
+    }
+    std::fs::write(dir.path().join("hosts.toml"), hosts).unwrap();
+    let node = hearth_testkit::process::Running::start(
+        std::process::Command::new(hearth_testkit::containerd::workspace_binary("hearth-store"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--hosts")
+            .arg(dir.path().join("hosts.toml"))
+            .arg("--fs")
+            .arg(&data),
+    );
+    let line = node.wait_for_line("hearth-store listening on ");
+    let node_addr = line
+        .rsplit("listening on ")
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+
+    // One hearthd, one function of app `shop` per credential: the node
+    // tells them apart by token alone.
+    let mut toml = String::from("[blob]\ndefault_store = \"prod-a\"\n");
+    let mut ports = BTreeMap::new();
+    for (name, _, _) in &tokens {
+        toml.push_str(&format!(
+            "[blob.stores.{name}]\ntype = \"remote\"\naddress = \"{node_addr}\"\ntoken_file = \"{name}.token\"\ntimeout_ms = 2000\n"
+        ));
+    }
+    for (name, _, _) in &tokens {
+        let port = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        ports.insert(*name, port);
+        toml.push_str(&format!(
+            "[[function]]\nname = \"shop-{name}\"\napp = \"shop\"\npath = \"{wasm}\"\nlisten = \"{port}\"\nblob_store = \"{name}\"\n",
+            wasm = hearth_testkit::BLOB_ROUNDTRIP,
+        ));
+    }
+    let hearthd = common::start_hearthd(dir.path(), &toml);
+    let stored = put(ports["prod-a"], "/objects/cat", Bytes::from_static(b"meow")).await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.text());
+    // The other prod host reads it: same scope, same app.
+    let read = get(ports["prod-b"], "/objects/cat").await.unwrap();
+    assert_eq!((read.status, read.text()), (StatusCode::OK, "meow".into()));
+    // The staging host, same app name, another scope: not there.
+    let unseen = get(ports["staging"], "/objects/cat").await.unwrap();
+    assert_eq!(unseen.status, StatusCode::NOT_FOUND, "{}", unseen.text());
+    // A token the node does not know: a named error, never data.
+    let refused = get(ports["stranger"], "/objects/cat").await.unwrap();
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        refused.text().contains("not authorized"),
+        "{}",
+        refused.text()
+    );
+    node.wait_for_line("host not authorized");
+    hearthd.wait_for_line("not ready: blob store `stranger` (remote)");
+    // The bytes sit in prod's partition of the node's directory.
+    assert!(
+        data.join("prod!default.shop.files").is_dir(),
+        "{:?}",
+        std::fs::read_dir(&data).unwrap().collect::<Vec<_>>()
+    );
+    // And prod still serves.
+    let again = get(ports["prod-b"], "/objects/cat").await.unwrap();
+    assert_eq!(again.text(), "meow");
 }

@@ -596,22 +596,8 @@ fn an_image_naming_one_layer_many_times_is_refused_before_download() {
 /// An image-form image whose one layer holds `junk_bytes` of zeros before
 /// `/function.wasm`: a few KiB compressed, `junk_bytes` to read through.
 fn gzip_bomb(wasm: &[u8], junk_bytes: usize) -> BuiltImage {
-    use std::io::Write as _;
-    let mut tar = tar::Builder::new(Vec::new());
-    for (name, bytes) in [
-        ("junk", vec![0u8; junk_bytes]),
-        ("function.wasm", wasm.to_vec()),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        tar.append_data(&mut header, name, bytes.as_slice())
-            .unwrap();
-    }
-    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gzip.write_all(&tar.into_inner().unwrap()).unwrap();
-    let bytes = gzip.finish().unwrap();
+    let junk = vec![0u8; junk_bytes];
+    let (_, bytes) = image::tar_gz_layer(&[("junk", &junk), ("function.wasm", wasm)]);
     let mut built = image::build(ImageForm::Image, wasm);
     built.layers[0].descriptor.digest = image::sha256_digest(&bytes);
     built.layers[0].descriptor.size = bytes.len() as u64;

@@ -480,25 +480,28 @@ pub fn build(form: ImageForm, wasm: &[u8]) -> BuiltImage {
     }
 }
 
-fn build_image_form(wasm: &[u8]) -> BuiltImage {
+/// A layer holding `files` (path, bytes) in order: the tar, and its
+/// gzip. Deterministic (no times, owners or OS byte).
+pub fn tar_gz_layer(files: &[(&str, &[u8])]) -> (Vec<u8>, Vec<u8>) {
     let mut tar_bytes = Vec::new();
     {
         let mut builder = tar::Builder::new(&mut tar_bytes);
-        let mut header = tar::Header::new_gnu();
-        header.set_size(wasm.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        builder
-            .append_data(&mut header, IMAGE_WASM_PATH.trim_start_matches('/'), wasm)
-            .expect("writing a tar to memory cannot fail");
+        for (path, bytes) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_mtime(0);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_entry_type(tar::EntryType::Regular);
+            builder
+                .append_data(&mut header, path, *bytes)
+                .expect("writing a tar to memory cannot fail");
+        }
         builder
             .finish()
             .expect("writing a tar to memory cannot fail");
     }
-    let diff_id = sha256_digest(&tar_bytes);
     let mut encoder = flate2::GzBuilder::new()
         .mtime(0)
         .operating_system(255)
@@ -506,10 +509,14 @@ fn build_image_form(wasm: &[u8]) -> BuiltImage {
     encoder
         .write_all(&tar_bytes)
         .expect("gzip to memory cannot fail");
-    let layer = Blob::new(
-        OCI_LAYER_TAR_GZIP,
-        GzEncoder::finish(encoder).expect("gzip to memory cannot fail"),
-    );
+    let gzip = GzEncoder::finish(encoder).expect("gzip to memory cannot fail");
+    (tar_bytes, gzip)
+}
+
+fn build_image_form(wasm: &[u8]) -> BuiltImage {
+    let (tar_bytes, gzip) = tar_gz_layer(&[(IMAGE_WASM_PATH.trim_start_matches('/'), wasm)]);
+    let diff_id = sha256_digest(&tar_bytes);
+    let layer = Blob::new(OCI_LAYER_TAR_GZIP, gzip);
     let config = serde_json::json!({
         "architecture": "wasm",
         "os": "wasip2",
@@ -674,22 +681,8 @@ mod tests {
     fn layers_decompressing_past_the_budget_are_refused_while_reading() {
         // 4 MiB of zeros under another name, then the component: the scan
         // reads through the zeros to reach it.
-        let mut tar = tar::Builder::new(Vec::new());
-        for (name, bytes) in [
-            ("junk", vec![0u8; 4 << 20]),
-            ("function.wasm", WASM.to_vec()),
-        ] {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(bytes.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            tar.append_data(&mut header, name, bytes.as_slice())
-                .unwrap();
-        }
-        let tar = tar.into_inner().unwrap();
-        let mut gzip = GzEncoder::new(Vec::new(), Compression::best());
-        gzip.write_all(&tar).unwrap();
-        let layer = gzip.finish().unwrap();
+        let junk = vec![0u8; 4 << 20];
+        let (tar, layer) = tar_gz_layer(&[("junk", &junk), ("function.wasm", WASM)]);
         assert!(layer.len() < 64 << 10, "zeros compress well");
         let extract = |budget| {
             extract_from_layers(

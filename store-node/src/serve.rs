@@ -6,6 +6,13 @@
 //!
 //! # Contract
 //!
+//! * **Hello first.** A connection's first message must be `Hello`, within
+//!   [`ServeOptions::hello_timeout`] (10 s); [`ServeOptions::access`]
+//!   decides whether the host is served and in which scope (see
+//!   [`crate::access`]). A refused or missing `Hello` closes the
+//!   connection (`unauthorized` is answered first), logged and counted in
+//!   [`ServeOptions::metrics`]. Over RDMA the queue pair is set up first,
+//!   bounded by the same timeout; then the `Hello` travels over it.
 //! * Reads put each chunk of the backend's object into one of the pool's
 //!   registered buffers (one copy), answer `Chunk { slice, crc32c }`, and
 //!   wait for the client's `Next` before reusing the buffer; a client that
@@ -24,6 +31,8 @@
 //!   [`hearth_blob::transport::tcp`]). An accept that fails (no file
 //!   descriptors left, say) is logged and retried after a pause; it never
 //!   ends the node.
+use crate::access::Access;
+use crate::metrics::{NodeMetrics, count};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hearth_blob::regions::{BufferPool, PooledBuffer, RegionTable};
@@ -31,16 +40,23 @@ use hearth_blob::remote::{CONTROL, Connector, DATA, Reply, Request, decode, enco
 use hearth_blob::transport::{Transport, TransportError};
 use hearth_blob::{BlobError, BlobStore, ByteRange};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// How a node bounds its clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whom a node serves and how it bounds them.
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Connections served at once.
     pub max_connections: usize,
     /// How long a client may hold a read buffer before it says `Next`.
     pub lease_timeout: Duration,
+    /// How long a new connection has to say `Hello` (and, over RDMA, to
+    /// set up its queue pair).
+    pub hello_timeout: Duration,
+    /// Who is served, in which scope.
+    pub access: Arc<Access>,
+    /// Where refusals are counted.
+    pub metrics: Arc<NodeMetrics>,
 }
 
 impl Default for ServeOptions {
@@ -48,6 +64,77 @@ impl Default for ServeOptions {
         ServeOptions {
             max_connections: 1024,
             lease_timeout: Duration::from_secs(30),
+            hello_timeout: Duration::from_secs(10),
+            access: Arc::new(Access::Open),
+            metrics: Arc::default(),
+        }
+    }
+}
+
+/// Why a connection was not served past its `Hello`.
+async fn refuse(
+    transport: &dyn Transport,
+    metrics: &NodeMetrics,
+    unauthorized: Option<&BlobError>,
+    why: String,
+) -> TransportError {
+    match unauthorized {
+        Some(error) => {
+            count(&metrics.refused_unauthorized);
+            let reply = Reply::Error {
+                kind: "unauthorized".into(),
+                message: error.to_string(),
+                limit: None,
+            };
+            let _ = transport.send(encode(&reply)).await;
+        }
+        None => count(&metrics.refused_no_hello),
+    }
+    TransportError::Protocol(why)
+}
+
+/// Waits for the connection's `Hello` and answers it: the store as the
+/// host may see it, or the refusal.
+async fn hello(
+    transport: &dyn Transport,
+    store: &BlobStore,
+    options: &ServeOptions,
+) -> Result<Option<BlobStore>, TransportError> {
+    let metrics = &options.metrics;
+    let first = match tokio::time::timeout(options.hello_timeout, transport.recv()).await {
+        Err(_) => {
+            let why = format!(
+                "no `hello` within {} ms; closed",
+                options.hello_timeout.as_millis()
+            );
+            return Err(refuse(transport, metrics, None, why).await);
+        }
+        Ok(Err(TransportError::Closed(_))) => return Ok(None),
+        Ok(Err(other)) => return Err(other),
+        Ok(Ok(message)) => message,
+    };
+    let token = match decode::<Request>(&first) {
+        Ok(Request::Hello { token }) => token,
+        _ => {
+            let why = "the first message was not `hello`; closed".to_string();
+            return Err(refuse(transport, metrics, None, why).await);
+        }
+    };
+    match options.access.authenticate(token.as_deref()) {
+        Ok(grant) => {
+            transport
+                .send(encode(&Reply::Welcome {
+                    host: grant.host.clone(),
+                }))
+                .await?;
+            Ok(Some(crate::scope::scoped_store(
+                store,
+                grant.scope.as_deref(),
+            )))
+        }
+        Err(error) => {
+            let why = format!("host not authorized ({error}); closed");
+            Err(refuse(transport, metrics, Some(&error), why).await)
         }
     }
 }
@@ -69,6 +156,9 @@ pub async fn serve_connection_with(
     pool: Arc<BufferPool>,
     options: ServeOptions,
 ) -> Result<(), TransportError> {
+    let Some(store) = hello(&*transport, &store, &options).await? else {
+        return Ok(());
+    };
     loop {
         let request: Request = match transport.recv().await {
             Ok(message) => decode(&message)?,
@@ -117,7 +207,7 @@ pub async fn serve_connection_with(
                     &container,
                     &name,
                     ByteRange { start, end },
-                    options.lease_timeout,
+                    &options,
                 )
                 .await?;
                 continue;
@@ -125,9 +215,9 @@ pub async fn serve_connection_with(
             Request::Put { container, name } => {
                 serve_write(&transport, &store, &container, &name).await
             }
-            Request::Next | Request::PutEnd => {
+            Request::Next | Request::PutEnd | Request::Hello { .. } => {
                 return Err(TransportError::Protocol(
-                    "`next` or `put-end` outside a read or write".into(),
+                    "`next`, `put-end` or `hello` out of place".into(),
                 ));
             }
         };
@@ -143,8 +233,9 @@ async fn serve_read(
     container: &str,
     name: &str,
     range: ByteRange,
-    lease_timeout: Duration,
+    options: &ServeOptions,
 ) -> Result<(), TransportError> {
+    let lease_timeout = options.lease_timeout;
     let (info, mut body) = match store.get(container, name, range).await {
         Ok(found) => found,
         Err(error) => return transport.send(encode(&Reply::from_error(&error))).await,
@@ -173,6 +264,7 @@ async fn serve_read(
         if !chunk.is_empty() {
             if buffer.is_none() {
                 let Some(taken) = pool.take() else {
+                    count(&options.metrics.reads_refused_no_buffer);
                     let error =
                         BlobError::Unavailable("the storage node has no free read buffer".into());
                     return transport.send(encode(&Reply::from_error(&error))).await;
@@ -203,6 +295,7 @@ async fn serve_read(
             let answer = tokio::time::timeout(lease_timeout, transport.recv()).await;
             drop(held);
             let Ok(answer) = answer else {
+                count(&options.metrics.leases_expired);
                 return Err(TransportError::Protocol(format!(
                     "the client held a read buffer for {} ms without saying `next`",
                     lease_timeout.as_millis()
@@ -290,9 +383,9 @@ pub async fn serve_tcp_with(
     regions: Arc<RegionTable>,
     options: ServeOptions,
 ) -> std::io::Result<()> {
-    let admission = Admission::new(options.max_connections);
+    let admission = Admission::new(options.max_connections, options.metrics.clone());
     loop {
-        let (stream, peer) = accept(&listener).await;
+        let (stream, peer) = accept(&listener, &options.metrics).await;
         let Some(permit) = admission.admit(peer) else {
             drop(stream);
             continue;
@@ -300,7 +393,7 @@ pub async fn serve_tcp_with(
         let transport: Arc<dyn Transport> = Arc::new(
             hearth_blob::transport::tcp::TcpTransport::new(stream, regions.clone()),
         );
-        let (store, pool) = (store.clone(), pool.clone());
+        let (store, pool, options) = (store.clone(), pool.clone(), options.clone());
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(error) = serve_connection_with(transport, store, pool, options).await {
@@ -314,12 +407,14 @@ pub async fn serve_tcp_with(
 /// before accept) is logged and retried after a pause, never returned.
 async fn accept(
     listener: &tokio::net::TcpListener,
+    metrics: &NodeMetrics,
 ) -> (tokio::net::TcpStream, std::net::SocketAddr) {
     let mut failures = 0u64;
     loop {
         match listener.accept().await {
             Ok(accepted) => return accepted,
             Err(error) => {
+                count(&metrics.accept_errors);
                 failures += 1;
                 if failures.is_power_of_two() {
                     tracing::warn!(%error, failures, "storage node accept failed; retrying");
@@ -333,23 +428,44 @@ async fn accept(
 /// Counts connections against [`ServeOptions::max_connections`].
 struct Admission {
     open: Arc<tokio::sync::Semaphore>,
-    refused: AtomicU64,
+    metrics: Arc<NodeMetrics>,
+}
+
+/// One admitted connection: its place under the cap, and its count in
+/// `connections_open`, both given back when it ends.
+struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<NodeMetrics>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Admission {
-    fn new(max_connections: usize) -> Self {
+    fn new(max_connections: usize, metrics: Arc<NodeMetrics>) -> Self {
         Admission {
             open: Arc::new(tokio::sync::Semaphore::new(max_connections.max(1))),
-            refused: AtomicU64::new(0),
+            metrics,
         }
     }
 
     /// A permit for one more connection, or `None` (logged) at the cap.
-    fn admit(&self, peer: std::net::SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    fn admit(&self, peer: std::net::SocketAddr) -> Option<Admitted> {
         match self.open.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
+            Ok(permit) => {
+                count(&self.metrics.connections_open);
+                Some(Admitted {
+                    _permit: permit,
+                    metrics: self.metrics.clone(),
+                })
+            }
             Err(_) => {
-                let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                let refused = self.metrics.refused_at_cap.fetch_add(1, Ordering::Relaxed) + 1;
                 if refused.is_power_of_two() {
                     tracing::warn!(%peer, refused, "storage node at max_connections; closed a new connection");
                 }
@@ -380,7 +496,12 @@ pub fn loopback_connector_with(
     options: ServeOptions,
 ) -> Connector {
     Arc::new(move || {
-        let (store, pool, regions) = (store.clone(), pool.clone(), regions.clone());
+        let (store, pool, regions, options) = (
+            store.clone(),
+            pool.clone(),
+            regions.clone(),
+            options.clone(),
+        );
         Box::pin(async move {
             let (client, node) =
                 hearth_blob::transport::loopback::pair(Arc::new(RegionTable::default()), regions);
@@ -399,20 +520,34 @@ pub async fn serve_rdma(
     store: BlobStore,
     pool: Arc<hearth_blob::regions::BufferPool>,
     regions: Arc<RegionTable>,
+    options: ServeOptions,
 ) -> std::io::Result<()> {
-    let options = ServeOptions::default();
-    let admission = Admission::new(options.max_connections);
+    let admission = Admission::new(options.max_connections, options.metrics.clone());
     loop {
-        let (socket, peer) = accept(&listener).await;
+        let (socket, peer) = accept(&listener, &options.metrics).await;
         let Some(permit) = admission.admit(peer) else {
             drop(socket);
             continue;
         };
-        let (device, store, pool, regions) =
-            (device.clone(), store.clone(), pool.clone(), regions.clone());
+        let (device, store, pool, regions, options) = (
+            device.clone(),
+            store.clone(),
+            pool.clone(),
+            regions.clone(),
+            options.clone(),
+        );
         tokio::spawn(async move {
             let _permit = permit;
-            match hearth_blob::rdma::VerbsTransport::establish(device, socket, regions).await {
+            let established = tokio::time::timeout(
+                options.hello_timeout,
+                hearth_blob::rdma::VerbsTransport::establish(device, socket, regions),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                count(&options.metrics.refused_no_hello);
+                Err(TransportError::Closed("queue pair setup timed out".into()))
+            });
+            match established {
                 Ok(transport) => {
                     let transport: Arc<dyn Transport> = Arc::new(transport);
                     if let Err(error) = serve_connection_with(transport, store, pool, options).await

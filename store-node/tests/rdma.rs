@@ -128,6 +128,7 @@ async fn remote_over_verbs_passes_the_conformance_suite() {
         node,
         pool.clone(),
         regions,
+        hearth_store_node::serve::ServeOptions::default(),
     ));
     let remote = BlobStore::new(
         "remote",

@@ -1,7 +1,8 @@
 //! The `remote` backend against a storage node (serving an `fs` store) over
 //! TCP and over the in-process loopback transport: the conformance suite,
 //! a node that is down or goes down, and a client that goes away mid-read
-//! (its registered buffers go back: no leak).
+//! (its registered buffers go back: no leak), and a node that serves only
+//! the hosts it knows, each in its scope.
 
 use futures_util::StreamExt;
 use hearth_blob::conformance::{self, LIMIT};
@@ -179,10 +180,21 @@ async fn a_client_gone_mid_read_frees_the_nodes_buffers() {
     );
 }
 
+/// Says hello (with no token) on a raw connection, as a client must first.
+async fn say_hello(transport: &dyn hearth_blob::transport::Transport) {
+    transport
+        .send(encode(&Request::Hello { token: None }))
+        .await
+        .unwrap();
+    let reply: Reply = decode(&transport.recv().await.unwrap()).unwrap();
+    assert!(matches!(reply, Reply::Welcome { .. }), "{reply:?}");
+}
+
 /// Asks for `big` over a raw connection and takes its first chunk without
 /// ever saying `next`: the read buffer is leased to this client.
 async fn hold_a_read_buffer(connect: &Connector) -> Arc<dyn hearth_blob::transport::Transport> {
     let transport = connect().await.unwrap();
+    say_hello(&*transport).await;
     transport
         .send(encode(&Request::Get {
             container: "c".into(),
@@ -223,7 +235,7 @@ async fn a_client_holding_a_read_buffer_is_cut_off_when_its_lease_runs_out() {
         ..ServeOptions::default()
     };
     let node = node();
-    let (addr, _server) = tcp_node_with(&node, options).await;
+    let (addr, _server) = tcp_node_with(&node, options.clone()).await;
     let over_tcp = tcp_connector(addr, Duration::from_secs(2));
     let over_loopback = hearth_store_node::serve::loopback_connector_with(
         node.store.clone(),
@@ -273,6 +285,7 @@ async fn connections_past_the_cap_are_closed_and_the_rest_still_served() {
     let second = connect().await.unwrap();
     // Both are served.
     for held in [&first, &second] {
+        say_hello(&**held).await;
         held.send(encode(&Request::ContainerInfo {
             container: "none".into(),
         }))
@@ -300,5 +313,106 @@ async fn connections_past_the_cap_are_closed_and_the_rest_still_served() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_hosts_file_serves_only_its_hosts_each_in_its_scope() {
+    use hearth_store_node::access::{Access, HostTable, token_digest};
+    let (red, blue) = ("token-of-red-0123456789", "token-of-blue-0123456789");
+    let hosts = HostTable::parse(&format!(
+        "[hosts.red]\ntoken_sha256 = \"{}\"\nscope = \"red\"\n\
+         [hosts.blue]\ntoken_sha256 = \"{}\"\nscope = \"blue\"\n",
+        token_digest(red),
+        token_digest(blue)
+    ))
+    .unwrap();
+    let options = ServeOptions {
+        access: Arc::new(Access::Hosts(hosts)),
+        hello_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    };
+    let node = node();
+    let (addr, _server) = tcp_node_with(&node, options.clone()).await;
+    let over_tcp = tcp_connector(addr, Duration::from_secs(2));
+    let over_loopback = hearth_store_node::serve::loopback_connector_with(
+        node.store.clone(),
+        node.pool.clone(),
+        node.regions.clone(),
+        options.clone(),
+    );
+    let as_host = |connect: &Connector, token: Option<&str>| {
+        BlobStore::new(
+            "remote",
+            Arc::new(RemoteBackend::with_token(
+                connect.clone(),
+                token.map(str::to_string),
+            )),
+            limits(),
+        )
+    };
+    // The whole contract holds inside a scope.
+    conformance::run(&as_host(&over_loopback, Some(red))).await;
+    for (n, connect) in [&over_tcp, &over_loopback].into_iter().enumerate() {
+        for token in [None, Some("token-of-nobody-0123456789")] {
+            match as_host(connect, token).container_info("c").await {
+                Err(BlobError::Unavailable(message)) => {
+                    assert!(message.contains("not authorized"), "{message}")
+                }
+                other => panic!("{token:?}: expected Unavailable, got {other:?}"),
+            }
+        }
+        // Red's container is not blue's, though both call it `shared`.
+        let container = format!("shared-{n}");
+        let (as_red, as_blue) = (as_host(connect, Some(red)), as_host(connect, Some(blue)));
+        as_red.create_container(&container).await.unwrap();
+        as_red
+            .put_bytes(&container, "x", conformance::pattern(100, 7))
+            .await
+            .unwrap();
+        assert!(matches!(
+            as_blue.info(&container, "x").await,
+            Err(BlobError::NotFound(_))
+        ));
+        as_blue.create_container(&container).await.unwrap();
+        assert!(matches!(
+            as_blue.info(&container, "x").await,
+            Err(BlobError::NotFound(_))
+        ));
+        assert_eq!(
+            as_red
+                .get_bytes(&container, "x", ByteRange::ALL)
+                .await
+                .unwrap(),
+            conformance::pattern(100, 7)
+        );
+        // A client that sends anything but hello first, or nothing, is
+        // closed.
+        let rude = connect().await.unwrap();
+        rude.send(encode(&Request::ContainerInfo {
+            container: container.clone(),
+        }))
+        .await
+        .unwrap();
+        let silent = connect().await.unwrap();
+        for closed in [rude, silent] {
+            let ended = tokio::time::timeout(Duration::from_secs(10), closed.recv())
+                .await
+                .expect("the node closes it");
+            assert!(ended.is_err(), "{ended:?}");
+        }
+    }
+    let metrics = options.metrics.render(0);
+    for (series, expected) in [
+        (
+            "reason=\"unauthorized\"} 4",
+            "two refused tokens per transport",
+        ),
+        (
+            "reason=\"no_hello\"} 4",
+            "a rude and a silent client per transport",
+        ),
+    ] {
+        assert!(metrics.contains(series), "{expected}: {metrics}");
     }
 }

@@ -1,6 +1,7 @@
 //! The `hearth-store` binary: a storage node serving an `fs` directory and
-//! an S3 bucket over TCP, reached by the `remote` backend; bad arguments
-//! end it with a named error.
+//! an S3 bucket over TCP, reached by the `remote` backend, to the hosts of
+//! its hosts file, each in its scope; bad arguments end it with a named
+//! error.
 
 use hearth_blob::conformance::{self, LIMIT};
 use hearth_blob::remote::{RemoteBackend, tcp_connector};
@@ -13,14 +14,45 @@ use std::time::Duration;
 
 const HEARTH_STORE: &str = env!("CARGO_BIN_EXE_hearth-store");
 
-/// Starts `hearth-store` with `args` on a free port; returns it and where
-/// it listens.
-fn start(args: &[&str]) -> (Running, SocketAddr) {
+/// The token of the host the conformance runs use.
+const TOKEN: &str = "conformance-host-token-0123456789";
+
+/// A hosts file in `dir` listing `(name, token, scope)`; its path.
+fn hosts_file(dir: &std::path::Path, hosts: &[(&str, &str, Option<&str>)]) -> String {
+    let mut text = String::new();
+    for (name, token, scope) in hosts {
+        text.push_str(&format!(
+            "[hosts.{name}]\ntoken_sha256 = \"{}\"\n",
+            hearth_store_node::access::token_digest(token)
+        ));
+        if let Some(scope) = scope {
+            text.push_str(&format!("scope = \"{scope}\"\n"));
+        }
+    }
+    let path = dir.join("hosts.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Starts `hearth-store` with `args` on a free port, serving the host
+/// with [`TOKEN`] in scope `conformance`; returns it and where it listens.
+fn start(args: &[&str]) -> (Running, SocketAddr, tempfile::TempDir) {
     start_command(Command::new(HEARTH_STORE), args)
 }
 
 /// [`start`] with `command` standing for the binary (e.g. under `prlimit`).
-fn start_command(mut command: Command, args: &[&str]) -> (Running, SocketAddr) {
+fn start_command(command: Command, args: &[&str]) -> (Running, SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hosts_file(dir.path(), &[("conformance", TOKEN, Some("conformance"))]);
+    let mut all = vec!["--hosts", &hosts];
+    all.extend_from_slice(args);
+    let (node, addr) = start_with(command, &all);
+    (node, addr, dir)
+}
+
+/// Starts `command` (`hearth-store`) with exactly `args` besides where it
+/// listens and its sizes.
+fn start_with(mut command: Command, args: &[&str]) -> (Running, SocketAddr) {
     let node = Running::start(
         command
             .args([
@@ -44,13 +76,19 @@ fn start_command(mut command: Command, args: &[&str]) -> (Running, SocketAddr) {
     (node, addr)
 }
 
+/// The store `addr` serves to the host presenting [`TOKEN`].
 fn remote(addr: SocketAddr) -> BlobStore {
+    remote_as(addr, Some(TOKEN))
+}
+
+/// The store `addr` serves to a host presenting `token`.
+fn remote_as(addr: SocketAddr, token: Option<&str>) -> BlobStore {
     BlobStore::new(
         "remote",
-        Arc::new(RemoteBackend::new(tcp_connector(
-            addr,
-            Duration::from_secs(5),
-        ))),
+        Arc::new(RemoteBackend::with_token(
+            tcp_connector(addr, Duration::from_secs(5)),
+            token.map(str::to_string),
+        )),
         BlobLimits {
             max_object_bytes: LIMIT,
             ..Default::default()
@@ -61,7 +99,7 @@ fn remote(addr: SocketAddr) -> BlobStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hearth_store_serves_an_fs_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let (_node, addr) = start(&["--fs", dir.path().to_str().unwrap()]);
+    let (_node, addr, _hosts) = start(&["--fs", dir.path().to_str().unwrap()]);
     conformance::run(&remote(addr)).await;
 }
 
@@ -69,7 +107,7 @@ async fn hearth_store_serves_an_fs_directory() {
 async fn hearth_store_serves_an_s3_bucket() {
     let server = hearth_testkit::services::S3Server::start();
     server.create_bucket("node-bucket");
-    let (_node, addr) = start(&[
+    let (_node, addr, _hosts) = start(&[
         "--s3-endpoint",
         &server.endpoint(),
         "--s3-bucket",
@@ -84,14 +122,33 @@ async fn hearth_store_serves_an_s3_bucket() {
 
 #[test]
 fn bad_arguments_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().to_str().unwrap().to_string();
+    let bad_hosts = dir.path().join("bad-hosts.toml");
+    std::fs::write(&bad_hosts, "[hosts.a]\ntoken_sha256 = \"not-hex\"\n").unwrap();
+    let bad_hosts = bad_hosts.to_str().unwrap();
     for (args, says) in [
         (
-            vec!["--listen", "127.0.0.1:0"],
+            vec!["--listen", "127.0.0.1:0", "--no-auth"],
             "give --fs DIR or --s3-endpoint",
         ),
         (
-            vec!["--listen", "127.0.0.1:0", "--fs", "/proc/version/not-a-dir"],
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--no-auth",
+                "--fs",
+                "/proc/version/not-a-dir",
+            ],
             "--fs /proc/version/not-a-dir",
+        ),
+        (
+            vec!["--listen", "127.0.0.1:0", "--fs", &fs],
+            "give --hosts FILE (the hosts it serves, by token) or --no-auth",
+        ),
+        (
+            vec!["--listen", "127.0.0.1:0", "--fs", &fs, "--hosts", bad_hosts],
+            "hosts.a.token_sha256: not 64 hex digits",
         ),
     ] {
         let (status, log) = run_to_end(Command::new(HEARTH_STORE).args(&args));
@@ -109,7 +166,7 @@ async fn hearth_store_out_of_file_descriptors_keeps_running_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new("/usr/bin/prlimit");
     command.args(["--nofile=48:48", "--", HEARTH_STORE]);
-    let (node, addr) = start_command(command, &["--fs", dir.path().to_str().unwrap()]);
+    let (node, addr, _hosts) = start_command(command, &["--fs", dir.path().to_str().unwrap()]);
     // Hold more connections than the node has descriptors for.
     let held: Vec<std::net::TcpStream> = (0..64)
         .map(|_| std::net::TcpStream::connect(addr).unwrap())
@@ -136,4 +193,181 @@ async fn hearth_store_out_of_file_descriptors_keeps_running_and_recovers() {
         .put_bytes("after", "x", conformance::pattern(1000, 4))
         .await
         .unwrap();
+}
+
+#[test]
+fn hash_token_prints_the_line_a_hosts_file_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let output = Command::new(HEARTH_STORE)
+        .arg("--hash-token")
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        hearth_store_node::access::token_digest(TOKEN)
+    );
+    std::fs::write(&token, "short\n").unwrap();
+    let (status, log) = run_to_end(Command::new(HEARTH_STORE).arg("--hash-token").arg(&token));
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("a token has at least 16 characters"), "{log}");
+}
+
+/// The node's `/metrics` text, from the address its log names.
+async fn node_metrics(node: &Running) -> String {
+    let line = node.wait_for_line("hearth-store metrics on http://");
+    let url = line
+        .split("metrics on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let addr: SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    hearth_testkit::http::get(addr, "/metrics")
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+}
+
+/// The value of the series `name` (labels included) in `metrics`.
+fn series(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hearth_store_serves_only_listed_hosts_each_in_its_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let (a, b, c) = (
+        "token-of-host-a-0123456789",
+        "token-of-host-b-0123456789",
+        "token-of-host-c-0123456789",
+    );
+    let hosts = hosts_file(
+        dir.path(),
+        &[
+            ("host-a", a, Some("prod")),
+            ("host-b", b, Some("prod")),
+            ("host-c", c, Some("staging")),
+        ],
+    );
+    let (node, addr) = start_with(
+        Command::new(HEARTH_STORE),
+        &[
+            "--hosts",
+            &hosts,
+            "--fs",
+            data.to_str().unwrap(),
+            "--hello-timeout-ms",
+            "500",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+
+    // No token, or one the node does not list: refused, named, logged.
+    for token in [None, Some("token-of-nobody-0123456789")] {
+        let error = remote_as(addr, token)
+            .create_container("team-a.shop.photos")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, hearth_blob::BlobError::Unavailable(m) if m.contains("not authorized")),
+            "{token:?}: {error:?}"
+        );
+    }
+    node.wait_for_line("host not authorized");
+
+    // Host A writes; host B, in the same scope, reads it; host C, in
+    // another scope, cannot even see the container, and its own container
+    // of that name is a different one.
+    let (host_a, host_b, host_c) = (
+        remote_as(addr, Some(a)),
+        remote_as(addr, Some(b)),
+        remote_as(addr, Some(c)),
+    );
+    host_a.create_container("team-a.shop.photos").await.unwrap();
+    host_a
+        .put_bytes("team-a.shop.photos", "cat", conformance::pattern(5000, 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        host_b
+            .get_bytes("team-a.shop.photos", "cat", hearth_blob::ByteRange::ALL)
+            .await
+            .unwrap(),
+        conformance::pattern(5000, 1)
+    );
+    let info = host_b.info("team-a.shop.photos", "cat").await.unwrap();
+    assert_eq!(
+        info.container, "team-a.shop.photos",
+        "the scope never shows"
+    );
+    let unseen = host_c
+        .get_bytes("team-a.shop.photos", "cat", hearth_blob::ByteRange::ALL)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&unseen, hearth_blob::BlobError::NotFound(m) if !m.contains("prod")),
+        "{unseen:?}"
+    );
+    host_c.create_container("team-a.shop.photos").await.unwrap();
+    assert!(
+        host_c
+            .list("team-a.shop.photos", None, 10)
+            .await
+            .unwrap()
+            .names
+            .is_empty()
+    );
+    // The backend holds each scope's container apart.
+    for scoped in ["prod!team-a.shop.photos", "staging!team-a.shop.photos"] {
+        assert!(data.join(scoped).is_dir(), "{scoped} in {}", data.display());
+    }
+
+    // A connection that never says hello is closed after the timeout.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut byte),
+    )
+    .await
+    .expect("the node closes a silent connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    node.wait_for_line("no `hello` within 500 ms");
+
+    // Each refusal is counted; the node served on throughout.
+    let metrics = node_metrics(&node).await;
+    assert_eq!(
+        series(
+            &metrics,
+            "hearth_store_connections_refused_total{reason=\"unauthorized\"}"
+        ),
+        2,
+        "{metrics}"
+    );
+    assert_eq!(
+        series(
+            &metrics,
+            "hearth_store_connections_refused_total{reason=\"no_hello\"}"
+        ),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        host_a.info("team-a.shop.photos", "cat").await.unwrap().size,
+        5000
+    );
 }

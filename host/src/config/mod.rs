@@ -80,6 +80,7 @@
 //! address = "10.0.0.9:7400"     # host:port, resolved at start
 //! transport = "tcp"             # tcp | rdma (hearthd built with --features rdma;
 //! # rdma_device = "mlx5_0"      #   then address is the node's --rdma-listen)
+//! token_file = "store-token"    # this host's token for the node's --hosts file
 //!
 //! [tenancy]                     # optional; see hearth_host::tenancy
 //! default_namespace = "default" # the namespace of [[function]]s and `hearth run`

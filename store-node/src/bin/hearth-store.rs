@@ -5,15 +5,23 @@
 //! (`hearth_store_node::tiered`; `--hot-mib 0` turns it off).
 //!
 //! ```text
-//! hearth-store --listen 0.0.0.0:7480 --fs /var/lib/hearth-store
-//! hearth-store --listen 0.0.0.0:7480 --s3-endpoint http://s3:9000 --s3-bucket blobs
+//! hearth-store --listen 0.0.0.0:7480 --hosts /etc/hearth-store/hosts.toml --fs /var/lib/hearth-store
+//! hearth-store --listen 0.0.0.0:7480 --hosts FILE --s3-endpoint http://s3:9000 --s3-bucket blobs
 //! # built with --features rdma: also serve over verbs, QP setup on :7481
-//! hearth-store --listen 0.0.0.0:7480 --fs DIR --rdma-device mlx5_0 --rdma-listen 0.0.0.0:7481
+//! hearth-store --listen 0.0.0.0:7480 --hosts FILE --fs DIR --rdma-device mlx5_0 --rdma-listen 0.0.0.0:7481
+//! # the line a hosts file needs for a host's token file
+//! hearth-store --hash-token /etc/hearth/store-token
 //! ```
 //!
+//! It serves only the hosts of its `--hosts` file, each in its scope
+//! (see `hearth_store_node::access`), unless started with `--no-auth`
+//! (anyone who can connect, unscoped: for a node only its host can reach);
+//! one of the two must be given. `--metrics-listen ADDR` serves
+//! `/metrics` (`hearth_store_node::metrics`).
+//!
 //! It logs `hearth-store listening on ADDR` once it accepts connections,
-//! and exits 2 with the reason on bad arguments or a backend it cannot
-//! open.
+//! and exits 2 with the reason on bad arguments, a bad hosts file or a
+//! backend it cannot open.
 
 use clap::Parser;
 use hearth_blob::fs::FsBackend;
@@ -31,6 +39,22 @@ struct Args {
     /// Where to accept connections.
     #[arg(long, default_value = "127.0.0.1:7480")]
     listen: SocketAddr,
+    /// The hosts it serves: their tokens' SHA-256 and scopes (TOML).
+    #[arg(long, conflicts_with = "no_auth")]
+    hosts: Option<PathBuf>,
+    /// Serve anyone who can connect, unscoped (no tokens).
+    #[arg(long)]
+    no_auth: bool,
+    /// Print the `token_sha256` of the token in FILE for a hosts file, and
+    /// exit.
+    #[arg(long, value_name = "FILE", exclusive = true)]
+    hash_token: Option<PathBuf>,
+    /// How long a new connection has to say hello, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    hello_timeout_ms: u64,
+    /// Serve Prometheus metrics at `/metrics` here.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Serve a directory (the `fs` backend).
     #[arg(long, conflicts_with = "s3_endpoint")]
     fs: Option<PathBuf>,
@@ -96,6 +120,18 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(path) = &args.hash_token {
+        return match hearth_blob::remote::read_token_file(path) {
+            Ok(token) => {
+                println!("{}", hearth_store_node::access::token_digest(&token));
+                std::process::ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("error: --hash-token {message}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     match runtime.block_on(run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -108,6 +144,28 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let access = match (&args.hosts, args.no_auth) {
+        (Some(path), false) => {
+            let table = hearth_store_node::access::HostTable::load(path)
+                .map_err(|e| format!("--hosts {e}"))?;
+            tracing::info!(
+                hosts = table.len(),
+                "serving the hosts of {}",
+                path.display()
+            );
+            hearth_store_node::access::Access::Hosts(table)
+        }
+        (None, true) => {
+            tracing::warn!("--no-auth: serving anyone who can connect, unscoped");
+            hearth_store_node::access::Access::Open
+        }
+        _ => {
+            return Err(
+                "give --hosts FILE (the hosts it serves, by token) or --no-auth (anyone who can connect)"
+                    .into(),
+            );
+        }
+    };
     let backend: Arc<dyn BlobBackend> = match (&args.fs, &args.s3_endpoint) {
         (Some(dir), None) => {
             Arc::new(FsBackend::open(dir).map_err(|e| format!("--fs {}: {e}", dir.display()))?)
@@ -127,12 +185,18 @@ async fn run(args: Args) -> Result<(), String> {
     if args.buffer_kib == 0 || args.buffers == 0 {
         return Err("--buffer-kib and --buffers must be at least 1".into());
     }
-    if args.max_connections == 0 || args.lease_timeout_ms == 0 {
-        return Err("--max-connections and --lease-timeout-ms must be at least 1".into());
+    if args.max_connections == 0 || args.lease_timeout_ms == 0 || args.hello_timeout_ms == 0 {
+        return Err(
+            "--max-connections, --lease-timeout-ms and --hello-timeout-ms must be at least 1"
+                .into(),
+        );
     }
     let options = hearth_store_node::serve::ServeOptions {
         max_connections: args.max_connections,
         lease_timeout: Duration::from_millis(args.lease_timeout_ms),
+        hello_timeout: Duration::from_millis(args.hello_timeout_ms),
+        access: Arc::new(access),
+        metrics: Arc::default(),
     };
     let kind = backend.kind();
     let backend: Arc<dyn BlobBackend> = if args.hot_mib == 0 {
@@ -183,6 +247,21 @@ async fn run(args: Args) -> Result<(), String> {
             store.clone(),
             pool.clone(),
             regions.clone(),
+            options.clone(),
+        ));
+    }
+    if let Some(metrics_listen) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(metrics_listen)
+            .await
+            .map_err(|e| format!("--metrics-listen {metrics_listen}: {e}"))?;
+        let (metrics, pool) = (options.metrics.clone(), pool.clone());
+        tracing::info!(
+            "hearth-store metrics on http://{}/metrics",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
+        tokio::spawn(hearth_store_node::metrics::serve_metrics(
+            listener,
+            Arc::new(move || metrics.render(pool.stats().in_use)),
         ));
     }
     let listener = tokio::net::TcpListener::bind(args.listen)

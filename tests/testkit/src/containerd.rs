@@ -48,7 +48,8 @@ pub fn target_dir() -> PathBuf {
     deps.parent().expect("target dir").to_path_buf()
 }
 
-/// The path of the workspace binary `name` (hearthd, hearth, the shim),
+/// The path of the workspace binary `name` (hearthd, hearth, the shim,
+/// hearth-store),
 /// built first (once per test process) so it is never stale; or, after
 /// [`use_prebuilt_binaries`] (the benchmarks call it with their release
 /// binaries), the binary there, not rebuilt.
@@ -73,6 +74,8 @@ pub fn workspace_binary(name: &str) -> PathBuf {
                 "hearth-host",
                 "-p",
                 "hearth-shim",
+                "-p",
+                "hearth-store-node",
                 "--bins",
             ])
             .status()
