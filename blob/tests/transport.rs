@@ -1,7 +1,8 @@
 //! The transport contract on each implementation: control messages in
 //! order, one-sided reads within the peer's regions (refused otherwise, and
 //! then the connection is done), reads completing in order, a peer that
-//! goes away, and (loopback) a completion that fails.
+//! goes away, (loopback) a completion that fails, and (TCP) a peer that
+//! sends faster than it is served, held back by the socket.
 
 use bytes::Bytes;
 use hearth_blob::regions::{BufferPool, RegionError, RegionTable, RemoteSlice};
@@ -176,4 +177,70 @@ async fn a_failed_completion_is_an_error_and_ends_the_connection() {
         client.send(Bytes::from_static(b"x")).await,
         Err(TransportError::Closed(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_faster_than_it_is_served_is_held_back_and_nothing_is_lost() {
+    use hearth_blob::transport::tcp::QUEUED_MESSAGES;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+    const FRAME: usize = 1 << 20;
+    const FRAMES: usize = 200;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    let server = TcpTransport::new(accepted.unwrap().0, Arc::new(RegionTable::default()));
+    // A raw peer writes 200 control frames of 1 MiB as fast as the socket
+    // takes them; the server does not `recv` yet.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let sent = sent.clone();
+        let mut client = client.unwrap();
+        tokio::spawn(async move {
+            for i in 0..FRAMES {
+                let mut frame = Vec::with_capacity(5 + FRAME);
+                frame.extend_from_slice(&((FRAME + 1) as u32).to_le_bytes());
+                frame.push(0); // a control message
+                frame.extend(std::iter::repeat_n(i as u8, FRAME));
+                client.write_all(&frame).await.unwrap();
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+            client
+        })
+    };
+    // Wait until the writer makes no more progress: the server's queue
+    // and the socket buffers are full.
+    let mut last = usize::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = sent.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    // Taken: QUEUED_MESSAGES frames, one in the reader's hands, and what
+    // the kernel's socket buffers hold at most (their sysctl maxima);
+    // never all 200 MiB.
+    let kernel_max = |sysctl: &str| -> usize {
+        let text = std::fs::read_to_string(sysctl).unwrap();
+        text.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let buffered =
+        kernel_max("/proc/sys/net/ipv4/tcp_rmem") + kernel_max("/proc/sys/net/ipv4/tcp_wmem");
+    let bound = QUEUED_MESSAGES + 2 + buffered.div_ceil(FRAME);
+    assert!(bound < FRAMES, "this machine's socket buffers hold it all");
+    let held_back = sent.load(Ordering::SeqCst);
+    assert!(
+        held_back <= bound,
+        "the server took {held_back} MiB it had not asked for (at most {bound})"
+    );
+    assert!(!writer.is_finished());
+    // Served now, everything arrives, whole and in order.
+    for i in 0..FRAMES {
+        let message = server.recv().await.unwrap();
+        assert_eq!(message.len(), FRAME);
+        assert!(message.iter().all(|&b| b == i as u8), "frame {i}");
+    }
+    writer.await.unwrap();
 }

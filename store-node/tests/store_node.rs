@@ -371,3 +371,120 @@ async fn hearth_store_serves_only_listed_hosts_each_in_its_scope() {
         5000
     );
 }
+
+/// A raw connection to `addr`, past its hello with [`TOKEN`].
+async fn raw_connection(addr: SocketAddr) -> Arc<dyn hearth_blob::transport::Transport> {
+    use hearth_blob::remote::{Reply, Request, decode, encode};
+    let transport = tcp_connector(addr, Duration::from_secs(5))().await.unwrap();
+    transport
+        .send(encode(&Request::Hello {
+            token: Some(TOKEN.into()),
+        }))
+        .await
+        .unwrap();
+    let reply: Reply = decode(&transport.recv().await.unwrap()).unwrap();
+    assert!(matches!(reply, Reply::Welcome { .. }), "{reply:?}");
+    transport
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hearth_store_ends_expired_leases_and_connections_past_its_cap_and_counts_both() {
+    use hearth_blob::remote::{Reply, Request, decode, encode};
+    let dir = tempfile::tempdir().unwrap();
+    let (node, addr, _hosts) = start(&[
+        "--fs",
+        dir.path().to_str().unwrap(),
+        "--lease-timeout-ms",
+        "300",
+        "--max-connections",
+        "3",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    {
+        let store = remote(addr);
+        store.create_container("c").await.unwrap();
+        store
+            .put_bytes("c", "big", conformance::pattern(2 << 20, 5))
+            .await
+            .unwrap();
+    }
+
+    // A client takes a read buffer and never says `next`: cut off.
+    let holder = raw_connection(addr).await;
+    holder
+        .send(encode(&Request::Get {
+            container: "c".into(),
+            name: "big".into(),
+            start: 0,
+            end: u64::MAX,
+        }))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let reply: Reply = decode(&holder.recv().await.unwrap()).unwrap();
+        assert!(
+            matches!(reply, Reply::Reading { .. } | Reply::Chunk { .. }),
+            "{reply:?}"
+        );
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), holder.recv())
+        .await
+        .expect("the node ends the connection");
+    assert!(ended.is_err(), "{ended:?}");
+    node.wait_for_line("without saying `next`");
+
+    // Three connections held: a fourth is closed at once, by name.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !node_metrics(&node)
+        .await
+        .contains("hearth_store_connections_open 0")
+    {
+        assert!(std::time::Instant::now() < deadline, "connections linger");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(raw_connection(addr).await);
+    }
+    match remote(addr).container_info("c").await {
+        Err(hearth_blob::BlobError::Unavailable(message)) => {
+            assert!(message.starts_with("storage node: "), "{message}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    node.wait_for_line("storage node at max_connections");
+    let metrics = node_metrics(&node).await;
+    assert_eq!(
+        series(&metrics, "hearth_store_leases_expired_total"),
+        1,
+        "{metrics}"
+    );
+    assert!(
+        series(
+            &metrics,
+            "hearth_store_connections_refused_total{reason=\"max_connections\"}"
+        ) >= 1,
+        "{metrics}"
+    );
+    assert_eq!(series(&metrics, "hearth_store_read_buffers_in_use"), 0);
+
+    // Room again once they go; the object is whole.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match remote(addr)
+            .get_bytes("c", "big", hearth_blob::ByteRange::ALL)
+            .await
+        {
+            Ok(bytes) => {
+                assert_eq!(bytes, conformance::pattern(2 << 20, 5));
+                break;
+            }
+            Err(error) => {
+                assert!(std::time::Instant::now() < deadline, "{error:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
