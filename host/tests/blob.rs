@@ -689,3 +689,56 @@ async fn hearthd_reaches_a_storage_node_with_its_token_and_only_its_scope() {
     let again = get(ports["prod-b"], "/objects/cat").await.unwrap();
     assert_eq!(again.text(), "meow");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hearthd_bounds_a_functions_unfinished_blob_writes_and_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let function_port = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let toml = format!(
+        r#"
+[cache]
+max_blob_spool_bytes = 1048576
+[blob.stores.default]
+type = "fs"
+
+[[function]]
+name = "blob-roundtrip"
+path = "{wasm}"
+listen = "{function_port}"
+"#,
+        wasm = hearth_testkit::BLOB_ROUNDTRIP,
+    );
+    let hearthd = common::start_hearthd(dir.path(), &toml);
+    // 3 MiB through `outgoing-value`: past the function's 1 MiB spool.
+    let refused = put(function_port, "/objects/big", pattern(3 << 20)).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        refused.text()
+    );
+    assert!(
+        refused.text().contains("max_blob_spool_bytes"),
+        "{}",
+        refused.text()
+    );
+    hearthd.wait_for_line(
+        "blob write refused: the function's unfinished writes are at max_blob_spool_bytes",
+    );
+    // Nothing of it was stored, its bytes were given back, and the
+    // function serves on.
+    let missing = get(function_port, "/objects/big").await.unwrap();
+    assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.text());
+    let small = put(function_port, "/objects/small", pattern(100 << 10)).await;
+    assert_eq!(small.status, StatusCode::CREATED, "{}", small.text());
+    let metrics = get(hearthd.admin_addr(), "/metrics").await.unwrap().text();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(&format!("{name}{{")) && line.contains("blob-roundtrip"))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert_eq!(value("hearth_blob_spool_refused_total"), 1.0, "{metrics}");
+    assert_eq!(value("hearth_blob_spool_bytes"), 0.0, "{metrics}");
+}

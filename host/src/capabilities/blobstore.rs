@@ -87,15 +87,18 @@ impl Default for SpoolSettings {
 #[derive(Debug)]
 pub struct SpoolBudget {
     settings: SpoolSettings,
+    /// Whose budget it is, in the log.
+    owner: String,
     used: std::sync::atomic::AtomicU64,
     refused: std::sync::atomic::AtomicU64,
 }
 
 impl SpoolBudget {
-    /// An empty budget.
-    pub fn new(settings: SpoolSettings) -> Self {
+    /// An empty budget of `owner` (its identity, in the log).
+    pub fn new(settings: SpoolSettings, owner: String) -> Self {
         SpoolBudget {
             settings,
+            owner,
             used: Default::default(),
             refused: Default::default(),
         }
@@ -120,7 +123,19 @@ impl SpoolBudget {
             })
             .map(drop)
             .map_err(|used| {
-                self.refused.fetch_add(1, Relaxed);
+                let refused = self.refused.fetch_add(1, Relaxed) + 1;
+                // Logged at powers of two: a guest retrying in a loop
+                // cannot flood the log.
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        function = %self.owner,
+                        used,
+                        bytes,
+                        limit,
+                        refused,
+                        "blob write refused: the function's unfinished writes are at max_blob_spool_bytes"
+                    );
+                }
                 BlobError::Other(format!(
                     "too large: this function's unfinished blob writes hold {used} bytes; {bytes} more would pass its spool limit of {limit} bytes ([cache] max_blob_spool_bytes)"
                 ))
@@ -162,7 +177,7 @@ impl BlobScope {
         BlobScope {
             store,
             prefix: container_prefix(identity),
-            spool: Arc::new(SpoolBudget::new(spool)),
+            spool: Arc::new(SpoolBudget::new(spool, identity.to_string())),
         }
     }
 
