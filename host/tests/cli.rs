@@ -493,3 +493,51 @@ NAME = "patient"
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.text(), "ok\n");
 }
+
+/// A job component of three core modules: two each own a linear memory
+/// and grow it by 48 pages (3 MiB) when `run` calls them.
+const TWO_MEMORIES_JOB: &str = r#"
+(component
+  (core module $grower
+    (memory 1)
+    (func (export "grow") (result i32) (memory.grow (i32.const 48))))
+  (core module $main
+    (import "first" "grow" (func $first (result i32)))
+    (import "second" "grow" (func $second (result i32)))
+    (func (export "run") (result i32)
+      (drop (call $first))
+      (drop (call $second))
+      (i32.const 0)))
+  (core instance $first (instantiate $grower))
+  (core instance $second (instantiate $grower))
+  (core instance $main (instantiate $main
+    (with "first" (instance $first))
+    (with "second" (instance $second))))
+  (func $run (result (result)) (canon lift (core func $main "run")))
+  (instance $cli (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.12" (instance $cli)))
+"#;
+
+#[test]
+fn the_memory_limit_counts_all_of_a_components_memories_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("two-memories.wasm");
+    std::fs::write(&job, wat::parse_str(TWO_MEMORIES_JOB).unwrap()).unwrap();
+    // Each memory ends at 49 pages (3.06 MiB), under 4 MiB alone; both
+    // together are 6.1 MiB.
+    let (status, log) = run_to_end(
+        Command::new(HEARTH)
+            .arg("run")
+            .arg(&job)
+            .args(["--max-memory-mib", "4"]),
+    );
+    assert_eq!(status.code(), Some(134), "{log}");
+    assert!(log.contains("memory limit exceeded"), "{log}");
+    let (status, log) = run_to_end(
+        Command::new(HEARTH)
+            .arg("run")
+            .arg(&job)
+            .args(["--max-memory-mib", "8"]),
+    );
+    assert_eq!(status.code(), Some(0), "{log}");
+}
