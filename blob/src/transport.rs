@@ -355,6 +355,18 @@ pub mod tcp {
         }
     }
 
+    /// Writes `message` as one control frame on `stream` if the socket
+    /// takes it at once, and gives up otherwise: for a last word (a
+    /// refusal) to a peer about to be dropped, which must never stall the
+    /// side that sends it.
+    pub fn try_send_last_word(stream: &TcpStream, message: &[u8]) {
+        let mut frame = Vec::with_capacity(5 + message.len());
+        frame.extend_from_slice(&((message.len() + 1) as u32).to_le_bytes());
+        frame.push(MESSAGE);
+        frame.extend_from_slice(message);
+        let _ = stream.try_write(&frame);
+    }
+
     impl TcpTransport {
         /// Wraps a connected stream; `regions` is this side's registered
         /// memory, which the peer may read.

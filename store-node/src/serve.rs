@@ -22,11 +22,14 @@
 //! * Errors cross as `Reply::Error` with the [`BlobError`] kind.
 //! * **A lease, not a loan.** A client holds a read buffer at most
 //!   [`ServeOptions::lease_timeout`] (30 s): one that does not say `Next`
-//!   by then is cut off (its connection is closed, logged) and the buffer
-//!   goes back to the pool, so idle clients cannot drain it.
+//!   by then is cut off (told `unavailable: lease expired: …` if it ever
+//!   reads, its connection closed, logged, counted) and the buffer goes
+//!   back to the pool, so idle clients cannot drain it.
 //! * **Bounded.** At most [`ServeOptions::max_connections`] (1024)
-//!   connections are served at once; one past it is closed on accept and
-//!   logged (at powers of two). The TCP transport queues a few frames per
+//!   connections are served at once; one past it is told `unavailable:
+//!   storage node: serving its max_connections` (if its socket takes the
+//!   frame at once) and closed on accept, logged (at powers of two) and
+//!   counted. The TCP transport queues a few frames per
 //!   connection before it stops reading the socket (see
 //!   [`hearth_blob::transport::tcp`]). An accept that fails (no file
 //!   descriptors left, say) is logged and retried after a pause; it never
@@ -296,10 +299,18 @@ async fn serve_read(
             drop(held);
             let Ok(answer) = answer else {
                 count(&options.metrics.leases_expired);
-                return Err(TransportError::Protocol(format!(
+                let why = format!(
                     "the client held a read buffer for {} ms without saying `next`",
                     lease_timeout.as_millis()
-                )));
+                );
+                // The client's last word from the node, if it ever reads.
+                let expired = BlobError::Unavailable(format!("lease expired: {why}"));
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    transport.send(encode(&Reply::from_error(&expired))),
+                )
+                .await;
+                return Err(TransportError::Protocol(why));
             };
             let answer: Request = decode(&answer?)?;
             if !matches!(answer, Request::Next) {
@@ -387,6 +398,14 @@ pub async fn serve_tcp_with(
     loop {
         let (stream, peer) = accept(&listener, &options.metrics).await;
         let Some(permit) = admission.admit(peer) else {
+            let busy = BlobError::Unavailable(format!(
+                "storage node: serving its max_connections ({}); try again",
+                options.max_connections
+            ));
+            hearth_blob::transport::tcp::try_send_last_word(
+                &stream,
+                &encode(&Reply::from_error(&busy)),
+            );
             drop(stream);
             continue;
         };
