@@ -6,7 +6,8 @@
 //! * Every refusal the node makes is counted here as well as logged:
 //!   `hearth_store_connections_refused_total{reason}` (`max_connections`,
 //!   `unauthorized`, `no_hello`: no `Hello` within the hello timeout, or
-//!   another message first), `hearth_store_leases_expired_total` (a client
+//!   another message first; `pending_hellos_per_peer`: one IP address
+//!   holding too many connections that have not said `Hello`), `hearth_store_leases_expired_total` (a client
 //!   cut off for holding a read buffer past its lease),
 //!   `hearth_store_reads_refused_total{reason="no_buffer"}` and
 //!   `hearth_store_accept_errors_total`.
@@ -25,6 +26,9 @@ pub struct NodeMetrics {
     pub refused_unauthorized: AtomicU64,
     /// Connections that sent no `Hello` in time (or something else first).
     pub refused_no_hello: AtomicU64,
+    /// Connections closed at accept: their peer held too many that had not
+    /// said `Hello`.
+    pub refused_pending_per_peer: AtomicU64,
     /// Clients cut off for holding a read buffer past the lease.
     pub leases_expired: AtomicU64,
     /// Reads refused: no free read buffer.
@@ -54,6 +58,7 @@ impl NodeMetrics {
             ("max_connections", &self.refused_at_cap),
             ("unauthorized", &self.refused_unauthorized),
             ("no_hello", &self.refused_no_hello),
+            ("pending_hellos_per_peer", &self.refused_pending_per_peer),
         ] {
             out.push_str(&format!(
                 "hearth_store_connections_refused_total{{reason=\"{reason}\"}} {}\n",

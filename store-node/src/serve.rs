@@ -29,7 +29,10 @@
 //!   connections are served at once; one past it is told `unavailable:
 //!   storage node: serving its max_connections` (if its socket takes the
 //!   frame at once) and closed on accept, logged (at powers of two) and
-//!   counted. The TCP transport queues a few frames per
+//!   counted. One IP address may hold at most
+//!   [`ServeOptions::max_pending_hellos_per_peer`] (16) connections that
+//!   have not said `Hello` yet; more are closed on accept the same way.
+//!   The TCP transport queues a few frames per
 //!   connection before it stops reading the socket (see
 //!   [`hearth_blob::transport::tcp`]). An accept that fails (no file
 //!   descriptors left, say) is logged and retried after a pause; it never
@@ -56,6 +59,10 @@ pub struct ServeOptions {
     /// How long a new connection has to say `Hello` (and, over RDMA, to
     /// set up its queue pair).
     pub hello_timeout: Duration,
+    /// Connections from one IP address that have not said `Hello` yet; one
+    /// more is closed on accept, so one peer cannot hold every connection
+    /// slot with silent sockets.
+    pub max_pending_hellos_per_peer: usize,
     /// Who is served, in which scope.
     pub access: Arc<Access>,
     /// Where refusals are counted.
@@ -68,6 +75,7 @@ impl Default for ServeOptions {
             max_connections: 1024,
             lease_timeout: Duration::from_secs(30),
             hello_timeout: Duration::from_secs(10),
+            max_pending_hellos_per_peer: 16,
             access: Arc::new(Access::Open),
             metrics: Arc::default(),
         }
@@ -159,9 +167,22 @@ pub async fn serve_connection_with(
     pool: Arc<BufferPool>,
     options: ServeOptions,
 ) -> Result<(), TransportError> {
+    serve_admitted(transport, store, pool, options, None).await
+}
+
+/// [`serve_connection_with`] for a connection that counts against its
+/// peer's pending hellos until it has said `Hello`.
+async fn serve_admitted(
+    transport: Arc<dyn Transport>,
+    store: BlobStore,
+    pool: Arc<BufferPool>,
+    options: ServeOptions,
+    mut pending: Option<PendingHello>,
+) -> Result<(), TransportError> {
     let Some(store) = hello(&*transport, &store, &options).await? else {
         return Ok(());
     };
+    drop(pending.take());
     loop {
         let request: Request = match transport.recv().await {
             Ok(message) => decode(&message)?,
@@ -394,20 +415,19 @@ pub async fn serve_tcp_with(
     regions: Arc<RegionTable>,
     options: ServeOptions,
 ) -> std::io::Result<()> {
-    let admission = Admission::new(options.max_connections, options.metrics.clone());
+    let admission = Admission::new(&options);
     loop {
         let (stream, peer) = accept(&listener, &options.metrics).await;
-        let Some(permit) = admission.admit(peer) else {
-            let busy = BlobError::Unavailable(format!(
-                "storage node: serving its max_connections ({}); try again",
-                options.max_connections
-            ));
-            hearth_blob::transport::tcp::try_send_last_word(
-                &stream,
-                &encode(&Reply::from_error(&busy)),
-            );
-            drop(stream);
-            continue;
+        let (permit, pending) = match admission.admit(peer) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                hearth_blob::transport::tcp::try_send_last_word(
+                    &stream,
+                    &encode(&Reply::from_error(&refusal)),
+                );
+                drop(stream);
+                continue;
+            }
         };
         let transport: Arc<dyn Transport> = Arc::new(
             hearth_blob::transport::tcp::TcpTransport::new(stream, regions.clone()),
@@ -415,7 +435,8 @@ pub async fn serve_tcp_with(
         let (store, pool, options) = (store.clone(), pool.clone(), options.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(error) = serve_connection_with(transport, store, pool, options).await {
+            if let Err(error) = serve_admitted(transport, store, pool, options, Some(pending)).await
+            {
                 tracing::warn!(%peer, error = %error, "storage connection ended with an error");
             }
         });
@@ -444,9 +465,13 @@ async fn accept(
     }
 }
 
-/// Counts connections against [`ServeOptions::max_connections`].
+/// Counts connections against [`ServeOptions::max_connections`], and
+/// those not past their `Hello` against
+/// [`ServeOptions::max_pending_hellos_per_peer`] per IP address.
 struct Admission {
     open: Arc<tokio::sync::Semaphore>,
+    open_max: usize,
+    pending: Arc<PendingHellos>,
     metrics: Arc<NodeMetrics>,
 }
 
@@ -465,30 +490,97 @@ impl Drop for Admitted {
     }
 }
 
+/// Connections not past their `Hello`, by peer address.
+struct PendingHellos {
+    max_per_peer: usize,
+    by_peer: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place among its peer's pending hellos, given back
+/// when it has said `Hello` or ended.
+struct PendingHello {
+    peers: Arc<PendingHellos>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for PendingHello {
+    fn drop(&mut self) {
+        let mut by_peer = self.peers.by_peer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = by_peer.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                by_peer.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl PendingHellos {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PendingHello> {
+        let mut by_peer = self.by_peer.lock().unwrap_or_else(|e| e.into_inner());
+        let count = by_peer.entry(ip).or_insert(0);
+        if *count >= self.max_per_peer {
+            return None;
+        }
+        *count += 1;
+        Some(PendingHello {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
 impl Admission {
-    fn new(max_connections: usize, metrics: Arc<NodeMetrics>) -> Self {
+    fn new(options: &ServeOptions) -> Self {
         Admission {
-            open: Arc::new(tokio::sync::Semaphore::new(max_connections.max(1))),
-            metrics,
+            open: Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1))),
+            open_max: options.max_connections.max(1),
+            pending: Arc::new(PendingHellos {
+                max_per_peer: options.max_pending_hellos_per_peer.max(1),
+                by_peer: Default::default(),
+            }),
+            metrics: options.metrics.clone(),
         }
     }
 
-    /// A permit for one more connection, or `None` (logged) at the cap.
-    fn admit(&self, peer: std::net::SocketAddr) -> Option<Admitted> {
+    /// Places for one more connection from `peer`, or why not (logged at
+    /// powers of two, counted): the refused peer's last word.
+    fn admit(&self, peer: std::net::SocketAddr) -> Result<(Admitted, PendingHello), BlobError> {
+        let Some(pending) = self.pending.enter(peer.ip()) else {
+            let refused = self
+                .metrics
+                .refused_pending_per_peer
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(%peer, refused, "storage node: this peer holds max_pending_hellos_per_peer connections that have not said hello; closed a new one");
+            }
+            return Err(BlobError::Unavailable(format!(
+                "storage node: {} connections from {} have not said hello yet; try again",
+                self.pending.max_per_peer,
+                peer.ip()
+            )));
+        };
         match self.open.clone().try_acquire_owned() {
             Ok(permit) => {
                 count(&self.metrics.connections_open);
-                Some(Admitted {
-                    _permit: permit,
-                    metrics: self.metrics.clone(),
-                })
+                Ok((
+                    Admitted {
+                        _permit: permit,
+                        metrics: self.metrics.clone(),
+                    },
+                    pending,
+                ))
             }
             Err(_) => {
                 let refused = self.metrics.refused_at_cap.fetch_add(1, Ordering::Relaxed) + 1;
                 if refused.is_power_of_two() {
                     tracing::warn!(%peer, refused, "storage node at max_connections; closed a new connection");
                 }
-                None
+                Err(BlobError::Unavailable(format!(
+                    "storage node: serving its max_connections ({}); try again",
+                    self.open_max
+                )))
             }
         }
     }
@@ -541,10 +633,10 @@ pub async fn serve_rdma(
     regions: Arc<RegionTable>,
     options: ServeOptions,
 ) -> std::io::Result<()> {
-    let admission = Admission::new(options.max_connections, options.metrics.clone());
+    let admission = Admission::new(&options);
     loop {
         let (socket, peer) = accept(&listener, &options.metrics).await;
-        let Some(permit) = admission.admit(peer) else {
+        let Ok((permit, pending)) = admission.admit(peer) else {
             drop(socket);
             continue;
         };
@@ -569,7 +661,8 @@ pub async fn serve_rdma(
             match established {
                 Ok(transport) => {
                     let transport: Arc<dyn Transport> = Arc::new(transport);
-                    if let Err(error) = serve_connection_with(transport, store, pool, options).await
+                    if let Err(error) =
+                        serve_admitted(transport, store, pool, options, Some(pending)).await
                     {
                         tracing::warn!(%peer, error = %error, "RDMA storage connection ended with an error");
                     }

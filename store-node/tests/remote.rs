@@ -429,3 +429,62 @@ async fn a_node_with_a_hosts_file_serves_only_its_hosts_each_in_its_scope() {
         assert!(metrics.contains(series), "{expected}: {metrics}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_holding_silent_connections_cannot_take_every_slot() {
+    let options = ServeOptions {
+        max_pending_hellos_per_peer: 2,
+        hello_timeout: Duration::from_secs(2),
+        ..ServeOptions::default()
+    };
+    let node = node();
+    let (addr, _server) = tcp_node_with(&node, options.clone()).await;
+    let connect = tcp_connector(addr, Duration::from_secs(2));
+    // Two connections that said hello are not pending: they do not count.
+    let mut greeted = Vec::new();
+    for _ in 0..2 {
+        let transport = connect().await.unwrap();
+        say_hello(&*transport).await;
+        greeted.push(transport);
+    }
+    // Two silent ones fill this address's pending places; a third
+    // connection is closed at once, by name when its socket takes it.
+    let silent: Vec<_> = futures_util::future::join_all((0..2).map(|_| connect()))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // (The node accepts in order: the silent ones are in before this.)
+    match remote(connect.clone()).container_info("c").await {
+        Err(BlobError::Unavailable(message)) => {
+            assert!(message.starts_with("storage node: "), "{message}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(
+        options
+            .metrics
+            .render(0)
+            .contains("reason=\"pending_hellos_per_peer\"} 1"),
+        "{}",
+        options.metrics.render(0)
+    );
+    // The greeted connections are served throughout.
+    for held in &greeted {
+        held.send(encode(&Request::ContainerInfo {
+            container: "none".into(),
+        }))
+        .await
+        .unwrap();
+        let reply: Reply = decode(&held.recv().await.unwrap()).unwrap();
+        assert!(matches!(reply, Reply::Error { .. }), "{reply:?}");
+    }
+    // Once the silent ones time out, the address may connect again.
+    for closed in silent {
+        let ended = tokio::time::timeout(Duration::from_secs(10), closed.recv())
+            .await
+            .expect("the node closes a silent connection");
+        assert!(ended.is_err(), "{ended:?}");
+    }
+    remote(connect).create_container("c").await.unwrap();
+}

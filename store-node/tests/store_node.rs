@@ -166,7 +166,17 @@ async fn hearth_store_out_of_file_descriptors_keeps_running_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new("/usr/bin/prlimit");
     command.args(["--nofile=48:48", "--", HEARTH_STORE]);
-    let (node, addr, _hosts) = start_command(command, &["--fs", dir.path().to_str().unwrap()]);
+    // All 64 come from one address: let them all be accepted (as they would
+    // be from 64 peers) so the descriptors run out.
+    let (node, addr, _hosts) = start_command(
+        command,
+        &[
+            "--fs",
+            dir.path().to_str().unwrap(),
+            "--max-pending-hellos-per-peer",
+            "1000",
+        ],
+    );
     // Hold more connections than the node has descriptors for.
     let held: Vec<std::net::TcpStream> = (0..64)
         .map(|_| std::net::TcpStream::connect(addr).unwrap())

@@ -52,6 +52,9 @@ struct Args {
     /// How long a new connection has to say hello, in ms.
     #[arg(long, default_value_t = 10_000)]
     hello_timeout_ms: u64,
+    /// Connections one IP address may hold that have not said hello yet.
+    #[arg(long, default_value_t = 16)]
+    max_pending_hellos_per_peer: usize,
     /// Serve Prometheus metrics at `/metrics` here.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -185,9 +188,13 @@ async fn run(args: Args) -> Result<(), String> {
     if args.buffer_kib == 0 || args.buffers == 0 {
         return Err("--buffer-kib and --buffers must be at least 1".into());
     }
-    if args.max_connections == 0 || args.lease_timeout_ms == 0 || args.hello_timeout_ms == 0 {
+    if args.max_connections == 0
+        || args.lease_timeout_ms == 0
+        || args.hello_timeout_ms == 0
+        || args.max_pending_hellos_per_peer == 0
+    {
         return Err(
-            "--max-connections, --lease-timeout-ms and --hello-timeout-ms must be at least 1"
+            "--max-connections, --lease-timeout-ms, --hello-timeout-ms and --max-pending-hellos-per-peer must be at least 1"
                 .into(),
         );
     }
@@ -195,6 +202,7 @@ async fn run(args: Args) -> Result<(), String> {
         max_connections: args.max_connections,
         lease_timeout: Duration::from_millis(args.lease_timeout_ms),
         hello_timeout: Duration::from_millis(args.hello_timeout_ms),
+        max_pending_hellos_per_peer: args.max_pending_hellos_per_peer,
         access: Arc::new(access),
         metrics: Arc::default(),
     };
