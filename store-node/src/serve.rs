@@ -97,7 +97,9 @@ async fn refuse(
                 message: error.to_string(),
                 limit: None,
             };
-            let _ = transport.send(encode(&reply)).await;
+            // A peer that does not read cannot hold the refusal up.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), transport.send(encode(&reply))).await;
         }
         None => count(&metrics.refused_no_hello),
     }
@@ -133,6 +135,7 @@ async fn hello(
     };
     match options.access.authenticate(token.as_deref()) {
         Ok(grant) => {
+            tracing::debug!(host = %grant.host, scope = ?grant.scope, "storage connection said hello");
             transport
                 .send(encode(&Reply::Welcome {
                     host: grant.host.clone(),
