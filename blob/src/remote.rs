@@ -59,7 +59,7 @@ pub enum Request {
     /// The first message of every connection: who this host is.
     Hello {
         /// The host's token (`None` to a node that authenticates nobody).
-        token: Option<String>,
+        token: Option<Token>,
     },
     /// See [`BlobBackend::create_container`].
     CreateContainer {
@@ -121,6 +121,18 @@ pub enum Request {
     },
     /// The write's data is complete.
     PutEnd,
+}
+
+/// A host's token as it crosses the wire: its `Debug` never shows it, so
+/// a logged request gives nobody the credential.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(…)")
+    }
 }
 
 /// A node's reply.
@@ -318,7 +330,7 @@ impl RemoteBackend {
         let connection = (self.connect)().await?;
         connection
             .send(encode(&Request::Hello {
-                token: self.token.as_deref().map(str::to_string),
+                token: self.token.as_deref().map(|token| Token(token.to_string())),
             }))
             .await
             .map_err(unavailable)?;
@@ -606,4 +618,23 @@ pub fn tcp_connector(addr: std::net::SocketAddr, timeout: std::time::Duration) -
             Ok(Arc::new(transport) as Arc<dyn Transport>)
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hello_crosses_the_wire_with_its_token_and_never_logs_it() {
+        let hello = Request::Hello {
+            token: Some(Token("secret-token-0123456789".into())),
+        };
+        let wire = encode(&hello);
+        assert!(String::from_utf8_lossy(&wire).contains("\"token\":\"secret-token-0123456789\""));
+        let Request::Hello { token } = decode::<Request>(&wire).unwrap() else {
+            panic!("not a hello");
+        };
+        assert_eq!(token.unwrap().0, "secret-token-0123456789");
+        assert!(!format!("{hello:?}").contains("secret"), "{hello:?}");
+    }
 }

@@ -133,7 +133,10 @@ async fn hello(
             return Err(refuse(transport, metrics, None, why).await);
         }
     };
-    match options.access.authenticate(token.as_deref()) {
+    match options
+        .access
+        .authenticate(token.as_ref().map(|token| token.0.as_str()))
+    {
         Ok(grant) => {
             tracing::debug!(host = %grant.host, scope = ?grant.scope, "storage connection said hello");
             transport

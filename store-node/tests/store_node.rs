@@ -408,7 +408,7 @@ async fn raw_connection(addr: SocketAddr) -> Arc<dyn hearth_blob::transport::Tra
     let transport = tcp_connector(addr, Duration::from_secs(5))().await.unwrap();
     transport
         .send(encode(&Request::Hello {
-            token: Some(TOKEN.into()),
+            token: Some(hearth_blob::remote::Token(TOKEN.into())),
         }))
         .await
         .unwrap();
