@@ -578,7 +578,16 @@ visibility_ms = 1500
             "w"
         );
     }
-    let processed: u64 = wait_for_state(addr, "processed").await.parse().unwrap();
+    // The worker stores the order, then counts it: the last count may land
+    // just after its order does.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let processed = loop {
+        let processed: u64 = wait_for_state(addr, "processed").await.parse().unwrap();
+        if processed >= 4 || Instant::now() > deadline {
+            break processed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         processed, 4,
         "each once: none had been acked before the kill"
