@@ -8,7 +8,8 @@
 //!   holds no `!`), then renamed here; what comes back (container and
 //!   object descriptions, error messages) names the host's own container,
 //!   so the scope never shows.
-//! * Copies and moves stay within the scope: both ends are renamed.
+//! * Copies and moves are the trait's defaults, made of the scoped calls:
+//!   both ends stay within the scope.
 
 use crate::access::{SCOPE_SEPARATOR, scoped_name};
 use async_trait::async_trait;
@@ -158,34 +159,6 @@ impl BlobBackend for ScopedBackend {
         self.inner
             .list(&self.name(container), after, limit)
             .await
-            .map_err(|e| self.error(e))
-    }
-
-    async fn copy(
-        &self,
-        from: (&str, &str),
-        to: (&str, &str),
-        limit: u64,
-    ) -> Result<ObjectInfo, BlobError> {
-        let (from_container, to_container) = (self.name(from.0), self.name(to.0));
-        self.inner
-            .copy((&from_container, from.1), (&to_container, to.1), limit)
-            .await
-            .map(|info| self.object(info))
-            .map_err(|e| self.error(e))
-    }
-
-    async fn rename(
-        &self,
-        from: (&str, &str),
-        to: (&str, &str),
-        limit: u64,
-    ) -> Result<ObjectInfo, BlobError> {
-        let (from_container, to_container) = (self.name(from.0), self.name(to.0));
-        self.inner
-            .rename((&from_container, from.1), (&to_container, to.1), limit)
-            .await
-            .map(|info| self.object(info))
             .map_err(|e| self.error(e))
     }
 
