@@ -635,13 +635,7 @@ async fn hearthd_reaches_a_storage_node_with_its_token_and_only_its_scope() {
             .arg("--fs")
             .arg(&data),
     );
-    let line = node.wait_for_line("hearth-store listening on ");
-    let node_addr = line
-        .rsplit("listening on ")
-        .next()
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let node_addr = node.addr_after("hearth-store listening on ");
 
     // One hearthd, one function of app `shop` per credential: the node
     // tells them apart by token alone.

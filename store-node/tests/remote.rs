@@ -4,24 +4,18 @@
 //! (its registered buffers go back: no leak), and a node that serves only
 //! the hosts it knows, each in its scope.
 
+mod common;
+
+use common::{last_word, limits, remote_store, say_hello};
 use futures_util::StreamExt;
-use hearth_blob::conformance::{self, LIMIT};
+use hearth_blob::conformance;
 use hearth_blob::fs::FsBackend;
 use hearth_blob::regions::{BufferPool, RegionTable};
-use hearth_blob::remote::{
-    Connector, RemoteBackend, Reply, Request, decode, encode, tcp_connector,
-};
-use hearth_blob::{BlobError, BlobLimits, BlobStore, ByteRange};
+use hearth_blob::remote::{Connector, Reply, Request, decode, encode, tcp_connector};
+use hearth_blob::{BlobError, BlobStore, ByteRange};
 use hearth_store_node::serve::{ServeOptions, serve_tcp_with};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn limits() -> BlobLimits {
-    BlobLimits {
-        max_object_bytes: LIMIT,
-        ..Default::default()
-    }
-}
 
 /// A storage node: an fs store and its registered read buffers.
 struct Node {
@@ -47,7 +41,7 @@ fn node() -> Node {
 }
 
 fn remote(connect: Connector) -> BlobStore {
-    BlobStore::new("remote", Arc::new(RemoteBackend::new(connect)), limits())
+    remote_store(connect, None)
 }
 
 fn loopback_connector(node: &Node) -> Connector {
@@ -84,6 +78,30 @@ async fn tcp_node_with(
         options,
     ));
     (addr, server)
+}
+
+/// Connectors to `node` served with `options` over TCP and over loopback,
+/// and the task of the TCP accept loop.
+async fn tcp_and_loopback(
+    node: &Node,
+    options: ServeOptions,
+) -> (
+    Connector,
+    Connector,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let (addr, server) = tcp_node_with(node, options.clone()).await;
+    let over_loopback = hearth_store_node::serve::loopback_connector_with(
+        node.store.clone(),
+        node.pool.clone(),
+        node.regions.clone(),
+        options,
+    );
+    (
+        tcp_connector(addr, Duration::from_secs(2)),
+        over_loopback,
+        server,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,36 +198,11 @@ async fn a_client_gone_mid_read_frees_the_nodes_buffers() {
     );
 }
 
-/// Waits (10 s at most) for the node to end `transport`: the node's last
-/// word before it did, if any, as text.
-async fn last_word(transport: &dyn hearth_blob::transport::Transport) -> Option<String> {
-    let mut said = None;
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), transport.recv())
-            .await
-            .expect("the node ends the connection");
-        match next {
-            Ok(message) => said = Some(format!("{:?}", decode::<Reply>(&message).unwrap())),
-            Err(_) => return said,
-        }
-    }
-}
-
-/// Says hello (with no token) on a raw connection, as a client must first.
-async fn say_hello(transport: &dyn hearth_blob::transport::Transport) {
-    transport
-        .send(encode(&Request::Hello { token: None }))
-        .await
-        .unwrap();
-    let reply: Reply = decode(&transport.recv().await.unwrap()).unwrap();
-    assert!(matches!(reply, Reply::Welcome { .. }), "{reply:?}");
-}
-
 /// Asks for `big` over a raw connection and takes its first chunk without
 /// ever saying `next`: the read buffer is leased to this client.
 async fn hold_a_read_buffer(connect: &Connector) -> Arc<dyn hearth_blob::transport::Transport> {
     let transport = connect().await.unwrap();
-    say_hello(&*transport).await;
+    say_hello(&*transport, None).await;
     transport
         .send(encode(&Request::Get {
             container: "c".into(),
@@ -250,14 +243,7 @@ async fn a_client_holding_a_read_buffer_is_cut_off_when_its_lease_runs_out() {
         ..ServeOptions::default()
     };
     let node = node();
-    let (addr, _server) = tcp_node_with(&node, options.clone()).await;
-    let over_tcp = tcp_connector(addr, Duration::from_secs(2));
-    let over_loopback = hearth_store_node::serve::loopback_connector_with(
-        node.store.clone(),
-        node.pool.clone(),
-        node.regions.clone(),
-        options,
-    );
+    let (over_tcp, over_loopback, _server) = tcp_and_loopback(&node, options.clone()).await;
     let store = remote(over_tcp.clone());
     store.create_container("c").await.unwrap();
     store
@@ -298,7 +284,7 @@ async fn connections_past_the_cap_are_closed_and_the_rest_still_served() {
     let second = connect().await.unwrap();
     // Both are served.
     for held in [&first, &second] {
-        say_hello(&**held).await;
+        say_hello(&**held, None).await;
         held.send(encode(&Request::ContainerInfo {
             container: "none".into(),
         }))
@@ -346,29 +332,15 @@ async fn a_node_with_a_hosts_file_serves_only_its_hosts_each_in_its_scope() {
         ..ServeOptions::default()
     };
     let node = node();
-    let (addr, _server) = tcp_node_with(&node, options.clone()).await;
-    let over_tcp = tcp_connector(addr, Duration::from_secs(2));
-    let over_loopback = hearth_store_node::serve::loopback_connector_with(
-        node.store.clone(),
-        node.pool.clone(),
-        node.regions.clone(),
-        options.clone(),
-    );
-    let as_host = |connect: &Connector, token: Option<&str>| {
-        BlobStore::new(
-            "remote",
-            Arc::new(RemoteBackend::with_token(
-                connect.clone(),
-                token.map(str::to_string),
-            )),
-            limits(),
-        )
-    };
+    let (over_tcp, over_loopback, _server) = tcp_and_loopback(&node, options.clone()).await;
     // The whole contract holds inside a scope.
-    conformance::run(&as_host(&over_loopback, Some(red))).await;
+    conformance::run(&remote_store(over_loopback.clone(), Some(red))).await;
     for (n, connect) in [&over_tcp, &over_loopback].into_iter().enumerate() {
         for token in [None, Some("token-of-nobody-0123456789")] {
-            match as_host(connect, token).container_info("c").await {
+            match remote_store(connect.clone(), token)
+                .container_info("c")
+                .await
+            {
                 Err(BlobError::Unavailable(message)) => {
                     assert!(message.contains("not authorized"), "{message}")
                 }
@@ -377,7 +349,10 @@ async fn a_node_with_a_hosts_file_serves_only_its_hosts_each_in_its_scope() {
         }
         // Red's container is not blue's, though both call it `shared`.
         let container = format!("shared-{n}");
-        let (as_red, as_blue) = (as_host(connect, Some(red)), as_host(connect, Some(blue)));
+        let (as_red, as_blue) = (
+            remote_store(connect.clone(), Some(red)),
+            remote_store(connect.clone(), Some(blue)),
+        );
         as_red.create_container(&container).await.unwrap();
         as_red
             .put_bytes(&container, "x", conformance::pattern(100, 7))
@@ -444,7 +419,7 @@ async fn one_peer_holding_silent_connections_cannot_take_every_slot() {
     let mut greeted = Vec::new();
     for _ in 0..2 {
         let transport = connect().await.unwrap();
-        say_hello(&*transport).await;
+        say_hello(&*transport, None).await;
         greeted.push(transport);
     }
     // Two silent ones fill this address's pending places; a third

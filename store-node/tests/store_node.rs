@@ -3,9 +3,12 @@
 //! its hosts file, each in its scope; bad arguments end it with a named
 //! error.
 
-use hearth_blob::conformance::{self, LIMIT};
-use hearth_blob::remote::{RemoteBackend, tcp_connector};
-use hearth_blob::{BlobLimits, BlobStore};
+mod common;
+
+use common::{last_word, remote_store, say_hello};
+use hearth_blob::BlobStore;
+use hearth_blob::conformance;
+use hearth_blob::remote::tcp_connector;
 use hearth_testkit::process::{Running, run_to_end};
 use std::net::SocketAddr;
 use std::process::Command;
@@ -65,14 +68,7 @@ fn start_with(mut command: Command, args: &[&str]) -> (Running, SocketAddr) {
             ])
             .args(args),
     );
-    let line = node.wait_for_line("hearth-store listening on ");
-    let addr = line
-        .rsplit("listening on ")
-        .next()
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|e| panic!("{line}: {e}"));
+    let addr = node.addr_after("hearth-store listening on ");
     (node, addr)
 }
 
@@ -83,17 +79,7 @@ fn remote(addr: SocketAddr) -> BlobStore {
 
 /// The store `addr` serves to a host presenting `token`.
 fn remote_as(addr: SocketAddr, token: Option<&str>) -> BlobStore {
-    BlobStore::new(
-        "remote",
-        Arc::new(RemoteBackend::with_token(
-            tcp_connector(addr, Duration::from_secs(5)),
-            token.map(str::to_string),
-        )),
-        BlobLimits {
-            max_object_bytes: LIMIT,
-            ..Default::default()
-        },
-    )
+    remote_store(tcp_connector(addr, Duration::from_secs(5)), token)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,21 +214,10 @@ fn hash_token_prints_the_line_a_hosts_file_needs() {
 
 /// The node's `/metrics` text, from the address its log names.
 async fn node_metrics(node: &Running) -> String {
-    let line = node.wait_for_line("hearth-store metrics on http://");
-    let url = line
-        .split("metrics on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_string();
-    let addr: SocketAddr = url
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics")
-        .parse()
-        .unwrap();
+    let addr = node.addr_after("hearth-store metrics on http://");
     hearth_testkit::http::get(addr, "/metrics")
         .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .unwrap_or_else(|e| panic!("GET http://{addr}/metrics: {e}"))
         .text()
 }
 
@@ -382,38 +357,10 @@ async fn hearth_store_serves_only_listed_hosts_each_in_its_scope() {
     );
 }
 
-/// Waits (10 s at most) for the node to end `transport`: the node's last
-/// word before it did, if any, as text.
-async fn last_word(transport: &dyn hearth_blob::transport::Transport) -> Option<String> {
-    let mut said = None;
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), transport.recv())
-            .await
-            .expect("the node ends the connection");
-        match next {
-            Ok(message) => {
-                said = Some(format!(
-                    "{:?}",
-                    hearth_blob::remote::decode::<hearth_blob::remote::Reply>(&message).unwrap()
-                ))
-            }
-            Err(_) => return said,
-        }
-    }
-}
-
 /// A raw connection to `addr`, past its hello with [`TOKEN`].
 async fn raw_connection(addr: SocketAddr) -> Arc<dyn hearth_blob::transport::Transport> {
-    use hearth_blob::remote::{Reply, Request, decode, encode};
     let transport = tcp_connector(addr, Duration::from_secs(5))().await.unwrap();
-    transport
-        .send(encode(&Request::Hello {
-            token: Some(hearth_blob::remote::Token(TOKEN.into())),
-        }))
-        .await
-        .unwrap();
-    let reply: Reply = decode(&transport.recv().await.unwrap()).unwrap();
-    assert!(matches!(reply, Reply::Welcome { .. }), "{reply:?}");
+    say_hello(&*transport, Some(TOKEN)).await;
     transport
 }
 

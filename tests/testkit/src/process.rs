@@ -87,16 +87,26 @@ impl Running {
 
     /// hearthd's admin endpoint, from its "admin endpoint on http://ADDR" line.
     pub fn admin_addr(&self) -> SocketAddr {
-        let line = self.wait_for_line("admin endpoint on http://");
-        let addr = line.split("on http://").nth(1).unwrap();
-        addr.split_whitespace().next().unwrap().parse().unwrap()
+        self.addr_after("admin endpoint on http://")
     }
 
     /// The address from a "serving function `NAME` on http://ADDR" line.
     pub fn serving_addr(&self, name: &str) -> SocketAddr {
-        let line = self.wait_for_line(&format!("serving function `{name}` on http://"));
-        let addr = line.split("on http://").nth(1).unwrap();
-        addr.split_whitespace().next().unwrap().parse().unwrap()
+        self.addr_after(&format!("serving function `{name}` on http://"))
+    }
+
+    /// The address that follows `needle` in the first log line holding it
+    /// (waiting for that line), up to a space or a `/`: `ADDR` of
+    /// "listening on ADDR" or of "on http://ADDR/metrics".
+    pub fn addr_after(&self, needle: &str) -> SocketAddr {
+        let line = self.wait_for_line(needle);
+        let rest = &line[line.find(needle).expect("the line holds it") + needle.len()..];
+        let addr = rest
+            .split(|c: char| c.is_whitespace() || c == '/')
+            .next()
+            .unwrap_or_default();
+        addr.parse()
+            .unwrap_or_else(|e| panic!("`{addr}` after `{needle}` in {line:?}: {e}"))
     }
 
     /// Sends SIGTERM and waits for the exit.
