@@ -105,21 +105,33 @@ impl NodeMetrics {
     }
 }
 
+/// Scrapes served at once; another connection is closed on accept, so a
+/// flood of connections to the metrics port costs the node a few tasks and
+/// descriptors, not one per connection.
+pub const MAX_METRICS_CONNECTIONS: usize = 16;
+
 /// Serves `GET /metrics` (anything else: 404) on `listener` until the task
-/// is dropped; `render` makes the body.
+/// is dropped, [`MAX_METRICS_CONNECTIONS`] at a time, each connection for
+/// 30 s at most; `render` makes the body.
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     render: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
 ) {
     use http_body_util::Full;
     use hyper::body::Bytes;
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let render = render.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(
                 move |request: hyper::Request<hyper::body::Incoming>| {
                     let render = render.clone();
@@ -144,5 +156,52 @@ pub async fn serve_metrics(
             )
             .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_past_the_metrics_cap_are_closed_and_scrapes_go_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(NodeMetrics::default());
+        let server = tokio::spawn(serve_metrics(listener, Arc::new(move || metrics.render(0))));
+        let scrape = || async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(
+                &mut stream,
+                b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let mut reply = String::new();
+            let _ = tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut reply).await;
+            reply
+        };
+        // Silent connections fill every place: one more is closed unserved.
+        let mut held = Vec::new();
+        for _ in 0..MAX_METRICS_CONNECTIONS {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(10), scrape())
+            .await
+            .expect("closed, not left waiting");
+        assert!(!refused.contains("200 OK"), "{refused}");
+        // Once they go, scrapes are served again.
+        drop(held);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let reply = scrape().await;
+            if reply.contains("hearth_store_connections_refused_total") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{reply}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        server.abort();
     }
 }
