@@ -12,6 +12,8 @@
 
 #![allow(missing_docs)] // generated code below carries the .proto's comments
 
+pub mod listener;
+
 /// Generated messages, client and server.
 pub mod v1 {
     tonic::include_proto!("hearth.control.v1");

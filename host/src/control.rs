@@ -20,9 +20,11 @@
 //!   `INVALID_ARGUMENT`; no broker on this node is `FAILED_PRECONDITION`.
 //!   Kind: `service` (exports `wasi:http`, may also subscribe), `handler`
 //!   (only the message handler) or `job` (`wasi:cli/run`).
-//! * `Start` of a service binds its listener, inside the requested network
-//!   namespace when one is given (a dedicated thread enters it with
-//!   `setns`, binds, and exits), and serves until killed; `Start` of
+//! * `Start` of a service serves on the listener its owner (the shim)
+//!   bound and names with `listen_fd` (taken with `pidfd_getfd`, see
+//!   [`hearth_control::listener`]), or else binds `listen` itself, inside
+//!   the requested network namespace when one is given, and serves until
+//!   killed; `Start` of
 //!   anything with subscriptions starts them on hearthd's default broker
 //!   (see [`crate::messages`]) — a broker that refuses is
 //!   `FAILED_PRECONDITION` and nothing keeps running. `Start` of a job
@@ -51,6 +53,17 @@
 //!   refusal is `INVALID_ARGUMENT` naming what and why.
 //! * `stdout_path`/`stderr_path` receive the guest's output a line at a time
 //!   (see [`crate::guest_output`]).
+//! * Paths in a request with an `owner_pid` (`wasm_path`, the stdio paths,
+//!   `config_dirs`) are opened as the owner sees them, through
+//!   `/proc/<owner>/root`: a hearthd running in a container of its own (the
+//!   DaemonSet, with `hostPID`) needs no view of containerd's mounts.
+//! * **Hand-over** ([`Handover::hand_over`], hearthd's SIGTERM): from then
+//!   on every call is `UNAVAILABLE` (`Wait`s in progress too: the function
+//!   has not exited, and its shim reattaches to the next hearthd); every
+//!   running service stops accepting and its in-flight requests and
+//!   messages finish within [`DRAIN_GRACE`](crate::serving::DRAIN_GRACE),
+//!   then hearthd may exit. The listeners stay open in their shims, so
+//!   connections arriving meanwhile wait for the next hearthd.
 //! * Every transition is logged with the id and the function's name.
 
 use crate::capabilities::CapabilityGrants;
@@ -90,6 +103,66 @@ pub struct ControlService {
     defaults: NodeDefaults,
     prewarm: Prewarmed,
     functions: Functions,
+    /// Set once hearthd hands its functions over (see [`Handover`]).
+    leaving: Arc<watch::Sender<bool>>,
+}
+
+/// Hands the functions of a [`ControlService`] over to the next hearthd;
+/// see the module docs.
+pub struct Handover {
+    functions: Functions,
+    leaving: Arc<watch::Sender<bool>>,
+}
+
+impl Handover {
+    /// Refuses every call from now on, stops every running function from
+    /// accepting and waits (at most `grace`) for what is in flight; returns
+    /// how many functions were running. Nothing is reported exited.
+    pub async fn hand_over(&self, grace: std::time::Duration) -> usize {
+        self.leaving.send_replace(true);
+        let running: Vec<Arc<Managed>> = self
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|managed| managed.phase() == Phase::Running)
+            .cloned()
+            .collect();
+        let mut tasks = Vec::new();
+        for managed in &running {
+            if let Some(drain) = managed
+                .serving
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+            {
+                drain.drain();
+            }
+            if let Some(task) = managed
+                .task
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                tasks.push((managed.clone(), task));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        for (managed, mut task) in tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!(id = %managed.id, function = managed.function.name(), "still busy after the hand-over grace: stopped");
+                task.abort();
+            }
+        }
+        running.len()
+    }
+}
+
+/// What every call answers once hearthd hands over.
+fn leaving_status() -> Status {
+    Status::unavailable(
+        "hearthd is shutting down; its functions are handed over to the next hearthd",
+    )
 }
 
 struct ControlFunctions(Functions);
@@ -157,6 +230,8 @@ struct Managed {
     listening: Mutex<String>,
     /// Drains it; taken by the first SIGTERM.
     drain: Mutex<Option<Drain>>,
+    /// Drains it for a hand-over (kept after a SIGTERM took `drain`).
+    serving: Mutex<Option<Drain>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     exit: watch::Sender<Option<(i32, String)>>,
 }
@@ -289,6 +364,24 @@ impl ControlService {
             defaults,
             prewarm: Prewarmed::default(),
             functions: Functions::default(),
+            leaving: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// The handle that hands this service's functions over.
+    pub fn handover(&self) -> Handover {
+        Handover {
+            functions: self.functions.clone(),
+            leaving: self.leaving.clone(),
+        }
+    }
+
+    /// `UNAVAILABLE` once hearthd hands over.
+    fn refuse_if_leaving(&self) -> Result<(), Status> {
+        if *self.leaving.borrow() {
+            Err(leaving_status())
+        } else {
+            Ok(())
         }
     }
 
@@ -306,7 +399,12 @@ impl ControlService {
 
     /// What a Create request asks for, as every way of starting a function
     /// says it (see [`FunctionSpec`]); a zero means "the node's default".
-    fn spec(&self, request: &CreateRequest, name: &str) -> FunctionSpec {
+    fn spec(
+        &self,
+        request: &CreateRequest,
+        name: &str,
+        owner: Option<OwnerProcess>,
+    ) -> FunctionSpec {
         let limits = request
             .limits
             .as_ref()
@@ -322,7 +420,7 @@ impl ControlService {
             None if prewarmed => Some(self.prewarm.min_idle),
             asked => asked,
         };
-        let path_or_none = |path: &str| (!path.is_empty()).then(|| std::path::PathBuf::from(path));
+        let path_or_none = |path: &str| (!path.is_empty()).then(|| as_owner_sees(owner, path));
         let output_files = (!request.stdout_path.is_empty() || !request.stderr_path.is_empty())
             .then(|| {
                 Arc::new(GuestOutputFiles::new(
@@ -345,6 +443,11 @@ impl ControlService {
         if !request.app.is_empty() {
             grants.app = Some(request.app.clone());
         }
+        grants.config_dirs = request
+            .config_dirs
+            .iter()
+            .map(|dir| as_owner_sees(owner, dir))
+            .collect();
         FunctionSpec {
             name: name.to_string(),
             namespace: given(request.namespace.clone()),
@@ -414,33 +517,38 @@ impl ControlService {
     }
 }
 
-/// Binds `addr`, inside the network namespace at `netns` if it is not empty.
-async fn bind_in_netns(addr: SocketAddr, netns: &str) -> std::io::Result<tokio::net::TcpListener> {
-    let listener = if netns.is_empty() {
-        std::net::TcpListener::bind(addr)?
-    } else {
-        let netns = std::path::PathBuf::from(netns);
-        // setns changes only the calling thread's namespace: do it on a
-        // thread of its own that ends right after binding.
-        tokio::task::spawn_blocking(move || -> std::io::Result<std::net::TcpListener> {
-            std::thread::spawn(move || {
-                let file = std::fs::File::open(&netns).map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("cannot open netns {}: {e}", netns.display()),
-                    )
-                })?;
-                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    std::io::Error::other(format!("cannot enter netns {}: {e}", netns.display()))
-                })?;
-                std::net::TcpListener::bind(addr)
-            })
-            .join()
-            .map_err(|_| std::io::Error::other("the netns thread panicked"))?
-        })
-        .await
-        .map_err(std::io::Error::other)??
-    };
+/// `path` as the owner process sees it: through `/proc/<pid>/root` (its
+/// mount namespace and root), so a hearthd in a container of its own reads
+/// the shim's rootfs mounts, stdio FIFOs and volumes without sharing the
+/// host's mounts. A path without an owner, or a relative one, is as given.
+fn as_owner_sees(owner: Option<OwnerProcess>, path: &str) -> std::path::PathBuf {
+    match owner {
+        Some(owner) if path.starts_with('/') => {
+            std::path::PathBuf::from(format!("/proc/{}/root{path}", owner.pid))
+        }
+        _ => std::path::PathBuf::from(path),
+    }
+}
+
+/// The listener of a service: the owner's socket `listen_fd` when given,
+/// else `addr` bound inside the network namespace at `netns` (if not empty).
+async fn service_listener(
+    addr: SocketAddr,
+    netns: &str,
+    owner: Option<OwnerProcess>,
+    listen_fd: u32,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let netns = std::path::PathBuf::from(netns);
+    let listener = tokio::task::spawn_blocking(move || match (listen_fd, owner) {
+        (0, _) => hearth_control::listener::listen_in_netns(addr, &netns),
+        (fd, Some(owner)) => hearth_control::listener::take_listener(owner.pid, fd),
+        (_, None) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "listen_fd is given but Create named no owner_pid",
+        )),
+    })
+    .await
+    .map_err(std::io::Error::other)??;
     listener.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(listener)
 }
@@ -451,6 +559,7 @@ impl Control for ControlService {
         &self,
         request: Request<CreateRequest>,
     ) -> Result<Response<CreateResponse>, Status> {
+        self.refuse_if_leaving()?;
         let request = request.into_inner();
         if request.id.is_empty() {
             return Err(Status::invalid_argument("id must not be empty"));
@@ -478,14 +587,16 @@ impl Control for ControlService {
             })?),
         };
         let env = self
-            .spec(&request, &name)
+            .spec(&request, &name, owner)
             .into_env(&self.defaults)
             .map_err(|error| {
                 tracing::error!(id = %request.id, function = %name, namespace = %request.namespace, "create refused: {error}");
                 Status::invalid_argument(error.to_string())
             })?;
         let loaded = match &request.source {
-            Some(Source::WasmPath(path)) => self.host.load_file(env, path.as_ref()).await,
+            Some(Source::WasmPath(path)) => {
+                self.host.load_file(env, &as_owner_sees(owner, path)).await
+            }
             Some(Source::Image(image)) => {
                 self.host.load_image(env, image, PullPolicy::Missing).await
             }
@@ -524,6 +635,7 @@ impl Control for ControlService {
             phase: Mutex::new(Phase::Created),
             listening: Mutex::new(String::new()),
             drain: Mutex::new(None),
+            serving: Mutex::new(None),
             task: Mutex::new(None),
             exit: watch::channel(None).0,
         });
@@ -542,7 +654,9 @@ impl Control for ControlService {
         &self,
         request: Request<StartRequest>,
     ) -> Result<Response<StartResponse>, Status> {
-        let managed = self.get(&request.into_inner().id)?;
+        self.refuse_if_leaving()?;
+        let request = request.into_inner();
+        let managed = self.get(&request.id)?;
         if managed.phase() != Phase::Created {
             return Err(Status::failed_precondition(format!(
                 "`{}` was already started",
@@ -554,7 +668,8 @@ impl Control for ControlService {
         if function.is_service() || !managed.subscriptions.is_empty() {
             let listener = if function.is_service() {
                 let addr: SocketAddr = managed.listen.parse().expect("validated at create");
-                match bind_in_netns(addr, &managed.netns).await {
+                match service_listener(addr, &managed.netns, managed.owner, request.listen_fd).await
+                {
                     Ok(listener) => Some(listener),
                     Err(error) => {
                         managed.set_phase(Phase::Created);
@@ -583,9 +698,17 @@ impl Control for ControlService {
                 .unwrap_or_default();
             *managed.listening.lock().unwrap_or_else(|e| e.into_inner()) = listening.clone();
             *managed.drain.lock().unwrap_or_else(|e| e.into_inner()) = Some(serving.drain_handle());
+            *managed.serving.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(serving.drain_handle());
             let task_managed = managed.clone();
+            let leaving = self.leaving.clone();
             let task = tokio::spawn(async move {
-                match serving.run().await {
+                let result = serving.run().await;
+                if *leaving.borrow() {
+                    // Handed over, not exited: the next hearthd serves it.
+                    return;
+                }
+                match result {
                     Ok(()) => task_managed.exited(0, "drained"),
                     Err(error) => task_managed.exited(1, &format!("listener failed: {error}")),
                 }
@@ -614,6 +737,7 @@ impl Control for ControlService {
     }
 
     async fn kill(&self, request: Request<KillRequest>) -> Result<Response<KillResponse>, Status> {
+        self.refuse_if_leaving()?;
         let request = request.into_inner();
         let managed = self.get(&request.id)?;
         tracing::info!(id = %managed.id, function = managed.function.name(), signal = request.signal, "kill");
@@ -643,14 +767,18 @@ impl Control for ControlService {
     }
 
     async fn wait(&self, request: Request<WaitRequest>) -> Result<Response<WaitResponse>, Status> {
+        self.refuse_if_leaving()?;
         let managed = self.get(&request.into_inner().id)?;
         let mut exit = managed.exit.subscribe();
-        let result = exit
-            .wait_for(|exit| exit.is_some())
-            .await
-            .map_err(|_| Status::internal("the function's state was dropped"))?
-            .clone()
-            .expect("waited for Some");
+        let mut leaving = self.leaving.subscribe();
+        let result = tokio::select! {
+            biased;
+            _ = leaving.wait_for(|leaving| *leaving) => return Err(leaving_status()),
+            exited = exit.wait_for(|exit| exit.is_some()) => exited
+                .map_err(|_| Status::internal("the function's state was dropped"))?
+                .clone()
+                .expect("waited for Some"),
+        };
         Ok(Response::new(WaitResponse {
             exit_status: result.0,
             reason: result.1,
@@ -661,6 +789,7 @@ impl Control for ControlService {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
+        self.refuse_if_leaving()?;
         let id = request.into_inner().id;
         let managed = self.get(&id)?;
         if managed.phase() == Phase::Running {
@@ -680,10 +809,12 @@ impl Control for ControlService {
         &self,
         request: Request<StateRequest>,
     ) -> Result<Response<FunctionState>, Status> {
+        self.refuse_if_leaving()?;
         Ok(Response::new(self.get(&request.into_inner().id)?.state()))
     }
 
     async fn list(&self, _request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        self.refuse_if_leaving()?;
         let mut functions: Vec<FunctionState> = self
             .functions
             .lock()
@@ -701,17 +832,8 @@ impl Control for ControlService {
 /// nothing answers on it, mode 0600.
 pub async fn bind_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
     use anyhow::Context as _;
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(parent) = path.parent()
-        && !parent.as_os_str().is_empty()
-        && !parent.exists()
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
+    use std::os::unix::fs::PermissionsExt;
+    crate::node_lock::create_private_parent(path)?;
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             anyhow::bail!(

@@ -31,7 +31,14 @@
 //!   (100 headers, about 400 KiB).
 //! * [`serve`] stops accepting when its shutdown future resolves, lets
 //!   in-flight requests finish (bounded by the request deadline plus a
-//!   second), then returns. Dropping the [`serve`] future instead (SIGKILL)
+//!   second), then returns. Every response sent once draining began says
+//!   `Connection: close` and ends its connection; a connection that sends
+//!   no request within [`NEXT_REQUEST_GRACE`] is then shut down. So a
+//!   client that had just written a request to a connection the server
+//!   accepted (a new one, or a keep-alive one between two requests) gets
+//!   its answer, not an empty reply, when a drain or a hearthd hand-over
+//!   begins in between; only a client idle for the whole grace can still
+//!   race the close, as with any keep-alive timeout. Dropping the [`serve`] future instead (SIGKILL)
 //!   drops every open connection and in-flight request with it.
 
 use crate::capabilities::invoke::{Invoker, LocalCallee};
@@ -46,7 +53,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -55,13 +61,17 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
 
+/// How long a draining server keeps a connection open for its next
+/// request before closing it (see the module docs).
+pub const NEXT_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves `function` on `listener` until `shutdown` resolves, then drains.
 pub async fn serve(
     function: Arc<Function>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
+    let (draining, drained) = tokio::sync::watch::channel(false);
     // Connections live in this set, owned by this future: when it is
     // dropped (SIGKILL aborts the serving task) every connection, with the
     // request and instance in it, is dropped at once.
@@ -100,19 +110,30 @@ pub async fn serve(
         }
         let _ = stream.set_nodelay(true);
         let service_function = function.clone();
+        let closing = drained.clone();
         let service = hyper::service::service_fn(move |request| {
             let function = service_function.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&function, request).await) }
+            let closing = closing.clone();
+            async move {
+                let mut response = handle(&function, request).await;
+                if *closing.borrow() {
+                    response.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let drained = drained.clone();
         stats.open.fetch_add(1, Ordering::Relaxed);
         connections.spawn(async move {
-            if let Err(error) = connection.await {
+            if let Err(error) = serve_until_drained(connection, drained).await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
             stats.open.fetch_sub(1, Ordering::Relaxed);
@@ -121,16 +142,59 @@ pub async fn serve(
     drop(listener);
     let drain = function.env().limits.request_timeout() + Duration::from_secs(1);
     tracing::info!(function = function.name(), "draining in-flight requests");
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    draining.send_replace(true);
+    let finished = tokio::time::timeout(drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
         tracing::warn!(
             function = function.name(),
             "drain timed out; closing remaining connections"
         );
     }
     Ok(())
+}
+
+/// Serves one connection; once `drained` turns true, lets it end by
+/// itself (its next response closes it) for [`NEXT_REQUEST_GRACE`], then
+/// shuts it down gracefully (see the module docs).
+async fn serve_until_drained<C>(
+    connection: C,
+    mut drained: tokio::sync::watch::Receiver<bool>,
+) -> hyper::Result<()>
+where
+    C: Future<Output = hyper::Result<()>> + GracefulConnection,
+{
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        _ = drained.wait_for(|drained| *drained) => {}
+    }
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        () = tokio::time::sleep(NEXT_REQUEST_GRACE) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    connection.await
+}
+
+/// A hyper connection that can be shut down gracefully.
+trait GracefulConnection {
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> GracefulConnection for http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: 'static + hyper::body::Body,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        http1::Connection::graceful_shutdown(self);
+    }
 }
 
 /// Handles one request: the guest's response, or a named error response.

@@ -20,7 +20,7 @@
 //!
 //! | layer | modules |
 //! |---|---|
-//! | serving | [`serving`] (a function's listener and subscriptions, drained together), [`control`] (the control API shims call), [`admin`] (`/metrics`, `/healthz`, `/readyz`), [`config`] (`hearth.toml`); the `hearthd` and `hearth` binaries |
+//! | serving | [`serving`] (a function's listener and subscriptions, drained together), [`control`] (the control API shims call), [`admin`] (`/metrics`, `/healthz`, `/readyz`), [`config`] (`hearth.toml`), [`node_lock`] (one hearthd per node); the `hearthd` and `hearth` binaries |
 //! | triggers | [`http`] (HTTP, and `invoke`'s local route), [`messages`] (subscriptions), [`job`] (`wasi:cli/run`) |
 //! | function | [`function`] (loading, the pool, the host), [`invocation`] (one invocation, for every trigger), [`engine`] |
 //! | store data | [`store_data`] (the `T` of every `Store<T>`), [`function_env`] |
@@ -43,6 +43,7 @@ pub mod job;
 pub mod limits;
 pub mod logging;
 pub mod messages;
+pub mod node_lock;
 pub mod propagation;
 pub mod serving;
 pub mod stats;

@@ -558,7 +558,7 @@ async fn wasi_config_reads_a_configmap_directory_under_the_config_table() {
     std::fs::write(configmap.path().join("NAME"), "from-configmap").unwrap();
     std::fs::write(configmap.path().join("NEXT"), "").unwrap();
     let mut from_dir = env("from-dir");
-    from_dir.grants.config_dir = Some(configmap.path().to_owned());
+    from_dir.grants.config_dirs = vec![configmap.path().to_owned()];
     from_dir.env = vec![("NAME".into(), "from-env".into())];
     let addr = serve_on(&host, hearth_testkit::INVOKE_CHAIN, from_dir).await;
     let reply = get(addr, "/").await.unwrap();
@@ -569,7 +569,7 @@ async fn wasi_config_reads_a_configmap_directory_under_the_config_table() {
     );
 
     let mut overridden = env("overridden");
-    overridden.grants.config_dir = Some(configmap.path().to_owned());
+    overridden.grants.config_dirs = vec![configmap.path().to_owned()];
     overridden.grants.config = BTreeMap::from([("NAME".to_string(), "from-table".to_string())]);
     let addr = serve_on(&host, hearth_testkit::INVOKE_CHAIN, overridden).await;
     let reply = get(addr, "/").await.unwrap();
@@ -581,7 +581,7 @@ async fn wasi_config_reads_a_configmap_directory_under_the_config_table() {
 
     // A config_dir that is not there fails the load, naming it.
     let mut missing = env("missing");
-    missing.grants.config_dir = Some("/nonexistent/configmap".into());
+    missing.grants.config_dirs = vec!["/nonexistent/configmap".into()];
     let error = host
         .load(
             missing,

@@ -71,6 +71,39 @@ async fn hello() {
 }
 
 #[tokio::test]
+async fn settings() {
+    let configmap = tempfile::tempdir().unwrap();
+    std::fs::write(configmap.path().join("colour"), "green").unwrap();
+    std::fs::write(configmap.path().join("SHARED"), "from the file").unwrap();
+    let mut env = env_for(
+        "settings",
+        small_limits(),
+        &[("TOKEN", "s3cret"), ("SHARED", "from the env")],
+    );
+    env.grants.config_dirs = vec![configmap.path().to_owned()];
+    let addr = serve(hearth_testkit::SETTINGS, env).await;
+    let text = |path: &'static str| async move {
+        let reply = get(addr, path).await.unwrap();
+        (reply.status, reply.text())
+    };
+    assert_eq!(text("/env/TOKEN").await, (StatusCode::OK, "s3cret".into()));
+    assert_eq!(
+        text("/config/TOKEN").await,
+        (StatusCode::OK, "s3cret".into())
+    );
+    assert_eq!(
+        text("/config/colour").await,
+        (StatusCode::OK, "green".into())
+    );
+    assert_eq!(
+        text("/config/SHARED").await,
+        (StatusCode::OK, "from the file".into())
+    );
+    assert_eq!(text("/env/colour").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(text("/nothing").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn echo() {
     let addr = serve(hearth_testkit::ECHO, env_for("echo", small_limits(), &[])).await;
     let body = Bytes::from_static(b"the body \x00\xff survives");

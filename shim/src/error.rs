@@ -45,6 +45,19 @@ pub enum TaskError {
 }
 
 impl TaskError {
+    /// hearthd did not answer: not running, or shutting down (it answers
+    /// every call `UNAVAILABLE` while it hands over).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            TaskError::HearthdUnreachable(_) => true,
+            TaskError::Hearthd(status) => matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+            ),
+            _ => false,
+        }
+    }
+
     /// The ttrpc status code containerd sees.
     pub fn code(&self) -> ttrpc::Code {
         use ttrpc::Code;

@@ -76,6 +76,10 @@ impl Watcher {
         if !first {
             return;
         }
+        if let Role::Function { listener, .. } = &container.role {
+            // The port lives as long as the task.
+            listener.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
         info!("{} exited with status {status}", container.id);
         let event = TaskExit {
             container_id: container.id.clone(),
@@ -101,7 +105,10 @@ impl Watcher {
 
     /// Waits for a function to exit in hearthd, riding out hearthd restarts.
     pub(crate) async fn watch_function(&self, container: Arc<Container>) {
-        let Role::Function { request, .. } = &container.role else {
+        let Role::Function {
+            request, listener, ..
+        } = &container.role
+        else {
             return;
         };
         loop {
@@ -130,7 +137,8 @@ impl Watcher {
                         container.id,
                         status.message()
                     );
-                    if let Err(reason) = self.reattach(&container, request).await {
+                    let listen_fd = crate::task::listen_fd(listener);
+                    if let Err(reason) = self.reattach(&container, request, listen_fd).await {
                         error!("function {} is lost: {reason}", container.id);
                         write_to_stderr(&container.stderr, &reason).await;
                         self.finish(&container, LOST_EXIT_STATUS).await;
@@ -149,12 +157,17 @@ impl Watcher {
         &self,
         container: &Container,
         request: &control::CreateRequest,
+        listen_fd: u32,
     ) -> Result<(), String> {
         let patience = reconnect_patience();
         let deadline = tokio::time::Instant::now() + patience;
         let mut pause = Duration::from_millis(50);
         loop {
-            let last_error = match self.try_reattach(container, request).await {
+            if container.exit.borrow().is_some() {
+                // Killed in the shim meanwhile: nothing to re-load.
+                return Ok(());
+            }
+            let last_error = match self.try_reattach(container, request, listen_fd).await {
                 Ok(()) => return Ok(()),
                 Err(Reattach::Final(reason)) => return Err(reason),
                 Err(Reattach::Transient(reason)) => reason,
@@ -175,6 +188,7 @@ impl Watcher {
         &self,
         container: &Container,
         request: &control::CreateRequest,
+        listen_fd: u32,
     ) -> Result<(), Reattach> {
         let mut client = hearth_control::connect(&self.socket)
             .await
@@ -199,6 +213,7 @@ impl Watcher {
             client
                 .start(control::StartRequest {
                     id: container.id.clone(),
+                    listen_fd,
                 })
                 .await
                 .map_err(|status| Reattach::from_status("restart", status))?;

@@ -74,7 +74,25 @@ pub struct BundleSpec {
     /// Linux specifics.
     #[serde(default)]
     pub linux: Option<Linux>,
+    /// Mounts (the kubelet's volumes among them).
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
 }
+
+/// One entry of `mounts`.
+#[derive(Debug, Default, Deserialize)]
+pub struct Mount {
+    /// Where it appears in the container.
+    #[serde(default)]
+    pub destination: String,
+    /// What is mounted (a host path for a bind mount).
+    #[serde(default)]
+    pub source: String,
+}
+
+/// The path segment of a kubelet ConfigMap volume:
+/// `<kubelet root>/pods/<uid>/volumes/kubernetes.io~configmap/<volume>`.
+const CONFIGMAP_VOLUME: &str = "/volumes/kubernetes.io~configmap/";
 
 /// `process`.
 #[derive(Debug, Default, Deserialize)]
@@ -315,6 +333,22 @@ impl BundleSpec {
         Ok(format!("0.0.0.0:{port}"))
     }
 
+    /// The host directories of the Pod's ConfigMap volumes mounted in this
+    /// container, in mount order: a function has no filesystem, so their
+    /// files become `wasi:config` values (see
+    /// `hearth_host::capabilities::config`). Other volumes are not read.
+    pub fn configmap_dirs(&self) -> Vec<String> {
+        self.mounts
+            .iter()
+            .filter(|mount| {
+                mount.source.starts_with('/')
+                    && mount.source.contains(CONFIGMAP_VOLUME)
+                    && !mount.source.split('/').any(|part| part == "..")
+            })
+            .map(|mount| mount.source.clone())
+            .collect()
+    }
+
     fn namespace(&self, kind: &str) -> Option<&Namespace> {
         self.linux
             .as_ref()?
@@ -543,6 +577,45 @@ mod tests {
         assert_eq!(spec.listen_address().unwrap(), "0.0.0.0:9090");
         spec.process.as_mut().unwrap().env = vec!["PORT=http".into()];
         assert!(spec.listen_address().unwrap_err().contains("PORT"));
+    }
+
+    #[test]
+    fn only_configmap_volumes_become_config_dirs() {
+        let mount = |destination: &str, source: &str| Mount {
+            destination: destination.into(),
+            source: source.into(),
+        };
+        let pod = "/var/lib/kubelet/pods/0f4c";
+        let spec = BundleSpec {
+            mounts: vec![
+                mount("/etc/hosts", &format!("{pod}/etc-hosts")),
+                mount(
+                    "/etc/cm",
+                    &format!("{pod}/volumes/kubernetes.io~configmap/cm"),
+                ),
+                mount(
+                    "/var/run/secrets/kubernetes.io/serviceaccount",
+                    &format!("{pod}/volumes/kubernetes.io~secret/token"),
+                ),
+                mount("/data", "/srv/data"),
+                mount(
+                    "/etc/other",
+                    &format!("{pod}/volumes/kubernetes.io~configmap/other"),
+                ),
+                mount(
+                    "/x",
+                    &format!("{pod}/volumes/kubernetes.io~configmap/../../../../etc"),
+                ),
+            ],
+            ..BundleSpec::default()
+        };
+        assert_eq!(
+            spec.configmap_dirs(),
+            vec![
+                format!("{pod}/volumes/kubernetes.io~configmap/cm"),
+                format!("{pod}/volumes/kubernetes.io~configmap/other"),
+            ]
+        );
     }
 
     #[test]

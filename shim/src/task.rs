@@ -13,6 +13,13 @@
 //!   leaves nothing running). The task's PID is the shim's own PID: there is
 //!   no process per function. Kill forwards the signal (SIGTERM drains,
 //!   SIGKILL stops at once); the task exits with hearthd's exit status.
+//! * **A service's listener belongs to the shim.** Once hearthd has loaded
+//!   a service, the shim binds its `$PORT` in the Pod's network namespace
+//!   (a port already taken fails Create) and hands the descriptor to
+//!   hearthd at Start (see `hearth_control::listener`). The shim closes it
+//!   when the task is killed or exits, so the port lives as long as the
+//!   task serves, and connections that arrive while hearthd restarts wait
+//!   in its backlog.
 //! * **hearthd is not started by the shim.** It is the node's daemon (a
 //!   DaemonSet or a system service); when it is not reachable, Create fails
 //!   with an error naming the socket (`$HEARTH_SOCKET`, else
@@ -20,10 +27,16 @@
 //! * **hearthd restarts.** While a function runs, the shim waits on it. When
 //!   hearthd goes away, the shim reconnects for up to
 //!   [`reconnect_patience`] and then, if hearthd no longer knows the
-//!   function, creates and starts it again from the same request. If that
-//!   fails, or hearthd does not come back in time, the task exits with
-//!   status [`LOST_EXIT_STATUS`] and the reason is written to the
-//!   container's stderr (so `kubectl logs` shows it) and the shim log.
+//!   function, creates and starts it again from the same request, on the
+//!   same listener. If that fails, or hearthd does not come back in time,
+//!   the task exits with status [`LOST_EXIT_STATUS`] and the reason is
+//!   written to the container's stderr (so `kubectl logs` shows it) and the
+//!   shim log. A Kill while hearthd is unreachable stops the function in
+//!   the shim (exit 128 + signal, listener closed) instead of failing, so
+//!   a Pod deleted during a hearthd restart does not hang in Terminating.
+//! * **Exec** (`kubectl exec`, exec probes) is refused with
+//!   `FAILED_PRECONDITION` and a message that says why: a function has no
+//!   processes or shell to exec into.
 //! * **Delete** refuses a running task, forgets the function in hearthd,
 //!   unmounts the rootfs, stops the namespace holder, and publishes
 //!   `/tasks/delete`. Every task publishes `/tasks/create`, `/tasks/start`,
@@ -126,6 +139,9 @@ pub(crate) enum Role {
     },
     Function {
         request: Box<control::CreateRequest>,
+        /// A service's listening socket, handed to hearthd at Start; closed
+        /// when the task exits.
+        listener: Mutex<Option<std::net::TcpListener>>,
         rootfs: PathBuf,
         /// A holder of namespaces created for a container outside any Pod.
         holder: Option<u32>,
@@ -356,6 +372,7 @@ impl HearthTask {
             outbound_hosts: names(OUTBOUND_HOSTS_ANNOTATION),
             shared_stores: names(SHARED_STORES_ANNOTATION),
             publish_topics: names(PUBLISH_TOPICS_ANNOTATION),
+            config_dirs: spec.configmap_dirs(),
         };
         let created = async {
             let mut client = self.hearthd.client().await?;
@@ -365,25 +382,66 @@ impl HearthTask {
                 .map_err(TaskError::Hearthd)
         }
         .await;
-        match created {
+        let listener = match created {
             Ok(response) => {
                 let response = response.into_inner();
                 info!(
                     "function {} loaded by hearthd: {} {} (compiled code from {})",
                     request.id, response.kind, response.digest, response.compiled_from
                 );
-                Ok(Role::Function {
-                    request: Box::new(create),
-                    rootfs: rootfs.to_path_buf(),
-                    holder,
-                })
+                if response.kind == "service" {
+                    self.bind_listener(&create).await.map(Some)
+                } else {
+                    Ok(None)
+                }
             }
+            Err(error) => Err(error),
+        };
+        match listener {
+            Ok(listener) => Ok(Role::Function {
+                request: Box::new(create),
+                listener: Mutex::new(listener),
+                rootfs: rootfs.to_path_buf(),
+                holder,
+            }),
             Err(error) => {
                 if let Some(pid) = holder {
                     holder::stop(pid);
                 }
                 error!("create of {} failed: {error}", request.id);
                 Err(error)
+            }
+        }
+    }
+
+    /// Binds a service's listener in its network namespace; on failure,
+    /// forgets the function hearthd just created.
+    async fn bind_listener(
+        &self,
+        create: &control::CreateRequest,
+    ) -> Result<std::net::TcpListener, TaskError> {
+        let addr: std::net::SocketAddr = create.listen.parse().map_err(|_| {
+            TaskError::InvalidArgument(format!("bad listen address `{}`", create.listen))
+        })?;
+        let netns = PathBuf::from(&create.netns);
+        let bound = tokio::task::spawn_blocking(move || {
+            hearth_control::listener::listen_in_netns(addr, &netns)
+        })
+        .await
+        .map_err(|error| TaskError::Internal(error.to_string()))?;
+        match bound {
+            Ok(listener) => Ok(listener),
+            Err(error) => {
+                if let Ok(mut client) = self.hearthd.client().await {
+                    let _ = client
+                        .delete(control::DeleteRequest {
+                            id: create.id.clone(),
+                        })
+                        .await;
+                }
+                Err(TaskError::FailedPrecondition(format!(
+                    "cannot listen on {addr} ($PORT) in the Pod's network: {error}"
+                )))
             }
         }
     }
@@ -414,11 +472,12 @@ impl HearthTask {
                 });
                 pid
             }
-            Role::Function { .. } => {
+            Role::Function { listener, .. } => {
                 let mut client = self.hearthd.client().await?;
                 let started = client
                     .start(control::StartRequest {
                         id: container.id.clone(),
+                        listen_fd: listen_fd(listener),
                     })
                     .await
                     .map_err(TaskError::Hearthd)?
@@ -478,14 +537,38 @@ impl HearthTask {
                 if container.exit.borrow().is_some() {
                     return Ok(());
                 }
-                let mut client = self.hearthd.client().await?;
-                client
-                    .kill(control::KillRequest {
-                        id: container.id.clone(),
-                        signal: request.signal,
-                    })
-                    .await
-                    .map_err(TaskError::Hearthd)?;
+                let killed = match self.hearthd.client().await {
+                    Ok(mut client) => client
+                        .kill(control::KillRequest {
+                            id: container.id.clone(),
+                            signal: request.signal,
+                        })
+                        .await
+                        .map(|_| ())
+                        .map_err(TaskError::Hearthd),
+                    Err(error) => Err(error),
+                };
+                match killed {
+                    Ok(()) => {}
+                    Err(error) if error.is_unreachable() => {
+                        // hearthd is restarting (or gone): nothing of the
+                        // function runs anywhere but in the old hearthd's
+                        // drain, and the reattach is now moot.
+                        warn!(
+                            "kill {}: {error}; stopping it here, it will not be re-loaded",
+                            container.id
+                        );
+                        let task = self.clone_for_watch();
+                        task.finish(&container, 128 + request.signal).await;
+                        return Ok(());
+                    }
+                    Err(error) => return Err(error),
+                }
+                if let Role::Function { listener, .. } = &container.role {
+                    // hearthd stops accepting now; so does the port, rather
+                    // than queue connections nobody will take.
+                    listener.lock().unwrap_or_else(|e| e.into_inner()).take();
+                }
                 if container.pid.load(Ordering::SeqCst) == 0 {
                     // Never started: no watcher will report the exit.
                     let task = self.clone_for_watch();
@@ -614,6 +697,19 @@ impl HearthTask {
     }
 }
 
+/// The descriptor number of a service's listener (0: none).
+pub(crate) fn listen_fd(listener: &Mutex<Option<std::net::TcpListener>>) -> u32 {
+    use std::os::fd::AsRawFd;
+    listener
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map_or(0, |listener| listener.as_raw_fd() as u32)
+}
+
+/// Why `kubectl exec` and exec probes cannot work on a function.
+pub const NO_EXEC: &str = "hearth: a function has no processes to exec into: it runs as a WebAssembly component inside the node's hearthd, with no shell or filesystem of its own. Use an httpGet probe instead of an exec probe, and `kubectl logs` to see its output";
+
 fn no_exec(exec_id: &str) -> Result<(), TaskError> {
     if exec_id.is_empty() {
         Ok(())
@@ -626,6 +722,18 @@ fn no_exec(exec_id: &str) -> Result<(), TaskError> {
 
 #[async_trait]
 impl Task for HearthTask {
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        request: containerd_shim::api::ExecProcessRequest,
+    ) -> TtrpcResult<Empty> {
+        info!(
+            "exec into {} refused: functions have no processes",
+            request.id
+        );
+        Err(TaskError::FailedPrecondition(NO_EXEC.into()).into())
+    }
+
     async fn create(
         &self,
         _ctx: &TtrpcContext,

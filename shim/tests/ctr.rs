@@ -197,10 +197,20 @@ fn a_function_hearthd_cannot_reload_is_reported_exited_with_the_reason() {
     let addr = run_service(&node, &image, "lost");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     assert!(serves_ok(&runtime, addr));
-    // While hearthd is down, something else takes the function's port, so
-    // the restarted hearthd cannot listen there.
+    // While hearthd is down, the component disappears from the task's
+    // rootfs, so the restarted hearthd cannot load it again.
     node.hearthd.kill();
-    let _squatter = std::net::TcpListener::bind(addr).unwrap();
+    let task_dir = node
+        .containerd
+        .state_dir()
+        .join("io.containerd.runtime.v2.task");
+    let component = std::fs::read_dir(&task_dir)
+        .unwrap()
+        .flatten()
+        .map(|namespace| namespace.path().join("lost/rootfs/function.wasm"))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("no lost/rootfs/function.wasm under {}", task_dir.display()));
+    std::fs::remove_file(&component).unwrap();
     node.hearthd = start_hearthd(node.dir.path(), &node.socket);
     wait_until("the task is reported stopped", || {
         task_status(&node, "lost") == "STOPPED"

@@ -9,8 +9,16 @@
 //! hearthd always serves the control API (see `hearth_host::control`) on
 //! `--socket` (default `$HEARTH_SOCKET`, else `/run/hearth/hearthd.sock`):
 //! with an empty config it is the node daemon, serving only what shims hand
-//! it. On SIGTERM it stops accepting control calls and drains its
-//! `[[function]]` listeners.
+//! it. Before opening anything it takes the node lock beside the socket
+//! (see `hearth_host::node_lock`): a second hearthd waits for the first to
+//! exit, saying so, instead of failing on its stores.
+//!
+//! On SIGTERM (an upgrade, a restart) hearthd hands the shims' functions
+//! over to the next hearthd (see `hearth_host::control::Handover`): control calls
+//! are refused, each Pod's listener stops accepting (the shim keeps the
+//! socket, so new connections wait in its backlog for the next hearthd),
+//! in-flight requests finish within 10 s; its `[[function]]` entries drain;
+//! then it exits, releasing the lock and its stores.
 //!
 //! `[[function.subscribe]]` entries start message subscriptions (see
 //! `hearth_host::messages`) once everything is loaded. Each function is
@@ -62,6 +70,10 @@ async fn main() {
         eprintln!("error: {error:#}");
         std::process::exit(2);
     }
+    // Exit now rather than wait for blocking work (a guest still running in
+    // a blocking thread) that nobody will use.
+    tracing::info!("hearthd exited");
+    std::process::exit(0);
 }
 
 /// Raises the soft limit of open files to the hard one: every connection
@@ -87,6 +99,11 @@ fn config_name(args: &Args) -> String {
 }
 
 async fn run(args: Args) -> Result<()> {
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(hearth_control::socket_path);
+    let _node_lock = hearth_host::node_lock::NodeLock::acquire(&socket).await?;
     let config = match &args.config {
         Some(file) => HearthConfig::load(file)?,
         None => HearthConfig::default(),
@@ -234,10 +251,7 @@ async fn run(args: Args) -> Result<()> {
             let _ = stopped.wait_for(|stop| *stop).await;
         }));
     }
-    let socket = args
-        .socket
-        .clone()
-        .unwrap_or_else(hearth_control::socket_path);
+    let handover = control.handover();
     let control_listener = hearth_host::control::bind_socket(&socket).await?;
     {
         let mut stopped = stopped.clone();
@@ -263,15 +277,33 @@ async fn run(args: Args) -> Result<()> {
     ready.store(true, Ordering::Relaxed);
     tracing::info!(functions = config.function.len(), "hearthd ready");
     hearth_host::shutdown_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: handing the node's functions over to the next hearthd");
     // Every function drains (no new requests or messages; in-flight ones
-    // finish or are given back) while the control and admin endpoints stop.
+    // finish or are given back); the shims' functions are handed over
+    // (control calls refused, listeners left to their shims); then the
+    // control and admin endpoints stop.
     for drain in &drains {
         drain.drain();
     }
+    let handed_over = handover.hand_over(hearth_host::serving::DRAIN_GRACE).await;
     let _ = stop.send(true);
-    while let Some(result) = tasks.join_next().await {
-        result??;
+    let joined = tokio::time::timeout(
+        hearth_host::serving::DRAIN_GRACE + std::time::Duration::from_secs(5),
+        async {
+            while let Some(result) = tasks.join_next().await {
+                result??;
+            }
+            anyhow::Ok(())
+        },
+    )
+    .await;
+    match joined {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!("still draining after the grace period: exiting anyway"),
     }
+    tracing::info!(
+        handed_over,
+        "shut down; {handed_over} running functions left for the next hearthd"
+    );
     Ok(())
 }

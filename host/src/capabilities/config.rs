@@ -4,10 +4,11 @@
 //!
 //! 1. the function's environment (the container's env for a Pod,
 //!    `env = {...}` in `hearth.toml`, `--env` for `hearth run`);
-//! 2. files in `config_dir` (a mounted Kubernetes ConfigMap): one key per
-//!    regular file, named by the file, its contents the value. Hidden
-//!    entries (`..data`, `.x`) are skipped, so the ConfigMap's symlinked
-//!    layout reads as the plain keys;
+//! 2. files in each `config_dir` (a mounted Kubernetes ConfigMap: a Pod's
+//!    ConfigMap volumes, in the order of its mounts): one key per regular
+//!    file, named by the file, its contents the value. Hidden entries
+//!    (`..data`, `.x`) are skipped, so the ConfigMap's symlinked layout
+//!    reads as the plain keys;
 //! 3. `[function.config]` in `hearth.toml`.
 //!
 //! They are read once, when the function is loaded; a changed ConfigMap
@@ -70,7 +71,7 @@ pub struct ConfigDirError {
 /// The merged values (see the module docs), sorted by key.
 pub fn collect(
     env: &[(String, String)],
-    config_dir: Option<&Path>,
+    config_dirs: &[std::path::PathBuf],
     config: &BTreeMap<String, String>,
 ) -> Result<Vec<(String, String)>, ConfigDirError> {
     let failed = |path: &Path, problem: String| ConfigDirError {
@@ -78,7 +79,7 @@ pub fn collect(
         problem,
     };
     let mut values: BTreeMap<String, String> = env.iter().cloned().collect();
-    if let Some(dir) = config_dir {
+    for dir in config_dirs {
         let entries = std::fs::read_dir(dir)
             .map_err(|e| failed(dir, format!("cannot read {}: {e}", dir.display())))?;
         for entry in entries {
@@ -150,7 +151,7 @@ mod tests {
             ("ONLY_ENV".to_string(), "from-env".to_string()),
         ];
         let table = BTreeMap::from([("LEVEL".to_string(), "table".to_string())]);
-        let values = collect(&env, Some(dir.path()), &table).unwrap();
+        let values = collect(&env, &[dir.path().to_owned()], &table).unwrap();
         assert_eq!(
             values,
             vec![
@@ -159,13 +160,13 @@ mod tests {
                 ("ONLY_FILE".to_string(), "from-file".to_string()),
             ]
         );
-        let without_table = collect(&env, Some(dir.path()), &BTreeMap::new()).unwrap();
+        let without_table = collect(&env, &[dir.path().to_owned()], &BTreeMap::new()).unwrap();
         assert_eq!(without_table[0], ("LEVEL".to_string(), "file".to_string()));
     }
 
     #[test]
     fn a_missing_config_dir_is_named() {
-        let error = collect(&[], Some(Path::new("/nonexistent/cm")), &BTreeMap::new()).unwrap_err();
+        let error = collect(&[], &["/nonexistent/cm".into()], &BTreeMap::new()).unwrap_err();
         assert_eq!(error.path, Path::new("/nonexistent/cm"));
         assert!(
             error
@@ -179,7 +180,7 @@ mod tests {
     async fn the_host_functions_answer_from_the_resolved_values() {
         let values = collect(
             &[("B".to_string(), "2".to_string())],
-            None,
+            &[],
             &BTreeMap::from([("A".to_string(), "1".to_string())]),
         )
         .unwrap();

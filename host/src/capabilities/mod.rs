@@ -227,7 +227,7 @@ impl HostCapabilities {
             let namespace = Namespace::new(&shared_namespace(label)).map_err(GrantError::App)?;
             shared.insert(label.clone(), (store, namespace));
         }
-        let config = config::collect(env, grants.config_dir.as_deref(), &grants.config)?;
+        let config = config::collect(env, &grants.config_dirs, &grants.config)?;
         let broker = match grants.broker.as_ref().or(self.default_broker.as_ref()) {
             None => None,
             Some(label) => Some(
@@ -421,8 +421,9 @@ pub struct CapabilityGrants {
     pub shared_stores: Vec<String>,
     /// `[function.config]`: `wasi:config` values.
     pub config: BTreeMap<String, String>,
-    /// A directory of files (a mounted ConfigMap): one value per file.
-    pub config_dir: Option<PathBuf>,
+    /// Directories of files (mounted ConfigMaps): one value per file; a
+    /// later directory wins a key.
+    pub config_dirs: Vec<PathBuf>,
     /// The label of the broker it publishes to (default: the host's default).
     pub broker: Option<String>,
     /// Topics it may publish to (exact, or a prefix ending in `.>` or `*`);

@@ -83,7 +83,7 @@ impl FunctionConfig {
                 state_store: self.state_store.clone(),
                 shared_stores: self.shared_stores.clone(),
                 config: self.config.clone(),
-                config_dir: self.config_dir.clone(),
+                config_dirs: self.config_dir.iter().cloned().collect(),
                 broker: self.broker.clone(),
                 publish_topics: self.publish_topics.clone(),
                 blob_store: self.blob_store.clone(),

@@ -933,7 +933,7 @@ currency = "EUR"
             .unwrap();
         assert_eq!(env.grants.app.as_deref(), Some("shop"));
         assert_eq!(env.grants.shared_stores, ["cache"]);
-        assert_eq!(env.grants.config_dir, Some(dir.path().join("cm")));
+        assert_eq!(env.grants.config_dirs, vec![dir.path().join("cm")]);
         assert_eq!(env.grants.config["currency"], "EUR");
         let capabilities = config.host_capabilities().await.unwrap();
         assert_eq!(capabilities.default_store.as_deref(), Some("local"));

@@ -8,7 +8,11 @@
 //! scripts/bench-cold-start.sh      # hearth-bench cold-start --bin-dir target/release --chart benchmarks/cold-start.svg [--runwasi PATH]
 //! scripts/bench-capabilities.sh    # hearth-bench capabilities [--redis-url URL]
 //! scripts/bench-languages.sh       # hearth-bench languages
+//! scripts/bench-restart.sh         # hearth-bench restart --bin-dir target/release
 //! ```
+//!
+//! `restart` (needs root, containerd, docker-registry, skopeo, wrk):
+//! requests lost when hearthd restarts under load. See [`restart`].
 //!
 //! `languages`: time to the first response of the same `hello` in Rust,
 //! Python and JavaScript, from a compile, a compiled-cache hit and a pool
@@ -48,6 +52,7 @@ mod capabilities;
 mod cold_start;
 mod languages;
 mod messaging;
+mod restart;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -81,6 +86,8 @@ enum Bench {
     Messaging(messaging::MessagingArgs),
     /// Blob storage per backend and size; CPU per GB; copies per byte read.
     Blob(blob::BlobArgs),
+    /// Requests lost when hearthd restarts under load (SIGTERM, SIGKILL).
+    Restart(restart::RestartArgs),
 }
 
 #[derive(Parser)]
@@ -138,6 +145,7 @@ fn main() -> Result<()> {
         Bench::Languages(args) => languages::languages(args),
         Bench::Messaging(args) => messaging::messaging(args),
         Bench::Blob(args) => blob::blob(args),
+        Bench::Restart(args) => restart::restart(args),
     }
 }
 

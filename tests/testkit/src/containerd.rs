@@ -170,7 +170,7 @@ impl Containerd {
   "cniVersion": "1.0.0",
   "name": "hearth-test",
   "plugins": [
-    {{"type": "ptp", "ipMasq": false, "ipam": {{"type": "host-local", "subnet": "10.{}.{}.0/24", "dataDir": "{}"}}}},
+    {{"type": "ptp", "ipMasq": false, "ipam": {{"type": "host-local", "subnet": "10.{}.{}.0/24", "routes": [{{"dst": "0.0.0.0/0"}}], "dataDir": "{}"}}}},
     {{"type": "loopback"}}
   ]
 }}"#,
