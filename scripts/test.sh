@@ -11,5 +11,5 @@ cargo clippy -p hearth-kube-tests --features kube --all-targets -- -D warnings
 # The RDMA verbs transport builds (and lints) here; its tests run when
 # HEARTH_RDMA_DEVICE names a device and otherwise print why they did not.
 cargo clippy -p hearth-host -p hearth-blob -p hearth-store-node -p hearth-bench --all-targets --features hearth-host/rdma,hearth-store-node/rdma,hearth-bench/rdma -- -D warnings
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 cargo test -p hearth-store-node --features rdma --test rdma -- --nocapture
