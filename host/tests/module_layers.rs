@@ -26,7 +26,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("store data", &["function_env", "store_data"]),
     ("function", &["engine", "function", "invocation"]),
     ("triggers", &["http", "messages", "job"]),
-    ("serving", &["serving", "control", "admin", "config", "node_lock"]),
+    (
+        "serving",
+        &["serving", "control", "admin", "config", "node_lock"],
+    ),
 ];
 
 fn src() -> PathBuf {
