@@ -6,6 +6,8 @@ pub mod blob;
 pub mod http;
 pub mod job;
 pub mod messages;
+#[cfg(feature = "p3")]
+pub mod p3;
 
 /// Bindings for the `hearth:function/service-with-lifecycle` world, generated
 /// from Hearth's one WIT source. Use these directly for anything the

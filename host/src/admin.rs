@@ -169,7 +169,13 @@ impl Admin {
             &'static str,
             fn(&Function) -> f64,
         );
-        let usage: [Usage; 7] = [
+        let usage: [Usage; 8] = [
+            (
+                "http_requests_in_flight",
+                "Requests a WASI 0.3 service's instances are serving now (a 0.2 instance serves one: see hearth_pool_instances).",
+                "gauge",
+                |f| f.concurrent().map_or(0, |c| c.in_flight()) as f64,
+            ),
             (
                 "blob_spool_bytes",
                 "Bytes a function's unfinished blob writes hold on the host.",
@@ -240,6 +246,24 @@ impl Admin {
                     value(function)
                 );
             }
+        }
+
+        header(
+            &mut out,
+            "function_info",
+            "A function loaded here: its kind and the WASI generation it targets (wasi-0.2, wasi-0.3).",
+            "gauge",
+        );
+        for (id, function) in &functions {
+            let _ = writeln!(
+                out,
+                "hearth_function_info{{id=\"{}\",namespace=\"{}\",function=\"{}\",kind=\"{}\",wasi=\"{}\"}} 1",
+                escape(id),
+                escape(&function.env().namespace),
+                escape(function.name()),
+                function.kind().name(),
+                function.wasi(),
+            );
         }
 
         let loads = self.host.load_counts();

@@ -274,7 +274,8 @@ impl Managed {
             .into(),
             exit_status: exit.as_ref().map(|(status, _)| *status).unwrap_or(0),
             sandbox_id: self.sandbox_id.clone(),
-            kind: kind_name(&self.function).into(),
+            kind: self.function.kind().name().into(),
+            wasi: self.function.wasi().label().into(),
             listening: self
                 .listening
                 .lock()
@@ -299,14 +300,6 @@ impl Managed {
             task.abort();
         }
         self.exited(status, reason);
-    }
-}
-
-fn kind_name(function: &Function) -> &'static str {
-    match function.kind() {
-        FunctionKind::Service { .. } => "service",
-        FunctionKind::MessageHandler { .. } => "handler",
-        FunctionKind::Job { .. } => "job",
     }
 }
 
@@ -413,6 +406,7 @@ impl ControlService {
                 max_memory_mib: given(l.max_memory_mib),
                 max_request_body_bytes: given(l.max_request_body_bytes),
                 max_concurrent_instances: given(l.max_concurrent_instances),
+                instance_concurrency: given(l.instance_concurrency),
                 ..LimitsOverride::default()
             });
         let prewarmed = matches!(&request.source, Some(Source::Image(image)) if self.prewarm.images.contains(image));
@@ -620,10 +614,11 @@ impl Control for ControlService {
         }
         let response = CreateResponse {
             digest: function.compiled().digest.to_string(),
-            kind: kind_name(&function).into(),
+            kind: function.kind().name().into(),
+            wasi: function.wasi().label().into(),
             compiled_from: function.compiled_from().as_str().into(),
         };
-        tracing::info!(id = %request.id, namespace = %function.env().namespace, function = %name, digest = %response.digest, compiled_from = %response.compiled_from, "function created");
+        tracing::info!(id = %request.id, namespace = %function.env().namespace, function = %name, digest = %response.digest, compiled_from = %response.compiled_from, wasi = %response.wasi, "function created");
         let managed = Arc::new(Managed {
             id: request.id.clone(),
             sandbox_id: request.sandbox_id,

@@ -1,7 +1,8 @@
 //! The one wasmtime [`Engine`] a Hearth process runs, and its epoch clock.
 //!
 //! The engine is configured for serving many short-lived instances:
-//! the component model, async calls, the pooling allocator (instance slots are
+//! the component model with its async ABI (WASI 0.3 components next to 0.2
+//! ones), async calls, the pooling allocator (instance slots are
 //! reserved once and reused), copy-on-write memory images (a fresh instance
 //! maps its initial memory instead of copying it) and epoch interruption.
 //!
@@ -85,6 +86,7 @@ impl HostEngine {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
+            .wasm_component_model_async(true)
             .epoch_interruption(true)
             .memory_init_cow(true)
             .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);

@@ -1,8 +1,10 @@
 //! Loading a component as a Hearth function and creating its instances.
 //!
 //! A component is a *service* if it exports `wasi:http/incoming-handler`
-//! (and optionally `hearth:function/lifecycle`), or a *job* if it exports
-//! `wasi:cli/run`. Anything else is refused at load with the list of what it
+//! (WASI 0.2) or `wasi:http/handler` (WASI 0.3), optionally with
+//! `hearth:function/lifecycle`, or a *job* if it exports `wasi:cli/run` of
+//! either generation. Which generation ([`Wasi`]) is decided here, at load,
+//! from the export. Anything else is refused at load with the list of what it
 //! does export. Imports are checked at load too: a component that imports
 //! something this host does not provide never gets as far as a request.
 //!
@@ -23,6 +25,7 @@
 
 use crate::capabilities::handler_bindings::HandlerExportIndices;
 use crate::capabilities::{FunctionCapabilities, GrantError, HostCapabilities};
+use crate::concurrent::ConcurrentService;
 use crate::distribution::{CacheSettings, PullPolicy};
 use crate::engine::{EngineSettings, HostEngine};
 use crate::function_env::FunctionEnv;
@@ -32,7 +35,7 @@ use crate::stats::SubscriptionRegistry;
 use crate::store_data::StoreData;
 use hearth_prewarm::artifact_cache::{CachedFunction, PullError};
 use hearth_prewarm::pool::{
-    CapacityError, Checkout, InstanceFactory, InstancePool, PoolCapacity, PoolError, Ready,
+    CapacityError, Checkout, InstanceFactory, InstancePool, Lease, PoolCapacity, PoolError, Ready,
 };
 use hearth_prewarm::{
     ArtifactCache, CompiledCache, CompiledFrom, CompiledFunction, CompiledStore, LoadError,
@@ -46,12 +49,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{ComponentExportIndex, Instance, Linker};
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::CommandIndices;
+use wasmtime_wasi::p3::bindings::CommandIndices as CommandIndicesP3;
 use wasmtime_wasi_http::p2::bindings::ProxyIndices;
+use wasmtime_wasi_http::p3::bindings::ServiceIndices;
 
-/// The interface a service exports.
+/// The interface a WASI 0.2 service exports.
 pub const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2.12";
-/// The interface a job exports.
+/// The interface a WASI 0.3 service exports.
+pub const HANDLER_P3: &str = "wasi:http/handler@0.3.0";
+/// The interface a WASI 0.2 job exports.
 pub const CLI_RUN: &str = "wasi:cli/run@0.2.12";
+/// The interface a WASI 0.3 job exports.
+pub const CLI_RUN_P3: &str = "wasi:cli/run@0.3.0";
 /// Hearth's optional lifecycle interface.
 pub const LIFECYCLE: &str = "hearth:function/lifecycle@0.1.0";
 /// The interface a message handler exports.
@@ -80,7 +89,7 @@ pub enum FunctionLoadError {
     },
     /// The component exports no world's entry point.
     #[error(
-        "cannot load function `{function}`: it exports none of `{INCOMING_HANDLER}` (a service), `{MESSAGE_HANDLER}` (a message handler) and `{CLI_RUN}` (a job); it exports: {exports}"
+        "cannot load function `{function}`: it exports none of `{INCOMING_HANDLER}` or `{HANDLER_P3}` (a service), `{MESSAGE_HANDLER}` (a message handler) and `{CLI_RUN}` or `{CLI_RUN_P3}` (a job); it exports: {exports}"
     )]
     NoEntryPoint {
         /// The function's name.
@@ -170,8 +179,8 @@ pub struct AlreadyInstalled;
 pub enum FunctionKind {
     /// An HTTP service.
     Service {
-        /// Where the incoming handler lives in an instance.
-        handler: ProxyIndices,
+        /// Where the HTTP handler lives in an instance.
+        handler: HttpHandler,
         /// Where `init` and `shutdown` live, if exported.
         lifecycle: Option<LifecycleExports>,
     },
@@ -183,8 +192,63 @@ pub enum FunctionKind {
     /// A job.
     Job {
         /// Where `wasi:cli/run` lives in an instance.
-        run: CommandIndices,
+        run: CliRun,
     },
+}
+
+impl FunctionKind {
+    /// How `hearth status` and `/metrics` name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FunctionKind::Service { .. } => "service",
+            FunctionKind::MessageHandler { .. } => "handler",
+            FunctionKind::Job { .. } => "job",
+        }
+    }
+}
+
+/// A service's HTTP entry point, by WASI generation.
+pub enum HttpHandler {
+    /// `wasi:http/incoming-handler@0.2`: one request per call, one call per
+    /// instance at a time.
+    P2(ProxyIndices),
+    /// `wasi:http/handler@0.3`: an async export; one instance takes many
+    /// requests at once (see [`crate::concurrent`]).
+    P3(ServiceIndices),
+}
+
+/// A job's entry point, by WASI generation.
+pub enum CliRun {
+    /// `wasi:cli/run@0.2`.
+    P2(CommandIndices),
+    /// `wasi:cli/run@0.3` (an async export).
+    P3(CommandIndicesP3),
+}
+
+/// The WASI generation a component targets, decided at load from what it
+/// exports (a message handler only: from what it imports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wasi {
+    /// WASI 0.2 (`wasi:http@0.2`, `wasi:cli@0.2`).
+    P2,
+    /// WASI 0.3 (`wasi:http@0.3`, `wasi:cli@0.3`): native async.
+    P3,
+}
+
+impl Wasi {
+    /// How `hearth status` and `/metrics` name it: `wasi-0.2`, `wasi-0.3`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Wasi::P2 => "wasi-0.2",
+            Wasi::P3 => "wasi-0.3",
+        }
+    }
+}
+
+impl std::fmt::Display for Wasi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
 }
 
 /// Export indices of `hearth:function/lifecycle`.
@@ -491,6 +555,15 @@ impl Host {
             }
             FunctionKind::Job { .. } => None,
         };
+        let wasi = wasi_generation(&kind, &compiled, self.engine());
+        let concurrent = matches!(
+            kind,
+            FunctionKind::Service {
+                handler: HttpHandler::P3(_),
+                ..
+            }
+        )
+        .then(|| ConcurrentService::new(env.limits.instance_concurrency, env.pool.max_invocations));
         let function = Arc::new(Function {
             host: self.clone(),
             slots: Arc::new(Semaphore::new(env.limits.max_concurrent_instances as usize)),
@@ -499,8 +572,10 @@ impl Host {
             compiled,
             compiled_from,
             kind,
+            wasi,
             message_handler,
             pool,
+            concurrent,
         });
         if function.is_service() {
             self.register(&function);
@@ -511,18 +586,20 @@ impl Host {
 
 /// The WIT packages (and versions) this host links, for naming a version
 /// mismatch. wasmtime links any semver-compatible version of an import
-/// (e.g. `wasi:http@0.2.3` to 0.2.12); anything else fails to link.
+/// (e.g. `wasi:http@0.2.3` to 0.2.12, `wasi:http@0.3.1` to 0.3.0: for 0.x
+/// the minor version is the major); anything else (`wasi:http@0.4.0`, a
+/// 0.3 release candidate) fails to link.
 pub const PROVIDED_PACKAGES: &[(&str, &[&str])] = &[
     ("hearth:function", &["0.1.0"]),
     ("wasi:keyvalue", &["0.2.0-draft", "0.2.0-draft2"]),
     ("wasi:config", &["0.2.0-rc.1"]),
-    ("wasi:http", &["0.2.12"]),
-    ("wasi:cli", &["0.2.12"]),
+    ("wasi:http", &["0.2.12", "0.3.0"]),
+    ("wasi:cli", &["0.2.12", "0.3.0"]),
     ("wasi:io", &["0.2.12"]),
-    ("wasi:clocks", &["0.2.12"]),
-    ("wasi:random", &["0.2.12"]),
-    ("wasi:filesystem", &["0.2.12"]),
-    ("wasi:sockets", &["0.2.12"]),
+    ("wasi:clocks", &["0.2.12", "0.3.0"]),
+    ("wasi:random", &["0.2.12", "0.3.0"]),
+    ("wasi:filesystem", &["0.2.12", "0.3.0"]),
+    ("wasi:sockets", &["0.2.12", "0.3.0"]),
 ];
 
 /// For an unresolved import of a package this host provides at other
@@ -659,33 +736,73 @@ fn classify(
     compiled: &CompiledFunction<StoreData>,
 ) -> Result<FunctionKind, FunctionLoadError> {
     let component = &compiled.component;
-    if component.get_export_index(None, INCOMING_HANDLER).is_some() {
-        let handler = ProxyIndices::new(&compiled.instance_pre).map_err(|e| {
-            FunctionLoadError::BadLifecycle {
-                function: name.into(),
-                detail: format!("{e:#}"),
-            }
-        })?;
+    let malformed = |e: wasmtime::Error| FunctionLoadError::BadLifecycle {
+        function: name.into(),
+        detail: format!("{e:#}"),
+    };
+    let exports = |interface| component.get_export_index(None, interface).is_some();
+    if exports(INCOMING_HANDLER) {
+        let handler = ProxyIndices::new(&compiled.instance_pre).map_err(malformed)?;
         let lifecycle = lifecycle_exports(name, compiled)?;
-        return Ok(FunctionKind::Service { handler, lifecycle });
+        return Ok(FunctionKind::Service {
+            handler: HttpHandler::P2(handler),
+            lifecycle,
+        });
     }
-    if component.get_export_index(None, MESSAGE_HANDLER).is_some() {
+    if exports(HANDLER_P3) {
+        let handler = ServiceIndices::new(&compiled.instance_pre).map_err(malformed)?;
+        let lifecycle = lifecycle_exports(name, compiled)?;
+        return Ok(FunctionKind::Service {
+            handler: HttpHandler::P3(handler),
+            lifecycle,
+        });
+    }
+    if exports(MESSAGE_HANDLER) {
         let lifecycle = lifecycle_exports(name, compiled)?;
         return Ok(FunctionKind::MessageHandler { lifecycle });
     }
-    if component.get_export_index(None, CLI_RUN).is_some() {
-        let run = CommandIndices::new(&compiled.instance_pre).map_err(|e| {
-            FunctionLoadError::BadLifecycle {
-                function: name.into(),
-                detail: format!("{e:#}"),
-            }
-        })?;
-        return Ok(FunctionKind::Job { run });
+    if exports(CLI_RUN) {
+        let run = CommandIndices::new(&compiled.instance_pre).map_err(malformed)?;
+        return Ok(FunctionKind::Job {
+            run: CliRun::P2(run),
+        });
+    }
+    if exports(CLI_RUN_P3) {
+        let run = CommandIndicesP3::new(&compiled.instance_pre).map_err(malformed)?;
+        return Ok(FunctionKind::Job {
+            run: CliRun::P3(run),
+        });
     }
     Err(FunctionLoadError::NoEntryPoint {
         function: name.into(),
         exports: export_names(compiled, compiled.instance_pre.engine()),
     })
+}
+
+/// The WASI generation of a component of `kind`: its export's, or for a
+/// message handler (whose export is the same in both), whether it imports
+/// any WASI 0.3 interface.
+fn wasi_generation(
+    kind: &FunctionKind,
+    compiled: &CompiledFunction<StoreData>,
+    engine: &wasmtime::Engine,
+) -> Wasi {
+    match kind {
+        FunctionKind::Service {
+            handler: HttpHandler::P3(_),
+            ..
+        }
+        | FunctionKind::Job { run: CliRun::P3(_) } => Wasi::P3,
+        FunctionKind::Service { .. } | FunctionKind::Job { .. } => Wasi::P2,
+        FunctionKind::MessageHandler { .. } => {
+            let imports_p3 = compiled
+                .component
+                .component_type()
+                .imports(engine)
+                .any(|(name, _)| name.starts_with("wasi:") && name.contains("@0.3."));
+            if imports_p3 { Wasi::P3 } else { Wasi::P2 }
+        }
+    }
 }
 
 /// A loaded function: compiled code, what kind it is, and how its instances
@@ -697,9 +814,12 @@ pub struct Function {
     compiled: Arc<CompiledFunction<StoreData>>,
     compiled_from: CompiledFrom,
     kind: FunctionKind,
+    wasi: Wasi,
     message_handler: Option<HandlerExportIndices>,
     slots: Arc<Semaphore>,
     pool: Option<InstancePool<StoreData>>,
+    /// A WASI 0.3 service's requests (see [`crate::concurrent`]).
+    concurrent: Option<ConcurrentService>,
 }
 
 impl Function {
@@ -721,6 +841,16 @@ impl Function {
     /// What kind of function it is.
     pub fn kind(&self) -> &FunctionKind {
         &self.kind
+    }
+
+    /// The WASI generation it targets.
+    pub fn wasi(&self) -> Wasi {
+        self.wasi
+    }
+
+    /// A WASI 0.3 service's concurrent requests (`None` otherwise).
+    pub fn concurrent(&self) -> Option<&ConcurrentService> {
+        self.concurrent.as_ref()
     }
 
     /// Whether it is a service.
@@ -754,6 +884,11 @@ impl Function {
     /// The host it was loaded into.
     pub fn host(&self) -> &Arc<Host> {
         &self.host
+    }
+
+    /// One of the function's instance slots, if one is free now.
+    pub(crate) fn try_acquire_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
     }
 
     /// Waits up to `wait` for one of the function's instance slots.
@@ -808,6 +943,23 @@ impl Function {
             run_shutdown(&self.env, lifecycle, &mut ready.store, ready.instance).await;
         }
         checkout.release();
+    }
+
+    /// A leased instance (a WASI 0.3 worker's) served `calls` requests, all
+    /// of them successfully: gives it back to the pool, running the guest's
+    /// `shutdown` first if it retires.
+    pub(crate) async fn release_lease(
+        &self,
+        lease: Lease<StoreData>,
+        mut ready: Ready<StoreData>,
+        calls: u32,
+    ) {
+        let last =
+            lease.invocations().saturating_add(calls) >= self.env.pool.max_invocations.max(1);
+        if last && let Some(lifecycle) = self.lifecycle() {
+            run_shutdown(&self.env, lifecycle, &mut ready.store, ready.instance).await;
+        }
+        lease.release(ready, calls);
     }
 
     /// A fresh instance in a fresh store with a deadline `timeout` from now

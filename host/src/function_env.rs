@@ -22,14 +22,19 @@
 //!   memory (`max_memory_mib`), the instances alive at once
 //!   (`limit / max_memory_mib`) and, through the function's
 //!   [`MemoryGauge`], the linear memory of all its instances together. A
-//!   CPU limit caps instances at [`INSTANCES_PER_CPU`] per CPU. A
+//!   CPU limit caps instances at [`INSTANCES_PER_CPU`] per CPU and, unless
+//!   the spec sets `instance_concurrency`, sets it to
+//!   [`DEFAULT_INSTANCE_CONCURRENCY`] per CPU (at least 1). A
 //!   `min_idle` the spec asks for beyond the instances it may have is
 //!   refused ([`SpecError::MinIdle`] names both numbers); the node's
 //!   default `min_idle` is cut to fit instead.
 
 use crate::capabilities::CapabilityGrants;
 use crate::guest_output::GuestOutputFiles;
-use crate::limits::{CpuGauge, InvalidLimit, Limits, LimitsOverride, MemoryGauge};
+use crate::limits::{
+    CpuGauge, DEFAULT_INSTANCE_CONCURRENCY, InvalidLimit, Limits, LimitsOverride,
+    MAX_INSTANCE_CONCURRENCY, MemoryGauge,
+};
 use crate::stats::ConnectionStats;
 use crate::tenancy::{
     Identity, IdentityError, NamespacePolicy, Narrowing, NotAllowed, TenancyPolicy, narrow,
@@ -228,6 +233,17 @@ impl FunctionSpec {
                 why = format!(
                     "the Pod's CPU limit of {millis}m allows {fit} at {INSTANCES_PER_CPU} per CPU"
                 );
+            }
+            if self.limits.instance_concurrency.is_none() {
+                let per_cpu = u64::from(DEFAULT_INSTANCE_CONCURRENCY);
+                limits.instance_concurrency = u32::try_from(
+                    millis
+                        .saturating_mul(per_cpu)
+                        .div_ceil(1000)
+                        .min(u64::from(MAX_INSTANCE_CONCURRENCY)),
+                )
+                .unwrap_or(MAX_INSTANCE_CONCURRENCY)
+                .max(1);
             }
         }
         Ok((limits, why))

@@ -13,7 +13,9 @@
 //! * A request whose `Content-Length` is over `max_request_body_bytes` is
 //!   refused with 413 before any instance is made. A body without a length is
 //!   counted as it streams; if it goes over, the guest's read fails and the
-//!   caller gets 413 whatever the guest answered.
+//!   caller gets 413 whatever the guest answered, unless the guest had
+//!   already begun a streaming answer (a WASI 0.3 echo), which is then cut
+//!   off: its status is sent already.
 //! * A request over the listener is from outside: it cannot name a caller
 //!   (`x-hearth-caller` is removed before the guest sees it) nor claim an
 //!   `invoke` depth beyond `max_depth` (see [`crate::propagation`]). A
@@ -42,7 +44,7 @@
 //!   drops every open connection and in-flight request with it.
 
 use crate::capabilities::invoke::{Invoker, LocalCallee};
-use crate::function::{Function, FunctionKind, Host};
+use crate::function::{Function, FunctionKind, Host, HttpHandler};
 use crate::invocation::{DEADLINE_SLACK, Invocation};
 use crate::invocation_error::{InvocationError, log_failure};
 use crate::limits::DeadlineExceeded;
@@ -316,27 +318,25 @@ where
         }
         Origin::Host => RequestContext::from_headers(request.headers()),
     };
+    let body_over_limit = Arc::new(AtomicBool::new(false));
+    let (parts, body) = request.into_parts();
+    let body = limited_body(body, body_limit, body_over_limit.clone());
+    if let Some(concurrent) = function.concurrent() {
+        let request = Request::from_parts(parts, body.boxed_unsync());
+        let response = concurrent
+            .handle(function, request, context, timeout)
+            .await
+            .map_err(Failure::logged);
+        if body_over_limit.load(Ordering::Relaxed) {
+            return Err(InvocationError::BodyTooLarge { limit: body_limit }.into());
+        }
+        return response;
+    }
     let mut invocation = function
         .begin(Some(timeout), context)
         .await
         .map_err(Failure::logged)?;
 
-    let body_over_limit = Arc::new(AtomicBool::new(false));
-    let (parts, body) = request.into_parts();
-    let body = Limited::new(body, body_limit as usize).map_err({
-        let body_over_limit = body_over_limit.clone();
-        move |error| {
-            if error.is::<LengthLimitError>() {
-                body_over_limit.store(true, Ordering::Relaxed);
-                HttpError::HttpRequestBodySize(Some(body_limit))
-            } else {
-                match error.downcast::<hyper::Error>() {
-                    Ok(error) => HttpError::Hyper(*error),
-                    Err(_) => HttpError::ConnectionTerminated,
-                }
-            }
-        }
-    });
     let internal = |e: wasmtime::Error| InvocationError::Internal(format!("{e:#}"));
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let mut http = invocation.store_data().http();
@@ -370,6 +370,30 @@ where
     outcome
 }
 
+/// `body`, failing with `HttpRequestBodySize` (and setting `over_limit`)
+/// once more than `limit` bytes have come.
+fn limited_body<B>(
+    body: B,
+    limit: u64,
+    over_limit: Arc<AtomicBool>,
+) -> impl hyper::body::Body<Data = Bytes, Error = HttpError> + Send + Sync + 'static
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).map_err(move |error| {
+        if error.is::<LengthLimitError>() {
+            over_limit.store(true, Ordering::Relaxed);
+            HttpError::HttpRequestBodySize(Some(limit))
+        } else {
+            match error.downcast::<hyper::Error>() {
+                Ok(error) => HttpError::Hyper(*error),
+                Err(_) => HttpError::ConnectionTerminated,
+            }
+        }
+    })
+}
+
 /// The HTTP trigger's own part of an invocation: the `incoming-handler`
 /// export call. It runs in its own task, because the guest may go on
 /// streaming the response body after it has sent the response.
@@ -379,9 +403,13 @@ async fn run_request(
     outparam: wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
 ) -> Result<(), InvocationError> {
     let function = invocation.function().clone();
-    let FunctionKind::Service { handler, .. } = function.kind() else {
+    let FunctionKind::Service {
+        handler: HttpHandler::P2(handler),
+        ..
+    } = function.kind()
+    else {
         return Err(InvocationError::Internal(format!(
-            "function `{}` is not a service",
+            "function `{}` is not a WASI 0.2 service",
             function.name()
         )));
     };

@@ -9,7 +9,7 @@ use crate::limits::{DeadlineExceeded, MemoryLimitExceeded};
 use http::StatusCode;
 
 /// The guest's `init` returned an error.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("init failed: {message}")]
 pub struct InitFailed {
     /// The guest's message.
@@ -17,7 +17,7 @@ pub struct InitFailed {
 }
 
 /// A slot could not be had before the deadline.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("overloaded: all {max} instance slots of this function stayed busy for {waited_ms} ms")]
 pub struct Overloaded {
     /// `max_concurrent_instances`.
@@ -85,7 +85,7 @@ impl ErrorKind {
 }
 
 /// A failed invocation.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum InvocationError {
     /// The deadline passed (guest spinning, or blocked too long).
     #[error("{0}")]
@@ -133,6 +133,9 @@ impl InvocationError {
             }
             if let Some(e) = cause.downcast_ref::<MemoryLimitExceeded>() {
                 return InvocationError::MemoryLimit(*e);
+            }
+            if let Some(e) = cause.downcast_ref::<Overloaded>() {
+                return InvocationError::Overloaded(*e);
             }
             if let Some(e) = cause.downcast_ref::<InitFailed>() {
                 return InvocationError::InitFailed(InitFailed {

@@ -1,4 +1,5 @@
-//! The job world: run `wasi:cli/run` to completion and report its status.
+//! The job world: run `wasi:cli/run` (WASI 0.2 or 0.3) to completion and
+//! report its status.
 //!
 //! The exit status is 0 when `run` returns `ok`, 1 when it returns `err`, and
 //! the exact code when the guest calls `wasi:cli/exit.exit` or
@@ -6,7 +7,7 @@
 //! the [`InvocationError`], logged once, whose
 //! [`exit_code`](InvocationError::exit_code) a CLI should exit with.
 
-use crate::function::{Function, FunctionKind};
+use crate::function::{CliRun, Function, FunctionKind};
 use crate::invocation_error::InvocationError;
 use crate::propagation::RequestContext;
 use std::sync::Arc;
@@ -30,8 +31,23 @@ pub async fn run_job(
     let ready = invocation.ready();
     let result = deadline
         .run(async {
-            let command = run.load(&mut ready.store, &ready.instance)?;
-            command.wasi_cli_run().call_run(&mut ready.store).await
+            match run {
+                CliRun::P2(run) => {
+                    let command = run.load(&mut ready.store, &ready.instance)?;
+                    command.wasi_cli_run().call_run(&mut ready.store).await
+                }
+                // An async export: called inside the store's event loop,
+                // which also runs whatever tasks the guest spawned.
+                CliRun::P3(run) => {
+                    let command = run.load(&mut ready.store, &ready.instance)?;
+                    ready
+                        .store
+                        .run_concurrent(async |accessor| {
+                            command.wasi_cli_run().call_run(accessor).await
+                        })
+                        .await?
+                }
+            }
         })
         .await;
     // `wasi:cli/exit` unwinds as an error, but it is the job's status.

@@ -14,6 +14,10 @@
 //! * `max_request_body_bytes`: larger bodies are refused with 413.
 //! * `max_concurrent_instances`: instances alive at once per function; a
 //!   request that cannot get a slot within its deadline gets 503.
+//! * `instance_concurrency` (WASI 0.3 services): requests one instance
+//!   takes at once (see [`crate::concurrent`]); a function then has at most
+//!   `max_concurrent_instances × instance_concurrency` requests in flight.
+//!   A WASI 0.2 instance always takes one.
 //! * `max_connections`: HTTP connections open at once to one function's
 //!   listener; one more is closed as soon as it is accepted (and counted),
 //!   so idle connections held against one function cannot use up the
@@ -35,6 +39,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wasmtime::ResourceLimiter;
 
+/// Requests a WASI 0.3 instance takes at once unless told otherwise (per
+/// CPU of the Pod's limit, when it has one: see
+/// [`crate::function_env`]).
+pub const DEFAULT_INSTANCE_CONCURRENCY: u32 = 16;
+
+/// The most `instance_concurrency` may be.
+pub const MAX_INSTANCE_CONCURRENCY: u32 = 1024;
+
 /// Limits that apply to every instance of a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -47,6 +59,8 @@ pub struct Limits {
     pub max_request_body_bytes: u64,
     /// Maximum instances of one function alive at once.
     pub max_concurrent_instances: u32,
+    /// Requests one WASI 0.3 instance serves at once.
+    pub instance_concurrency: u32,
     /// Maximum HTTP connections open at once to one function.
     pub max_connections: u32,
     /// Longest wait for a request's headers (and between requests of a
@@ -61,6 +75,7 @@ impl Default for Limits {
             max_memory_mib: 128,
             max_request_body_bytes: 10 * 1024 * 1024,
             max_concurrent_instances: 64,
+            instance_concurrency: DEFAULT_INSTANCE_CONCURRENCY,
             max_connections: 1024,
             header_read_timeout_ms: 30_000,
         }
@@ -96,6 +111,12 @@ impl Limits {
         if self.max_concurrent_instances == 0 {
             return invalid("max_concurrent_instances", "must be at least 1");
         }
+        if self.instance_concurrency == 0 {
+            return invalid("instance_concurrency", "must be at least 1");
+        }
+        if self.instance_concurrency > MAX_INSTANCE_CONCURRENCY {
+            return invalid("instance_concurrency", "must be at most 1024");
+        }
         if self.max_connections == 0 {
             return invalid("max_connections", "must be at least 1");
         }
@@ -128,6 +149,8 @@ pub struct LimitsOverride {
     pub max_request_body_bytes: Option<u64>,
     /// See [`Limits::max_concurrent_instances`].
     pub max_concurrent_instances: Option<u32>,
+    /// See [`Limits::instance_concurrency`].
+    pub instance_concurrency: Option<u32>,
     /// See [`Limits::max_connections`].
     pub max_connections: Option<u32>,
     /// See [`Limits::header_read_timeout_ms`].
@@ -148,6 +171,9 @@ impl LimitsOverride {
             max_concurrent_instances: self
                 .max_concurrent_instances
                 .unwrap_or(defaults.max_concurrent_instances),
+            instance_concurrency: self
+                .instance_concurrency
+                .unwrap_or(defaults.instance_concurrency),
             max_connections: self.max_connections.unwrap_or(defaults.max_connections),
             header_read_timeout_ms: self
                 .header_read_timeout_ms
@@ -157,7 +183,7 @@ impl LimitsOverride {
 }
 
 /// An instance ran past its deadline.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("deadline exceeded: the function ran longer than {timeout_ms} ms")]
 pub struct DeadlineExceeded {
     /// The deadline that was exceeded.

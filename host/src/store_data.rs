@@ -87,11 +87,15 @@ impl StoreData {
         }
     }
 
-    /// Adds every interface a function may import to `linker`: WASI 0.2
-    /// (with `wasi:http`) and each capability, through its own view.
+    /// Adds every interface a function may import to `linker`: WASI 0.2 and
+    /// 0.3 (each with `wasi:http`) and each capability, through its own
+    /// view. Both WASI generations share the one [`WasiCtx`] and
+    /// [`WasiHttpCtx`] (and so the environment, stdio and outbound policy).
     pub fn add_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
         wasmtime_wasi::p2::add_to_linker_async(linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+        wasmtime_wasi::p3::add_to_linker(linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(linker)?;
         keyvalue::add_to_linker(linker, |data| KeyvalueView {
             ctx: &data.keyvalue,
             table: &mut data.table,

@@ -541,3 +541,35 @@ fn the_memory_limit_counts_all_of_a_components_memories_together() {
     );
     assert_eq!(status.code(), Some(0), "{log}");
 }
+
+#[test]
+fn hearth_run_serves_a_p3_service_and_runs_a_p3_job() {
+    let mut hearth = Running::start(Command::new(HEARTH).args([
+        "run",
+        hearth_testkit::HELLO_P3,
+        "--listen",
+        "127.0.0.1:0",
+        "--env",
+        "GREETING=Async",
+    ]));
+    let addr = hearth.serving_addr("hello-p3");
+    let line = hearth.wait_for_line("serving function `hello-p3`");
+    assert!(line.contains("wasi=wasi-0.3"), "{line}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let reply = runtime.block_on(get(addr, "/")).unwrap();
+    assert_eq!(reply.text(), "Async from Hearth!\n");
+    let status = hearth.terminate();
+    assert_eq!(status.code(), Some(0), "log:\n{}", hearth.log_text());
+
+    let (status, log) = run_to_end(Command::new(HEARTH).args([
+        "run",
+        hearth_testkit::JOB_P3,
+        "--env",
+        "EXIT_CODE=7",
+    ]));
+    assert_eq!(status.code(), Some(7), "log:\n{log}");
+    assert!(
+        log.contains("job-p3 ran"),
+        "guest stdout not in log:\n{log}"
+    );
+}

@@ -582,9 +582,16 @@ async fn a_component_for_another_wit_version_is_refused_naming_both_versions() {
             "`wasi:keyvalue@0.2.0-draft` and `wasi:keyvalue@0.2.0-draft2`",
         ),
         (
-            "wasi:http/types@0.3.0",
-            "wasi:http/types@0.3.0",
-            "`wasi:http@0.2.12`",
+            "wasi:http/types@0.4.0",
+            "wasi:http/types@0.4.0",
+            "`wasi:http@0.2.12` and `wasi:http@0.3.0`",
+        ),
+        // A WASI 0.3 release candidate (what components built before the
+        // release import) is not 0.3.0.
+        (
+            "wasi:http/types@0.3.0-rc-2025-09-16",
+            "wasi:http/types@0.3.0-rc-2025-09-16",
+            "`wasi:http@0.2.12` and `wasi:http@0.3.0`",
         ),
     ] {
         // The import is lowered into a core instance, so it must link.
@@ -826,4 +833,310 @@ async fn blobstore_draft() {
         .await
         .unwrap();
     assert_eq!(code, 0, "every wasi:blobstore call worked");
+}
+
+// WASI 0.3: async handlers, many requests on one instance.
+
+fn p3_limits(instances: u32, concurrency: u32) -> Limits {
+    Limits {
+        request_timeout_ms: 20_000,
+        max_concurrent_instances: instances,
+        instance_concurrency: concurrency,
+        ..small_limits()
+    }
+}
+
+/// `slow-p3`'s answer: (instance id, its peak of requests in flight).
+fn slow_reply(reply: &hearth_testkit::http::Reply) -> (String, u32) {
+    let text = reply.text();
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|word| word.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {text:?}"))
+            .to_string()
+    };
+    (field("instance="), field("peak=").parse().unwrap())
+}
+
+#[tokio::test]
+async fn hello_p3() {
+    let function = load(
+        hearth_testkit::HELLO_P3,
+        env_for("hello-p3", small_limits(), &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(function.wasi(), hearth_host::function::Wasi::P3);
+    assert!(function.is_service());
+    let addr = serve(
+        hearth_testkit::HELLO_P3,
+        env_for("hello-p3", small_limits(), &[("GREETING", "Howdy")]),
+    )
+    .await;
+    for _ in 0..3 {
+        let reply = get(addr, "/").await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(
+            reply.header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(reply.text(), "Howdy from Hearth!\n");
+    }
+}
+
+#[tokio::test]
+async fn echo_p3() {
+    let addr = serve(
+        hearth_testkit::ECHO_P3,
+        env_for("echo-p3", p3_limits(2, 4), &[]),
+    )
+    .await;
+    // A streamed body with trailers comes back whole, trailers included.
+    let chunks: Vec<Bytes> = (0..64u8).map(|i| Bytes::from(vec![i; 1024])).collect();
+    let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "sum-of-64-chunks".parse().unwrap());
+    let reply = hearth_testkit::http::post_with_trailers(addr, "/echo", chunks, trailers)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.body.len(), expected.len());
+    assert!(reply.body == expected, "the body came back changed");
+    let trailers = reply
+        .trailers
+        .unwrap_or_else(|| panic!("the request's trailers come back: {:?}", reply.headers));
+    assert_eq!(trailers.get("x-checksum").unwrap(), "sum-of-64-chunks");
+
+    // A Content-Length body keeps its content-type.
+    let reply = send(
+        addr,
+        Method::PUT,
+        "/",
+        &[("content-type", "application/x-thing")],
+        Bytes::from_static(b"\x00\xffbytes"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.body, Bytes::from_static(b"\x00\xffbytes"));
+    assert_eq!(reply.header("content-type"), Some("application/x-thing"));
+
+    // Over the body limit with a Content-Length: 413 before any instance.
+    let reply = send(
+        addr,
+        Method::POST,
+        "/",
+        &[],
+        Bytes::from(vec![0u8; 96 * 1024]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.header("x-hearth-error"), Some("body-too-large"));
+    // Streamed past the limit: the echo had begun its answer, so the answer
+    // is cut off where the body was refused (the status is already sent).
+    let streamed = hearth_testkit::http::post_chunked(
+        addr,
+        "/",
+        vec![
+            Bytes::from(vec![0u8; 48 * 1024]),
+            Bytes::from(vec![0u8; 48 * 1024]),
+        ],
+    )
+    .await;
+    match streamed {
+        Err(cut_off) => assert!(
+            format!("{cut_off:?}").contains("UnexpectedEof"),
+            "{cut_off:?}"
+        ),
+        Ok(reply) => assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE),
+    }
+    // And the service goes on.
+    let reply = send(addr, Method::PUT, "/", &[], Bytes::from_static(b"again"))
+        .await
+        .unwrap();
+    assert_eq!(reply.body, Bytes::from_static(b"again"));
+}
+
+#[tokio::test]
+async fn slow_p3() {
+    // Fifty requests in flight at once on one instance.
+    let addr = serve(
+        hearth_testkit::SLOW_P3,
+        env_for("slow-p3", p3_limits(1, 64), &[]),
+    )
+    .await;
+    let replies = futures_util::future::join_all(
+        (0..50).map(|_| async move { get(addr, "/?ms=3000").await.unwrap() }),
+    )
+    .await;
+    let mut instances = std::collections::BTreeSet::new();
+    let mut peak = 0;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let (instance, seen) = slow_reply(reply);
+        instances.insert(instance);
+        peak = peak.max(seen);
+    }
+    assert_eq!(instances.len(), 1, "one instance served them all");
+    assert_eq!(peak, 50, "all fifty were in flight on it at once");
+
+    // Past one instance's concurrency, more instances come from the pool,
+    // never more than max_concurrent_instances, each within its concurrency.
+    let addr = serve(
+        hearth_testkit::SLOW_P3,
+        env_for("slow-p3", p3_limits(4, 5), &[]),
+    )
+    .await;
+    let replies = futures_util::future::join_all(
+        (0..20).map(|_| async move { get(addr, "/?ms=3000").await.unwrap() }),
+    )
+    .await;
+    let mut instances = std::collections::BTreeSet::new();
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let (instance, peak) = slow_reply(reply);
+        assert!(
+            peak <= 5,
+            "an instance took more than its concurrency: {peak}"
+        );
+        instances.insert(instance);
+    }
+    assert_eq!(instances.len(), 4, "{instances:?}");
+}
+
+#[tokio::test]
+async fn a_p3_trap_fails_the_requests_on_its_instance_only() {
+    let addr = serve(
+        hearth_testkit::SLOW_P3,
+        env_for("slow-p3", p3_limits(2, 3), &[]),
+    )
+    .await;
+    // Three long requests fill the first instance...
+    let first: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(async move { get(addr, "/?ms=6000").await.unwrap() }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // ...so these three go to a second one, where one of them traps.
+    let second: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(addr, "/?ms=6000").await.unwrap() }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let trap = get(addr, "/trap?ms=1000").await.unwrap();
+    assert_eq!(trap.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        trap.header("x-hearth-error"),
+        Some("trap"),
+        "{}",
+        trap.text()
+    );
+    assert!(trap.text().contains("unreachable"), "{}", trap.text());
+    for request in second {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            reply.header("x-hearth-error"),
+            Some("trap"),
+            "{}",
+            reply.text()
+        );
+    }
+    let mut instances = std::collections::BTreeSet::new();
+    for request in first {
+        let reply = request.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        instances.insert(slow_reply(&reply).0);
+    }
+    assert_eq!(instances.len(), 1);
+    // The function goes on serving, on a fresh instance.
+    let reply = get(addr, "/?ms=1").await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+#[tokio::test]
+async fn a_p3_request_past_its_deadline_fails_its_instance_by_name() {
+    let limits = Limits {
+        request_timeout_ms: 1_500,
+        ..p3_limits(1, 4)
+    };
+    let addr = serve(hearth_testkit::SLOW_P3, env_for("slow-p3", limits, &[])).await;
+    // A guest spinning in one task holds the instance: both fail, named.
+    let waiting = tokio::spawn(async move { get(addr, "/?ms=1000").await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let spin = get(addr, "/spin").await.unwrap();
+    assert_eq!(spin.status, StatusCode::GATEWAY_TIMEOUT, "{}", spin.text());
+    assert_eq!(spin.header("x-hearth-error"), Some("deadline-exceeded"));
+    let waiting = waiting.await.unwrap();
+    assert_ne!(waiting.status, StatusCode::OK, "{}", waiting.text());
+    assert!(waiting.header("x-hearth-error").is_some());
+    let reply = get(addr, "/?ms=1").await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+#[tokio::test]
+async fn kv_p3() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_embedded_state(dir.path(), &small_limits());
+    let addr = serve_on(
+        &host,
+        hearth_testkit::KV_P3,
+        env_for("kv-p3", p3_limits(2, 8), &[]),
+    )
+    .await;
+    for expected in 1..=3 {
+        let reply = get(addr, "/visits").await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.text(), format!("visits={expected}\n"));
+    }
+    // Concurrent increments on shared instances lose nothing.
+    let replies =
+        futures_util::future::join_all((0..20).map(|_| async move { get(addr, "/many").await }))
+            .await;
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.as_ref().unwrap().status == StatusCode::OK)
+    );
+    assert_eq!(get(addr, "/many").await.unwrap().text(), "many=21\n");
+}
+
+#[tokio::test]
+async fn job_p3() {
+    for (vars, expected) in [
+        (&[][..], 0),
+        (&[("FAIL", "1")][..], 1),
+        (&[("EXIT_CODE", "42")][..], 42),
+    ] {
+        let function = load(
+            hearth_testkit::JOB_P3,
+            env_for("job-p3", small_limits(), vars),
+        )
+        .await
+        .unwrap();
+        assert!(!function.is_service());
+        assert_eq!(function.wasi(), hearth_host::function::Wasi::P3);
+        let code = hearth_host::job::run_job(&function, None).await.unwrap();
+        assert_eq!(code, expected, "{vars:?}");
+    }
+}
+
+#[tokio::test]
+async fn p2_and_p3_functions_share_one_host() {
+    let limits = p3_limits(4, 4);
+    let host = Host::new(&EngineSettings::for_limits([&limits, &limits])).unwrap();
+    let p2 = serve_on(&host, hearth_testkit::HELLO, env_for("hello", limits, &[])).await;
+    let p3 = serve_on(
+        &host,
+        hearth_testkit::HELLO_P3,
+        env_for("hello-p3", limits, &[]),
+    )
+    .await;
+    let replies = futures_util::future::join_all((0..20).map(|i| async move {
+        let addr = if i % 2 == 0 { p2 } else { p3 };
+        get(addr, "/").await.unwrap()
+    }))
+    .await;
+    for reply in replies {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.text(), "Hello from Hearth!\n");
+    }
 }

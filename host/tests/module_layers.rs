@@ -24,7 +24,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("capabilities", &["capabilities"]),
     ("store data", &["function_env", "store_data"]),
-    ("function", &["engine", "function", "invocation"]),
+    (
+        "function",
+        &["engine", "function", "invocation", "concurrent"],
+    ),
     ("triggers", &["http", "messages", "job"]),
     (
         "serving",

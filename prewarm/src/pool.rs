@@ -301,14 +301,16 @@ impl<T: Send + 'static> PoolInner<T> {
         }
     }
 
-    fn finish(this: &Arc<Self>, mut idle: Idle<T>, released: bool) {
+    /// The checkout of `idle` ended: `calls` served and released, or
+    /// poisoned (`released` false).
+    fn finish(this: &Arc<Self>, mut idle: Idle<T>, released: bool, calls: u32) {
         let mut shared = this.lock();
         shared.busy -= 1;
         if !released {
             drop(shared);
             this.poisoned.fetch_add(1, Ordering::Relaxed);
         } else {
-            idle.invocations += 1;
+            idle.invocations = idle.invocations.saturating_add(calls);
             if idle.invocations >= this.settings.max_invocations {
                 drop(shared);
                 this.retired.fetch_add(1, Ordering::Relaxed);
@@ -356,15 +358,65 @@ impl<T: Send + 'static> Checkout<T> {
     /// The call succeeded: the instance may serve again (see the contract).
     pub fn release(mut self) {
         if let Some(idle) = self.idle.take() {
-            PoolInner::finish(&self.pool, idle, true);
+            PoolInner::finish(&self.pool, idle, true, 1);
         }
+    }
+
+    /// Takes the store and instance out, for a caller that must own them
+    /// (a worker serving many calls at once on one instance). The instance
+    /// still counts as checked out until the [`Lease`] ends: given back
+    /// with [`Lease::release`], or poisoned if the lease is dropped.
+    pub fn into_lease(mut self) -> (Ready<T>, Lease<T>) {
+        let idle = self.idle.take().expect("present until release or drop");
+        let lease = Lease {
+            pool: self.pool.clone(),
+            invocations: idle.invocations,
+            open: true,
+        };
+        (idle.ready, lease)
     }
 }
 
 impl<T: Send + 'static> Drop for Checkout<T> {
     fn drop(&mut self) {
         if let Some(idle) = self.idle.take() {
-            PoolInner::finish(&self.pool, idle, false);
+            PoolInner::finish(&self.pool, idle, false, 0);
+        }
+    }
+}
+
+/// A checked-out instance whose store the caller owns (see
+/// [`Checkout::into_lease`]).
+pub struct Lease<T: Send + 'static> {
+    pool: Arc<PoolInner<T>>,
+    invocations: u32,
+    open: bool,
+}
+
+impl<T: Send + 'static> Lease<T> {
+    /// Calls the instance served before this lease.
+    pub fn invocations(&self) -> u32 {
+        self.invocations
+    }
+
+    /// Every call on `ready` succeeded: it may serve again, as a released
+    /// [`Checkout`] would, counting `calls` against `max_invocations`.
+    pub fn release(mut self, ready: Ready<T>, calls: u32) {
+        self.open = false;
+        let idle = Idle {
+            ready,
+            invocations: self.invocations,
+        };
+        PoolInner::finish(&self.pool, idle, true, calls.max(1));
+    }
+}
+
+impl<T: Send + 'static> Drop for Lease<T> {
+    fn drop(&mut self) {
+        if self.open {
+            self.pool.lock().busy -= 1;
+            self.pool.poisoned.fetch_add(1, Ordering::Relaxed);
+            PoolInner::refill(&self.pool);
         }
     }
 }

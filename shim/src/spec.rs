@@ -49,6 +49,8 @@ pub const MIN_IDLE_ANNOTATION: &str = "hearth.dev/min-idle";
 pub const MAX_INVOCATIONS_ANNOTATION: &str = "hearth.dev/max-invocations";
 /// Pod annotation: message subscriptions, `topic[@group][,...]`.
 pub const SUBSCRIBE_ANNOTATION: &str = "hearth.dev/subscribe";
+/// Requests one WASI 0.3 instance takes at once.
+pub const INSTANCE_CONCURRENCY_ANNOTATION: &str = "hearth.dev/instance-concurrency";
 /// Where `hearth push` puts the component in an image (the default
 /// entrypoint), as `hearth_prewarm::image::IMAGE_WASM_PATH` defines it; the
 /// shim does not link the OCI code, so the path is repeated here.
@@ -307,17 +309,26 @@ impl BundleSpec {
     /// annotations matching the runtime's `pod_annotations` into every
     /// container's spec): `(min_idle, max_invocations)`, 0 where unset.
     pub fn pool_annotations(&self) -> Result<(u32, u32), String> {
-        let number = |key: &str| match self.annotation(key) {
+        Ok((
+            self.number_annotation(MIN_IDLE_ANNOTATION)?,
+            self.number_annotation(MAX_INVOCATIONS_ANNOTATION)?,
+        ))
+    }
+
+    /// `hearth.dev/instance-concurrency`: requests one WASI 0.3 instance
+    /// takes at once; 0 where unset.
+    pub fn instance_concurrency(&self) -> Result<u32, String> {
+        self.number_annotation(INSTANCE_CONCURRENCY_ANNOTATION)
+    }
+
+    fn number_annotation(&self, key: &str) -> Result<u32, String> {
+        match self.annotation(key) {
             None => Ok(0),
             Some(value) => value
                 .trim()
                 .parse::<u32>()
                 .map_err(|_| format!("annotation {key} must be a whole number, got `{value}`")),
-        };
-        Ok((
-            number(MIN_IDLE_ANNOTATION)?,
-            number(MAX_INVOCATIONS_ANNOTATION)?,
-        ))
+        }
     }
 
     /// Where a function service listens: `0.0.0.0:$PORT`.

@@ -322,6 +322,9 @@ impl HearthTask {
         let (min_idle, max_invocations) = spec
             .pool_annotations()
             .map_err(TaskError::InvalidArgument)?;
+        let instance_concurrency = spec
+            .instance_concurrency()
+            .map_err(TaskError::InvalidArgument)?;
         let name = spec
             .annotation(CONTAINER_NAME_ANNOTATION)
             .unwrap_or(&request.id)
@@ -343,7 +346,10 @@ impl HearthTask {
             args: spec.args().iter().skip(1).cloned().collect(),
             listen,
             netns,
-            limits: None,
+            limits: (instance_concurrency > 0).then(|| control::Limits {
+                instance_concurrency,
+                ..Default::default()
+            }),
             sandbox_id: spec
                 .annotation(SANDBOX_ID_ANNOTATION)
                 .unwrap_or_default()

@@ -12,7 +12,7 @@ use hearth_testkit::http::get;
 use hearth_testkit::node::{Node, linux_image, symlinked_function_image, wait_until};
 use hearth_testkit::process::run_to_end;
 use hearth_testkit::registry::{free_port, skopeo_push};
-use hearth_testkit::{HELLO, JOB_EXIT, MISBEHAVE, metric};
+use hearth_testkit::{HELLO, JOB_EXIT, JOB_P3, MISBEHAVE, SLOW_P3, metric};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -1008,4 +1008,86 @@ fn a_pods_memory_limit_bounds_its_instances_and_stats_show_what_it_uses() {
         .block_on(kubelet.cri.remove_pod(&eager))
         .unwrap();
     kubelet.remove_pod_and_check_nothing_is_left(&pod.pod);
+}
+
+#[test]
+fn wasi_p2_and_p3_functions_share_a_pod_and_a_p3_job_reports_its_exit_code() {
+    let kubelet = Kubelet::start();
+    let p2 = kubelet.node.push(HELLO, "hello");
+    let p3 = kubelet.node.push(SLOW_P3, "slow-p3");
+    let job = kubelet.node.push(JOB_P3, "job-p3");
+    let pod = kubelet
+        .runtime
+        .block_on(kubelet.cri.run_pod_with(
+            "mixed",
+            Network::Pod,
+            &kubelet.logs,
+            &PodOptions {
+                annotations: &[("hearth.dev/instance-concurrency", "40")],
+                ..PodOptions::default()
+            },
+        ))
+        .unwrap();
+    let ip = pod.ip.expect("a Pod IP");
+    let spec = |name, image, env| ContainerSpec {
+        name,
+        image,
+        env,
+        command: &[],
+        ..ContainerSpec::default()
+    };
+    let hello = kubelet.run_container(&pod, &spec("hello", &p2, &[("PORT", "8080")]));
+    let slow = kubelet.run_container(&pod, &spec("slow", &p3, &[("PORT", "8081")]));
+    let (p2_addr, p3_addr) = (SocketAddr::new(ip, 8080), SocketAddr::new(ip, 8081));
+    wait_until("the p2 service answers", || {
+        kubelet
+            .runtime
+            .block_on(get(p2_addr, "/"))
+            .is_ok_and(|reply| reply.text() == "Hello from Hearth!\n")
+    });
+    wait_until("the p3 service answers", || {
+        kubelet
+            .runtime
+            .block_on(get(p3_addr, "/?ms=1"))
+            .is_ok_and(|reply| reply.status == 200)
+    });
+
+    // The annotation's 40 requests in flight on one instance.
+    let replies = kubelet.runtime.block_on(futures_util::future::join_all(
+        (0..40).map(|_| get(p3_addr, "/?ms=3000")),
+    ));
+    let mut instances = std::collections::BTreeSet::new();
+    let mut peak = 0u32;
+    for reply in replies {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let text = reply.text();
+        for word in text.split_whitespace() {
+            if let Some(id) = word.strip_prefix("instance=") {
+                instances.insert(id.to_string());
+            }
+            if let Some(seen) = word.strip_prefix("peak=") {
+                peak = peak.max(seen.parse().unwrap());
+            }
+        }
+    }
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(peak, 40);
+
+    // /metrics says which WASI each targets.
+    let metrics = kubelet.runtime.block_on(kubelet.node.metrics());
+    for (id, name, wasi) in [(&hello, "hello", "wasi-0.2"), (&slow, "slow", "wasi-0.3")] {
+        let series = format!(
+            "hearth_function_info{{id=\"{id}\",namespace=\"default\",function=\"{name}\",kind=\"service\",wasi=\"{wasi}\"}}"
+        );
+        assert_eq!(metric(&metrics, &series), Some(1.0), "{series}\n{metrics}");
+    }
+
+    let job_id = kubelet.run_container(&pod, &spec("job", &job, &[("EXIT_CODE", "5")]));
+    wait_until("the p3 job exited", || {
+        kubelet.state(&job_id).0 == ContainerState::ContainerExited
+    });
+    assert_eq!(kubelet.state(&job_id), (ContainerState::ContainerExited, 5));
+    wait_for_log(&pod, "job", "job-p3 ran");
+    kubelet.remove_pod_and_check_nothing_is_left(&pod);
 }

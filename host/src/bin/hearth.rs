@@ -154,6 +154,9 @@ struct RunArgs {
     /// Instances alive at once.
     #[arg(long, default_value_t = Limits::default().max_concurrent_instances)]
     max_concurrent_instances: u32,
+    /// Requests one instance of a WASI 0.3 service serves at once.
+    #[arg(long, default_value_t = Limits::default().instance_concurrency)]
+    instance_concurrency: u32,
     /// Idle instances of a service kept ready (the prewarm pool).
     #[arg(long, default_value_t = 0)]
     min_idle: u32,
@@ -275,8 +278,8 @@ async fn status(args: StatusArgs) -> Result<i32> {
         .into_inner()
         .functions;
     println!(
-        "{:<16} {:<16} {:<8} {:<8} {:>9} {:>10}  LISTENING / EXIT",
-        "ID", "POD", "KIND", "STATUS", "INSTANCES", "MEMORY KiB"
+        "{:<16} {:<16} {:<8} {:<8} {:<8} {:>9} {:>10}  LISTENING / EXIT",
+        "ID", "POD", "KIND", "WASI", "STATUS", "INSTANCES", "MEMORY KiB"
     );
     for function in &functions {
         let short = |id: &str| id.chars().take(16).collect::<String>();
@@ -286,10 +289,11 @@ async fn status(args: StatusArgs) -> Result<i32> {
             function.listening.clone()
         };
         println!(
-            "{:<16} {:<16} {:<8} {:<8} {:>9} {:>10}  {detail}",
+            "{:<16} {:<16} {:<8} {:<8} {:<8} {:>9} {:>10}  {detail}",
             short(&function.id),
             short(&function.sandbox_id),
             function.kind,
+            function.wasi,
             function.status,
             function.instances,
             function.memory_bytes / 1024,
@@ -432,6 +436,7 @@ async fn run(args: RunArgs) -> Result<i32> {
             max_memory_mib: Some(args.max_memory_mib),
             max_request_body_bytes: Some(args.max_request_body_bytes),
             max_concurrent_instances: Some(args.max_concurrent_instances),
+            instance_concurrency: Some(args.instance_concurrency),
             ..LimitsOverride::default()
         },
         min_idle: Some(args.min_idle),
@@ -495,6 +500,7 @@ async fn run(args: RunArgs) -> Result<i32> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(
         function = %name,
+        wasi = %function.wasi(),
         "serving function `{name}` on http://{}",
         listener.local_addr()?
     );

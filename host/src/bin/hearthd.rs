@@ -215,9 +215,10 @@ async fn run(args: Args) -> Result<()> {
         let listener = match function_config.listen {
             None => None,
             Some(_) if !function.is_service() => anyhow::bail!(
-                "function `{}` ({origin}) has `listen` but does not export `{}`",
+                "function `{}` ({origin}) has `listen` but exports neither `{}` nor `{}`",
                 function_config.name,
                 hearth_host::function::INCOMING_HANDLER,
+                hearth_host::function::HANDLER_P3,
             ),
             Some(listen) => Some(tokio::net::TcpListener::bind(listen).await.with_context(
                 || {

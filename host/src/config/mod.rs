@@ -6,6 +6,7 @@
 //! max_memory_mib = 128
 //! max_request_body_bytes = 10485760
 //! max_concurrent_instances = 64
+//! instance_concurrency = 16     # requests one WASI 0.3 instance serves at once
 //! max_connections = 1024        # HTTP connections open at once per function
 //! header_read_timeout_ms = 30000  # slow headers and idle keep-alive are closed after it
 //!

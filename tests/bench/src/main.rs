@@ -9,7 +9,12 @@
 //! scripts/bench-capabilities.sh    # hearth-bench capabilities [--redis-url URL]
 //! scripts/bench-languages.sh       # hearth-bench languages
 //! scripts/bench-restart.sh         # hearth-bench restart --bin-dir target/release
+//! scripts/bench-p3.sh              # hearth-bench p3 --hearth target/release/hearth --wasmtime PATH/TO/wasmtime
 //! ```
+//!
+//! `p3`: WASI 0.3 services against WASI 0.2 in Hearth and against
+//! `wasmtime serve`: throughput, and memory per request in flight. See
+//! [`p3`].
 //!
 //! `restart` (needs root, containerd, docker-registry, skopeo, wrk):
 //! requests lost when hearthd restarts under load. See [`restart`].
@@ -52,6 +57,7 @@ mod capabilities;
 mod cold_start;
 mod languages;
 mod messaging;
+mod p3;
 mod restart;
 
 use anyhow::{Context, Result, bail};
@@ -88,6 +94,9 @@ enum Bench {
     Blob(blob::BlobArgs),
     /// Requests lost when hearthd restarts under load (SIGTERM, SIGKILL).
     Restart(restart::RestartArgs),
+    /// WASI 0.3 against 0.2 and `wasmtime serve`: throughput, memory per
+    /// request in flight.
+    P3(p3::P3Args),
 }
 
 #[derive(Parser)]
@@ -146,6 +155,7 @@ fn main() -> Result<()> {
         Bench::Messaging(args) => messaging::messaging(args),
         Bench::Blob(args) => blob::blob(args),
         Bench::Restart(args) => restart::restart(args),
+        Bench::P3(args) => p3::p3(args),
     }
 }
 
@@ -631,6 +641,12 @@ impl Server {
     }
 }
 
+impl Server {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -638,12 +654,17 @@ impl Drop for Server {
     }
 }
 
-/// Runs wrk against `port`; returns "requests/s | p50 | p99".
+/// Runs wrk against `port` with the `host` bench's settings.
 fn wrk(port: u16, args: &HostArgs) -> Result<String> {
+    wrk_row(port, args.connections, args.seconds)
+}
+
+/// Runs wrk against `port`; returns "requests/s | p50 | p99".
+fn wrk_row(port: u16, connections: u32, seconds: u32) -> Result<String> {
     let output = Command::new("wrk")
         .args(["-t2", "--latency"])
-        .arg(format!("-c{}", args.connections))
-        .arg(format!("-d{}s", args.seconds))
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
         .arg(format!("http://127.0.0.1:{port}/"))
         .output()
         .context("cannot run wrk (apt-get install wrk)")?;

@@ -16,6 +16,8 @@ pub struct Reply {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
+    /// Trailers after a chunked body, if any came.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Reply {
@@ -75,6 +77,35 @@ pub async fn post_chunked(
     exchange(addr, request).await
 }
 
+/// Sends a POST whose body is streamed in `chunks`, then `trailers`
+/// (declared in a `trailer` header, as HTTP/1.1 asks, and with
+/// `te: trailers`, so the server may answer with trailers too).
+pub async fn post_with_trailers(
+    addr: SocketAddr,
+    path: &str,
+    chunks: Vec<Bytes>,
+    trailers: HeaderMap,
+) -> std::io::Result<Reply> {
+    let declared = trailers
+        .keys()
+        .map(|name| name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let frames = chunks
+        .into_iter()
+        .map(|chunk| Ok::<_, std::convert::Infallible>(Frame::data(chunk)))
+        .chain(std::iter::once(Ok(Frame::trailers(trailers))));
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("te", "trailers")
+        .header("trailer", declared)
+        .body(IterStream(frames))
+        .map_err(std::io::Error::other)?;
+    exchange(addr, request).await
+}
+
 /// An iterator as a `Stream`, without pulling in a futures crate.
 struct IterStream<I>(I);
 
@@ -108,14 +139,12 @@ where
         .await
         .map_err(std::io::Error::other)?;
     let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(std::io::Error::other)?
-        .to_bytes();
+    let collected = body.collect().await.map_err(std::io::Error::other)?;
+    let trailers = collected.trailers().cloned();
     Ok(Reply {
         status: parts.status,
         headers: parts.headers,
-        body,
+        body: collected.to_bytes(),
+        trailers,
     })
 }
