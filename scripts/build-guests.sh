@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Python and JavaScript functions in functions/python/* and
-# functions/js/* into components for hearth:function/service:
+# functions/js/* into components for hearth:function/service (or the world
+# named in the function's `world` file: hearth:p3/service, from wit/p3, for
+# a WASI 0.3 Python function):
 #
 #   scripts/build-guests.sh OUT_DIR TOOLS_DIR
 #
@@ -45,7 +47,12 @@ for dir in "$root"/functions/python/*/ "$root/guest-sdk/python/template/"; do
   wasm="$out/py-$name.wasm"
   if stale "$wasm" "${dir%/}" "$root/guest-sdk/python" "$root/wit"; then
     echo "build-guests: functions/python/$name -> $wasm" >&2
-    (cd "$tools" && "$py/bin/componentize-py" -d "$root/wit" -w hearth:function/service \
+    wit=(-d "$root/wit") world=hearth:function/service
+    if [ -f "$dir/world" ]; then
+      world=$(cat "$dir/world")
+      wit+=(-d "$root/wit/p3")
+    fi
+    (cd "$tools" && "$py/bin/componentize-py" "${wit[@]}" -w "$world" \
       componentize app -p "$dir" -p "$root/guest-sdk/python" -o "$wasm.tmp" >/dev/null)
     mv "$wasm.tmp" "$wasm"
   fi

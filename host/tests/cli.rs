@@ -552,8 +552,8 @@ fn hearth_run_serves_a_p3_service_and_runs_a_p3_job() {
         "--env",
         "GREETING=Async",
     ]));
-    let addr = hearth.serving_addr("hello-p3");
-    let line = hearth.wait_for_line("serving function `hello-p3`");
+    let addr = hearth.serving_addr("hello_p3");
+    let line = hearth.wait_for_line("serving function `hello_p3`");
     assert!(line.contains("wasi=wasi-0.3"), "{line}");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let reply = runtime.block_on(get(addr, "/")).unwrap();

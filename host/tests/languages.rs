@@ -258,3 +258,22 @@ fn the_guides_templates_serve() {
         );
     }
 }
+
+/// componentize-py builds WASI 0.3 components (`functions/python/hello-p3`,
+/// for `hearth:p3/service`): an async Python handler, served many
+/// requests at once by one instance.
+#[test]
+fn a_python_wasi_p3_service_serves_concurrent_requests() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (hearth, addr) = serve("python", "hello-p3", &["GREETING=Hiss"]);
+    let line = hearth.wait_for_line("serving function `py-hello-p3`");
+    assert!(line.contains("wasi=wasi-0.3"), "{line}");
+    let replies = runtime.block_on(futures_util::future::join_all(
+        (0..20).map(|_| send(addr, Method::GET, "/", &[], Bytes::new())),
+    ));
+    for reply in replies {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", hearth.log_text());
+        assert_eq!(reply.text(), "Hiss from Hearth!\n");
+    }
+}

@@ -1023,7 +1023,12 @@ fn wasi_p2_and_p3_functions_share_a_pod_and_a_p3_job_reports_its_exit_code() {
             Network::Pod,
             &kubelet.logs,
             &PodOptions {
-                annotations: &[("hearth.dev/instance-concurrency", "40")],
+                // Reuse past 40 requests, so the probes below count for
+                // nothing against the instance's life.
+                annotations: &[
+                    ("hearth.dev/instance-concurrency", "40"),
+                    ("hearth.dev/max-invocations", "1000"),
+                ],
                 ..PodOptions::default()
             },
         ))
