@@ -1073,30 +1073,90 @@ async fn a_p3_request_past_its_deadline_fails_its_instance_by_name() {
 }
 
 #[tokio::test]
-async fn kv_p3() {
+async fn caps_p3() {
     let dir = tempfile::tempdir().unwrap();
     let host = host_with_embedded_state(dir.path(), &small_limits());
-    let addr = serve_on(
-        &host,
-        hearth_testkit::KV_P3,
-        env_for("kv-p3", p3_limits(2, 8), &[]),
-    )
-    .await;
+    // A p2 function in the namespace, for `invoke`.
+    serve_on(&host, hearth_testkit::HELLO, env_for("hello", small_limits(), &[])).await;
+    let mut env = env_for("caps-p3", p3_limits(2, 8), &[]);
+    env.grants.config = [("colour".to_string(), "green".to_string())].into();
+    let function = host
+        .load(env, hearth_testkit::wasm_bytes(hearth_testkit::CAPS_P3))
+        .await
+        .unwrap();
+    assert_eq!(function.wasi(), hearth_host::function::Wasi::P3);
+    assert!(function.is_service());
+    assert!(function.message_handler().is_some(), "it handles messages too");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(hearth_host::http::serve(
+        function.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    let text = |path: String| async move {
+        let reply = get(addr, &path).await.unwrap();
+        (reply.status, reply.text())
+    };
+
+    // Key-value, also from concurrent requests on shared instances.
     for expected in 1..=3 {
-        let reply = get(addr, "/visits").await.unwrap();
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-        assert_eq!(reply.text(), format!("visits={expected}\n"));
+        assert_eq!(
+            text("/kv/visits".into()).await,
+            (StatusCode::OK, format!("visits={expected}\n"))
+        );
     }
-    // Concurrent increments on shared instances lose nothing.
-    let replies =
-        futures_util::future::join_all((0..20).map(|_| async move { get(addr, "/many").await }))
-            .await;
-    assert!(
-        replies
-            .iter()
-            .all(|r| r.as_ref().unwrap().status == StatusCode::OK)
+    let replies = futures_util::future::join_all((0..20).map(|_| text("/kv/many".into()))).await;
+    assert!(replies.iter().all(|(status, _)| *status == StatusCode::OK), "{replies:?}");
+    assert_eq!(text("/kv/many".into()).await.1, "many=21\n");
+    // State, config, invoke, blobs.
+    assert_eq!(text("/state-set?key=fruit&value=pear".into()).await.0, StatusCode::OK);
+    assert_eq!(text("/state/fruit".into()).await, (StatusCode::OK, "pear".into()));
+    assert_eq!(text("/state/none".into()).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(text("/config/colour".into()).await, (StatusCode::OK, "green".into()));
+    assert_eq!(
+        text("/invoke?target=hello".into()).await,
+        (StatusCode::OK, "200 Hello from Hearth!\n".into())
     );
-    assert_eq!(get(addr, "/many").await.unwrap().text(), "many=21\n");
+    assert_eq!(
+        text("/blob?name=notes.txt&data=first-light".into()).await,
+        (StatusCode::OK, "first-light".into())
+    );
+    // Messaging: a publish, and the component's own message handler.
+    let broker = host.capabilities().brokers["default"].clone();
+    let consumer = broker
+        .subscribe(&hearth_messaging::SubscriptionSpec {
+            topic: "default.p3-out".into(),
+            group: "check".into(),
+            visibility: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    let (status, id) = text("/publish?topic=p3-out&data=hello-p3".into()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{id}");
+    let got = receive_one(&*consumer).await;
+    assert_eq!((got.id.as_str(), got.data.as_slice()), (id.trim(), &b"hello-p3"[..]));
+    let _subscription = hearth_host::messages::Subscription::start(
+        function,
+        broker.clone(),
+        hearth_host::messages::SubscriptionSettings::new("p3-in", "caps"),
+    )
+    .await
+    .unwrap();
+    broker
+        .publish(&hearth_messaging::OutgoingMessage {
+            topic: "default.p3-in".into(),
+            data: b"ping".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while text("/state/message/ping".into()).await != (StatusCode::OK, "ping".into()) {
+        assert!(std::time::Instant::now() < deadline, "the message was never handled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(text("/state/handled".into()).await.1, "1");
 }
 
 #[tokio::test]
