@@ -1077,7 +1077,12 @@ async fn caps_p3() {
     let dir = tempfile::tempdir().unwrap();
     let host = host_with_embedded_state(dir.path(), &small_limits());
     // A p2 function in the namespace, for `invoke`.
-    serve_on(&host, hearth_testkit::HELLO, env_for("hello", small_limits(), &[])).await;
+    serve_on(
+        &host,
+        hearth_testkit::HELLO,
+        env_for("hello", small_limits(), &[]),
+    )
+    .await;
     let mut env = env_for("caps-p3", p3_limits(2, 8), &[]);
     env.grants.config = [("colour".to_string(), "green".to_string())].into();
     let function = host
@@ -1086,7 +1091,10 @@ async fn caps_p3() {
         .unwrap();
     assert_eq!(function.wasi(), hearth_host::function::Wasi::P3);
     assert!(function.is_service());
-    assert!(function.message_handler().is_some(), "it handles messages too");
+    assert!(
+        function.message_handler().is_some(),
+        "it handles messages too"
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(hearth_host::http::serve(
@@ -1107,13 +1115,25 @@ async fn caps_p3() {
         );
     }
     let replies = futures_util::future::join_all((0..20).map(|_| text("/kv/many".into()))).await;
-    assert!(replies.iter().all(|(status, _)| *status == StatusCode::OK), "{replies:?}");
+    assert!(
+        replies.iter().all(|(status, _)| *status == StatusCode::OK),
+        "{replies:?}"
+    );
     assert_eq!(text("/kv/many".into()).await.1, "many=21\n");
     // State, config, invoke, blobs.
-    assert_eq!(text("/state-set?key=fruit&value=pear".into()).await.0, StatusCode::OK);
-    assert_eq!(text("/state/fruit".into()).await, (StatusCode::OK, "pear".into()));
+    assert_eq!(
+        text("/state-set?key=fruit&value=pear".into()).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        text("/state/fruit".into()).await,
+        (StatusCode::OK, "pear".into())
+    );
     assert_eq!(text("/state/none".into()).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(text("/config/colour".into()).await, (StatusCode::OK, "green".into()));
+    assert_eq!(
+        text("/config/colour".into()).await,
+        (StatusCode::OK, "green".into())
+    );
     assert_eq!(
         text("/invoke?target=hello".into()).await,
         (StatusCode::OK, "200 Hello from Hearth!\n".into())
@@ -1135,7 +1155,10 @@ async fn caps_p3() {
     let (status, id) = text("/publish?topic=p3-out&data=hello-p3".into()).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{id}");
     let got = receive_one(&*consumer).await;
-    assert_eq!((got.id.as_str(), got.data.as_slice()), (id.trim(), &b"hello-p3"[..]));
+    assert_eq!(
+        (got.id.as_str(), got.data.as_slice()),
+        (id.trim(), &b"hello-p3"[..])
+    );
     let _subscription = hearth_host::messages::Subscription::start(
         function,
         broker.clone(),
@@ -1153,7 +1176,10 @@ async fn caps_p3() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while text("/state/message/ping".into()).await != (StatusCode::OK, "ping".into()) {
-        assert!(std::time::Instant::now() < deadline, "the message was never handled");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message was never handled"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(text("/state/handled".into()).await.1, "1");

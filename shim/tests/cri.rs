@@ -12,7 +12,7 @@ use hearth_testkit::http::get;
 use hearth_testkit::node::{Node, linux_image, symlinked_function_image, wait_until};
 use hearth_testkit::process::run_to_end;
 use hearth_testkit::registry::{free_port, skopeo_push};
-use hearth_testkit::{HELLO, JOB_EXIT, JOB_P3, MISBEHAVE, SLOW_P3, metric};
+use hearth_testkit::{CAPS_P3, ECHO_P3, HELLO, JOB_EXIT, JOB_P3, MISBEHAVE, SLOW_P3, metric};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -1015,6 +1015,8 @@ fn wasi_p2_and_p3_functions_share_a_pod_and_a_p3_job_reports_its_exit_code() {
     let kubelet = Kubelet::start();
     let p2 = kubelet.node.push(HELLO, "hello");
     let p3 = kubelet.node.push(SLOW_P3, "slow-p3");
+    let echo = kubelet.node.push(ECHO_P3, "echo-p3");
+    let caps = kubelet.node.push(CAPS_P3, "caps-p3");
     let job = kubelet.node.push(JOB_P3, "job-p3");
     let pod = kubelet
         .runtime
@@ -1043,7 +1045,10 @@ fn wasi_p2_and_p3_functions_share_a_pod_and_a_p3_job_reports_its_exit_code() {
     };
     let hello = kubelet.run_container(&pod, &spec("hello", &p2, &[("PORT", "8080")]));
     let slow = kubelet.run_container(&pod, &spec("slow", &p3, &[("PORT", "8081")]));
+    kubelet.run_container(&pod, &spec("echo", &echo, &[("PORT", "8082")]));
+    kubelet.run_container(&pod, &spec("caps", &caps, &[("PORT", "8083")]));
     let (p2_addr, p3_addr) = (SocketAddr::new(ip, 8080), SocketAddr::new(ip, 8081));
+    let (echo_addr, caps_addr) = (SocketAddr::new(ip, 8082), SocketAddr::new(ip, 8083));
     wait_until("the p2 service answers", || {
         kubelet
             .runtime
@@ -1056,6 +1061,43 @@ fn wasi_p2_and_p3_functions_share_a_pod_and_a_p3_job_reports_its_exit_code() {
             .block_on(get(p3_addr, "/?ms=1"))
             .is_ok_and(|reply| reply.status == 200)
     });
+
+    // echo-p3: a streamed body and its trailers, through the Pod's network.
+    wait_until("echo-p3 answers", || {
+        kubelet.runtime.block_on(get(echo_addr, "/")).is_ok()
+    });
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-digest", "abc".parse().unwrap());
+    let chunks = vec![
+        bytes::Bytes::from_static(b"through "),
+        bytes::Bytes::from_static(b"the CRI"),
+    ];
+    let reply = kubelet
+        .runtime
+        .block_on(hearth_testkit::http::post_with_trailers(
+            echo_addr, "/", chunks, trailers,
+        ))
+        .unwrap();
+    assert_eq!(reply.text(), "through the CRI");
+    assert_eq!(reply.trailers.unwrap().get("x-digest").unwrap(), "abc");
+    // caps-p3: hearthd's key-value store and state from async handlers.
+    wait_until("caps-p3 answers", || {
+        kubelet
+            .runtime
+            .block_on(get(caps_addr, "/kv/probe"))
+            .is_ok()
+    });
+    let text = |path: &str| {
+        kubelet
+            .runtime
+            .block_on(get(caps_addr, path))
+            .unwrap()
+            .text()
+    };
+    assert_eq!(text("/kv/visits"), "visits=1\n");
+    assert_eq!(text("/kv/visits"), "visits=2\n");
+    assert_eq!(text("/state-set?key=pod&value=mixed"), "stored\n");
+    assert_eq!(text("/state/pod"), "mixed");
 
     // The annotation's 40 requests in flight on one instance.
     let replies = kubelet.runtime.block_on(futures_util::future::join_all(
