@@ -12,12 +12,18 @@
 //!   `max_concurrent_instances` slots and one pool checkout for its whole
 //!   life, so the pool (pre-warmed instances, `init`), the memory limits and
 //!   their accounting are the same as for WASI 0.2 instances.
-//! * **Fill, then spread.** A request goes to the first worker with room:
-//!   fewer than `instance_concurrency` requests waiting for their response
-//!   on it. When none has room, a new worker starts, if a slot is free;
-//!   otherwise the request waits for room at most until its deadline, then
-//!   gets `overloaded`. So a function has at most `max_concurrent_instances
-//!   × instance_concurrency` requests in flight.
+//! * **Fill what waits, spread what computes.** A worker has *room* while
+//!   fewer than `instance_concurrency` of its requests wait for their
+//!   response, and is *waiting* while its event loop has nothing to run
+//!   (every request on it blocked on I/O or a timer). An instance runs on
+//!   one thread at a time, so a request goes, in order of preference, to:
+//!   the first worker with room that is waiting; a new worker, while the
+//!   function has fewer workers than the node has CPUs (requests that
+//!   compute spread over cores); the first worker with room; a new worker,
+//!   if one of the function's slots is free. Failing all of them it waits
+//!   for room at most until its deadline, then gets `overloaded`. So a
+//!   function has at most `max_concurrent_instances × instance_concurrency`
+//!   requests in flight, and requests that mostly wait share few instances.
 //! * **Reuse.** Requests that share an instance share its memory: that is
 //!   what a p3 component is written for. A worker takes at most
 //!   `max(max_invocations, instance_concurrency)` requests over its life,
@@ -53,7 +59,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use hearth_prewarm::pool::{Lease, Ready};
 use std::collections::BTreeMap;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
@@ -88,6 +94,8 @@ struct Shared {
     /// Requests one worker takes over its life.
     lifetime: usize,
     workers: Mutex<Vec<Arc<WorkerHandle>>>,
+    /// Workers started for requests that compute before filling any.
+    parallelism: usize,
     /// Woken when a worker may have room, or a slot may be free.
     room: Notify,
     in_flight: AtomicUsize,
@@ -97,6 +105,9 @@ struct Shared {
 struct WorkerHandle {
     jobs: mpsc::UnboundedSender<Job>,
     load: Mutex<Load>,
+    /// Its event loop had nothing to run when last polled (see the module
+    /// docs); false from when it is given a request until then.
+    waiting: AtomicBool,
 }
 
 #[derive(Default)]
@@ -134,6 +145,7 @@ impl ConcurrentService {
                 concurrency,
                 lifetime: concurrency.max(max_invocations as usize),
                 workers: Mutex::new(Vec::new()),
+                parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 room: Notify::new(),
                 in_flight: AtomicUsize::new(0),
             }),
@@ -259,39 +271,68 @@ impl Shared {
             {
                 let mut workers = lock(&self.workers);
                 workers.retain(|worker| lock(&worker.load).open);
-                for worker in workers.iter() {
+                let take = |worker: &Arc<WorkerHandle>| {
                     let mut load = lock(&worker.load);
-                    if load.now < self.concurrency && load.total < self.lifetime {
+                    let room =
+                        load.open && load.now < self.concurrency && load.total < self.lifetime;
+                    if room {
                         load.now += 1;
                         load.total += 1;
-                        return Ok(worker.clone());
+                        worker.waiting.store(false, Ordering::Relaxed);
                     }
+                    room
+                };
+                if let Some(worker) = workers
+                    .iter()
+                    .find(|w| w.waiting.load(Ordering::Relaxed) && take(w))
+                {
+                    return Ok(worker.clone());
+                }
+                let spread = workers.len() < self.parallelism;
+                if spread && let Some(slot) = function.try_acquire_slot() {
+                    return Ok(self.start_worker(function, &mut workers, slot));
+                }
+                if let Some(worker) = workers.iter().find(|w| take(w)) {
+                    return Ok(worker.clone());
                 }
                 if let Some(slot) = function.try_acquire_slot() {
-                    let (jobs, queue) = mpsc::unbounded_channel();
-                    let worker = Arc::new(WorkerHandle {
-                        jobs,
-                        load: Mutex::new(Load {
-                            now: 1,
-                            total: 1,
-                            open: true,
-                        }),
-                    });
-                    workers.push(worker.clone());
-                    tokio::spawn(run_worker(
-                        function.clone(),
-                        self.clone(),
-                        worker.clone(),
-                        queue,
-                        slot,
-                    ));
-                    return Ok(worker);
+                    return Ok(self.start_worker(function, &mut workers, slot));
                 }
             }
             if tokio::time::timeout_at(deadline, room).await.is_err() {
                 return Err(NoRoom);
             }
         }
+    }
+}
+
+impl Shared {
+    /// Starts a worker holding `slot`, with one request given to it.
+    fn start_worker(
+        self: &Arc<Self>,
+        function: &Arc<Function>,
+        workers: &mut Vec<Arc<WorkerHandle>>,
+        slot: OwnedSemaphorePermit,
+    ) -> Arc<WorkerHandle> {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let worker = Arc::new(WorkerHandle {
+            jobs,
+            load: Mutex::new(Load {
+                now: 1,
+                total: 1,
+                open: true,
+            }),
+            waiting: AtomicBool::new(false),
+        });
+        workers.push(worker.clone());
+        tokio::spawn(run_worker(
+            function.clone(),
+            self.clone(),
+            worker.clone(),
+            queue,
+            slot,
+        ));
+        worker
     }
 }
 
@@ -589,6 +630,8 @@ async fn serve_instance(
                     Err(raw) => Ended::Failed(InvocationError::from_wasmtime(&raw), Some(raw)),
                 });
             }
+            // Nothing to run: a request given now starts at once.
+            handle.waiting.store(true, Ordering::Relaxed);
             let earliest = lock(&deadlines).earliest();
             if let Some(earliest) = earliest {
                 let stop_at = earliest + DEADLINE_SLACK;

@@ -1011,16 +1011,23 @@ async fn a_p3_trap_fails_the_requests_on_its_instance_only() {
         env_for("slow-p3", p3_limits(2, 3), &[]),
     )
     .await;
-    // Three long requests fill the first instance...
-    let first: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(async move { get(addr, "/?ms=6000").await.unwrap() }))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Requests that wait go to an instance that waits: three long ones,
+    // a moment apart, fill the first instance...
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        first.push(tokio::spawn(async move {
+            get(addr, "/?ms=6000").await.unwrap()
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     // ...so these three go to a second one, where one of them traps.
-    let second: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(async move { get(addr, "/?ms=6000").await.unwrap() }))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = Vec::new();
+    for _ in 0..2 {
+        second.push(tokio::spawn(async move {
+            get(addr, "/?ms=6000").await.unwrap()
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let trap = get(addr, "/trap?ms=1000").await.unwrap();
     assert_eq!(trap.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(

@@ -1044,7 +1044,15 @@ fn wasi_p2_and_p3_functions_share_a_pod_and_a_p3_job_reports_its_exit_code() {
         ..ContainerSpec::default()
     };
     let hello = kubelet.run_container(&pod, &spec("hello", &p2, &[("PORT", "8080")]));
-    let slow = kubelet.run_container(&pod, &spec("slow", &p3, &[("PORT", "8081")]));
+    // A 128 MiB memory limit holds one instance of up to 128 MiB: the 40
+    // requests below must share it.
+    let slow = kubelet.run_container(
+        &pod,
+        &ContainerSpec {
+            memory_limit_bytes: 128 << 20,
+            ..spec("slow", &p3, &[("PORT", "8081")])
+        },
+    );
     kubelet.run_container(&pod, &spec("echo", &echo, &[("PORT", "8082")]));
     kubelet.run_container(&pod, &spec("caps", &caps, &[("PORT", "8083")]));
     let (p2_addr, p3_addr) = (SocketAddr::new(ip, 8080), SocketAddr::new(ip, 8081));
