@@ -23,9 +23,10 @@
 //! refused at load with [`FunctionLoadError::Capacity`]. Jobs are not pooled:
 //! each run gets a fresh instance.
 
+pub mod concurrent;
+
 use crate::capabilities::handler_bindings::HandlerExportIndices;
 use crate::capabilities::{FunctionCapabilities, GrantError, HostCapabilities};
-use crate::concurrent::ConcurrentService;
 use crate::distribution::{CacheSettings, PullPolicy};
 use crate::engine::{EngineSettings, HostEngine};
 use crate::function_env::FunctionEnv;
@@ -33,6 +34,7 @@ use crate::invocation_error::{InitFailed, Overloaded};
 use crate::limits::DeadlineExceeded;
 use crate::stats::SubscriptionRegistry;
 use crate::store_data::StoreData;
+use concurrent::ConcurrentService;
 use hearth_prewarm::artifact_cache::{CachedFunction, PullError};
 use hearth_prewarm::pool::{
     CapacityError, Checkout, InstanceFactory, InstancePool, Lease, PoolCapacity, PoolError, Ready,
@@ -213,7 +215,7 @@ pub enum HttpHandler {
     /// instance at a time.
     P2(ProxyIndices),
     /// `wasi:http/handler@0.3`: an async export; one instance takes many
-    /// requests at once (see [`crate::concurrent`]).
+    /// requests at once (see [`concurrent`]).
     P3(ServiceIndices),
 }
 
@@ -818,7 +820,7 @@ pub struct Function {
     message_handler: Option<HandlerExportIndices>,
     slots: Arc<Semaphore>,
     pool: Option<InstancePool<StoreData>>,
-    /// A WASI 0.3 service's requests (see [`crate::concurrent`]).
+    /// A WASI 0.3 service's requests (see [`concurrent`]).
     concurrent: Option<ConcurrentService>,
 }
 

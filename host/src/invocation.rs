@@ -39,9 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 
-/// Extra time the host allows past the deadline before it abandons an
-/// instance itself; the epoch deadline normally fires first.
-pub const DEADLINE_SLACK: Duration = Duration::from_millis(250);
+pub use crate::limits::DEADLINE_SLACK;
 
 /// How long a job without a timeout waits for a slot.
 const UNBOUNDED_SLOT_WAIT: Duration = Duration::from_secs(3600);

@@ -22,14 +22,13 @@
 //! |---|---|
 //! | serving | [`serving`] (a function's listener and subscriptions, drained together), [`control`] (the control API shims call), [`admin`] (`/metrics`, `/healthz`, `/readyz`), [`config`] (`hearth.toml`), [`node_lock`] (one hearthd per node); the `hearthd` and `hearth` binaries |
 //! | triggers | [`http`] (HTTP, and `invoke`'s local route), [`messages`] (subscriptions), [`job`] (`wasi:cli/run`) |
-//! | function | [`function`] (loading, the pool, the host), [`invocation`] (one invocation, for every trigger), [`concurrent`] (a WASI 0.3 instance serving many requests at once), [`engine`] |
+//! | function | [`function`] (loading, the pool, the host; [`function::concurrent`]: a WASI 0.3 instance serving many requests at once), [`invocation`] (one invocation, for every trigger), [`engine`] |
 //! | store data | [`store_data`] (the `T` of every `Store<T>`), [`function_env`] |
 //! | capabilities | [`capabilities`] (keyvalue, state, invoke, config, messaging, blobstore host functions) |
 //! | leaves | [`invocation_error`] (what callers see when things fail), [`propagation`] (headers and request context), [`limits`], [`stats`], [`guest_output`], [`distribution`] (files, references and the caches), [`logging`], [`tenancy`] (who a function is, what its namespace may reach) |
 
 pub mod admin;
 pub mod capabilities;
-pub mod concurrent;
 pub mod config;
 pub mod control;
 pub mod distribution;

@@ -15,7 +15,7 @@
 //! * `max_concurrent_instances`: instances alive at once per function; a
 //!   request that cannot get a slot within its deadline gets 503.
 //! * `instance_concurrency` (WASI 0.3 services): requests one instance
-//!   takes at once (see [`crate::concurrent`]); a function then has at most
+//!   takes at once (see [`crate::function::concurrent`]); a function then has at most
 //!   `max_concurrent_instances × instance_concurrency` requests in flight.
 //!   A WASI 0.2 instance always takes one.
 //! * `max_connections`: HTTP connections open at once to one function's
@@ -38,6 +38,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wasmtime::ResourceLimiter;
+
+/// Extra time the host allows past the deadline before it abandons an
+/// instance itself; the epoch deadline normally fires first.
+pub const DEADLINE_SLACK: Duration = Duration::from_millis(250);
 
 /// Requests a WASI 0.3 instance takes at once unless told otherwise (per
 /// CPU of the Pod's limit, when it has one: see

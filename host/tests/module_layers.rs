@@ -24,10 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("capabilities", &["capabilities"]),
     ("store data", &["function_env", "store_data"]),
-    (
-        "function",
-        &["engine", "function", "invocation", "concurrent"],
-    ),
+    ("function", &["engine", "function", "invocation"]),
     ("triggers", &["http", "messages", "job"]),
     (
         "serving",

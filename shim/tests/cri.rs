@@ -1129,7 +1129,20 @@ fn wasi_p2_and_p3_functions_share_a_pod_and_a_p3_job_reports_its_exit_code() {
     assert_eq!(instances.len(), 1, "{instances:?}");
     assert_eq!(peak, 40);
 
-    // /metrics says which WASI each targets.
+    // `hearth status` and /metrics say which WASI each targets.
+    let (status, listing) = run_to_end(
+        Command::new(workspace_binary("hearth"))
+            .arg("status")
+            .env("HEARTH_SOCKET", &kubelet.node.socket),
+    );
+    assert!(status.success(), "{listing}");
+    for (id, wasi) in [(&hello, "wasi-0.2"), (&slow, "wasi-0.3")] {
+        let row = listing
+            .lines()
+            .find(|line| line.starts_with(&id[..16]))
+            .unwrap_or_else(|| panic!("{id} not listed:\n{listing}"));
+        assert!(row.contains(&format!("service  {wasi}")), "{listing}");
+    }
     let metrics = kubelet.runtime.block_on(kubelet.node.metrics());
     for (id, name, wasi) in [(&hello, "hello", "wasi-0.2"), (&slow, "slow", "wasi-0.3")] {
         let series = format!(

@@ -50,9 +50,8 @@
 //!   request); the request id and `traceparent` are the newest request's.
 
 use crate::function::{Function, FunctionKind, HttpHandler};
-use crate::invocation::DEADLINE_SLACK;
 use crate::invocation_error::{InvocationError, Overloaded, log_failure};
-use crate::limits::DeadlineExceeded;
+use crate::limits::{DEADLINE_SLACK, DeadlineExceeded};
 use crate::propagation::RequestContext;
 use crate::store_data::StoreData;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -156,14 +155,6 @@ impl ConcurrentService {
     /// waiting for room).
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Instances serving this service now.
-    pub fn workers(&self) -> usize {
-        lock(&self.shared.workers)
-            .iter()
-            .filter(|w| lock(&w.load).open)
-            .count()
     }
 
     /// Serves `request` on an instance of `function` (this service's),
