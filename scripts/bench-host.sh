@@ -1,15 +1,5 @@
 #!/usr/bin/env bash
-# The host benchmark (issue: the host). Installs its peer and load generator,
-# builds Hearth in release, and prints the tables that go into BENCHMARKS.md.
-#   - wrk from Debian;
-#   - wasmtime-cli of the pinned wasmtime version from crates.io, cached
-#     under ~/.cache/hearth-bench (built once, about ten minutes on 2 cores).
+# The host benchmark (issue: the host): instantiation, and hello's HTTP
+# throughput against `wasmtime serve` (see bench-against-wasmtime.sh).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-./scripts/setup.sh
-command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
-version=$(sed -n 's/^wasmtime = { version = "=\([0-9.]*\)".*/\1/p' Cargo.toml)
-peer_root=${HEARTH_BENCH_CACHE:-$HOME/.cache/hearth-bench}/wasmtime-$version
-[ -x "$peer_root/bin/wasmtime" ] || cargo install wasmtime-cli --version "=$version" --locked --root "$peer_root"
-cargo build --release -p hearth-host -p hearth-bench
-exec target/release/hearth-bench host --hearth target/release/hearth --wasmtime "$peer_root/bin/wasmtime" "$@"
+exec "$(dirname "$0")/bench-against-wasmtime.sh" host "$@"

@@ -1,16 +1,5 @@
 #!/usr/bin/env bash
-# The WASI 0.3 benchmark (issue: WASI 0.3). Installs its peer and load
-# generator, builds Hearth in release, and prints the tables that go into
-# BENCHMARKS.md.
-#   - wrk from Debian;
-#   - wasmtime-cli of the pinned wasmtime version from crates.io, cached
-#     under ~/.cache/hearth-bench (shared with scripts/bench-host.sh).
+# The WASI 0.3 benchmark (issue: WASI 0.3): p3 against p2 and `wasmtime
+# serve`, and memory per request in flight (see bench-against-wasmtime.sh).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-./scripts/setup.sh
-command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
-version=$(sed -n 's/^wasmtime = { version = "=\([0-9.]*\)".*/\1/p' Cargo.toml)
-peer_root=${HEARTH_BENCH_CACHE:-$HOME/.cache/hearth-bench}/wasmtime-$version
-[ -x "$peer_root/bin/wasmtime" ] || cargo install wasmtime-cli --version "=$version" --locked --root "$peer_root"
-cargo build --release -p hearth-host -p hearth-bench
-exec target/release/hearth-bench p3 --hearth target/release/hearth --wasmtime "$peer_root/bin/wasmtime" "$@"
+exec "$(dirname "$0")/bench-against-wasmtime.sh" p3 "$@"

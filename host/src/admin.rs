@@ -101,20 +101,24 @@ impl Admin {
     /// The `/metrics` text.
     pub fn render_metrics(&self) -> String {
         let mut out = String::new();
-        let functions: Vec<_> = self.sources.iter().flat_map(|s| s.functions()).collect();
+        // Each function with its labels: `id="…",namespace="…",function="…"`.
+        let functions: Vec<_> = self
+            .sources
+            .iter()
+            .flat_map(|s| s.functions())
+            .map(|(id, function)| {
+                let labels = format!(
+                    "id=\"{}\",namespace=\"{}\",function=\"{}\"",
+                    escape(&id),
+                    escape(&function.env().namespace),
+                    escape(function.name())
+                );
+                (labels, function)
+            })
+            .collect();
         let pools: Vec<_> = functions
             .iter()
-            .filter_map(|(id, function)| {
-                function.pool().map(|pool| {
-                    let labels = format!(
-                        "id=\"{}\",namespace=\"{}\",function=\"{}\"",
-                        escape(id),
-                        escape(&function.env().namespace),
-                        escape(function.name())
-                    );
-                    (labels, pool.stats())
-                })
-            })
+            .filter_map(|(labels, function)| function.pool().map(|pool| (labels, pool.stats())))
             .collect();
         let counters: [PoolCounter; 5] = [
             (
@@ -236,15 +240,8 @@ impl Admin {
         ];
         for (name, help, kind, value) in usage {
             header(&mut out, name, help, kind);
-            for (id, function) in &functions {
-                let _ = writeln!(
-                    out,
-                    "hearth_{name}{{id=\"{}\",namespace=\"{}\",function=\"{}\"}} {}",
-                    escape(id),
-                    escape(&function.env().namespace),
-                    escape(function.name()),
-                    value(function)
-                );
+            for (labels, function) in &functions {
+                let _ = writeln!(out, "hearth_{name}{{{labels}}} {}", value(function));
             }
         }
 
@@ -254,13 +251,10 @@ impl Admin {
             "A function loaded here: its kind and the WASI generation it targets (wasi-0.2, wasi-0.3).",
             "gauge",
         );
-        for (id, function) in &functions {
+        for (labels, function) in &functions {
             let _ = writeln!(
                 out,
-                "hearth_function_info{{id=\"{}\",namespace=\"{}\",function=\"{}\",kind=\"{}\",wasi=\"{}\"}} 1",
-                escape(id),
-                escape(&function.env().namespace),
-                escape(function.name()),
+                "hearth_function_info{{{labels},kind=\"{}\",wasi=\"{}\"}} 1",
                 function.kind().name(),
                 function.wasi(),
             );

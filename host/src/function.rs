@@ -939,11 +939,9 @@ impl Function {
     /// the pool, running the guest's `shutdown` first if this was its last
     /// invocation.
     pub(crate) async fn release(&self, mut checkout: Checkout<StoreData>) {
-        let last = checkout.invocations() + 1 >= self.env.pool.max_invocations.max(1);
-        if last && let Some(lifecycle) = self.lifecycle() {
-            let ready = checkout.ready();
-            run_shutdown(&self.env, lifecycle, &mut ready.store, ready.instance).await;
-        }
+        let served_before = checkout.invocations();
+        self.shutdown_if_retiring(checkout.ready(), served_before, 1)
+            .await;
         checkout.release();
     }
 
@@ -956,12 +954,24 @@ impl Function {
         mut ready: Ready<StoreData>,
         calls: u32,
     ) {
-        let last =
-            lease.invocations().saturating_add(calls) >= self.env.pool.max_invocations.max(1);
+        self.shutdown_if_retiring(&mut ready, lease.invocations(), calls)
+            .await;
+        lease.release(ready, calls);
+    }
+
+    /// Runs the guest's `shutdown` on `ready` if, after `calls` more on top
+    /// of the `served_before` it had served, it reaches `max_invocations`
+    /// and so retires when given back to the pool.
+    async fn shutdown_if_retiring(
+        &self,
+        ready: &mut Ready<StoreData>,
+        served_before: u32,
+        calls: u32,
+    ) {
+        let last = served_before.saturating_add(calls) >= self.env.pool.max_invocations.max(1);
         if last && let Some(lifecycle) = self.lifecycle() {
             run_shutdown(&self.env, lifecycle, &mut ready.store, ready.instance).await;
         }
-        lease.release(ready, calls);
     }
 
     /// A fresh instance in a fresh store with a deadline `timeout` from now

@@ -364,7 +364,7 @@ enum Ended {
     /// Idle, or spent: the instance is sound.
     Done,
     /// Its instance failed: it is discarded, its requests fail with this.
-    Failed(InvocationError, Option<wasmtime::Error>),
+    Failed(Failure),
 }
 
 /// A worker: checks an instance out, serves what it is given, then gives
@@ -424,7 +424,7 @@ async fn run_worker(
             shared.room.notify_waiters();
             function.release_lease(lease, ready, served as u32).await;
         }
-        Ended::Failed(failure, raw) => {
+        Ended::Failed((failure, raw)) => {
             log_failure(&env.namespace, function.name(), &failure, raw.as_ref());
             tracing::warn!(
                 namespace = %env.namespace,
@@ -617,8 +617,8 @@ async fn serve_instance(
             if let Poll::Ready(result) = running.as_mut().poll(cx) {
                 return Poll::Ready(match result {
                     Ok(Ok(())) => Ended::Done,
-                    Ok(Err((failure, raw))) => Ended::Failed(failure, raw),
-                    Err(raw) => Ended::Failed(InvocationError::from_wasmtime(&raw), Some(raw)),
+                    Ok(Err(failure)) => Ended::Failed(failure),
+                    Err(raw) => Ended::Failed((InvocationError::from_wasmtime(&raw), Some(raw))),
                 });
             }
             // Nothing to run: a request given now starts at once.
@@ -631,10 +631,10 @@ async fn serve_instance(
                     armed = Some(stop_at);
                 }
                 if watchdog.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ended::Failed(
+                    return Poll::Ready(Ended::Failed((
                         InvocationError::Deadline(DeadlineExceeded { timeout_ms }),
                         None,
-                    ));
+                    )));
                 }
             }
             Poll::Pending
