@@ -15,18 +15,30 @@
 //!   the region is registered, the key is its key, and
 //!   `offset..offset + len` lies within what the buffer holds now; anything
 //!   else is a [`RegionError`], never a partial copy.
+//! * A taken buffer is open for one [`RemoteAccess`]: reads of what it was filled
+//!   with ([`PooledBuffer::fill`], [`PooledBuffer::append`]), or, after
+//!   [`PooledBuffer::open_for_writes`], one-sided writes anywhere in it
+//!   ([`RegionTable::write`], same checks) until [`PooledBuffer::seal`]
+//!   closes it (a new key) and hands out what was written.
 //! * A region's key changes every time its buffer is taken from the pool,
-//!   so a peer holding an old `(region, key)` cannot read the next request's
-//!   data.
+//!   and when writes into it are sealed, so a peer holding an old
+//!   `(region, key)` cannot read the next request's data or write into it.
 //! * A table made [`RegionTable::with_registrar`] also registers each
 //!   buffer's memory with a NIC, once, when the pool makes it (a buffer's
 //!   memory never moves: it is allocated at its full size and never grows);
 //!   [`RegionTable::describe`] gives a transport the address and the NIC's
-//!   key. A NIC checks its own key and the registered bounds, not the
-//!   rotating key or what the buffer holds now: over RDMA verbs those two
-//!   checks rest on the protocol (a buffer is refilled only after the
-//!   client said `next`).
+//!   address. The registration grants no remote access by itself: a verbs
+//!   transport opens each take to its one peer with a memory window (see
+//!   [`crate::rdma`]), so there the device checks the per-take key, the
+//!   bounds and the connection, as this table does for TCP and loopback.
+//! * A buffer offered for reads ([`PooledBuffer::advertise`]) holds zeros
+//!   past its bytes, to its end. A device should refuse reads past a
+//!   window, but soft-RoCE (rxe, Linux 6.1) checks a window's key, queue
+//!   pair and access and then only the *registration's* bounds: there a
+//!   granted peer can read the rest of the buffer, and finds zeros, never
+//!   an earlier take's bytes.
 
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -52,6 +64,37 @@ pub enum RegionError {
         /// What the region holds.
         len: u64,
     },
+    /// The region is taken, but not open for this kind of access.
+    #[error("region {region} is not open for {access}s")]
+    NotOpen {
+        /// The region.
+        region: u32,
+        /// What was asked.
+        access: RemoteAccess,
+    },
+    /// The RDMA device refused the access (a remote access error): a key
+    /// that is no longer granted, bytes outside the grant, or a grant made
+    /// to another connection. The device does not say which.
+    #[error("the RDMA device refused an access to region {0} (a key no longer granted, bytes outside the grant, or another connection's grant)")]
+    RefusedByDevice(u32),
+}
+
+/// What a peer may do with a taken buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteAccess {
+    /// One-sided reads of what it holds.
+    Read,
+    /// One-sided writes into it.
+    Write,
+}
+
+impl std::fmt::Display for RemoteAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RemoteAccess::Read => "read",
+            RemoteAccess::Write => "write",
+        })
+    }
 }
 
 /// Where a peer may read: a region, its key, and a range in it.
@@ -72,6 +115,8 @@ type RegionData = Arc<RwLock<Vec<u8>>>;
 
 struct Region {
     key: u32,
+    /// What the peer holding `key` may do.
+    access: RemoteAccess,
     /// The data the buffer holds now (its used length).
     data: RegionData,
     /// Its registration with a NIC, if the table has a registrar.
@@ -81,8 +126,9 @@ struct Region {
 /// Registers memory with a NIC (RDMA verbs), once per buffer.
 #[allow(unsafe_code)] // a NIC reads the memory behind the compiler's back
 pub trait Registrar: Send + Sync {
-    /// Registers `len` bytes at `address` for one-sided remote reads, for
-    /// as long as the registrar lives; returns the key the NIC checks.
+    /// Registers `len` bytes at `address` (for memory windows that open it
+    /// to one peer at a time), for as long as the registrar lives; returns
+    /// the NIC's key for the registration.
     ///
     /// # Safety
     ///
@@ -130,6 +176,28 @@ impl RegionTable {
     /// Copies `slice` into `into` (which must be `slice.len` long) if the
     /// rules of the module docs allow it.
     pub fn read(&self, slice: RemoteSlice, into: &mut [u8]) -> Result<(), RegionError> {
+        self.access(slice, RemoteAccess::Read, into.len(), |held, range| {
+            into.copy_from_slice(&held[range]);
+        })
+    }
+
+    /// Copies `from` (which must be `slice.len` long) into `slice` of a
+    /// buffer open for writes, if the rules of the module docs allow it.
+    pub fn write(&self, slice: RemoteSlice, from: &[u8]) -> Result<(), RegionError> {
+        self.access(slice, RemoteAccess::Write, from.len(), |held, range| {
+            held[range].copy_from_slice(from);
+        })
+    }
+
+    /// Checks `slice` (region, key, access, bounds within what the buffer
+    /// holds, `len` bytes) and runs `copy` on the buffer and the range.
+    fn access(
+        &self,
+        slice: RemoteSlice,
+        access: RemoteAccess,
+        len: usize,
+        copy: impl FnOnce(&mut Vec<u8>, std::ops::Range<usize>),
+    ) -> Result<(), RegionError> {
         let regions = self.regions.read().unwrap_or_else(|e| e.into_inner());
         let region = regions
             .get(&slice.region)
@@ -137,9 +205,15 @@ impl RegionTable {
         if region.key != slice.key {
             return Err(RegionError::WrongKey(slice.region));
         }
-        let data = region.data.read().unwrap_or_else(|e| e.into_inner());
+        if region.access != access {
+            return Err(RegionError::NotOpen {
+                region: slice.region,
+                access,
+            });
+        }
+        let mut data = region.data.write().unwrap_or_else(|e| e.into_inner());
         let end = slice.offset.saturating_add(slice.len);
-        if end > data.len() as u64 || into.len() as u64 != slice.len {
+        if end > data.len() as u64 || len as u64 != slice.len {
             return Err(RegionError::OutOfBounds {
                 region: slice.region,
                 offset: slice.offset,
@@ -147,7 +221,7 @@ impl RegionTable {
                 len: data.len() as u64,
             });
         }
-        into.copy_from_slice(&data[slice.offset as usize..end as usize]);
+        copy(&mut data, slice.offset as usize..end as usize);
         Ok(())
     }
 
@@ -174,11 +248,20 @@ impl RegionTable {
         self.regions
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, Region { key, data, nic });
+            .insert(
+                id,
+                Region {
+                    key,
+                    access: RemoteAccess::Read,
+                    data,
+                    nic,
+                },
+            );
         Ok(())
     }
 
-    fn rekey(&self, id: u32, key: u32) {
+    /// Gives region `id` a new key, open for `access`.
+    fn rekey(&self, id: u32, key: u32, access: RemoteAccess) {
         if let Some(region) = self
             .regions
             .write()
@@ -186,6 +269,7 @@ impl RegionTable {
             .get_mut(&id)
         {
             region.key = key;
+            region.access = access;
         }
     }
 }
@@ -204,7 +288,7 @@ pub struct BufferPool {
     table: Arc<RegionTable>,
     buffer_bytes: usize,
     max_buffers: usize,
-    free: Mutex<Vec<(u32, RegionData)>>,
+    free: Mutex<Vec<FreeBuffer>>,
     registered: AtomicUsize,
     in_use: AtomicUsize,
     keys: AtomicU64,
@@ -252,7 +336,7 @@ impl BufferPool {
     pub fn take(self: &Arc<Self>) -> Option<PooledBuffer> {
         let key = self.next_key();
         let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let (id, data) = match reused {
+        let FreeBuffer { id, data, dirty } = match reused {
             Some(free) => free,
             None => {
                 let made = self.registered.fetch_add(1, Ordering::Relaxed);
@@ -261,23 +345,28 @@ impl BufferPool {
                     return None;
                 }
                 let id = REGION_IDS.fetch_add(1, Ordering::Relaxed);
-                let data = Arc::new(RwLock::new(Vec::with_capacity(self.buffer_bytes)));
+                // Zeroed memory (calloc'd), so a fresh buffer holds nothing
+                // of this process's past past what it is filled with.
+                let mut zeroed = vec![0u8; self.buffer_bytes];
+                zeroed.clear();
+                let data = Arc::new(RwLock::new(zeroed));
                 if let Err(error) = self.table.register(id, key, data.clone()) {
                     tracing::warn!(error = %error, "registering a read buffer failed");
                     self.registered.fetch_sub(1, Ordering::Relaxed);
                     return None;
                 }
-                (id, data)
+                FreeBuffer { id, data, dirty: 0 }
             }
         };
-        self.table.rekey(id, key);
+        self.table.rekey(id, key, RemoteAccess::Read);
         data.write().unwrap_or_else(|e| e.into_inner()).clear();
         self.in_use.fetch_add(1, Ordering::Relaxed);
         Some(PooledBuffer {
             pool: self.clone(),
             id,
-            key,
+            key: key.into(),
             data,
+            dirty: dirty.into(),
         })
     }
 }
@@ -292,17 +381,29 @@ pub(crate) fn seed() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 32)
 }
 
+/// A buffer in the pool's free list.
+struct FreeBuffer {
+    id: u32,
+    data: RegionData,
+    /// How far its memory may hold bytes of an earlier take (past it:
+    /// zeros, or never written).
+    dirty: usize,
+}
+
 /// A registered buffer taken from a [`BufferPool`].
 pub struct PooledBuffer {
     pool: Arc<BufferPool>,
     id: u32,
-    key: u32,
+    key: std::sync::atomic::AtomicU32,
     data: RegionData,
+    /// See [`FreeBuffer::dirty`].
+    dirty: AtomicUsize,
 }
 
 impl PooledBuffer {
     /// Replaces what the buffer holds with `bytes` (at most its size) and
-    /// returns the slice a peer reads it by.
+    /// returns the slice a peer reads it by; past them, its memory holds
+    /// zeros.
     pub fn fill(&self, bytes: &[u8]) -> RemoteSlice {
         assert!(
             bytes.len() <= self.pool.buffer_bytes,
@@ -312,12 +413,49 @@ impl PooledBuffer {
         let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
         data.clear();
         data.extend_from_slice(bytes);
+        self.zero_past_the_end(&mut data);
         RemoteSlice {
             region: self.id,
-            key: self.key,
+            key: self.key(),
             offset: 0,
             len: bytes.len() as u64,
         }
+    }
+
+    fn key(&self) -> u32 {
+        self.key.load(Ordering::Relaxed)
+    }
+
+    /// Opens the whole buffer for one-sided writes (what it held is
+    /// zeroed) under a new key; returns the slice the peer writes by.
+    pub fn open_for_writes(&self) -> RemoteSlice {
+        let key = self.pool.next_key();
+        let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
+        data.clear();
+        // Within the capacity it was allocated with: the memory never moves.
+        data.resize(self.pool.buffer_bytes, 0);
+        self.dirty.store(data.len(), Ordering::Relaxed);
+        self.key.store(key, Ordering::Relaxed);
+        self.pool.table.rekey(self.id, key, RemoteAccess::Write);
+        RemoteSlice {
+            region: self.id,
+            key,
+            offset: 0,
+            len: data.len() as u64,
+        }
+    }
+
+    /// Closes writes (a new key: the writer's no longer works) and returns
+    /// the first `len` bytes written, copied out (one copy) so the buffer
+    /// can go back to the pool; `None` if `len` is more than it holds.
+    pub fn seal(&self, len: u64) -> Option<Bytes> {
+        let key = self.pool.next_key();
+        self.key.store(key, Ordering::Relaxed);
+        self.pool.table.rekey(self.id, key, RemoteAccess::Read);
+        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
+        let written = data.get(..usize::try_from(len).ok()?)?;
+        crate::copy_meter::node_copied(written.len());
+        Some(Bytes::copy_from_slice(written))
     }
 }
 
@@ -327,6 +465,7 @@ impl PooledBuffer {
         let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
         let take = bytes.len().min(self.pool.buffer_bytes - data.len());
         data.extend_from_slice(&bytes[..take]);
+        self.dirty.fetch_max(data.len(), Ordering::Relaxed);
         crate::copy_meter::node_copied(take);
         take
     }
@@ -346,13 +485,27 @@ impl PooledBuffer {
         self.len() == self.pool.buffer_bytes
     }
 
-    /// The slice a peer reads what it holds by, and the CRC-32C of that.
+    /// Zeros the buffer's memory past what it holds, to its end, so a
+    /// device that checks only the registration's bounds (soft-RoCE's, see
+    /// the module docs) shows nothing of an earlier take there. Lazily:
+    /// only as far as an earlier take wrote.
+    fn zero_past_the_end(&self, data: &mut Vec<u8>) {
+        let stale = self.dirty.load(Ordering::Relaxed).saturating_sub(data.len());
+        if stale > 0 {
+            data.spare_capacity_mut()[..stale].fill(std::mem::MaybeUninit::new(0));
+        }
+        self.dirty.store(data.len(), Ordering::Relaxed);
+    }
+
+    /// The slice a peer reads what it holds by, and the CRC-32C of that;
+    /// past what it holds, its memory holds zeros.
     pub fn advertise(&self) -> (RemoteSlice, u32) {
-        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
+        let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
+        self.zero_past_the_end(&mut data);
         (
             RemoteSlice {
                 region: self.id,
-                key: self.key,
+                key: self.key(),
                 offset: 0,
                 len: data.len() as u64,
             },
@@ -365,12 +518,16 @@ impl Drop for PooledBuffer {
     fn drop(&mut self) {
         // A fresh key at once: whoever held this one can read no more.
         let key = self.pool.next_key();
-        self.pool.table.rekey(self.id, key);
+        self.pool.table.rekey(self.id, key, RemoteAccess::Read);
         self.pool
             .free
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((self.id, self.data.clone()));
+            .push(FreeBuffer {
+                id: self.id,
+                data: self.data.clone(),
+                dirty: self.dirty.load(Ordering::Relaxed),
+            });
         self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -473,6 +630,63 @@ mod tests {
                 in_use: 0
             }
         );
+    }
+
+    #[test]
+    fn writes_need_a_buffer_open_for_them_and_stop_when_sealed() {
+        let table = Arc::new(RegionTable::default());
+        let pool = BufferPool::new(table.clone(), 16, 1);
+        let buffer = pool.take().unwrap();
+        let read_only = buffer.fill(b"data");
+        assert_eq!(
+            table.write(read_only, b"evil"),
+            Err(RegionError::NotOpen {
+                region: read_only.region,
+                access: RemoteAccess::Write
+            })
+        );
+        let open = buffer.open_for_writes();
+        assert_eq!(open.len, 16, "the whole buffer");
+        assert_ne!(open.key, read_only.key);
+        table.write(RemoteSlice { len: 5, ..open }, b"hello").unwrap();
+        table
+            .write(
+                RemoteSlice {
+                    offset: 5,
+                    len: 6,
+                    ..open
+                },
+                b", pool",
+            )
+            .unwrap();
+        assert!(matches!(
+            table.write(
+                RemoteSlice {
+                    offset: 12,
+                    len: 5,
+                    ..open
+                },
+                b"12345"
+            ),
+            Err(RegionError::OutOfBounds { .. })
+        ));
+        let mut peek = [0u8; 2];
+        assert!(
+            matches!(
+                table.read(RemoteSlice { len: 2, ..open }, &mut peek),
+                Err(RegionError::NotOpen { .. })
+            ),
+            "a buffer open for writes is not read by its key"
+        );
+        assert_eq!(&buffer.seal(11).unwrap()[..], b"hello, pool");
+        assert_eq!(
+            table.write(RemoteSlice { len: 1, ..open }, b"x"),
+            Err(RegionError::WrongKey(open.region)),
+            "sealed: the writer's key no longer works"
+        );
+        assert!(buffer.seal(17).is_none(), "more than the buffer holds");
+        drop(buffer);
+        assert_eq!(pool.stats().in_use, 0);
     }
 
     /// Records what it is asked to register, as a NIC driver would see it.

@@ -25,9 +25,22 @@
 //!   gives the buffer back. `End` closes the read. A client that goes away
 //!   mid-read makes the node's next `recv` fail, and the buffer goes back
 //!   to the pool all the same: the node never leaks registered memory.
-//! * **Writes.** `Put` is followed by [`DATA`] messages and `PutEnd`; the
-//!   node streams them into its backend, whose atomic write applies: a
-//!   client that goes away mid-write leaves nothing visible.
+//! * **Writes** come two ways; the node streams either into its backend,
+//!   whose atomic write applies: a client that goes away mid-write leaves
+//!   nothing visible.
+//!   * *As messages:* `Put`, then [`DATA`] messages, then `PutEnd`.
+//!   * *One-sided:* `WriteInto`; the node answers `Offer { slice }`, a
+//!     registered buffer opened to this connection for writes; the client
+//!     puts up to its length there with a one-sided [`Transport::write`]
+//!     and says `Wrote { len, crc32c, last }`; the node closes the buffer,
+//!     checks the CRC-32C, copies the bytes out (one copy) and, unless it
+//!     was the last, offers the next buffer. An offer is a lease like a
+//!     read's: unanswered, it ends the connection.
+//!
+//!   [`WriteMode::Auto`] writes one-sided over RDMA verbs (one WRITE of a
+//!   whole buffer instead of a SEND per 64 KiB fragment, each staged
+//!   through the transport's own buffer; BENCHMARKS.md has both) and as
+//!   messages over TCP (a stream of frames with no round trip per buffer).
 //! * **Copies on reads.** The node copies each byte once, from the
 //!   backend's chunk into a registered buffer; the client hands the bytes
 //!   the transport landed up as they are (no copy), so the host's next copy
@@ -121,6 +134,23 @@ pub enum Request {
     },
     /// The write's data is complete.
     PutEnd,
+    /// See [`BlobBackend::put`]: one-sided writes into the buffers the
+    /// node offers follow (see the module docs).
+    WriteInto {
+        /// The container.
+        container: String,
+        /// The object.
+        name: String,
+    },
+    /// The offered buffer holds the next `len` bytes of the object.
+    Wrote {
+        /// How many bytes were written (from the start of the buffer).
+        len: u64,
+        /// Their CRC-32C.
+        crc32c: u32,
+        /// Whether they are the object's last.
+        last: bool,
+    },
 }
 
 /// A host's token as it crosses the wire: its `Debug` never shows it, so
@@ -177,6 +207,15 @@ pub enum Reply {
     },
     /// The read is complete.
     End,
+    /// A buffer open for the next bytes of a `WriteInto`.
+    Offer {
+        /// Where to write.
+        region: u32,
+        /// The region's key.
+        key: u32,
+        /// How many bytes it takes.
+        len: u64,
+    },
     /// The request failed.
     Error {
         /// `invalid-name`, `not-found`, `already-exists`, `too-large`,
@@ -285,12 +324,25 @@ pub fn decode<T: for<'de> Deserialize<'de>>(message: &[u8]) -> Result<T, Transpo
 pub type Connector =
     Arc<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn Transport>, BlobError>> + Send + Sync>;
 
+/// How a [`RemoteBackend`] sends the bytes of a write; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    /// One-sided over RDMA verbs, as messages over anything else.
+    #[default]
+    Auto,
+    /// `DATA` messages.
+    Messages,
+    /// One-sided writes into the node's offered buffers.
+    OneSided,
+}
+
 /// The `remote` backend: a storage node over a [`Transport`]; see the
 /// module docs.
 pub struct RemoteBackend {
     connect: Connector,
     token: Option<Arc<str>>,
     idle: Idle,
+    write_mode: WriteMode,
 }
 
 /// Connections with no request in progress.
@@ -314,7 +366,14 @@ impl RemoteBackend {
             connect,
             token: token.map(Arc::from),
             idle: Idle::default(),
+            write_mode: WriteMode::Auto,
         }
+    }
+
+    /// The same backend, writing the way `mode` says.
+    pub fn with_write_mode(mut self, mode: WriteMode) -> Self {
+        self.write_mode = mode;
+        self
     }
 
     async fn connection(&self) -> Result<Arc<dyn Transport>, BlobError> {
@@ -402,6 +461,15 @@ impl BlobBackend for RemoteBackend {
         limit: u64,
     ) -> Result<ObjectInfo, BlobError> {
         let connection = self.connection().await?;
+        let one_sided = match self.write_mode {
+            WriteMode::Auto => connection.kind() == "rdma",
+            mode => mode == WriteMode::OneSided,
+        };
+        if one_sided {
+            return self
+                .put_one_sided(connection, container, name, body, limit)
+                .await;
+        }
         connection
             .send(encode(&Request::Put {
                 container: container.into(),
@@ -572,6 +640,112 @@ impl BlobBackend for RemoteBackend {
         self.connection()
             .await
             .map(|connection| self.give_back(connection))
+    }
+}
+
+impl RemoteBackend {
+    /// [`BlobBackend::put`] by one-sided writes into the node's offered
+    /// buffers (see the module docs). A body chunk that fills an offer
+    /// goes as it is; smaller ones are gathered into one buffer first.
+    async fn put_one_sided(
+        &self,
+        connection: Arc<dyn Transport>,
+        container: &str,
+        name: &str,
+        mut body: ByteStream,
+        limit: u64,
+    ) -> Result<ObjectInfo, BlobError> {
+        connection
+            .send(encode(&Request::WriteInto {
+                container: container.into(),
+                name: name.into(),
+            }))
+            .await
+            .map_err(unavailable)?;
+        let mut sent = 0u64;
+        let mut left = Bytes::new();
+        let mut body_done = false;
+        loop {
+            let reply: Reply =
+                decode(&connection.recv().await.map_err(unavailable)?).map_err(unavailable)?;
+            let offer = match reply {
+                Reply::Offer { region, key, len } => RemoteSlice {
+                    region,
+                    key,
+                    offset: 0,
+                    len,
+                },
+                Reply::Object(info) => {
+                    self.give_back(connection);
+                    return Ok(info);
+                }
+                error @ Reply::Error { .. } => {
+                    // The node refused the write before or between
+                    // offers: the exchange is over, the connection ready.
+                    self.give_back(connection);
+                    return Err(error.into_error());
+                }
+                other => return Err(other.into_error()),
+            };
+            let room = usize::try_from(offer.len).unwrap_or(usize::MAX);
+            // The next bytes: a chunk that fills the offer as it is, or
+            // what fits of the following chunks gathered in one buffer.
+            let mut current = std::mem::take(&mut left);
+            let mut gathered: Option<Vec<u8>> = None;
+            loop {
+                let have = gathered.as_ref().map_or(current.len(), Vec::len);
+                if have >= room || body_done {
+                    break;
+                }
+                match body.next().await {
+                    // A failing body, or one over the limit, drops the
+                    // connection: the node's write fails, nothing is kept.
+                    Some(chunk) => {
+                        let chunk = chunk?;
+                        sent += chunk.len() as u64;
+                        if sent > limit {
+                            return Err(BlobError::TooLarge { limit });
+                        }
+                        if gathered.is_none() && current.is_empty() {
+                            current = chunk;
+                            continue;
+                        }
+                        let into = gathered.get_or_insert_with(|| {
+                            let mut into = Vec::with_capacity(room);
+                            into.extend_from_slice(&current);
+                            into
+                        });
+                        let take = (room - into.len()).min(chunk.len());
+                        into.extend_from_slice(&chunk[..take]);
+                        left = chunk.slice(take..);
+                    }
+                    None => body_done = true,
+                }
+            }
+            let data = match gathered {
+                Some(gathered) => Bytes::from(gathered),
+                None => {
+                    if current.len() > room {
+                        left = current.split_off(room);
+                    }
+                    current
+                }
+            };
+            let last = body_done && left.is_empty();
+            let wrote = Request::Wrote {
+                len: data.len() as u64,
+                crc32c: crc32c::crc32c(&data),
+                last,
+            };
+            if !data.is_empty() {
+                let slice = RemoteSlice {
+                    len: data.len() as u64,
+                    ..offer
+                };
+                connection.write(slice, data).await.map_err(unavailable)?;
+            }
+            connection.send(encode(&wrote)).await.map_err(unavailable)?;
+        }
     }
 }
 

@@ -12,17 +12,25 @@
 //!   socket was read into, for verbs the local registered buffer); the
 //!   peer's [`RegionTable`] rules apply (region, key, bounds), and a
 //!   refused read is [`TransportError::Refused`], never partial data.
-//! * Reads complete in the order they were posted. A failed completion (a
-//!   refused read among them) is an error of that read, and, as with a
-//!   verbs queue pair in the error state, the connection is not used again:
-//!   later calls fail with [`TransportError::Closed`].
+//! * **One-sided** [`Transport::write`] puts bytes into a [`RemoteSlice`]
+//!   of the peer's registered memory, under the same rules (the buffer must
+//!   be open for writes: [`crate::regions::RemoteAccess`]).
+//! * **Grants.** The side that owns a buffer opens each take of it to its
+//!   peer with [`Transport::grant`] and closes it by dropping the
+//!   [`Grant`]; the peer names the slice as the grant says. On loopback
+//!   and TCP the table's per-take key already is that grant; over verbs it
+//!   is a memory window bound to the connection (see [`crate::rdma`]).
+//! * Reads and writes complete in the order they were posted. A failed
+//!   completion (a refused access among them) is an error of that call,
+//!   and, as with a verbs queue pair in the error state, the connection is
+//!   not used again: later calls fail with [`TransportError::Closed`].
 //! * A peer that goes away makes pending and later calls
 //!   [`TransportError::Closed`].
 //!
 //! Implementations: [`loopback`] (in-process, for tests of the protocol,
 //! with a switch to fail the next read), [`tcp`] (tokio).
 
-use crate::regions::{RegionError, RegionTable, RemoteSlice};
+use crate::regions::{RemoteAccess, RegionError, RegionTable, RemoteSlice};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -41,6 +49,29 @@ pub enum TransportError {
     Protocol(String),
 }
 
+/// A slice of this side's registered memory opened to the peer by
+/// [`Transport::grant`]; dropping it closes the slice again.
+pub struct Grant {
+    slice: RemoteSlice,
+    _closes: Option<Box<dyn Send + Sync>>,
+}
+
+impl Grant {
+    /// A grant of `slice` that `closes` ends when dropped (a memory
+    /// window, say); `None` where the region table's key is the grant.
+    pub fn new(slice: RemoteSlice, closes: Option<Box<dyn Send + Sync>>) -> Self {
+        Grant {
+            slice,
+            _closes: closes,
+        }
+    }
+
+    /// The slice as the peer names it.
+    pub fn slice(&self) -> RemoteSlice {
+        self.slice
+    }
+}
+
 /// One end of a connection; see the module docs.
 #[async_trait]
 pub trait Transport: Send + Sync {
@@ -56,6 +87,19 @@ pub trait Transport: Send + Sync {
     /// Lands `slice` of the peer's registered memory here and returns it
     /// (`slice.len` bytes).
     async fn read(&self, slice: RemoteSlice) -> Result<Bytes, TransportError>;
+
+    /// Puts `data` (`slice.len` bytes) into `slice` of the peer's
+    /// registered memory.
+    async fn write(&self, slice: RemoteSlice, data: Bytes) -> Result<(), TransportError>;
+
+    /// Opens `slice` of a buffer this side took (from its own
+    /// [`RegionTable`]) to the peer for `access` until the grant is
+    /// dropped. The default is for transports whose peer is checked
+    /// against the table: the table's key is the grant.
+    async fn grant(&self, slice: RemoteSlice, access: RemoteAccess) -> Result<Grant, TransportError> {
+        let _ = access;
+        Ok(Grant::new(slice, None))
+    }
 }
 
 /// The in-process transport: two ends sharing memory, with the verbs rules.
@@ -151,11 +195,26 @@ pub mod loopback {
             let mut landed = vec![0u8; slice.len as usize];
             self.peer_regions
                 .read(slice, &mut landed)
-                .map_err(|refused| {
-                    self.broken.store(true, Ordering::SeqCst);
-                    TransportError::Refused(refused)
-                })?;
+                .map_err(|refused| self.refused(refused))?;
             Ok(Bytes::from(landed))
+        }
+
+        async fn write(&self, slice: RemoteSlice, data: Bytes) -> Result<(), TransportError> {
+            self.check_usable()?;
+            if self.outgoing.is_closed() {
+                return Err(TransportError::Closed("the peer is gone".into()));
+            }
+            self.peer_regions
+                .write(slice, &data)
+                .map_err(|refused| self.refused(refused))
+        }
+    }
+
+    impl LoopbackTransport {
+        /// A refused access breaks the connection, as on a verbs QP.
+        fn refused(&self, refused: RegionError) -> TransportError {
+            self.broken.store(true, Ordering::SeqCst);
+            TransportError::Refused(refused)
         }
     }
 }
@@ -166,9 +225,11 @@ pub mod loopback {
 ///
 /// Frames: a `u32` length, a kind byte, the payload. Kinds: `0` a control
 /// message; `1` a read request (`region u32, key u32, offset u64, len
-/// u64`); `2` the read's bytes; `3` the read refused (`code u8, region
-/// u32, offset u64, end u64, len u64`). Requests are answered in order, so
-/// completions are matched to reads by order.
+/// u64`); `2` the read's bytes; `3` a read or write refused (`code u8,
+/// region u32, offset u64, end u64, len u64`); `4` a write request
+/// (`region u32, key u32, offset u64`, then the bytes); `5` the write
+/// done. Requests are answered in order, so completions are matched to
+/// reads and writes by order.
 pub mod tcp {
     use super::*;
     use std::collections::VecDeque;
@@ -182,7 +243,11 @@ pub mod tcp {
     const MESSAGE: u8 = 0;
     const READ: u8 = 1;
     const READ_OK: u8 = 2;
-    const READ_REFUSED: u8 = 3;
+    const REFUSED: u8 = 3;
+    const WRITE: u8 = 4;
+    const WRITE_OK: u8 = 5;
+    /// A write request's header: region, key, offset.
+    const WRITE_HEADER_BYTES: usize = 16;
     /// The largest frame accepted.
     pub const MAX_FRAME_BYTES: usize = 64 << 20;
     /// Control messages received and not yet taken by `recv`; past them
@@ -213,8 +278,15 @@ pub mod tcp {
         kind: u8,
         parts: &[&[u8]],
     ) -> Result<(), TransportError> {
+        write_frame_locked(&mut *writer.lock().await, kind, parts).await
+    }
+
+    async fn write_frame_locked(
+        writer: &mut OwnedWriteHalf,
+        kind: u8,
+        parts: &[&[u8]],
+    ) -> Result<(), TransportError> {
         let len: usize = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
-        let mut writer = writer.lock().await;
         let mut head = Vec::with_capacity(5);
         head.extend_from_slice(&(len as u32).to_le_bytes());
         head.push(kind);
@@ -236,6 +308,10 @@ pub mod tcp {
                 end,
                 len,
             } => (2, region, offset, end, len),
+            RegionError::NotOpen { region, access } => {
+                (3, region, u64::from(access == RemoteAccess::Write), 0, 0)
+            }
+            RegionError::RefusedByDevice(region) => (4, region, 0, 0, 0),
         };
         let mut out = vec![code];
         out.extend_from_slice(&region.to_le_bytes());
@@ -260,6 +336,15 @@ pub mod tcp {
                 end: n(13)?,
                 len: n(21)?,
             },
+            3 => RegionError::NotOpen {
+                region,
+                access: if n(5)? == 1 {
+                    RemoteAccess::Write
+                } else {
+                    RemoteAccess::Read
+                },
+            },
+            4 => RegionError::RefusedByDevice(region),
             _ => return None,
         })
     }
@@ -321,14 +406,32 @@ pub mod tcp {
                     let written = match reply {
                         Ok(data) => write_frame(&writer, READ_OK, &[&data]).await,
                         Err(refused) => {
-                            write_frame(&writer, READ_REFUSED, &[&refusal_bytes(&refused)]).await
+                            write_frame(&writer, REFUSED, &[&refusal_bytes(&refused)]).await
                         }
                     };
                     if let Err(e) = written {
                         break e.to_string();
                     }
                 }
-                kind @ (READ_OK | READ_REFUSED) => {
+                WRITE if payload.len() >= WRITE_HEADER_BYTES => {
+                    let (head, data) = payload.split_at(WRITE_HEADER_BYTES);
+                    let slice = RemoteSlice {
+                        region: u32::from_le_bytes(head[0..4].try_into().expect("4")),
+                        key: u32::from_le_bytes(head[4..8].try_into().expect("4")),
+                        offset: u64::from_le_bytes(head[8..16].try_into().expect("8")),
+                        len: data.len() as u64,
+                    };
+                    let written = match regions.write(slice, data) {
+                        Ok(()) => write_frame(&writer, WRITE_OK, &[]).await,
+                        Err(refused) => {
+                            write_frame(&writer, REFUSED, &[&refusal_bytes(&refused)]).await
+                        }
+                    };
+                    if let Err(e) = written {
+                        break e.to_string();
+                    }
+                }
+                kind @ (READ_OK | REFUSED | WRITE_OK) => {
                     let Some(completion) = pending
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -336,13 +439,13 @@ pub mod tcp {
                     else {
                         break "a read completion nobody asked for".into();
                     };
-                    let result = if kind == READ_OK {
-                        Ok(Bytes::from(payload))
-                    } else {
-                        match refusal_from(&payload) {
+                    let result = match kind {
+                        READ_OK => Ok(Bytes::from(payload)),
+                        WRITE_OK => Ok(Bytes::new()),
+                        _ => match refusal_from(&payload) {
                             Some(refused) => Err(TransportError::Refused(refused)),
                             None => Err(TransportError::Protocol("a bad refusal frame".into())),
-                        }
+                        },
                     };
                     let _ = completion.send(result);
                 }
@@ -402,6 +505,30 @@ pub mod tcp {
             }
             Ok(())
         }
+
+        /// Sends a read or write request frame and waits for its
+        /// completion; a failed one breaks the connection.
+        async fn one_sided(&self, kind: u8, parts: &[&[u8]]) -> Result<Bytes, TransportError> {
+            self.check_usable()?;
+            let (done, completion) = oneshot::channel();
+            {
+                // Queued and sent under the writer lock, so completions
+                // come back in the order of this queue.
+                let mut writer = self.writer.lock().await;
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(done);
+                write_frame_locked(&mut writer, kind, parts).await?;
+            }
+            let result = completion
+                .await
+                .map_err(|_| TransportError::Closed("the connection ended".into()))?;
+            if result.is_err() {
+                self.broken.store(true, Ordering::SeqCst);
+            }
+            result
+        }
     }
 
     #[async_trait]
@@ -424,46 +551,38 @@ pub mod tcp {
         }
 
         async fn read(&self, slice: RemoteSlice) -> Result<Bytes, TransportError> {
-            self.check_usable()?;
-            let (done, completion) = oneshot::channel();
-            let mut frame = Vec::with_capacity(29);
-            frame.extend_from_slice(&25u32.to_le_bytes());
-            frame.push(READ);
-            frame.extend_from_slice(&slice.region.to_le_bytes());
-            frame.extend_from_slice(&slice.key.to_le_bytes());
-            frame.extend_from_slice(&slice.offset.to_le_bytes());
-            frame.extend_from_slice(&slice.len.to_le_bytes());
+            let mut head = Vec::with_capacity(24);
+            head.extend_from_slice(&slice.region.to_le_bytes());
+            head.extend_from_slice(&slice.key.to_le_bytes());
+            head.extend_from_slice(&slice.offset.to_le_bytes());
+            head.extend_from_slice(&slice.len.to_le_bytes());
+            let data = self.one_sided(READ, &[&head]).await?;
+            if data.len() as u64 != slice.len {
+                self.broken.store(true, Ordering::SeqCst);
+                return Err(TransportError::Protocol(format!(
+                    "asked for {} bytes, got {}",
+                    slice.len,
+                    data.len()
+                )));
+            }
+            Ok(data)
+        }
+
+        async fn write(&self, slice: RemoteSlice, data: Bytes) -> Result<(), TransportError> {
+            if data.len() as u64 != slice.len
+                || data.len() + WRITE_HEADER_BYTES + 1 > MAX_FRAME_BYTES
             {
-                // Queued and sent under the writer lock, so completions
-                // come back in the order of this queue.
-                let mut writer = self.writer.lock().await;
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back(done);
-                writer
-                    .write_all(&frame)
-                    .await
-                    .map_err(|e| TransportError::Closed(e.to_string()))?;
+                return Err(TransportError::Protocol(format!(
+                    "a write of {} bytes into a slice of {}",
+                    data.len(),
+                    slice.len
+                )));
             }
-            let result = completion
-                .await
-                .map_err(|_| TransportError::Closed("the connection ended".into()))?;
-            match result {
-                Ok(data) if data.len() as u64 == slice.len => Ok(data),
-                Ok(data) => {
-                    self.broken.store(true, Ordering::SeqCst);
-                    Err(TransportError::Protocol(format!(
-                        "asked for {} bytes, got {}",
-                        slice.len,
-                        data.len()
-                    )))
-                }
-                Err(error) => {
-                    self.broken.store(true, Ordering::SeqCst);
-                    Err(error)
-                }
-            }
+            let mut head = Vec::with_capacity(WRITE_HEADER_BYTES);
+            head.extend_from_slice(&slice.region.to_le_bytes());
+            head.extend_from_slice(&slice.key.to_le_bytes());
+            head.extend_from_slice(&slice.offset.to_le_bytes());
+            self.one_sided(WRITE, &[&head, &data]).await.map(drop)
         }
     }
 }

@@ -1,11 +1,12 @@
 //! The transport contract on each implementation: control messages in
-//! order, one-sided reads within the peer's regions (refused otherwise, and
-//! then the connection is done), reads completing in order, a peer that
+//! order, one-sided reads and writes within the peer's regions (refused
+//! otherwise, and then the connection is done), reads completing in order,
+//! a peer that
 //! goes away, (loopback) a completion that fails, and (TCP) a peer that
 //! sends faster than it is served, held back by the socket.
 
 use bytes::Bytes;
-use hearth_blob::regions::{BufferPool, RegionError, RegionTable, RemoteSlice};
+use hearth_blob::regions::{RemoteAccess, BufferPool, RegionError, RegionTable, RemoteSlice};
 use hearth_blob::transport::loopback::{self, LoopbackTransport};
 use hearth_blob::transport::tcp::TcpTransport;
 use hearth_blob::transport::{Transport, TransportError};
@@ -62,6 +63,31 @@ async fn the_contract(client: &dyn Transport, server: &dyn Transport, pool: &Arc
     assert!(into_a.iter().all(|&x| x == 0xAA));
     assert_eq!(&read_b.unwrap()[..], b"second");
 
+    // One-sided writes into a buffer the server opened for them, granted.
+    let third = pool.take().unwrap();
+    let open = server
+        .grant(third.open_for_writes(), RemoteAccess::Write)
+        .await
+        .unwrap();
+    let open = open.slice();
+    client
+        .write(RemoteSlice { len: 5, ..open }, Bytes::from_static(b"hello"))
+        .await
+        .unwrap();
+    client
+        .write(
+            RemoteSlice {
+                offset: 5,
+                len: 6,
+                ..open
+            },
+            Bytes::from_static(b", pool"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&third.seal(11).unwrap()[..], b"hello, pool");
+    drop(third);
+
     // A released buffer's old key is refused, and the connection is done.
     drop(first);
     match client.read(RemoteSlice { len: 10, ..a }).await {
@@ -93,11 +119,42 @@ async fn tcp_keeps_the_transport_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn out_of_bounds_reads_are_refused_without_a_partial_copy() {
+async fn out_of_bounds_reads_and_writes_to_read_only_buffers_are_refused() {
     let regions = Arc::new(RegionTable::default());
     let pool = BufferPool::new(regions.clone(), 1024, 1);
     let buffer = pool.take().unwrap();
     let slice = buffer.fill(b"0123456789");
+    for make in [0, 1] {
+        let (client, _server): (Box<dyn Transport>, Box<dyn Transport>) = if make == 0 {
+            let (c, s) = loopback_pair(regions.clone());
+            (Box::new(c), Box::new(s))
+        } else {
+            let (c, s) = tcp_pair(regions.clone()).await;
+            (Box::new(c), Box::new(s))
+        };
+        let refused = client
+            .write(
+                RemoteSlice { len: 4, ..slice },
+                Bytes::from_static(b"evil"),
+            )
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(TransportError::Refused(RegionError::NotOpen {
+                    access: RemoteAccess::Write,
+                    ..
+                }))
+            ),
+            "{}: {refused:?}",
+            client.kind()
+        );
+    }
+    assert_eq!(
+        buffer.advertise().0.len,
+        10,
+        "the refused write changed nothing"
+    );
     for make in [0, 1] {
         let (client, _server): (Box<dyn Transport>, Box<dyn Transport>) = if make == 0 {
             let (c, s) = loopback_pair(regions.clone());

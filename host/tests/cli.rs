@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use hearth_testkit::http::{get, send};
-use hearth_testkit::process::{PATIENCE, Running, run_to_end};
+use hearth_testkit::process::{Running, patience, run_to_end};
 use hearth_testkit::registry::free_port;
 use http::Method;
 use std::net::SocketAddr;
@@ -70,7 +70,7 @@ fn hearth_run_listens_on_port_env() {
     let reply = loop {
         match runtime.block_on(get(addr, "/")) {
             Ok(reply) => break reply,
-            Err(_) if started.elapsed() < PATIENCE => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) if started.elapsed() < patience() => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => panic!("nothing on $PORT {port}: {e}"),
         }
     };
@@ -310,7 +310,7 @@ listen = "127.0.0.1:{b_port}"
     // their headers do not come within header_read_timeout_ms.
     let closed = idle
         .iter_mut()
-        .map(|stream| closed_by_server(stream, PATIENCE))
+        .map(|stream| closed_by_server(stream, patience()))
         .filter(|closed| *closed)
         .count();
     assert_eq!(closed, 300, "every idle connection was closed by hearthd");
@@ -318,7 +318,7 @@ listen = "127.0.0.1:{b_port}"
     // A client that sends half a header is cut off.
     let mut slow = std::net::TcpStream::connect(a).unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n").unwrap();
-    assert!(closed_by_server(&mut slow, PATIENCE), "half a header");
+    assert!(closed_by_server(&mut slow, patience()), "half a header");
     // So is a keep-alive connection that starts no new request.
     let mut kept = std::net::TcpStream::connect(a).unwrap();
     kept.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
@@ -329,7 +329,7 @@ listen = "127.0.0.1:{b_port}"
         kept.read_exact(&mut first).unwrap();
         assert_eq!(&first, b"HTTP/1.1 200");
     }
-    assert!(closed_by_server(&mut kept, PATIENCE), "idle keep-alive");
+    assert!(closed_by_server(&mut kept, patience()), "idle keep-alive");
 
     let reply = runtime.block_on(get(a, "/")).unwrap();
     assert_eq!(reply.status, 200, "`a` serves again");

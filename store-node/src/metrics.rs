@@ -8,8 +8,11 @@
 //!   `unauthorized`, `no_hello`: no `Hello` within the hello timeout, or
 //!   another message first; `pending_hellos_per_peer`: one IP address
 //!   holding too many connections that have not said `Hello`), `hearth_store_leases_expired_total` (a client
-//!   cut off for holding a read buffer past its lease),
-//!   `hearth_store_reads_refused_total{reason="no_buffer"}` and
+//!   cut off for holding a read buffer, or an offered write buffer, past
+//!   its lease),
+//!   `hearth_store_reads_refused_total{reason="no_buffer"}`,
+//!   `hearth_store_writes_refused_total{reason="no_buffer"}` (a one-sided
+//!   write found no free buffer to offer) and
 //!   `hearth_store_accept_errors_total`.
 //! * Gauges: `hearth_store_connections_open` (admitted, not yet ended),
 //!   `hearth_store_read_buffers_in_use`.
@@ -33,6 +36,8 @@ pub struct NodeMetrics {
     pub leases_expired: AtomicU64,
     /// Reads refused: no free read buffer.
     pub reads_refused_no_buffer: AtomicU64,
+    /// One-sided writes refused: no free buffer to offer.
+    pub writes_refused_no_buffer: AtomicU64,
     /// Failed accepts (no file descriptors left, say).
     pub accept_errors: AtomicU64,
     /// Connections admitted and not yet ended.
@@ -100,6 +105,12 @@ impl NodeMetrics {
              # TYPE hearth_store_reads_refused_total counter\n\
              hearth_store_reads_refused_total{{reason=\"no_buffer\"}} {}\n",
             get(&self.reads_refused_no_buffer)
+        ));
+        out.push_str(&format!(
+            "# HELP hearth_store_writes_refused_total One-sided writes the node refused.\n\
+             # TYPE hearth_store_writes_refused_total counter\n\
+             hearth_store_writes_refused_total{{reason=\"no_buffer\"}} {}\n",
+            get(&self.writes_refused_no_buffer)
         ));
         out
     }

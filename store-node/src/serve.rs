@@ -17,12 +17,17 @@
 //!   registered buffers (one copy), answer `Chunk { slice, crc32c }`, and
 //!   wait for the client's `Next` before reusing the buffer; a client that
 //!   goes away mid-read gives the buffer back all the same.
-//! * Writes stream `DATA` messages into the backend's atomic put: a client
-//!   that goes away mid-write leaves nothing visible.
+//! * Writes stream `DATA` messages, or the bytes written one-sided into
+//!   offered buffers (`WriteInto`; each buffer granted to this connection
+//!   for writes, closed before its bytes are read), into the backend's
+//!   atomic put: a client that goes away mid-write leaves nothing visible.
+//! * Every buffer a client may touch is opened to its connection with
+//!   [`Transport::grant`] for that one take, and closed before the buffer
+//!   goes back to the pool.
 //! * Errors cross as `Reply::Error` with the [`BlobError`] kind.
-//! * **A lease, not a loan.** A client holds a read buffer at most
-//!   [`ServeOptions::lease_timeout`] (30 s): one that does not say `Next`
-//!   by then is cut off (told `unavailable: lease expired: …` if it ever
+//! * **A lease, not a loan.** A client holds a read buffer (or an offered
+//!   write buffer) at most [`ServeOptions::lease_timeout`] (30 s): one
+//!   that does not say `Next` (or `Wrote`) by then is cut off (told `unavailable: lease expired: …` if it ever
 //!   reads, its connection closed, logged, counted) and the buffer goes
 //!   back to the pool, so idle clients cannot drain it.
 //! * **Bounded.** At most [`ServeOptions::max_connections`] (1024)
@@ -41,7 +46,7 @@ use crate::access::Access;
 use crate::metrics::{NodeMetrics, count};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use hearth_blob::regions::{BufferPool, PooledBuffer, RegionTable};
+use hearth_blob::regions::{RemoteAccess, BufferPool, PooledBuffer, RegionTable};
 use hearth_blob::remote::{CONTROL, Connector, DATA, Reply, Request, decode, encode};
 use hearth_blob::transport::{Transport, TransportError};
 use hearth_blob::{BlobError, BlobStore, ByteRange};
@@ -245,9 +250,12 @@ async fn serve_admitted(
             Request::Put { container, name } => {
                 serve_write(&transport, &store, &container, &name).await
             }
-            Request::Next | Request::PutEnd | Request::Hello { .. } => {
+            Request::WriteInto { container, name } => {
+                serve_write_into(&transport, &store, &pool, &container, &name, &options).await?
+            }
+            Request::Next | Request::PutEnd | Request::Hello { .. } | Request::Wrote { .. } => {
                 return Err(TransportError::Protocol(
-                    "`next`, `put-end` or `hello` out of place".into(),
+                    "`next`, `put-end`, `wrote` or `hello` out of place".into(),
                 ));
             }
         };
@@ -311,33 +319,25 @@ async fn serve_read(
         if offer {
             let held = buffer.take().expect("checked");
             let (slice, crc32c) = held.advertise();
+            let grant = transport.grant(slice, RemoteAccess::Read).await?;
+            let granted = grant.slice();
             transport
                 .send(encode(&Reply::Chunk {
-                    region: slice.region,
-                    key: slice.key,
-                    len: slice.len,
+                    region: granted.region,
+                    key: granted.key,
+                    len: granted.len,
                     crc32c,
                 }))
                 .await?;
-            // The buffer stays registered until the client says `next`
-            // (or goes away, or lets the lease run out: then the buffer is
-            // dropped here, back to the pool, and the connection ends).
+            // The buffer stays open to the client until it says `next`
+            // (or goes away, or lets the lease run out: then the grant is
+            // closed, the buffer dropped here, back to the pool, and the
+            // connection ends).
             let answer = tokio::time::timeout(lease_timeout, transport.recv()).await;
+            drop(grant);
             drop(held);
             let Ok(answer) = answer else {
-                count(&options.metrics.leases_expired);
-                let why = format!(
-                    "the client held a read buffer for {} ms without saying `next`",
-                    lease_timeout.as_millis()
-                );
-                // The client's last word from the node, if it ever reads.
-                let expired = BlobError::Unavailable(format!("lease expired: {why}"));
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    transport.send(encode(&Reply::from_error(&expired))),
-                )
-                .await;
-                return Err(TransportError::Protocol(why));
+                return Err(lease_expired(transport, options, "a read buffer", "next").await);
             };
             let answer: Request = decode(&answer?)?;
             if !matches!(answer, Request::Next) {
@@ -399,6 +399,146 @@ async fn serve_write(
         }
     }
     written.map(Reply::Object)
+}
+
+/// Counts and logs a client cut off for holding a buffer past its lease,
+/// tells it so if it ever reads, and returns why the connection ends.
+async fn lease_expired(
+    transport: &dyn Transport,
+    options: &ServeOptions,
+    what: &str,
+    expected: &str,
+) -> TransportError {
+    count(&options.metrics.leases_expired);
+    let why = format!(
+        "the client held {what} for {} ms without saying `{expected}`",
+        options.lease_timeout.as_millis()
+    );
+    // The client's last word from the node, if it ever reads.
+    let expired = BlobError::Unavailable(format!("lease expired: {why}"));
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        transport.send(encode(&Reply::from_error(&expired))),
+    )
+    .await;
+    TransportError::Protocol(why)
+}
+
+/// Serves one `WriteInto`: offers buffers, one at a time, opened to this
+/// connection for writes, and streams what the client wrote into the
+/// backend's put. Returns the put's reply, or why the connection ends (the
+/// client went away, broke the protocol or let an offer's lease expire).
+async fn serve_write_into(
+    transport: &Arc<dyn Transport>,
+    store: &BlobStore,
+    pool: &Arc<BufferPool>,
+    container: &str,
+    name: &str,
+    options: &ServeOptions,
+) -> Result<Result<Reply, BlobError>, TransportError> {
+    struct Offers {
+        transport: Arc<dyn Transport>,
+        pool: Arc<BufferPool>,
+        options: ServeOptions,
+        last_seen: bool,
+        ends_connection: Arc<std::sync::Mutex<Option<TransportError>>>,
+    }
+    impl Offers {
+        /// The next bytes the client wrote, or `None` after its last.
+        async fn next(&mut self) -> Result<Option<Bytes>, BlobError> {
+            if self.last_seen {
+                return Ok(None);
+            }
+            let Some(buffer) = self.pool.take() else {
+                count(&self.options.metrics.writes_refused_no_buffer);
+                return Err(BlobError::Unavailable(
+                    "the storage node has no free buffer to write into".into(),
+                ));
+            };
+            let slice = buffer.open_for_writes();
+            let ends = |error: TransportError, ends_connection: &std::sync::Mutex<_>| {
+                let message = format!("the client went away mid-write: {error}");
+                *ends_connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+                BlobError::Unavailable(message)
+            };
+            let grant = match self.transport.grant(slice, RemoteAccess::Write).await {
+                Ok(grant) => grant,
+                Err(error) => return Err(ends(error, &self.ends_connection)),
+            };
+            let granted = grant.slice();
+            let offer = Reply::Offer {
+                region: granted.region,
+                key: granted.key,
+                len: granted.len,
+            };
+            if let Err(error) = self.transport.send(encode(&offer)).await {
+                return Err(ends(error, &self.ends_connection));
+            }
+            let answer =
+                tokio::time::timeout(self.options.lease_timeout, self.transport.recv()).await;
+            // Closed before a byte of it is read: nothing lands after.
+            drop(grant);
+            let answer = match answer {
+                Err(_) => {
+                    let error = lease_expired(
+                        &*self.transport,
+                        &self.options,
+                        "an offered write buffer",
+                        "wrote",
+                    )
+                    .await;
+                    return Err(ends(error, &self.ends_connection));
+                }
+                Ok(Err(error)) => return Err(ends(error, &self.ends_connection)),
+                Ok(Ok(answer)) => answer,
+            };
+            let (len, crc32c, last) = match decode::<Request>(&answer) {
+                Ok(Request::Wrote { len, crc32c, last }) => (len, crc32c, last),
+                _ => {
+                    let error =
+                        TransportError::Protocol("expected `wrote` during a write".into());
+                    return Err(ends(error, &self.ends_connection));
+                }
+            };
+            let Some(written) = buffer.seal(len) else {
+                let error = TransportError::Protocol(format!(
+                    "`wrote` {len} bytes into a buffer of {}",
+                    granted.len
+                ));
+                return Err(ends(error, &self.ends_connection));
+            };
+            drop(buffer);
+            if crc32c::crc32c(&written) != crc32c {
+                return Err(BlobError::Corrupt(
+                    "written bytes did not match their checksum on the way".into(),
+                ));
+            }
+            self.last_seen = last;
+            Ok(Some(written))
+        }
+    }
+
+    let ends_connection = Arc::new(std::sync::Mutex::new(None));
+    let offers = Offers {
+        transport: transport.clone(),
+        pool: pool.clone(),
+        options: options.clone(),
+        last_seen: false,
+        ends_connection: ends_connection.clone(),
+    };
+    let incoming = futures_util::stream::try_unfold(offers, |mut offers| async move {
+        Ok(offers.next().await?.map(|bytes| (bytes, offers)))
+    })
+    .boxed();
+    let written = store.put(container, name, incoming).await;
+    if let Some(error) = ends_connection
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        return Err(error);
+    }
+    Ok(written.map(Reply::Object))
 }
 
 /// Serves `store` to every connection `listener` accepts, over TCP, with

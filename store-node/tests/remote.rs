@@ -1,8 +1,9 @@
 //! The `remote` backend against a storage node (serving an `fs` store) over
-//! TCP and over the in-process loopback transport: the conformance suite,
-//! a node that is down or goes down, and a client that goes away mid-read
-//! (its registered buffers go back: no leak), and a node that serves only
-//! the hosts it knows, each in its scope.
+//! TCP and over the in-process loopback transport: the conformance suite
+//! (writes as messages and one-sided), a node that is down or goes down, a
+//! client that goes away mid-read or mid-write (its registered buffers go
+//! back: no leak), leases on read and write buffers, and a node that serves
+//! only the hosts it knows, each in its scope.
 
 mod common;
 
@@ -11,7 +12,9 @@ use futures_util::StreamExt;
 use hearth_blob::conformance;
 use hearth_blob::fs::FsBackend;
 use hearth_blob::regions::{BufferPool, RegionTable};
-use hearth_blob::remote::{Connector, Reply, Request, decode, encode, tcp_connector};
+use hearth_blob::remote::{
+    Connector, RemoteBackend, Reply, Request, WriteMode, decode, encode, tcp_connector,
+};
 use hearth_blob::{BlobError, BlobStore, ByteRange};
 use hearth_store_node::serve::{ServeOptions, serve_tcp_with};
 use std::sync::Arc;
@@ -42,6 +45,15 @@ fn node() -> Node {
 
 fn remote(connect: Connector) -> BlobStore {
     remote_store(connect, None)
+}
+
+/// A store on `connect` that writes one-sided into the node's buffers.
+fn remote_one_sided(connect: Connector) -> BlobStore {
+    BlobStore::new(
+        "remote",
+        Arc::new(RemoteBackend::new(connect).with_write_mode(WriteMode::OneSided)),
+        limits(),
+    )
 }
 
 fn loopback_connector(node: &Node) -> Connector {
@@ -118,6 +130,147 @@ async fn remote_over_tcp_passes_the_conformance_suite() {
     conformance::run(&remote(tcp_connector(addr, Duration::from_secs(5)))).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(node.pool.stats().in_use, 0, "no read buffer left taken");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sided_writes_pass_the_conformance_suite_over_loopback_and_tcp() {
+    let node = node();
+    let (over_tcp, over_loopback, _server) =
+        tcp_and_loopback(&node, ServeOptions::default()).await;
+    for connect in [over_loopback, over_tcp] {
+        conformance::run(&remote_one_sided(connect)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(node.pool.stats().in_use, 0, "no buffer left taken");
+    }
+}
+
+/// Starts a one-sided write of `name` on a raw connection and returns the
+/// node's first offer.
+async fn take_a_write_offer(
+    connect: &Connector,
+    name: &str,
+) -> (
+    Arc<dyn hearth_blob::transport::Transport>,
+    hearth_blob::regions::RemoteSlice,
+) {
+    let transport = connect().await.unwrap();
+    say_hello(&*transport, None).await;
+    transport
+        .send(encode(&Request::WriteInto {
+            container: "c".into(),
+            name: name.into(),
+        }))
+        .await
+        .unwrap();
+    match decode::<Reply>(&transport.recv().await.unwrap()).unwrap() {
+        Reply::Offer { region, key, len } => (
+            transport,
+            hearth_blob::regions::RemoteSlice {
+                region,
+                key,
+                offset: 0,
+                len,
+            },
+        ),
+        other => panic!("expected an offer, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sided_writes_are_checked_leased_and_leave_nothing_when_cut_short() {
+    let options = ServeOptions {
+        lease_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    };
+    let node = node();
+    let (over_tcp, over_loopback, _server) = tcp_and_loopback(&node, options).await;
+    remote(over_tcp.clone()).create_container("c").await.unwrap();
+    for connect in [&over_loopback, &over_tcp] {
+        // Bytes that do not match the checksum the client gives: corrupt,
+        // nothing stored, and the connection serves on.
+        let (transport, offer) = take_a_write_offer(connect, "bad-crc").await;
+        transport
+            .write(
+                hearth_blob::regions::RemoteSlice { len: 5, ..offer },
+                bytes::Bytes::from_static(b"hello"),
+            )
+            .await
+            .unwrap();
+        transport
+            .send(encode(&Request::Wrote {
+                len: 5,
+                crc32c: crc32c::crc32c(b"hellO"),
+                last: true,
+            }))
+            .await
+            .unwrap();
+        let reply: Reply = decode(&transport.recv().await.unwrap()).unwrap();
+        assert!(
+            matches!(&reply, Reply::Error { kind, .. } if kind == "corrupt"),
+            "{reply:?}"
+        );
+        // The offer is closed: its key writes no more.
+        let late = transport
+            .write(offer, bytes::Bytes::from(vec![0u8; offer.len as usize]))
+            .await;
+        assert!(late.is_err(), "a sealed offer took a write: {late:?}");
+
+        // Saying more was written than the offer holds ends the connection.
+        let (transport, offer) = take_a_write_offer(connect, "too-long").await;
+        transport
+            .send(encode(&Request::Wrote {
+                len: offer.len + 1,
+                crc32c: 0,
+                last: true,
+            }))
+            .await
+            .unwrap();
+        assert!(last_word(&*transport).await.is_none());
+
+        // An offer nobody answers: the lease runs out, the buffer returns,
+        // the client is told, nothing is stored.
+        let (held, _) = take_a_write_offer(connect, "idle").await;
+        assert_eq!(node.pool.stats().in_use, 1);
+        wait_for_free_buffers(&node).await;
+        let said = last_word(&*held).await.unwrap_or_default();
+        assert!(said.contains("lease expired"), "{said}");
+
+        // A client gone after writing half an object leaves nothing.
+        let (transport, offer) = take_a_write_offer(connect, "half").await;
+        transport
+            .write(
+                hearth_blob::regions::RemoteSlice { len: 4, ..offer },
+                bytes::Bytes::from_static(b"half"),
+            )
+            .await
+            .unwrap();
+        transport
+            .send(encode(&Request::Wrote {
+                len: 4,
+                crc32c: crc32c::crc32c(b"half"),
+                last: false,
+            }))
+            .await
+            .unwrap();
+        assert!(matches!(
+            decode::<Reply>(&transport.recv().await.unwrap()).unwrap(),
+            Reply::Offer { .. }
+        ));
+        drop(transport);
+        wait_for_free_buffers(&node).await;
+        let store = remote(connect.clone());
+        for name in ["bad-crc", "too-long", "idle", "half"] {
+            assert!(
+                matches!(store.info("c", name).await, Err(BlobError::NotFound(_))),
+                "{name} was stored"
+            );
+        }
+    }
+    assert_eq!(
+        node.pool.stats().in_use,
+        0,
+        "every offered buffer went back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

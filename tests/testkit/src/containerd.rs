@@ -15,7 +15,7 @@
 //! Needs root and `containerd`/`ctr`: without them the test fails with a
 //! message saying what is missing.
 
-use crate::process::{PATIENCE, Running};
+use crate::process::{Running, patience};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -239,7 +239,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 return;
             }
             assert!(
-                started.elapsed() < PATIENCE,
+                started.elapsed() < patience(),
                 "containerd did not start; log:\n{}",
                 self.log_text()
             );

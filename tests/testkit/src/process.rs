@@ -8,8 +8,19 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a test waits for a process to log a line or to exit.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+/// How long a test waits for a process to log a line or to exit: 60 s,
+/// or `HEARTH_TEST_PATIENCE_SECS` (tests/rdma-vm/run sets 600: everything
+/// CPU-bound runs 10 to 50 times slower under QEMU's TCG).
+pub fn patience() -> Duration {
+    static PATIENCE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *PATIENCE.get_or_init(|| {
+        let seconds = std::env::var("HEARTH_TEST_PATIENCE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60);
+        Duration::from_secs(seconds)
+    })
+}
 
 /// A running binary whose stderr (the log) is collected line by line.
 pub struct Running {
@@ -61,7 +72,7 @@ impl Running {
                 return line.clone();
             }
             assert!(
-                started.elapsed() < PATIENCE,
+                started.elapsed() < patience(),
                 "no log line containing {needle:?}; log so far:\n{}",
                 self.log_text()
             );
@@ -118,7 +129,7 @@ impl Running {
         self.wait()
     }
 
-    /// Waits for the exit (at most [`PATIENCE`]).
+    /// Waits for the exit (at most [`patience`]).
     pub fn wait(&mut self) -> ExitStatus {
         let started = Instant::now();
         loop {
@@ -127,7 +138,7 @@ impl Running {
                 std::thread::sleep(Duration::from_millis(50));
                 return status;
             }
-            if started.elapsed() > PATIENCE {
+            if started.elapsed() > patience() {
                 let _ = self.child.kill();
                 panic!("process did not exit; log:\n{}", self.log_text());
             }
