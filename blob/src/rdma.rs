@@ -33,10 +33,16 @@
 //!   and kept: regions never move.
 //! * **One-sided writes** are RDMA WRITEs from the caller's bytes,
 //!   registered for that write alone (no copy).
-//! * **Completions.** One thread per connection polls its completion
-//!   queues. A work completion with an error status fails its call and,
-//!   the QP being in the error state then, the connection: later calls are
+//! * **Completions** are events, not polling: both completion queues of a
+//!   connection report to one completion channel, whose file descriptor a
+//!   tokio task waits on (armed with `ibv_req_notify_cq`, drained with
+//!   `ibv_poll_cq`, and drained again after arming so no completion is
+//!   missed). An idle connection costs no CPU and no thread. A work
+//!   completion with an error status fails its call and, the QP being in
+//!   the error state then, the connection: later calls are
 //!   [`TransportError::Closed`].
+//! * **The peer going away** is seen at once: a second task waits for the
+//!   setup socket to close.
 
 // Verbs hand the NIC raw addresses of registered memory: each unsafe use
 // says why the memory outlives the NIC's use of it.
@@ -49,7 +55,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sideway::ibverbs::AccessFlags;
 use sideway::ibverbs::address::{AddressHandleAttribute, Gid, GidType};
-use sideway::ibverbs::completion::GenericCompletionQueue;
+use sideway::ibverbs::completion::{CompletionChannel, CompletionQueue, GenericCompletionQueue};
 use sideway::ibverbs::device::{DeviceInfo, DeviceList};
 use sideway::ibverbs::device_context::{DeviceContext, Mtu};
 use sideway::ibverbs::memory_region::MemoryRegion;
@@ -60,7 +66,7 @@ use sideway::ibverbs::queue_pair::{
 };
 use std::ptr::NonNull;
 use std::collections::HashMap;
-use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -98,6 +104,8 @@ pub struct VerbsDevice {
     context: Arc<DeviceContext>,
     domain: Arc<ProtectionDomain>,
     lid: u16,
+    /// The port's active MTU, in bytes.
+    mtu: u16,
     gid: Gid,
     gid_index: u8,
     /// A node's buffers, by address, for binding windows to them.
@@ -138,6 +146,7 @@ impl VerbsDevice {
             return Ok(Arc::new(VerbsDevice {
                 name: name.to_string(),
                 lid: port.lid(),
+                mtu: mtu_bytes(port.active_mtu()),
                 gid: chosen.gid(),
                 gid_index: u8::try_from(chosen.gid_index())
                     .map_err(|_| format!("{name}: GID index out of range"))?,
@@ -264,6 +273,37 @@ struct Endpoint {
     lid: u16,
     gid: [u8; 16],
     psn: u32,
+    /// The port's active MTU in bytes; the path uses the smaller of the
+    /// two sides'.
+    #[serde(default = "default_mtu")]
+    mtu: u16,
+}
+
+/// The MTU of a peer that does not say (RoCE's usual).
+fn default_mtu() -> u16 {
+    1024
+}
+
+/// The verbs MTU of `bytes` (256 to 4096), rounded down.
+fn mtu_of(bytes: u16) -> Mtu {
+    match bytes {
+        4096.. => Mtu::Mtu4096,
+        2048.. => Mtu::Mtu2048,
+        1024.. => Mtu::Mtu1024,
+        512.. => Mtu::Mtu512,
+        _ => Mtu::Mtu256,
+    }
+}
+
+/// The bytes of a verbs MTU.
+fn mtu_bytes(mtu: Mtu) -> u16 {
+    match mtu {
+        Mtu::Mtu256 => 256,
+        Mtu::Mtu512 => 512,
+        Mtu::Mtu1024 => 1024,
+        Mtu::Mtu2048 => 2048,
+        Mtu::Mtu4096 => 4096,
+    }
 }
 
 /// Why a work request failed.
@@ -283,6 +323,8 @@ struct Shared {
     queue_pair: Mutex<BasicQueuePair>,
     send_queue: GenericCompletionQueue,
     receive_queue: GenericCompletionQueue,
+    /// Where both queues report completions.
+    channel: Arc<CompletionChannel>,
     receive_buffers: Vec<RegisteredBuffer>,
     pending: Mutex<HashMap<u64, Completion>>,
     next_id: AtomicU64,
@@ -292,6 +334,11 @@ struct Shared {
     peer_regions: Mutex<HashMap<u32, Option<u64>>>,
     region_waiters: Mutex<HashMap<u32, Vec<oneshot::Sender<Option<u64>>>>>,
     broken: AtomicBool,
+    /// This side is closing the connection (its end was dropped).
+    closing: AtomicBool,
+    /// Wakes the completion task when the connection fails, so it ends
+    /// (and `recv` answers Closed) without waiting for a completion.
+    failed: tokio::sync::Notify,
     why: Mutex<String>,
 }
 
@@ -300,7 +347,11 @@ impl Shared {
         if self.broken.swap(true, Ordering::SeqCst) {
             return;
         }
-        tracing::warn!(device = %self.device.name, "RDMA connection failed: {why}");
+        if self.closing.load(Ordering::SeqCst) {
+            tracing::debug!(device = %self.device.name, "RDMA connection closed: {why}");
+        } else {
+            tracing::warn!(device = %self.device.name, "RDMA connection failed: {why}");
+        }
         *self.why.lock().unwrap_or_else(|e| e.into_inner()) = why.clone();
         for (_, completion) in self
             .pending
@@ -317,6 +368,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.failed.notify_one();
     }
 
     fn check_usable(&self) -> Result<(), TransportError> {
@@ -448,32 +500,26 @@ pub struct VerbsTransport {
     messages: tokio::sync::Mutex<mpsc::UnboundedReceiver<Bytes>>,
     /// One SEND at a time from the staging buffer.
     staging: tokio::sync::Mutex<RegisteredBuffer>,
-    stop: Arc<AtomicBool>,
-    socket: std::net::TcpStream,
-    poller: Option<std::thread::JoinHandle<()>>,
+    /// The completion task and the task watching the setup socket (which
+    /// holds it: ending the task closes the socket, and the peer sees).
+    tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl Drop for VerbsTransport {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
-        if let Some(poller) = self.poller.take() {
-            let _ = poller.join();
+        self.shared.closing.store(true, Ordering::SeqCst);
+        for task in &self.tasks {
+            task.abort();
         }
     }
 }
 
-/// The poller thread: completions of both queues until `stop`.
-fn poll_completions(
-    shared: Arc<Shared>,
-    messages: mpsc::UnboundedSender<Bytes>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut partial: Vec<u8> = Vec::new();
-    let mut idle_rounds = 0u32;
-    while !stop.load(Ordering::SeqCst) && !shared.broken.load(Ordering::SeqCst) {
+impl Shared {
+    /// Takes what both completion queues hold and acts on it; returns
+    /// whether there was anything.
+    fn drain(&self, messages: &mpsc::UnboundedSender<Bytes>, partial: &mut Vec<u8>) -> bool {
         let mut sends = Vec::new();
-        if let Ok(poller) = shared.send_queue.start_poll() {
+        if let Ok(poller) = self.send_queue.start_poll() {
             for completion in poller {
                 sends.push((
                     completion.wr_id(),
@@ -483,7 +529,7 @@ fn poll_completions(
             }
         }
         let mut receives = Vec::new();
-        if let Ok(poller) = shared.receive_queue.start_poll() {
+        if let Ok(poller) = self.receive_queue.start_poll() {
             for completion in poller {
                 receives.push((
                     completion.wr_id(),
@@ -493,21 +539,14 @@ fn poll_completions(
             }
         }
         if sends.is_empty() && receives.is_empty() {
-            idle_rounds = idle_rounds.saturating_add(1);
-            if idle_rounds > 1000 {
-                std::thread::sleep(Duration::from_micros(50));
-            } else {
-                std::hint::spin_loop();
-            }
-            continue;
+            return false;
         }
-        idle_rounds = 0;
         for (id, status, bytes) in sends {
             if status != 0 {
                 let why = format!("a work request failed its completion (status {status})");
                 // Its own caller learns the status; everyone else that the
                 // connection failed.
-                if let Some(done) = shared
+                if let Some(done) = self
                     .pending
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -518,13 +557,13 @@ fn poll_completions(
                         why: why.clone(),
                     }));
                 }
-                shared.fail(why);
-                break;
+                self.fail(why);
+                return true;
             }
             if id == UNWAITED {
                 continue;
             }
-            if let Some(done) = shared
+            if let Some(done) = self
                 .pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -535,43 +574,134 @@ fn poll_completions(
         }
         for (id, status, bytes) in receives {
             if status != 0 {
-                shared.fail(format!("a receive failed its completion (status {status})"));
-                break;
+                self.fail(format!("a receive failed its completion (status {status})"));
+                return true;
             }
             let index = id as usize;
-            let data = &shared.receive_buffers[index].memory[..bytes as usize];
+            let data = &self.receive_buffers[index].memory[..bytes as usize];
             match data.first().copied() {
                 Some(MESSAGE_LAST) => {
                     partial.extend_from_slice(&data[1..]);
-                    let _ = messages.send(Bytes::from(std::mem::take(&mut partial)));
+                    let _ = messages.send(Bytes::from(std::mem::take(partial)));
                 }
                 Some(MESSAGE_MORE) => partial.extend_from_slice(&data[1..]),
-                Some(REGION_QUERY) if data.len() == 5 => shared
+                Some(REGION_QUERY) if data.len() == 5 => self
                     .answer_region_query(u32::from_le_bytes(data[1..5].try_into().expect("4"))),
-                Some(REGION_ANSWER) if data.len() == 13 => shared.settle_region(
+                Some(REGION_ANSWER) if data.len() == 13 => self.settle_region(
                     u32::from_le_bytes(data[1..5].try_into().expect("4")),
                     Some(u64::from_le_bytes(data[5..13].try_into().expect("8"))),
                 ),
-                Some(REGION_UNKNOWN) if data.len() == 5 => shared
+                Some(REGION_UNKNOWN) if data.len() == 5 => self
                     .settle_region(u32::from_le_bytes(data[1..5].try_into().expect("4")), None),
                 _ => {
-                    shared.fail("the peer sent a SEND this side cannot parse".into());
-                    break;
+                    self.fail("the peer sent a SEND this side cannot parse".into());
+                    return true;
                 }
             }
-            if let Err(why) = shared.post_receive(index) {
-                shared.fail(why);
-                break;
+            if let Err(why) = self.post_receive(index) {
+                self.fail(why);
+                return true;
             }
+        }
+        true
+    }
+
+    /// Asks both queues to report their next completion on the channel.
+    fn arm(&self) -> Result<(), String> {
+        for queue in [&self.send_queue, &self.receive_queue] {
+            // Safety: the queue lives as long as `self`.
+            let status = unsafe { rdma_mummy_sys::ibv_req_notify_cq(queue.cq().as_ptr(), 0) };
+            if status != 0 {
+                return Err(format!(
+                    "arming a completion queue: {}",
+                    std::io::Error::from_raw_os_error(status)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the events waiting on the (non-blocking) channel and
+    /// acknowledges them.
+    fn take_events(&self) {
+        loop {
+            let mut queue = std::ptr::null_mut();
+            let mut context = std::ptr::null_mut();
+            // Safety: the channel lives as long as `self`; each event
+            // taken is acknowledged at once, as destroying a queue needs.
+            unsafe {
+                if rdma_mummy_sys::ibv_get_cq_event(
+                    self.channel.comp_channel().as_ptr(),
+                    &mut queue,
+                    &mut context,
+                ) != 0
+                {
+                    return;
+                }
+                rdma_mummy_sys::ibv_ack_cq_events(queue, 1);
+            }
+        }
+    }
+}
+
+/// The completion task: drains the queues, arms them, drains again (a
+/// completion may have come in between), and waits on the channel.
+async fn complete(shared: Arc<Shared>, messages: mpsc::UnboundedSender<Bytes>) {
+    /// The channel's descriptor, kept open by the channel it holds.
+    struct ChannelFd(Arc<CompletionChannel>);
+    impl AsRawFd for ChannelFd {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.0.as_raw_fd()
+        }
+    }
+    // Safety: the descriptor stays open, and the same, while the AsyncFd
+    // owns the ChannelFd (it holds the channel).
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            ChannelFd(shared.channel.clone()),
+            tokio::io::Interest::READABLE,
+        )
+    };
+    let channel = match registered {
+        Ok(channel) => channel,
+        Err(error) => {
+            shared.fail(format!("watching the completion channel: {error}"));
+            return;
+        }
+    };
+    let mut partial: Vec<u8> = Vec::new();
+    while !shared.broken.load(Ordering::SeqCst) {
+        if shared.drain(&messages, &mut partial) {
+            continue;
+        }
+        if let Err(why) = shared.arm() {
+            shared.fail(why);
+            break;
+        }
+        if shared.drain(&messages, &mut partial) {
+            continue;
+        }
+        tokio::select! {
+            readable = channel.readable() => match readable {
+                Ok(mut ready) => {
+                    shared.take_events();
+                    ready.clear_ready();
+                }
+                Err(error) => {
+                    shared.fail(format!("waiting on the completion channel: {error}"));
+                    break;
+                }
+            },
+            () = shared.failed.notified() => {}
         }
     }
     // Dropping `messages` here makes `recv` answer Closed.
 }
 
 /// Watches the setup socket: its end is the peer's.
-fn watch_peer(mut socket: std::net::TcpStream, shared: Arc<Shared>) {
+async fn watch_peer(mut socket: tokio::net::TcpStream, shared: Arc<Shared>) {
     let mut byte = [0u8; 1];
-    let _ = socket.read(&mut byte);
+    let _ = socket.read(&mut byte).await;
     shared.fail("the peer is gone (its setup connection closed)".into());
 }
 
@@ -597,8 +727,15 @@ impl VerbsTransport {
             closed(format!("{}: {what}: {error}", device.name))
         };
         let queue_size = (RECEIVE_DEPTH * 2) as u32;
+        let channel = device
+            .context
+            .create_comp_channel()
+            .map_err(|e| setup("completion channel", &e))?;
+        channel
+            .set_nonblocking(true)
+            .map_err(|e| setup("completion channel", &e))?;
         let mut builder = device.context.create_cq_builder();
-        builder.setup_cqe(queue_size * 2);
+        builder.setup_cqe(queue_size * 2).setup_comp_channel(&channel, 0);
         let send_queue = GenericCompletionQueue::from(
             builder
                 .build()
@@ -647,6 +784,7 @@ impl VerbsTransport {
             queue_pair: Mutex::new(queue_pair),
             send_queue,
             receive_queue,
+            channel,
             receive_buffers,
             pending: Mutex::default(),
             next_id: AtomicU64::new(FIRST_SEND_ID),
@@ -654,6 +792,8 @@ impl VerbsTransport {
             peer_regions: Mutex::default(),
             region_waiters: Mutex::default(),
             broken: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            failed: tokio::sync::Notify::new(),
             why: Mutex::default(),
             device: device.clone(),
         });
@@ -672,6 +812,7 @@ impl VerbsTransport {
             lid: device.lid,
             gid: device.gid.raw,
             psn: (crate::regions::seed() as u32) & 0x00ff_ffff,
+            mtu: device.mtu,
         };
         Ok((shared, staging, to_messages, messages, own))
     }
@@ -691,7 +832,7 @@ impl VerbsTransport {
         let mut ready_to_receive = QueuePairAttribute::new();
         ready_to_receive
             .setup_state(QueuePairState::ReadyToReceive)
-            .setup_path_mtu(Mtu::Mtu1024)
+            .setup_path_mtu(mtu_of(own.mtu.min(peer.mtu)))
             .setup_dest_qp_num(peer.qp_number)
             .setup_rq_psn(peer.psn)
             .setup_max_dest_read_atomic(16)
@@ -766,34 +907,15 @@ impl VerbsTransport {
             .await
             .map_err(|e| setup("waiting for the peer", &e))?;
 
-        let socket = socket
-            .into_inner()
-            .into_std()
-            .map_err(|e| setup("the setup socket", &e))?;
-        socket
-            .set_nonblocking(false)
-            .map_err(|e| setup("the setup socket", &e))?;
-        let watched = socket
-            .try_clone()
-            .map_err(|e| setup("the setup socket", &e))?;
-        let watcher_shared = shared.clone();
-        std::thread::Builder::new()
-            .name("hearth-rdma-peer".into())
-            .spawn(move || watch_peer(watched, watcher_shared))
-            .map_err(|e| setup("a thread", &e))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (poller_shared, poller_stop) = (shared.clone(), stop.clone());
-        let poller = std::thread::Builder::new()
-            .name("hearth-rdma-cq".into())
-            .spawn(move || poll_completions(poller_shared, to_messages, poller_stop))
-            .map_err(|e| setup("a thread", &e))?;
+        let tasks = [
+            tokio::spawn(complete(shared.clone(), to_messages)),
+            tokio::spawn(watch_peer(socket.into_inner(), shared.clone())),
+        ];
         Ok(VerbsTransport {
             shared,
             messages: tokio::sync::Mutex::new(messages),
             staging: tokio::sync::Mutex::new(staging),
-            stop,
-            socket,
-            poller: Some(poller),
+            tasks,
         })
     }
 

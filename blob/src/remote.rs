@@ -541,10 +541,12 @@ impl BlobBackend for RemoteBackend {
             other => return Err(other.into_error()),
         };
         let what = format!("object `{name}` in container `{container}`");
+        let (start, end) = range.clamp(info.size);
         let state = ReadState {
             connection: Some(connection),
             idle: self.idle.clone(),
             what,
+            remaining: end - start,
         };
         let body = futures_util::stream::try_unfold(state, |mut state| async move {
             let Some(connection) = state.connection.clone() else {
@@ -578,19 +580,23 @@ impl BlobBackend for RemoteBackend {
                             state.what
                         )));
                     }
+                    state.remaining = state.remaining.saturating_sub(len);
+                    if state.remaining == 0 {
+                        // The last chunk: take the `End` before handing it
+                        // up, so a reader that stops at the last byte
+                        // (without asking for more) still leaves the
+                        // connection ready for the next request.
+                        let end: Reply = decode(&connection.recv().await.map_err(unavailable)?)
+                            .map_err(unavailable)?;
+                        match end {
+                            Reply::End => state.finished(),
+                            other => return Err(other.into_error()),
+                        }
+                    }
                     Ok(Some((data, state)))
                 }
                 Reply::End => {
-                    // A read that ran to its end leaves the connection
-                    // ready for the next request; one cut short does not
-                    // (the node is mid-read), and is dropped.
-                    if let Some(connection) = state.connection.take() {
-                        state
-                            .idle
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(connection);
-                    }
+                    state.finished();
                     Ok(None)
                 }
                 other => Err(other.into_error()),
@@ -754,6 +760,22 @@ struct ReadState {
     connection: Option<Arc<dyn Transport>>,
     idle: Idle,
     what: String,
+    /// Bytes of the range not read yet.
+    remaining: u64,
+}
+
+impl ReadState {
+    /// A read that ran to its `End` leaves the connection ready for the
+    /// next request; one cut short does not (the node is mid-read), and
+    /// is dropped with the state.
+    fn finished(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(connection);
+        }
+    }
 }
 
 /// The shortest token a host may present.

@@ -161,19 +161,23 @@ async fn a_function_writes_and_reads_objects_over_verbs_whole_by_digest_and_by_r
     let (hearthd, function) = start_hearthd(dir.path(), &device, node.rdma_addr);
 
     for (len, name) in [(4 << 10, "4k"), (1 << 20, "1m"), (64 << 20, "64m")] {
+        let started = Instant::now();
         let data = pattern(len);
         let stored = put(function, &format!("/objects/{name}"), data.clone()).await;
+        println!("TMP {name} put {:?}", started.elapsed());
         assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.text());
         assert_eq!(stored.text(), format!("stored {len} bytes\n"));
 
         // Into guest memory, every byte checked there.
         let digest = get(function, &format!("/digest/{name}")).await.unwrap();
         assert_eq!(digest.text(), digest_line(&data), "{name}");
+        println!("TMP {name} digest {:?}", started.elapsed());
 
         // Whole, streamed to the client.
         let whole = get(function, &format!("/objects/{name}")).await.unwrap();
         assert_eq!(whole.status, StatusCode::OK);
         assert!(whole.body == data, "{name}: the bytes read back differ");
+        println!("TMP {name} whole {:?}", started.elapsed());
 
         // Ranges: the first byte, one across a 256 KiB buffer boundary
         // (where the object has one), the last bytes.
@@ -198,6 +202,10 @@ async fn a_function_writes_and_reads_objects_over_verbs_whole_by_digest_and_by_r
                 "{name}: bytes {start}-{end} differ"
             );
         }
+        println!(
+            "{name}: written, read by digest, whole and by three ranges in {:.1?}",
+            started.elapsed()
+        );
     }
     node.wait_for_buffers("after the reads", |n| n == 0.0).await;
     assert!(

@@ -245,9 +245,10 @@ async fn run(args: Args) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(rdma_listen)
             .await
             .map_err(|e| format!("--rdma-listen {rdma_listen}: {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(
             device = device.name(),
-            "hearth-store serving RDMA, setup on {rdma_listen}"
+            "hearth-store serving RDMA, setup on {bound}"
         );
         tokio::spawn(hearth_store_node::serve::serve_rdma(
             listener,
