@@ -19,6 +19,7 @@
 //! address = "10.0.0.9:7400"     # host:port, resolved when built
 //! transport = "tcp"             # tcp | rdma (built with the `rdma` feature;
 //! # rdma_device = "mlx5_0"      #   then address is the node's --rdma-listen)
+//! writes = "messages"           # messages | one-sided (into the node's buffers)
 //! token_file = "/etc/hearth/store-token"   # this host's credential; the
 //! #                               node's --hosts file holds its SHA-256
 //! ```
@@ -34,7 +35,7 @@
 //! * Errors are [`ConfigError`]s naming the key within the store's table.
 
 use crate::fs::FsBackend;
-use crate::remote::{Connector, RemoteBackend};
+use crate::remote::{Connector, RemoteBackend, WriteMode};
 use crate::s3::{S3Backend, S3Settings};
 use crate::{BlobBackend, BlobLimits, BlobStore};
 use serde::Deserialize;
@@ -98,6 +99,9 @@ pub struct RemoteConfig {
     pub transport: Option<String>,
     /// The RDMA device for `transport = "rdma"`.
     pub rdma_device: Option<String>,
+    /// How written bytes travel: `messages` (default) or `one-sided`
+    /// (see [`crate::remote::WriteMode`]).
+    pub writes: Option<String>,
     /// Bound of one request, in ms.
     pub timeout_ms: Option<u64>,
     /// The largest object.
@@ -182,6 +186,7 @@ impl BlobStoreConfig {
         let BlobStoreConfig::Remote(remote) = self else {
             return Ok(());
         };
+        remote.write_mode()?;
         match (remote.transport.as_deref(), &remote.rdma_device) {
             (None | Some("tcp"), None) => Ok(()),
             (None | Some("tcp"), Some(_)) => Err(error(
@@ -254,10 +259,27 @@ impl BlobStoreConfig {
                     None => None,
                 };
                 let connector = remote_connector(config, address, timeout(config.timeout_ms))?;
-                Arc::new(RemoteBackend::with_token(connector, token))
+                Arc::new(
+                    RemoteBackend::with_token(connector, token)
+                        .with_write_mode(config.write_mode()?),
+                )
             }
         };
         Ok(BlobStore::new(label, backend, limits))
+    }
+}
+
+impl RemoteConfig {
+    /// What `writes` names.
+    fn write_mode(&self) -> Result<WriteMode, ConfigError> {
+        match self.writes.as_deref() {
+            None | Some("messages") => Ok(WriteMode::Messages),
+            Some("one-sided") => Ok(WriteMode::OneSided),
+            Some(other) => Err(error(
+                "writes",
+                format!("`{other}` is not messages or one-sided"),
+            )),
+        }
     }
 }
 
@@ -303,6 +325,11 @@ mod tests {
         assert!(check(remote).is_ok());
         let udp = check(&format!("{remote}transport = \"udp\"\n")).unwrap_err();
         assert_eq!(udp, "transport: `udp` is not tcp or rdma");
+        for writes in ["messages", "one-sided"] {
+            assert!(check(&format!("{remote}writes = \"{writes}\"\n")).is_ok());
+        }
+        let sideways = check(&format!("{remote}writes = \"sideways\"\n")).unwrap_err();
+        assert_eq!(sideways, "writes: `sideways` is not messages or one-sided");
         let no_device = check(&format!("{remote}transport = \"rdma\"\n")).unwrap_err();
         assert!(no_device.starts_with("rdma_device: missing"), "{no_device}");
         let stray = check(&format!("{remote}rdma_device = \"rxe0\"\n")).unwrap_err();

@@ -48,7 +48,7 @@
 // says why the memory outlives the NIC's use of it.
 #![allow(unsafe_code)]
 
-use crate::regions::{RemoteAccess, RegionError, RegionTable, Registrar, RemoteSlice};
+use crate::regions::{RegionError, RegionTable, Registrar, RemoteAccess, RemoteSlice};
 use crate::transport::{Grant, Transport, TransportError};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -64,9 +64,9 @@ use sideway::ibverbs::queue_pair::{
     BasicPostSendGuard, BasicQueuePair, PostSendGuard, QueuePair, QueuePairAttribute,
     QueuePairState, QueuePairType, SetInlineData, SetScatterGatherEntry, WorkRequestFlags,
 };
-use std::ptr::NonNull;
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -417,8 +417,7 @@ impl Shared {
         post: impl FnOnce(&mut BasicQueuePair, u64) -> Result<(), String>,
     ) -> Result<u32, Failed> {
         let failed = |why: String| Failed { status: 0, why };
-        self.check_usable()
-            .map_err(|e| failed(e.to_string()))?;
+        self.check_usable().map_err(|e| failed(e.to_string()))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (done, completion) = oneshot::channel();
         self.pending
@@ -585,14 +584,16 @@ impl Shared {
                     let _ = messages.send(Bytes::from(std::mem::take(partial)));
                 }
                 Some(MESSAGE_MORE) => partial.extend_from_slice(&data[1..]),
-                Some(REGION_QUERY) if data.len() == 5 => self
-                    .answer_region_query(u32::from_le_bytes(data[1..5].try_into().expect("4"))),
+                Some(REGION_QUERY) if data.len() == 5 => {
+                    self.answer_region_query(u32::from_le_bytes(data[1..5].try_into().expect("4")))
+                }
                 Some(REGION_ANSWER) if data.len() == 13 => self.settle_region(
                     u32::from_le_bytes(data[1..5].try_into().expect("4")),
                     Some(u64::from_le_bytes(data[5..13].try_into().expect("8"))),
                 ),
-                Some(REGION_UNKNOWN) if data.len() == 5 => self
-                    .settle_region(u32::from_le_bytes(data[1..5].try_into().expect("4")), None),
+                Some(REGION_UNKNOWN) if data.len() == 5 => {
+                    self.settle_region(u32::from_le_bytes(data[1..5].try_into().expect("4")), None)
+                }
                 _ => {
                     self.fail("the peer sent a SEND this side cannot parse".into());
                     return true;
@@ -735,7 +736,9 @@ impl VerbsTransport {
             .set_nonblocking(true)
             .map_err(|e| setup("completion channel", &e))?;
         let mut builder = device.context.create_cq_builder();
-        builder.setup_cqe(queue_size * 2).setup_comp_channel(&channel, 0);
+        builder
+            .setup_cqe(queue_size * 2)
+            .setup_comp_channel(&channel, 0);
         let send_queue = GenericCompletionQueue::from(
             builder
                 .build()
@@ -998,9 +1001,8 @@ impl VerbsTransport {
                 len: 0,
             })
         })?;
-        let len = u32::try_from(slice.len).map_err(|_| {
-            TransportError::Protocol(format!("one access of {} bytes", slice.len))
-        })?;
+        let len = u32::try_from(slice.len)
+            .map_err(|_| TransportError::Protocol(format!("one access of {} bytes", slice.len)))?;
         let local_key = registration.lkey();
         let done = self
             .shared
@@ -1127,7 +1129,11 @@ impl Transport for VerbsTransport {
         written
     }
 
-    async fn grant(&self, slice: RemoteSlice, access: RemoteAccess) -> Result<Grant, TransportError> {
+    async fn grant(
+        &self,
+        slice: RemoteSlice,
+        access: RemoteAccess,
+    ) -> Result<Grant, TransportError> {
         self.shared.check_usable()?;
         if slice.len == 0 {
             return Ok(Grant::new(slice, None));

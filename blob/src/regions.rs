@@ -75,7 +75,9 @@ pub enum RegionError {
     /// The RDMA device refused the access (a remote access error): a key
     /// that is no longer granted, bytes outside the grant, or a grant made
     /// to another connection. The device does not say which.
-    #[error("the RDMA device refused an access to region {0} (a key no longer granted, bytes outside the grant, or another connection's grant)")]
+    #[error(
+        "the RDMA device refused an access to region {0} (a key no longer granted, bytes outside the grant, or another connection's grant)"
+    )]
     RefusedByDevice(u32),
 }
 
@@ -490,7 +492,10 @@ impl PooledBuffer {
     /// the module docs) shows nothing of an earlier take there. Lazily:
     /// only as far as an earlier take wrote.
     fn zero_past_the_end(&self, data: &mut Vec<u8>) {
-        let stale = self.dirty.load(Ordering::Relaxed).saturating_sub(data.len());
+        let stale = self
+            .dirty
+            .load(Ordering::Relaxed)
+            .saturating_sub(data.len());
         if stale > 0 {
             data.spare_capacity_mut()[..stale].fill(std::mem::MaybeUninit::new(0));
         }
@@ -648,7 +653,9 @@ mod tests {
         let open = buffer.open_for_writes();
         assert_eq!(open.len, 16, "the whole buffer");
         assert_ne!(open.key, read_only.key);
-        table.write(RemoteSlice { len: 5, ..open }, b"hello").unwrap();
+        table
+            .write(RemoteSlice { len: 5, ..open }, b"hello")
+            .unwrap();
         table
             .write(
                 RemoteSlice {

@@ -30,7 +30,7 @@
 //! Implementations: [`loopback`] (in-process, for tests of the protocol,
 //! with a switch to fail the next read), [`tcp`] (tokio).
 
-use crate::regions::{RemoteAccess, RegionError, RegionTable, RemoteSlice};
+use crate::regions::{RegionError, RegionTable, RemoteAccess, RemoteSlice};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -96,7 +96,11 @@ pub trait Transport: Send + Sync {
     /// [`RegionTable`]) to the peer for `access` until the grant is
     /// dropped. The default is for transports whose peer is checked
     /// against the table: the table's key is the grant.
-    async fn grant(&self, slice: RemoteSlice, access: RemoteAccess) -> Result<Grant, TransportError> {
+    async fn grant(
+        &self,
+        slice: RemoteSlice,
+        access: RemoteAccess,
+    ) -> Result<Grant, TransportError> {
         let _ = access;
         Ok(Grant::new(slice, None))
     }

@@ -6,7 +6,7 @@
 //! sends faster than it is served, held back by the socket.
 
 use bytes::Bytes;
-use hearth_blob::regions::{RemoteAccess, BufferPool, RegionError, RegionTable, RemoteSlice};
+use hearth_blob::regions::{BufferPool, RegionError, RegionTable, RemoteAccess, RemoteSlice};
 use hearth_blob::transport::loopback::{self, LoopbackTransport};
 use hearth_blob::transport::tcp::TcpTransport;
 use hearth_blob::transport::{Transport, TransportError};
@@ -25,6 +25,16 @@ async fn tcp_pair(regions: Arc<RegionTable>) -> (TcpTransport, TcpTransport) {
 
 fn loopback_pair(regions: Arc<RegionTable>) -> (LoopbackTransport, LoopbackTransport) {
     loopback::pair(Arc::new(RegionTable::default()), regions)
+}
+
+/// A (client, server) pair of each kind, loopback then TCP.
+async fn both_pairs(regions: &Arc<RegionTable>) -> Vec<(Box<dyn Transport>, Box<dyn Transport>)> {
+    let (loop_client, loop_server) = loopback_pair(regions.clone());
+    let (tcp_client, tcp_server) = tcp_pair(regions.clone()).await;
+    vec![
+        (Box::new(loop_client), Box::new(loop_server)),
+        (Box::new(tcp_client), Box::new(tcp_server)),
+    ]
 }
 
 async fn the_contract(client: &dyn Transport, server: &dyn Transport, pool: &Arc<BufferPool>) {
@@ -124,19 +134,9 @@ async fn out_of_bounds_reads_and_writes_to_read_only_buffers_are_refused() {
     let pool = BufferPool::new(regions.clone(), 1024, 1);
     let buffer = pool.take().unwrap();
     let slice = buffer.fill(b"0123456789");
-    for make in [0, 1] {
-        let (client, _server): (Box<dyn Transport>, Box<dyn Transport>) = if make == 0 {
-            let (c, s) = loopback_pair(regions.clone());
-            (Box::new(c), Box::new(s))
-        } else {
-            let (c, s) = tcp_pair(regions.clone()).await;
-            (Box::new(c), Box::new(s))
-        };
+    for (client, _server) in both_pairs(&regions).await {
         let refused = client
-            .write(
-                RemoteSlice { len: 4, ..slice },
-                Bytes::from_static(b"evil"),
-            )
+            .write(RemoteSlice { len: 4, ..slice }, Bytes::from_static(b"evil"))
             .await;
         assert!(
             matches!(
@@ -155,14 +155,7 @@ async fn out_of_bounds_reads_and_writes_to_read_only_buffers_are_refused() {
         10,
         "the refused write changed nothing"
     );
-    for make in [0, 1] {
-        let (client, _server): (Box<dyn Transport>, Box<dyn Transport>) = if make == 0 {
-            let (c, s) = loopback_pair(regions.clone());
-            (Box::new(c), Box::new(s))
-        } else {
-            let (c, s) = tcp_pair(regions.clone()).await;
-            (Box::new(c), Box::new(s))
-        };
+    for (client, _server) in both_pairs(&regions).await {
         let refused = client
             .read(RemoteSlice {
                 offset: 5,

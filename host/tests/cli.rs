@@ -70,7 +70,9 @@ fn hearth_run_listens_on_port_env() {
     let reply = loop {
         match runtime.block_on(get(addr, "/")) {
             Ok(reply) => break reply,
-            Err(_) if started.elapsed() < patience() => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) if started.elapsed() < patience() => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
             Err(e) => panic!("nothing on $PORT {port}: {e}"),
         }
     };

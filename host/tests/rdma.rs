@@ -141,9 +141,7 @@ fn device() -> Option<String> {
     if device.is_some() {
         // hearth-store comes from this target dir, as cargo built it for
         // this test (with `rdma`), never rebuilt without it.
-        hearth_testkit::containerd::use_prebuilt_binaries(
-            hearth_testkit::containerd::target_dir(),
-        );
+        hearth_testkit::containerd::use_prebuilt_binaries(hearth_testkit::containerd::target_dir());
     }
     device
 }
@@ -164,20 +162,17 @@ async fn a_function_writes_and_reads_objects_over_verbs_whole_by_digest_and_by_r
         let started = Instant::now();
         let data = pattern(len);
         let stored = put(function, &format!("/objects/{name}"), data.clone()).await;
-        println!("TMP {name} put {:?}", started.elapsed());
         assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.text());
         assert_eq!(stored.text(), format!("stored {len} bytes\n"));
 
         // Into guest memory, every byte checked there.
         let digest = get(function, &format!("/digest/{name}")).await.unwrap();
         assert_eq!(digest.text(), digest_line(&data), "{name}");
-        println!("TMP {name} digest {:?}", started.elapsed());
 
         // Whole, streamed to the client.
         let whole = get(function, &format!("/objects/{name}")).await.unwrap();
         assert_eq!(whole.status, StatusCode::OK);
         assert!(whole.body == data, "{name}: the bytes read back differ");
-        println!("TMP {name} whole {:?}", started.elapsed());
 
         // Ranges: the first byte, one across a 256 KiB buffer boundary
         // (where the object has one), the last bytes.
@@ -196,7 +191,11 @@ async fn a_function_writes_and_reads_objects_over_verbs_whole_by_digest_and_by_r
             )
             .await
             .unwrap();
-            assert_eq!(part.status, StatusCode::PARTIAL_CONTENT, "{name} {start}-{end}");
+            assert_eq!(
+                part.status,
+                StatusCode::PARTIAL_CONTENT,
+                "{name} {start}-{end}"
+            );
             assert!(
                 part.body == data.slice(start..=end),
                 "{name}: bytes {start}-{end} differ"
@@ -225,7 +224,8 @@ async fn start_a_long_read(
     let stored = put(function, "/objects/big", pattern(64 << 20)).await;
     assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.text());
     let reading = tokio::spawn(async move { get(function, "/digest/big").await });
-    node.wait_for_buffers("a read under way", |n| n >= 1.0).await;
+    node.wait_for_buffers("a read under way", |n| n >= 1.0)
+        .await;
     reading
 }
 
@@ -251,7 +251,12 @@ async fn the_node_killed_mid_read_is_unavailable_to_the_guest_and_hearthd_serves
     // is a named error too.
     hearthd.wait_for_line("blob read failed mid-stream");
     let down = get(function, "/info/big").await.unwrap();
-    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE, "{}", down.text());
+    assert_eq!(
+        down.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        down.text()
+    );
 
     // The node back on the same address: used again.
     let node = Node::start(&dir.path().join("data"), &device, Some(node.rdma_addr));
@@ -273,7 +278,8 @@ async fn hearthd_killed_mid_read_returns_every_buffer_of_the_node() {
 
     hearthd.kill();
     assert!(reading.await.unwrap().is_err(), "the client saw the cut");
-    node.wait_for_buffers("after hearthd died", |n| n == 0.0).await;
+    node.wait_for_buffers("after hearthd died", |n| n == 0.0)
+        .await;
 
     // Another hearthd reads the object whole.
     let again_dir = dir.path().join("again");

@@ -46,7 +46,7 @@ use crate::access::Access;
 use crate::metrics::{NodeMetrics, count};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use hearth_blob::regions::{RemoteAccess, BufferPool, PooledBuffer, RegionTable};
+use hearth_blob::regions::{BufferPool, PooledBuffer, RegionTable, RemoteAccess};
 use hearth_blob::remote::{CONTROL, Connector, DATA, Reply, Request, decode, encode};
 use hearth_blob::transport::{Transport, TransportError};
 use hearth_blob::{BlobError, BlobStore, ByteRange};
@@ -495,8 +495,7 @@ async fn serve_write_into(
             let (len, crc32c, last) = match decode::<Request>(&answer) {
                 Ok(Request::Wrote { len, crc32c, last }) => (len, crc32c, last),
                 _ => {
-                    let error =
-                        TransportError::Protocol("expected `wrote` during a write".into());
+                    let error = TransportError::Protocol("expected `wrote` during a write".into());
                     return Err(ends(error, &self.ends_connection));
                 }
             };

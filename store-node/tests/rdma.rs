@@ -13,7 +13,7 @@
 use bytes::Bytes;
 use hearth_blob::conformance::{self, LIMIT};
 use hearth_blob::rdma::{VerbsDevice, VerbsTransport, device_for_tests, rdma_connector};
-use hearth_blob::regions::{RemoteAccess, BufferPool, RegionError, RegionTable, RemoteSlice};
+use hearth_blob::regions::{BufferPool, RegionError, RegionTable, RemoteAccess, RemoteSlice};
 use hearth_blob::remote::{RemoteBackend, WriteMode};
 use hearth_blob::transport::{Transport, TransportError};
 use hearth_blob::{BlobLimits, BlobStore};
@@ -178,7 +178,10 @@ async fn the_device_refuses_stale_keys_bytes_outside_a_grant_and_other_connectio
     let region = earlier.fill(&[0xEE; 256 * 1024]).region;
     drop(earlier);
     let buffer = pool.take().unwrap();
-    let grant = server.grant(buffer.fill(&data), RemoteAccess::Read).await.unwrap();
+    let grant = server
+        .grant(buffer.fill(&data), RemoteAccess::Read)
+        .await
+        .unwrap();
     assert_eq!(grant.slice().region, region, "the same buffer, taken again");
     assert_eq!(client.read(grant.slice()).await.unwrap(), data);
     let past_the_grant = RemoteSlice {
@@ -215,7 +218,10 @@ async fn the_device_refuses_stale_keys_bytes_outside_a_grant_and_other_connectio
     // A key whose grant was closed (the buffer went back to the pool).
     let (client, server) = pair(&device, regions.clone()).await;
     let buffer = pool.take().unwrap();
-    let grant = server.grant(buffer.fill(&data), RemoteAccess::Read).await.unwrap();
+    let grant = server
+        .grant(buffer.fill(&data), RemoteAccess::Read)
+        .await
+        .unwrap();
     let stale = grant.slice();
     assert_eq!(client.read(stale).await.unwrap(), data);
     drop((grant, buffer));
@@ -227,7 +233,10 @@ async fn the_device_refuses_stale_keys_bytes_outside_a_grant_and_other_connectio
     let (client, server) = pair(&device, regions.clone()).await;
     let (stranger, _stranger_server) = pair(&device, regions.clone()).await;
     let buffer = pool.take().unwrap();
-    let grant = server.grant(buffer.fill(&data), RemoteAccess::Read).await.unwrap();
+    let grant = server
+        .grant(buffer.fill(&data), RemoteAccess::Read)
+        .await
+        .unwrap();
     refused_by_the_device(&stranger, grant.slice(), "another connection's grant").await;
     assert_eq!(
         client.read(grant.slice()).await.unwrap(),
@@ -239,7 +248,10 @@ async fn the_device_refuses_stale_keys_bytes_outside_a_grant_and_other_connectio
     // A write through a read grant.
     let (client, server) = pair(&device, regions.clone()).await;
     let buffer = pool.take().unwrap();
-    let grant = server.grant(buffer.fill(&data), RemoteAccess::Read).await.unwrap();
+    let grant = server
+        .grant(buffer.fill(&data), RemoteAccess::Read)
+        .await
+        .unwrap();
     let written = client
         .write(
             RemoteSlice {
@@ -286,8 +298,8 @@ async fn remote_over_verbs_passes_the_conformance_suite() {
         regions,
         hearth_store_node::serve::ServeOptions::default(),
     ));
-    // Writes one-sided (what `Auto` picks over verbs) and as messages.
-    for mode in [WriteMode::Auto, WriteMode::Messages] {
+    // Writes one-sided and as messages (the default).
+    for mode in [WriteMode::OneSided, WriteMode::Messages] {
         let remote = BlobStore::new(
             "remote",
             Arc::new(
@@ -299,7 +311,11 @@ async fn remote_over_verbs_passes_the_conformance_suite() {
         conformance::run(&remote).await;
         drop(remote);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(pool.stats().in_use, 0, "{mode:?}: every registered buffer went back");
+        assert_eq!(
+            pool.stats().in_use,
+            0,
+            "{mode:?}: every registered buffer went back"
+        );
     }
     server.abort();
 }

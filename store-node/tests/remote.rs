@@ -135,8 +135,7 @@ async fn remote_over_tcp_passes_the_conformance_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sided_writes_pass_the_conformance_suite_over_loopback_and_tcp() {
     let node = node();
-    let (over_tcp, over_loopback, _server) =
-        tcp_and_loopback(&node, ServeOptions::default()).await;
+    let (over_tcp, over_loopback, _server) = tcp_and_loopback(&node, ServeOptions::default()).await;
     for connect in [over_loopback, over_tcp] {
         conformance::run(&remote_one_sided(connect)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -176,6 +175,34 @@ async fn take_a_write_offer(
     }
 }
 
+/// Writes `bytes` into `offer` and says so, with `crc32c` for them.
+async fn write_and_say(
+    transport: &dyn hearth_blob::transport::Transport,
+    offer: hearth_blob::regions::RemoteSlice,
+    bytes: &'static [u8],
+    crc32c: u32,
+    last: bool,
+) {
+    transport
+        .write(
+            hearth_blob::regions::RemoteSlice {
+                len: bytes.len() as u64,
+                ..offer
+            },
+            bytes::Bytes::from_static(bytes),
+        )
+        .await
+        .unwrap();
+    transport
+        .send(encode(&Request::Wrote {
+            len: bytes.len() as u64,
+            crc32c,
+            last,
+        }))
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sided_writes_are_checked_leased_and_leave_nothing_when_cut_short() {
     let options = ServeOptions {
@@ -184,26 +211,15 @@ async fn one_sided_writes_are_checked_leased_and_leave_nothing_when_cut_short() 
     };
     let node = node();
     let (over_tcp, over_loopback, _server) = tcp_and_loopback(&node, options).await;
-    remote(over_tcp.clone()).create_container("c").await.unwrap();
+    remote(over_tcp.clone())
+        .create_container("c")
+        .await
+        .unwrap();
     for connect in [&over_loopback, &over_tcp] {
         // Bytes that do not match the checksum the client gives: corrupt,
         // nothing stored, and the connection serves on.
         let (transport, offer) = take_a_write_offer(connect, "bad-crc").await;
-        transport
-            .write(
-                hearth_blob::regions::RemoteSlice { len: 5, ..offer },
-                bytes::Bytes::from_static(b"hello"),
-            )
-            .await
-            .unwrap();
-        transport
-            .send(encode(&Request::Wrote {
-                len: 5,
-                crc32c: crc32c::crc32c(b"hellO"),
-                last: true,
-            }))
-            .await
-            .unwrap();
+        write_and_say(&*transport, offer, b"hello", crc32c::crc32c(b"hellO"), true).await;
         let reply: Reply = decode(&transport.recv().await.unwrap()).unwrap();
         assert!(
             matches!(&reply, Reply::Error { kind, .. } if kind == "corrupt"),
@@ -237,21 +253,7 @@ async fn one_sided_writes_are_checked_leased_and_leave_nothing_when_cut_short() 
 
         // A client gone after writing half an object leaves nothing.
         let (transport, offer) = take_a_write_offer(connect, "half").await;
-        transport
-            .write(
-                hearth_blob::regions::RemoteSlice { len: 4, ..offer },
-                bytes::Bytes::from_static(b"half"),
-            )
-            .await
-            .unwrap();
-        transport
-            .send(encode(&Request::Wrote {
-                len: 4,
-                crc32c: crc32c::crc32c(b"half"),
-                last: false,
-            }))
-            .await
-            .unwrap();
+        write_and_say(&*transport, offer, b"half", crc32c::crc32c(b"half"), false).await;
         assert!(matches!(
             decode::<Reply>(&transport.recv().await.unwrap()).unwrap(),
             Reply::Offer { .. }

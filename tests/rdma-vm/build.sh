@@ -32,7 +32,7 @@ done
 if ((${#missing[@]})); then
   echo "rdma-vm build: installing ${missing[*]}" >&2
   "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # The kernel: the package behind linux-image-amd64, unpacked, not installed.

@@ -1056,6 +1056,10 @@ currency = "EUR"
                 "blob.stores.a.transport: `udp` is not tcp or rdma",
             ),
             (
+                "[blob.stores.a]\ntype = \"remote\"\naddress = \"x:1\"\nwrites = \"sideways\"\n",
+                "blob.stores.a.writes: `sideways` is not messages or one-sided",
+            ),
+            (
                 "[blob.stores.a]\ntype = \"fs\"\nmax_object_bytes = 0\n",
                 "must be at least 1",
             ),

@@ -5,8 +5,12 @@
 //! * Backends: `fs` (a temp dir, in this process), `s3` (a moto server the
 //!   bench starts, see the README), `remote-tcp` (a `hearth-store`
 //!   process serving `fs` over TCP, with its default hot tier), and, when
-//!   `--rdma-device` names one, `remote-rdma` (the same node over verbs;
-//!   both binaries built with `--features rdma`).
+//!   `--rdma-device` names one, `remote-rdma` (the same node over verbs,
+//!   writes as SENDs of messages: a remote store's default) and
+//!   `remote-rdma-write` (writes one-sided, RDMA WRITEs into buffers the
+//!   node offers: `writes = "one-sided"`; both binaries built with
+//!   `--features rdma`). With RDMA rows, a second
+//!   table gives each RDMA row against `remote-tcp` in the same run.
 //! * Per size (4 KiB, 1 MiB, 64 MiB): `--samples` writes of distinct
 //!   objects, then as many whole reads of them, one at a time; MB/s is the
 //!   bytes moved over the summed call times, p50/p99 are per call.
@@ -15,13 +19,14 @@
 //!   storage node's, from `/proc/PID/stat`, for remote rows; per GB moved.
 //! * Copies per byte read: counted by `hearth_blob::copy_meter` while
 //!   `blob-roundtrip` reads 1 MiB objects into guest memory (`/digest`)
-//!   from a remote node in this
-//!   process over TCP (node: backend chunk → registered buffer; host:
-//!   landed bytes → what wasmtime copies into guest memory), plus that one
-//!   copy into guest memory every read ends with.
+//!   from a remote node in this process over TCP (and over verbs, with a
+//!   device) (node: backend chunk → registered buffer; host: landed bytes
+//!   → what wasmtime copies into guest memory), plus that one copy into
+//!   guest memory every read ends with.
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use hearth_blob::remote::WriteMode;
 use hearth_blob::{BlobBackend, BlobLimits, BlobStore, ByteRange};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,8 +41,9 @@ pub struct BlobArgs {
     /// at least 3).
     #[arg(long, default_value_t = 100)]
     samples: usize,
-    /// Rows to run: any of fs, s3, remote-tcp, remote-rdma (added when a
-    /// device is named).
+    /// Rows to run: any of fs, s3, remote-tcp, remote-rdma,
+    /// remote-rdma-write (the two RDMA rows are added when a device is
+    /// named).
     #[arg(long, value_delimiter = ',', default_value = "fs,s3,remote-tcp")]
     backends: Vec<String>,
     /// An RDMA device (e.g. `rxe0`) for the verbs rows; they are skipped,
@@ -191,7 +197,8 @@ async fn open(
             })?;
             (Box::new(server), Arc::new(s3), None)
         }
-        "remote-rdma" => remote_rdma(args)?,
+        "remote-rdma" => remote_rdma(args, WriteMode::Messages)?,
+        "remote-rdma-write" => remote_rdma(args, WriteMode::OneSided)?,
         "remote-tcp" => {
             let node = StoreNode::start(&args.store_bin, None)?;
             let remote = hearth_blob::remote::RemoteBackend::new(
@@ -200,14 +207,19 @@ async fn open(
             let pid = node.child.id();
             (Box::new(node), Arc::new(remote), Some(pid))
         }
-        other => bail!("unknown backend `{other}` (fs, s3, remote-tcp, remote-rdma)"),
+        other => {
+            bail!("unknown backend `{other}` (fs, s3, remote-tcp, remote-rdma, remote-rdma-write)")
+        }
     })
 }
 
 /// A `hearth-store` serving over verbs on `--rdma-device`, and a client
-/// connected through the same device.
+/// connected through the same device, writing as `mode` says.
 #[cfg(feature = "rdma")]
-fn remote_rdma(args: &BlobArgs) -> Result<(KeepAlive, Arc<dyn BlobBackend>, Option<u32>)> {
+fn remote_rdma(
+    args: &BlobArgs,
+    mode: WriteMode,
+) -> Result<(KeepAlive, Arc<dyn BlobBackend>, Option<u32>)> {
     let device_name = args
         .rdma_device
         .as_deref()
@@ -218,13 +230,17 @@ fn remote_rdma(args: &BlobArgs) -> Result<(KeepAlive, Arc<dyn BlobBackend>, Opti
         device,
         node.rdma_addr,
         Duration::from_secs(30),
-    ));
+    ))
+    .with_write_mode(mode);
     let pid = node.child.id();
     Ok((Box::new(node), Arc::new(remote), Some(pid)))
 }
 
 #[cfg(not(feature = "rdma"))]
-fn remote_rdma(_args: &BlobArgs) -> Result<(KeepAlive, Arc<dyn BlobBackend>, Option<u32>)> {
+fn remote_rdma(
+    _args: &BlobArgs,
+    _mode: WriteMode,
+) -> Result<(KeepAlive, Arc<dyn BlobBackend>, Option<u32>)> {
     bail!(
         "remote-rdma: this hearth-bench was built without `--features rdma` (scripts/bench-blob.sh builds it so when HEARTH_RDMA_DEVICE is set)"
     )
@@ -288,29 +304,74 @@ async fn measure(backend_name: &str, args: &BlobArgs, rows: &mut Vec<Row>) -> Re
     Ok(())
 }
 
-/// Reads 1 MiB objects into guest memory with `blob-roundtrip`'s
-/// `/digest` (`wasi:blobstore` → `wasi:io` blocking reads) on a host whose blob
-/// store is a remote node in this process, over TCP; returns (node,
-/// client) copies per byte read, as `copy_meter` counted them.
-async fn copies_per_byte() -> Result<(f64, f64)> {
+/// A storage node in this process serving a temp dir over TCP, or over
+/// verbs on `rdma_device`; what keeps it alive, and a connector to it.
+async fn node_in_process(
+    rdma_device: Option<&str>,
+) -> Result<(KeepAlive, hearth_blob::remote::Connector)> {
     let dir = tempfile::tempdir()?;
-    let regions = Arc::new(hearth_blob::regions::RegionTable::default());
     let node = BlobStore::new(
         "node",
         Arc::new(hearth_blob::fs::FsBackend::open(dir.path())?),
         limits(),
     );
-    let pool = hearth_blob::regions::BufferPool::new(regions.clone(), 1 << 20, 8);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let node_addr = listener.local_addr()?;
-    let server = tokio::spawn(hearth_store_node::serve::serve_tcp(
-        listener, node, pool, regions,
-    ));
+    let Some(device_name) = rdma_device else {
+        let regions = Arc::new(hearth_blob::regions::RegionTable::default());
+        let pool = hearth_blob::regions::BufferPool::new(regions.clone(), 1 << 20, 8);
+        let server = tokio::spawn(hearth_store_node::serve::serve_tcp(
+            listener, node, pool, regions,
+        ));
+        return Ok((
+            Box::new((dir, AbortOnDrop(server))),
+            hearth_blob::remote::tcp_connector(node_addr, Duration::from_secs(10)),
+        ));
+    };
+    #[cfg(feature = "rdma")]
+    {
+        let device =
+            hearth_blob::rdma::VerbsDevice::open(device_name).map_err(anyhow::Error::msg)?;
+        let regions = Arc::new(hearth_blob::regions::RegionTable::with_registrar(
+            device.clone(),
+        ));
+        let pool = hearth_blob::regions::BufferPool::new(regions.clone(), 1 << 20, 8);
+        let server = tokio::spawn(hearth_store_node::serve::serve_rdma(
+            listener,
+            device.clone(),
+            node,
+            pool,
+            regions,
+            Default::default(),
+        ));
+        Ok((
+            Box::new((dir, AbortOnDrop(server))),
+            hearth_blob::rdma::rdma_connector(device, node_addr, Duration::from_secs(10)),
+        ))
+    }
+    #[cfg(not(feature = "rdma"))]
+    bail!("{device_name}: this hearth-bench was built without `--features rdma`")
+}
+
+/// Ends a task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads 1 MiB objects into guest memory with `blob-roundtrip`'s
+/// `/digest` (`wasi:blobstore` → `wasi:io` blocking reads) on a host whose blob
+/// store is a remote node in this process, over TCP or, with
+/// `rdma_device`, over verbs; returns (node, client) copies per byte
+/// read, as `copy_meter` counted them.
+async fn copies_per_byte(rdma_device: Option<&str>) -> Result<(f64, f64)> {
+    let (_node, connector) = node_in_process(rdma_device).await?;
     let remote = BlobStore::new(
         "remote",
-        Arc::new(hearth_blob::remote::RemoteBackend::new(
-            hearth_blob::remote::tcp_connector(node_addr, Duration::from_secs(10)),
-        )),
+        Arc::new(hearth_blob::remote::RemoteBackend::new(connector)),
         limits(),
     );
     let function_limits = hearth_host::Limits {
@@ -375,21 +436,63 @@ async fn copies_per_byte() -> Result<(f64, f64)> {
         read += data.len() as u64;
     }
     let (node_after, client_after) = hearth_blob::copy_meter::totals();
-    server.abort();
     Ok((
         (node_after - node_before) as f64 / read as f64,
         (client_after - client_before) as f64 / read as f64,
     ))
 }
 
+/// Each RDMA row against the `remote-tcp` row of the same size and op (a
+/// software RDMA device under emulation is no NIC: the ratio is what
+/// carries over, not the figures).
+fn print_ratios(rows: &[Row]) {
+    let rdma: Vec<&Row> = rows
+        .iter()
+        .filter(|row| row.backend.starts_with("remote-rdma"))
+        .collect();
+    if rdma.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "| backend | size | op | MB/s vs TCP | p50 vs TCP | p99 vs TCP | client CPU/GB vs TCP | node CPU/GB vs TCP |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|");
+    for row in rdma {
+        let Some(tcp) = rows
+            .iter()
+            .find(|t| t.backend == "remote-tcp" && t.size == row.size && t.op == row.op)
+        else {
+            continue;
+        };
+        let node = match (row.node_cpu_s_per_gb, tcp.node_cpu_s_per_gb) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+            _ => "-".into(),
+        };
+        println!(
+            "| {} | {} | {} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {node} |",
+            row.backend,
+            row.size,
+            row.op,
+            row.mb_per_s / tcp.mb_per_s,
+            row.p50_ms / tcp.p50_ms,
+            row.p99_ms / tcp.p99_ms,
+            row.client_cpu_s_per_gb / tcp.client_cpu_s_per_gb,
+        );
+    }
+}
+
 async fn run(args: BlobArgs) -> Result<()> {
     let mut rows = Vec::new();
     let mut backends = args.backends.clone();
     match &args.rdma_device {
-        Some(_) if !backends.iter().any(|b| b == "remote-rdma") => {
-            backends.push("remote-rdma".into())
+        Some(_) => {
+            for rdma in ["remote-rdma", "remote-rdma-write"] {
+                if !backends.iter().any(|b| b == rdma) {
+                    backends.push(rdma.into());
+                }
+            }
         }
-        Some(_) => {}
         None => eprintln!(
             "remote-rdma: not run (no HEARTH_RDMA_DEVICE / --rdma-device names an RDMA device)"
         ),
@@ -414,18 +517,25 @@ async fn run(args: BlobArgs) -> Result<()> {
                 .map_or("-".to_string(), |cpu| format!("{cpu:.2}")),
         );
     }
-    let (node, client) = copies_per_byte().await?;
-    println!();
-    println!(
-        "| remote read path (TCP, 1 MiB objects, read into guest memory by blob-roundtrip /digest) | copies per byte read |"
-    );
-    println!("|---|---:|");
-    println!("| storage node: backend chunk → registered buffer | {node:.2} |");
-    println!("| host: landed bytes → what wasmtime copies into the guest | {client:.2} |");
-    println!("| host → guest memory (wasmtime's copy into the guest's allocation) | 1.00 |");
-    println!(
-        "| between the wire and guest memory, in all | {:.2} |",
-        client + 1.0
-    );
+    print_ratios(&rows);
+    let mut paths = vec![("TCP", None)];
+    if let Some(device) = &args.rdma_device {
+        paths.push(("RDMA verbs", Some(device.as_str())));
+    }
+    for (path, device) in paths {
+        let (node, client) = copies_per_byte(device).await?;
+        println!();
+        println!(
+            "| remote read path ({path}, 1 MiB objects, read into guest memory by blob-roundtrip /digest) | copies per byte read |"
+        );
+        println!("|---|---:|");
+        println!("| storage node: backend chunk → registered buffer | {node:.2} |");
+        println!("| host: landed bytes → what wasmtime copies into the guest | {client:.2} |");
+        println!("| host → guest memory (wasmtime's copy into the guest's allocation) | 1.00 |");
+        println!(
+            "| between the wire and guest memory, in all | {:.2} |",
+            client + 1.0
+        );
+    }
     Ok(())
 }
