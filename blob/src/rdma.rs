@@ -993,7 +993,7 @@ impl VerbsTransport {
     ) -> Result<(), TransportError> {
         self.shared.check_usable()?;
         let base = self.peer_region(slice.region).await?;
-        let remote = base.checked_add(slice.offset).ok_or_else(|| {
+        let remote = base.checked_add(slice.offset).ok_or({
             TransportError::Refused(RegionError::OutOfBounds {
                 region: slice.region,
                 offset: slice.offset,
