@@ -6,7 +6,8 @@
 //!
 //! * **Connection.** One reliable-connected (RC) queue pair per
 //!   connection, set up the usual way: both sides exchange QP number, LID,
-//!   GID and starting PSN as a JSON line over a TCP socket, move their QP
+//!   GID, starting PSN and port MTU (the path takes the smaller) as a JSON
+//!   line over a TCP socket, move their QP
 //!   to ready-to-send, and confirm with one byte. The socket stays open:
 //!   its closing is how each side learns, at once, that the other is gone.
 //! * **Two-sided control.** A message goes as SENDs of at most
@@ -22,10 +23,13 @@
 //!   this connection's queue pair, to exactly the granted bytes for reads
 //!   or writes; the window's key is the one the peer gets. Dropping the
 //!   grant deallocates the window. So the device itself refuses a key that
-//!   is no longer granted, bytes outside the grant, and a grant used from
-//!   another connection (a type 2 window belongs to one queue pair): a
-//!   remote access error, [`RegionError::RefusedByDevice`], after which
-//!   both queue pairs are in the error state and the connection is done.
+//!   is no longer granted, a grant used from another connection (a type 2
+//!   window belongs to one queue pair), a write through a read grant and
+//!   bytes past the registration: a remote access error,
+//!   [`RegionError::RefusedByDevice`], after which both queue pairs are in
+//!   the error state and the connection is done. A device should also
+//!   refuse bytes past the window; soft-RoCE does not (see
+//!   [`crate::regions`] for why that shows the peer only zeros).
 //! * **One-sided reads** are RDMA READs into memory registered for that
 //!   read alone and handed up as it is (no copy): the next copy is the one
 //!   into guest memory. A region's address is asked of the peer's
