@@ -18,6 +18,7 @@ use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -400,6 +401,7 @@ pub struct FaultProxy {
     /// `127.0.0.1:<port>`.
     pub addr: String,
     fault: Arc<Mutex<Fault>>,
+    stalled: Arc<AtomicUsize>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -421,6 +423,8 @@ impl FaultProxy {
         let fault = Arc::new(Mutex::new(fault));
         let upstream: SocketAddr = upstream.parse().expect("upstream is host:port");
         let shared = fault.clone();
+        let stalled = Arc::new(AtomicUsize::new(0));
+        let stalled_count = stalled.clone();
         runtime.spawn(async move {
             let listener =
                 tokio::net::TcpListener::from_std(std_listener).expect("register listener");
@@ -429,10 +433,11 @@ impl FaultProxy {
                     continue;
                 };
                 let fault = shared.clone();
+                let stalled = stalled_count.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let fault = *fault.lock().unwrap();
-                        proxy(upstream, fault, request)
+                        proxy(upstream, fault, stalled.clone(), request)
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -443,8 +448,15 @@ impl FaultProxy {
         FaultProxy {
             addr,
             fault,
+            stalled,
             runtime: Some(runtime),
         }
+    }
+
+    /// How many blob bodies [`Fault::StallBlobs`] has delivered half of and
+    /// now holds: once this is nonzero, a client is mid-download.
+    pub fn stalled_bodies(&self) -> usize {
+        self.stalled.load(Ordering::SeqCst)
     }
 
     /// Changes the fault from now on.
@@ -466,6 +478,7 @@ type ProxyBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 async fn proxy(
     upstream: SocketAddr,
     fault: Fault,
+    stalled: Arc<AtomicUsize>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     if let Fault::Status(code) = fault {
@@ -499,17 +512,21 @@ async fn proxy(
     let stall = fault == Fault::StallBlobs;
     Ok(Response::from_parts(
         parts,
-        boxed(half_then_fault(half, stall)),
+        boxed(half_then_fault(half, stall, stalled)),
     ))
 }
 
 /// A body that yields `half`, then either an error (which makes hyper cut
 /// the connection) or nothing ever again.
-fn half_then_fault(half: Bytes, stall: bool) -> HalfThenFault {
-    let (sender, receiver) = tokio::sync::mpsc::channel(2);
+fn half_then_fault(half: Bytes, stall: bool, stalled: Arc<AtomicUsize>) -> HalfThenFault {
+    // Capacity 1: the send after the half completes only once the client
+    // has taken the half.
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
         let _ = sender.send(Ok(Frame::data(half))).await;
         if stall {
+            let _ = sender.reserve().await;
+            stalled.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_secs(3600)).await;
         } else {
             tokio::time::sleep(Duration::from_millis(20)).await;
