@@ -37,6 +37,11 @@ pub use bindings::hearth::function::invoke;
 /// `wasi:config/store`: the function's configuration values.
 pub use bindings::wasi::config::store as config;
 
+/// `wasi:logging/logging`: log lines with a level and a context, into
+/// hearthd's log (with the function's identity) and its Pod's log:
+/// `hearth_sdk::logging::log(Level::Info, "orders", "placed")`.
+pub use bindings::wasi::logging::logging;
+
 /// Bindings for the message handler export (`hearth:function/handler-export`),
 /// sharing [`bindings`]' `wasi:messaging` types; used by [`messages`].
 #[allow(missing_docs, unsafe_code, clippy::all)]

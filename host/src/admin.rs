@@ -16,7 +16,10 @@
 //!   - `function_memory_bytes` and `function_cpu_seconds_total`: a
 //!     function's linear memory and guest CPU time, and
 //!     `guest_output_dropped_lines_total` (lines dropped while its log
-//!     reader lagged, see [`crate::guest_output`]), `http_connections` and
+//!     reader lagged, see [`crate::guest_output`]),
+//!     `guest_log_lines_total` and `guest_log_dropped_lines_total`
+//!     (`wasi:logging` lines into hearthd's log and dropped past its rate,
+//!     see [`crate::capabilities::logging`]), `http_connections` and
 //!     `http_connections_refused_total` (see [`crate::http`]), labelled the
 //!     same;
 //!   - `messages_total` and `message_receive_errors_total`, labelled
@@ -173,7 +176,7 @@ impl Admin {
             &'static str,
             fn(&Function) -> f64,
         );
-        let usage: [Usage; 8] = [
+        let usage: [Usage; 10] = [
             (
                 "http_requests_in_flight",
                 "Requests a WASI 0.3 service's instances are serving now (a 0.2 instance serves one: see hearth_pool_instances).",
@@ -232,10 +235,22 @@ impl Admin {
                 "counter",
                 |f| {
                     f.env()
-                        .output_files
-                        .as_ref()
+                        .stdio
+                        .files()
                         .map_or(0, |files| files.dropped_lines()) as f64
                 },
+            ),
+            (
+                "guest_log_lines_total",
+                "wasi:logging lines a function put into hearthd's log.",
+                "counter",
+                |f| f.capabilities().logging.lines() as f64,
+            ),
+            (
+                "guest_log_dropped_lines_total",
+                "wasi:logging lines dropped from hearthd's log because a function logged faster than 1000 lines/s.",
+                "counter",
+                |f| f.capabilities().logging.dropped_lines() as f64,
             ),
         ];
         for (name, help, kind, value) in usage {

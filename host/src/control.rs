@@ -70,7 +70,7 @@ use crate::capabilities::CapabilityGrants;
 use crate::distribution::PullPolicy;
 use crate::function::{Function, FunctionKind, FunctionLoadError, Host};
 use crate::function_env::{FunctionSpec, NodeDefaults, PodResources};
-use crate::guest_output::GuestOutputFiles;
+use crate::guest_output::{GuestOutputFiles, GuestStdio};
 use crate::limits::LimitsOverride;
 use crate::messages::SubscriptionSettings;
 use crate::serving::{Drain, Serving};
@@ -415,14 +415,15 @@ impl ControlService {
             asked => asked,
         };
         let path_or_none = |path: &str| (!path.is_empty()).then(|| as_owner_sees(owner, path));
-        let output_files = (!request.stdout_path.is_empty() || !request.stderr_path.is_empty())
-            .then(|| {
-                Arc::new(GuestOutputFiles::new(
-                    name,
-                    path_or_none(&request.stdout_path),
-                    path_or_none(&request.stderr_path),
-                ))
-            });
+        let stdio = if request.stdout_path.is_empty() && request.stderr_path.is_empty() {
+            GuestStdio::Log
+        } else {
+            GuestStdio::Files(Arc::new(GuestOutputFiles::new(
+                name,
+                path_or_none(&request.stdout_path),
+                path_or_none(&request.stderr_path),
+            )))
+        };
         let names = |list: &Option<hearth_control::v1::NameList>| {
             list.as_ref().map(|l| {
                 l.names
@@ -464,7 +465,7 @@ impl ControlService {
             limits,
             min_idle,
             max_invocations: given(request.max_invocations),
-            output_files,
+            stdio,
             ..FunctionSpec::default()
         }
     }

@@ -30,7 +30,7 @@
 //!   default `min_idle` is cut to fit instead.
 
 use crate::capabilities::CapabilityGrants;
-use crate::guest_output::GuestOutputFiles;
+use crate::guest_output::GuestStdio;
 use crate::limits::{
     CpuGauge, DEFAULT_INSTANCE_CONCURRENCY, InvalidLimit, Limits, LimitsOverride,
     MAX_INSTANCE_CONCURRENCY, MemoryGauge,
@@ -108,8 +108,8 @@ pub struct FunctionSpec {
     pub max_invocations: Option<u32>,
     /// The capabilities it is granted.
     pub grants: CapabilityGrants,
-    /// Where its stdout/stderr go (none: hearthd's log).
-    pub output_files: Option<Arc<GuestOutputFiles>>,
+    /// Where its stdio goes (by default: hearthd's log).
+    pub stdio: GuestStdio,
     /// What its Pod's annotations narrow its namespace's reach to.
     pub narrowing: Narrowing,
     /// Its Pod's resource limits.
@@ -186,7 +186,7 @@ impl FunctionSpec {
             args,
             allowed_outbound_hosts: allowed_outbound_hosts.into(),
             limits,
-            output_files: self.output_files,
+            stdio: self.stdio,
             memory: Arc::new(memory),
             cpu: Arc::default(),
             connections: Arc::default(),
@@ -319,9 +319,9 @@ pub struct FunctionEnv {
     pub allowed_outbound_hosts: Arc<[String]>,
     /// Limits in force.
     pub limits: Limits,
-    /// Where guest stdout/stderr go: files (e.g. the FIFOs containerd gives
-    /// a task), or, when `None`, hearthd's log.
-    pub output_files: Option<Arc<GuestOutputFiles>>,
+    /// Where guest stdio goes: hearthd's log, files (e.g. the FIFOs
+    /// containerd gives a task) or the process's own (`hearth run`).
+    pub stdio: GuestStdio,
     /// Linear memory held by this function's live instances (idle ones in
     /// its pool included), and its Pod's limit of it.
     pub memory: Arc<MemoryGauge>,

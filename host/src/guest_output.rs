@@ -1,6 +1,7 @@
-//! Where a guest's stdout and stderr go.
+//! Where a guest's stdout and stderr go ([`GuestStdio`]).
 //!
-//! Each line a guest writes becomes one log event on the host, at target
+//! With [`GuestStdio::Inherit`] (`hearth run`) they are the process's own,
+//! written through as the guest writes them; otherwise each line a guest writes becomes one log event on the host, at target
 //! `guest`, with fields `function` (the function's name) and `stream`
 //! (`stdout` or `stderr`). Lines are split on `\n`; a line longer than
 //! [`MAX_LINE`] is emitted in pieces; a trailing partial line is emitted
@@ -51,6 +52,31 @@ impl GuestStream {
     }
 }
 
+/// Where a function's stdio goes.
+#[derive(Debug, Clone, Default)]
+pub enum GuestStdio {
+    /// stdout and stderr become lines of the host's log (hearthd's default
+    /// for a function without files); stdin is empty.
+    #[default]
+    Log,
+    /// stdout and stderr go to files (a Pod's), line by line; stdin is
+    /// empty.
+    Files(Arc<GuestOutputFiles>),
+    /// The host process's own stdin, stdout and stderr, byte for byte, as
+    /// `wasmtime run` and `wasmtime serve` give them (`hearth run`).
+    Inherit,
+}
+
+impl GuestStdio {
+    /// The files, when output goes to files.
+    pub fn files(&self) -> Option<&Arc<GuestOutputFiles>> {
+        match self {
+            GuestStdio::Files(files) => Some(files),
+            GuestStdio::Log | GuestStdio::Inherit => None,
+        }
+    }
+}
+
 /// Files a function's stdout and stderr are written to.
 #[derive(Debug)]
 pub struct GuestOutputFiles {
@@ -77,6 +103,16 @@ impl GuestOutputFiles {
             .flatten()
             .map(|file| file.dropped.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Queues `line` (ending in `\n`) for `stream`'s file, as a guest's
+    /// own output is; `Err(line)` when that stream has no file or its
+    /// writer is gone.
+    pub(crate) fn write_line(&self, stream: GuestStream, line: Vec<u8>) -> Result<(), Vec<u8>> {
+        match self.for_stream(stream) {
+            Some(file) => file.send(line),
+            None => Err(line),
+        }
     }
 
     fn for_stream(&self, stream: GuestStream) -> Option<&OutputFile> {

@@ -42,6 +42,7 @@ pub mod invocation_error;
 pub mod job;
 pub mod limits;
 pub mod logging;
+pub mod manifests;
 pub mod messages;
 pub mod node_lock;
 pub mod propagation;

@@ -14,9 +14,10 @@ use crate::capabilities::blobstore::{self, BlobstoreCtx, BlobstoreView};
 use crate::capabilities::config::{self, ConfigCtx, ConfigView};
 use crate::capabilities::invoke::{self, InvokeCtx, InvokeView};
 use crate::capabilities::keyvalue::{self, KeyvalueCtx, KeyvalueView};
+use crate::capabilities::logging::{self, LoggingCtx, LoggingView};
 use crate::capabilities::messaging::{self, InHand, MessagingCtx, MessagingView};
 use crate::function_env::FunctionEnv;
-use crate::guest_output::{GuestOutput, GuestStream};
+use crate::guest_output::{GuestOutput, GuestStdio, GuestStream};
 use crate::limits::StoreLimiter;
 use crate::propagation::RequestContext;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub struct StoreData {
     invoke: InvokeCtx,
     messaging: MessagingCtx,
     blobstore: BlobstoreCtx,
+    logging: LoggingCtx,
     pub(crate) limiter: StoreLimiter,
 }
 
@@ -46,18 +48,25 @@ impl StoreData {
     /// with its resolved `capabilities`.
     pub fn new(env: &FunctionEnv, capabilities: &FunctionCapabilities) -> Self {
         let mut wasi = WasiCtx::builder();
-        wasi.envs(&env.env)
-            .args(&env.args)
-            .stdout(GuestOutput::new(
-                env.name.clone(),
-                GuestStream::Stdout,
-                env.output_files.clone(),
-            ))
-            .stderr(GuestOutput::new(
-                env.name.clone(),
-                GuestStream::Stderr,
-                env.output_files.clone(),
-            ));
+        wasi.envs(&env.env).args(&env.args);
+        match &env.stdio {
+            GuestStdio::Inherit => {
+                wasi.inherit_stdio();
+            }
+            GuestStdio::Log | GuestStdio::Files(_) => {
+                let files = env.stdio.files().cloned();
+                wasi.stdout(GuestOutput::new(
+                    env.name.clone(),
+                    GuestStream::Stdout,
+                    files.clone(),
+                ))
+                .stderr(GuestOutput::new(
+                    env.name.clone(),
+                    GuestStream::Stderr,
+                    files,
+                ));
+            }
+        }
         StoreData {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
@@ -82,6 +91,10 @@ impl StoreData {
             blobstore: BlobstoreCtx {
                 function: capabilities.function.clone(),
                 scope: capabilities.blob.clone(),
+            },
+            logging: LoggingCtx {
+                scope: capabilities.logging.clone(),
+                files: env.stdio.files().cloned(),
             },
             limiter: StoreLimiter::new(&env.limits, env.memory.clone()),
         }
@@ -112,6 +125,7 @@ impl StoreData {
             ctx: &data.blobstore,
             table: &mut data.table,
         })?;
+        logging::add_to_linker(linker, |data| LoggingView { ctx: &data.logging })?;
         Ok(())
     }
 

@@ -14,23 +14,87 @@ use std::time::{Duration, Instant};
 const HEARTH: &str = env!("CARGO_BIN_EXE_hearth");
 const HEARTHD: &str = env!("CARGO_BIN_EXE_hearthd");
 
+/// Runs `hearth run ARGS` as a user at a terminal would (no `HEARTH_LOG`),
+/// with `stdin` as its standard input; its status, stdout and stderr.
+fn hearth_run_with_stdin(args: &[&str], stdin: &[u8]) -> (Option<i32>, Vec<u8>, Vec<u8>) {
+    use std::io::Write;
+    let cache = tempfile::tempdir().unwrap();
+    let mut child = Command::new(HEARTH)
+        .arg("run")
+        .args(args)
+        .env_remove("HEARTH_LOG")
+        .env("HEARTH_CACHE_DIR", cache.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let output = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    (output.status.code(), output.stdout, output.stderr)
+}
+
 #[test]
-fn hearth_run_job_exits_with_its_status_and_logs_its_output() {
+fn hearth_run_job_exits_with_its_status_and_its_stdio_is_the_process_s_own() {
     for (mode, code) in [("ok", 0), ("fail", 1), ("code:9", 9)] {
-        let (status, log) = run_to_end(Command::new(HEARTH).args([
-            "run",
-            hearth_testkit::JOB_EXIT,
-            "--env",
-            &format!("MODE={mode}"),
-        ]));
-        assert_eq!(status.code(), Some(code), "MODE={mode}; log:\n{log}");
-        let line = log
-            .lines()
-            .find(|l| l.contains(&format!("job-exit: running with MODE={mode}")))
-            .unwrap_or_else(|| panic!("guest stdout not in log:\n{log}"));
-        assert!(line.contains("function=job-exit"), "{line}");
-        assert!(line.contains("stdout"), "{line}");
+        let env = format!("MODE={mode}");
+        let (status, stdout, stderr) =
+            hearth_run_with_stdin(&[hearth_testkit::JOB_EXIT, "--env", &env], b"");
+        let stderr = String::from_utf8_lossy(&stderr);
+        assert_eq!(status, Some(code), "MODE={mode}; stderr:\n{stderr}");
+        assert_eq!(
+            String::from_utf8_lossy(&stdout),
+            format!("job-exit: running with MODE={mode}\n"),
+            "stdout is the guest's, and only the guest's; stderr:\n{stderr}"
+        );
     }
+
+    // Byte for byte both ways: stdin in, stdout out (every byte value, no
+    // trailing newline), and stderr is exactly what the guest wrote.
+    let input: Vec<u8> = (0..300_000u32).map(|i| (i % 256) as u8).collect();
+    let (status, stdout, stderr) =
+        hearth_run_with_stdin(&[hearth_testkit::JOB_EXIT, "--env", "MODE=cat"], &input);
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert_eq!(status, Some(0), "{stderr}");
+    assert!(
+        stdout == input,
+        "stdout differs from stdin ({} bytes)",
+        stdout.len()
+    );
+    assert_eq!(stderr, format!("job-exit: copied {} bytes", input.len()));
+}
+
+#[test]
+fn hearth_run_shows_a_guest_s_wasi_logging_lines_on_stderr_with_their_level() {
+    let (status, stdout, stderr) = hearth_run_with_stdin(&[hearth_testkit::WASI_LOGGING], b"");
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert_eq!(status, Some(0), "{stderr}");
+    assert!(stdout.is_empty());
+    // Info and up by default, each with its level and the guest's identity.
+    assert!(!stderr.contains("a line at debug"), "{stderr}");
+    for (level, text) in [
+        ("INFO", "a line at info"),
+        ("WARN", "a line at warn"),
+        ("ERROR", "a line at critical"),
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("no {text:?} in:\n{stderr}"));
+        assert!(line.contains(level), "{line}");
+        assert!(line.contains("namespace=\"default\""), "{line}");
+        assert!(line.contains("context=\"levels\""), "{line}");
+    }
+    // A newline in a message does not start a line.
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("ERROR forged")),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -45,8 +109,9 @@ fn hearth_run_serves_runs_lifecycle_and_drains_on_sigterm() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let reply = runtime.block_on(get(addr, "/")).unwrap();
     assert_eq!(reply.text(), "init_calls=1\n");
+    // The guest's stdout is hearth's own stdout, as written.
     let line = hearth.wait_for_line("lifecycle: shutdown after init_calls=1");
-    assert!(line.contains("function=lifecycle"), "{line}");
+    assert_eq!(line, "lifecycle: shutdown after init_calls=1");
     let status = hearth.terminate();
     assert_eq!(status.code(), Some(0), "log:\n{}", hearth.log_text());
     hearth.wait_for_line("draining in-flight requests");

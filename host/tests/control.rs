@@ -964,3 +964,72 @@ async fn a_second_hearthd_waits_for_the_first_to_exit_saying_so() {
     let mut client = connect(&first.socket).await.unwrap();
     assert!(client.list(ListRequest {}).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_s_wasi_logging_lines_reach_hearthd_s_log_with_its_identity_and_its_own_log_file() {
+    let daemon = Daemon::start();
+    let mut client = daemon.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = dir.path().join("stderr");
+    std::fs::write(&stderr, "").unwrap();
+    let flood = 5_000;
+    let mut request = create(
+        "logger",
+        hearth_testkit::WASI_LOGGING,
+        &[("FLOOD", &flood.to_string())],
+    );
+    request.namespace = "team-a".into();
+    request.app = "shop".into();
+    request.stderr_path = stderr.to_string_lossy().into();
+    client.create(request).await.unwrap();
+    client
+        .start(StartRequest {
+            id: id("logger"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let exit = client
+        .wait(WaitRequest { id: id("logger") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(exit.exit_status, 0);
+
+    // hearthd's log: the level, the identity and the context on each line.
+    let line = daemon.process.wait_for_line("a line at warn");
+    for field in [
+        " WARN ",
+        "namespace=\"team-a\"",
+        "app=\"shop\"",
+        "context=\"levels\"",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    daemon
+        .process
+        .wait_for_line("logs faster than 1000 lines/s");
+    let metrics = daemon.metrics().await;
+    let series = |name: &str| {
+        hearth_testkit::metric(&metrics, &format!("{name}{{id=\"logger\""))
+            .unwrap_or_else(|| panic!("no {name} for logger:\n{metrics}"))
+    };
+    let (lines, dropped) = (
+        series("hearth_guest_log_lines_total"),
+        series("hearth_guest_log_dropped_lines_total"),
+    );
+    assert_eq!(lines + dropped, (9 + flood) as f64);
+    assert!(dropped > 0.0, "{lines} lines, none dropped");
+
+    // The Pod's own log has every line, with its level.
+    let deadline = std::time::Instant::now() + hearth_testkit::process::patience();
+    let text = loop {
+        let text = std::fs::read_to_string(&stderr).unwrap();
+        if text.lines().count() >= 9 + flood || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(text.lines().count(), 9 + flood);
+    assert!(text.starts_with("TRACE levels: a line at trace\nDEBUG levels: a line at debug\n"));
+}

@@ -566,6 +566,137 @@ async fn kv_draft() {
     assert_eq!(get(addr, "/?key=counter").await.unwrap().text(), "42\n");
 }
 
+/// A component built against `wasi:logging@0.1.0-draft` alone (as
+/// wasmCloud's are) runs: every line reaches the Pod's log file with its
+/// level, escaped so that it stays one line; hearthd's log takes them up to
+/// the per-function rate and counts the rest.
+#[tokio::test]
+async fn wasi_logging() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = dir.path().join("stderr");
+    std::fs::write(&stderr, "").unwrap();
+    let flood = 20_000;
+    let mut env = env_for(
+        "wasi-logging",
+        small_limits(),
+        &[("FLOOD", &flood.to_string())],
+    );
+    env.stdio = hearth_host::guest_output::GuestStdio::Files(Arc::new(
+        hearth_host::guest_output::GuestOutputFiles::new(
+            "wasi-logging",
+            None,
+            Some(stderr.clone()),
+        ),
+    ));
+    let job = load(hearth_testkit::WASI_LOGGING, env).await.unwrap();
+    let code = hearth_host::job::run_job(&job, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+
+    let logged = 9 + flood;
+    let scope = &job.capabilities().logging;
+    assert_eq!(scope.lines() + scope.dropped_lines(), logged as u64);
+    assert!(
+        scope.lines() >= u64::from(hearth_host::capabilities::logging::LINES_PER_SECOND),
+        "a burst's worth reached hearthd's log"
+    );
+    assert!(
+        scope.dropped_lines() > 0,
+        "{flood} lines at once are past the rate"
+    );
+
+    // The Pod's file has every line (its own writer thread writes them).
+    let deadline = Instant::now() + hearth_testkit::process::patience();
+    let text = loop {
+        let text = std::fs::read_to_string(&stderr).unwrap();
+        if text.lines().count() >= logged || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), logged, "one line per call");
+    assert_eq!(
+        lines[..8],
+        [
+            "TRACE levels: a line at trace",
+            "DEBUG levels: a line at debug",
+            "INFO levels: a line at info",
+            "WARN levels: a line at warn",
+            "ERROR levels: a line at error",
+            "CRITICAL levels: a line at critical",
+            "INFO no context",
+            "WARN forgery: first\\nERROR forged: second\\u{1b}[2J",
+        ]
+    );
+    let big = format!(
+        "INFO big: {} [{} more bytes cut]",
+        "x".repeat(hearth_host::capabilities::logging::MAX_MESSAGE_BYTES),
+        20 * 1024 - hearth_host::capabilities::logging::MAX_MESSAGE_BYTES
+    );
+    assert_eq!(lines[8], big);
+    assert_eq!(lines[9], "INFO flood: line 0");
+    assert_eq!(lines[logged - 1], format!("INFO flood: line {}", flood - 1));
+}
+
+/// A component that imports `wasi:logging/logging` without a version (as
+/// components built from an unversioned copy of the WIT do) links and logs.
+#[tokio::test]
+async fn unversioned_wasi_logging_links_and_logs() {
+    let wasm = wat::parse_str(
+        r#"(component
+             (import "wasi:logging/logging" (instance $logging
+               (type $level (enum "trace" "debug" "info" "warn" "error" "critical"))
+               (export "level" (type $l (eq $level)))
+               (export "log" (func (param "level" $l) (param "context" string) (param "message" string)))
+             ))
+             (alias export $logging "log" (func $log))
+             (core module $libc (memory (export "memory") 1))
+             (core instance $libc (instantiate $libc))
+             (alias core export $libc "memory" (core memory $memory))
+             (core func $log_lowered (canon lower (func $log) (memory $memory)))
+             (core module $main
+               (import "libc" "memory" (memory 1))
+               (import "host" "log" (func $log (param i32 i32 i32 i32 i32)))
+               (data (i32.const 0) "old")
+               (data (i32.const 16) "from an unversioned import")
+               (func (export "run") (result i32)
+                 (call $log (i32.const 3) (i32.const 0) (i32.const 3) (i32.const 16) (i32.const 26))
+                 (i32.const 0)))
+             (core instance $main (instantiate $main
+               (with "libc" (instance $libc))
+               (with "host" (instance (export "log" (func $log_lowered))))))
+             (func $run (result (result)) (canon lift (core func $main "run")))
+             (instance $cli (export "run" (func $run)))
+             (export "wasi:cli/run@0.2.12" (instance $cli))
+           )"#,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = dir.path().join("stderr");
+    std::fs::write(&stderr, "").unwrap();
+    let mut env = env_for("unversioned", small_limits(), &[]);
+    env.stdio = hearth_host::guest_output::GuestStdio::Files(Arc::new(
+        hearth_host::guest_output::GuestOutputFiles::new("unversioned", None, Some(stderr.clone())),
+    ));
+    let host = Host::new(&EngineSettings::for_limits([&env.limits])).unwrap();
+    let job = host.load(env, wasm).await.unwrap();
+    let code = hearth_host::job::run_job(&job, Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let deadline = Instant::now() + hearth_testkit::process::patience();
+    while std::fs::read_to_string(&stderr).unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&stderr).unwrap(),
+        "WARN old: from an unversioned import\n"
+    );
+    assert_eq!(job.capabilities().logging.lines(), 1);
+}
+
 /// A component built for another version of Hearth's world (or of a WASI
 /// package) is refused at load with both versions named.
 #[tokio::test]

@@ -18,6 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use hearth_host::capabilities::HostCapabilities;
 use hearth_host::distribution::{CacheSettings, DEFAULT_ARTIFACT_CACHE_BYTES, default_cache_dir};
 use hearth_host::function_env::{FunctionSpec, NodeDefaults};
+use hearth_host::guest_output::GuestStdio;
 use hearth_host::limits::LimitsOverride;
 use hearth_host::{EngineSettings, FunctionEnv, FunctionSource, Host, Limits, PullPolicy};
 use hearth_prewarm::image::{self, ImageForm};
@@ -57,6 +58,17 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Print Kubernetes manifests for a pushed function (Deployment with
+    /// `runtimeClassName: hearth`, Service, probes, `hearth.dev/*`
+    /// annotations), or apply them with `--apply` (`kubectl apply -f -`).
+    Deploy(DeployArgs),
+    /// Install Hearth on this node's containerd (or take it out): the shim
+    /// binary, and the `hearth` runtime in containerd's config (containerd
+    /// 1.6/1.7/2.x, k3s, RKE2), restarting containerd only if that changed.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Run Hearth's benchmarks (`hearth bench cold-start --bin-dir DIR`):
     /// runs the `hearth-bench` binary next to this one with these arguments.
     #[command(disable_help_flag = true)]
@@ -65,6 +77,101 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Parser)]
+struct DeployArgs {
+    /// The function's image, as pushed (`hearth push fn.wasm REF`).
+    image: String,
+    /// Name of the Deployment, Service and container [default: the image's repository name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Namespace to write into the manifests [default: kubectl's current one].
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Pods.
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// The port the function listens on ($PORT) [default: 8080; none with --subscribe].
+    #[arg(long)]
+    port: Option<u16>,
+    /// The Service's port.
+    #[arg(long, default_value_t = 80)]
+    service_port: u16,
+    /// Probe readiness and liveness with GET PATH instead of a TCP connect.
+    #[arg(long, value_name = "PATH")]
+    probe_path: Option<String>,
+    /// Environment for the function (KEY=VALUE). May repeat.
+    #[arg(long = "env", short = 'e', value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Memory limit (e.g. 128Mi): caps the function's memory.
+    #[arg(long)]
+    memory: Option<String>,
+    /// CPU limit (e.g. 500m).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// The RuntimeClass.
+    #[arg(long, default_value = "hearth")]
+    runtime_class: String,
+    /// hearth.dev/min-idle: instances kept ready.
+    #[arg(long)]
+    min_idle: Option<u32>,
+    /// hearth.dev/max-invocations: requests per instance (1: fresh per request).
+    #[arg(long)]
+    max_invocations: Option<u32>,
+    /// hearth.dev/instance-concurrency (WASI 0.3).
+    #[arg(long)]
+    instance_concurrency: Option<u32>,
+    /// hearth.dev/subscribe: topics a message handler consumes (`topic[@group],...`).
+    #[arg(long)]
+    subscribe: Option<String>,
+    /// Any other hearth.dev annotation (KEY=VALUE, KEY without the prefix). May repeat.
+    #[arg(long = "annotation", value_parser = parse_env)]
+    annotations: Vec<(String, String)>,
+    /// Apply them with `kubectl apply -f -` instead of printing them.
+    #[arg(long)]
+    apply: bool,
+    /// The kubectl to apply with.
+    #[arg(long, default_value = "kubectl")]
+    kubectl: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Put the shim on the node and register the runtime (idempotent).
+    Install(NodeArgs),
+    /// Take the runtime out of containerd's config and remove the shim.
+    Uninstall(NodeArgs),
+}
+
+#[derive(Parser)]
+struct NodeArgs {
+    /// The node's root as seen from here (`/host` in the installer Pod).
+    #[arg(long, default_value = "/")]
+    host_root: PathBuf,
+    /// The shim binary to install [default: containerd-shim-hearth-v1 next to this binary].
+    #[arg(long)]
+    shim: Option<PathBuf>,
+    /// Leave the shim binary alone; only edit containerd's config.
+    #[arg(long, conflicts_with = "shim")]
+    no_shim: bool,
+    /// Where on the node the shim goes; must be on containerd's PATH.
+    #[arg(long, default_value = "/usr/local/bin")]
+    bin_dir: PathBuf,
+    /// containerd's config file (node path) [default: detected: k3s, RKE2, else /etc/containerd/config.toml].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// containerd's version, when there is no config to read the format from
+    /// and no containerd binary to ask (e.g. `1.7.22`, `2.0.0`).
+    #[arg(long)]
+    containerd_version: Option<String>,
+    /// Restart containerd after a config change: `auto` (systemctl restart
+    /// of its unit, through nsenter when --host-root is not /) or `never`.
+    #[arg(long, value_parser = ["auto", "never"], default_value = "auto")]
+    restart: String,
+    /// Restart containerd with this shell command instead.
+    #[arg(long, conflicts_with = "restart")]
+    restart_command: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -244,13 +351,21 @@ fn default_listen() -> Result<SocketAddr> {
 
 #[tokio::main]
 async fn main() {
-    hearth_host::logging::init();
-    let code = match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(_) => {
+            hearth_host::logging::init_with_default(hearth_host::logging::RUN_DEFAULT)
+        }
+        _ => hearth_host::logging::init(),
+    }
+    let code = match cli.command {
         Command::Run(args) => run(args).await,
         Command::Push(args) => push(args).await,
         Command::Pull(args) => pull(args).await,
         Command::Status(args) => status(args).await,
         Command::Bench { args } => bench(&args),
+        Command::Node { command } => node(command),
+        Command::Deploy(args) => deploy(args),
         Command::Cache {
             command: CacheCommand::Ls(args),
         } => cache_ls(args),
@@ -266,6 +381,107 @@ async fn main() {
             std::process::exit(2);
         }
     }
+}
+
+fn deploy(args: DeployArgs) -> Result<i32> {
+    use hearth_host::manifests::{DeploySpec, manifests, name_from_image, to_yaml};
+    let mut annotations = Vec::new();
+    let numbers = [
+        ("min-idle", args.min_idle),
+        ("max-invocations", args.max_invocations),
+        ("instance-concurrency", args.instance_concurrency),
+    ];
+    for (key, value) in numbers {
+        if let Some(value) = value {
+            annotations.push((key.to_string(), value.to_string()));
+        }
+    }
+    if let Some(topics) = &args.subscribe {
+        annotations.push(("subscribe".to_string(), topics.clone()));
+    }
+    annotations.extend(args.annotations);
+    let port = match (args.port, &args.subscribe) {
+        (Some(port), _) => Some(port),
+        (None, Some(_)) => None,
+        (None, None) => Some(8080),
+    };
+    let spec = DeploySpec {
+        name: args.name.unwrap_or_else(|| name_from_image(&args.image)),
+        image: args.image,
+        namespace: args.namespace,
+        replicas: args.replicas,
+        port,
+        service_port: args.service_port,
+        probe_path: args.probe_path,
+        env: args.env,
+        memory: args.memory,
+        cpu: args.cpu,
+        runtime_class: args.runtime_class,
+        annotations,
+    };
+    let yaml = to_yaml(&manifests(&spec)?);
+    if !args.apply {
+        print!("{yaml}");
+        return Ok(0);
+    }
+    let mut kubectl = std::process::Command::new(&args.kubectl)
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", args.kubectl.display()))?;
+    {
+        use std::io::Write;
+        let mut stdin = kubectl.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(yaml.as_bytes())
+            .context("writing the manifests to kubectl")?;
+    }
+    let status = kubectl.wait().context("waiting for kubectl")?;
+    Ok(status.code().unwrap_or(1))
+}
+
+fn node(command: NodeCommand) -> Result<i32> {
+    use hearth_node_install::{Options, Restart};
+    let (args, install) = match command {
+        NodeCommand::Install(args) => (args, true),
+        NodeCommand::Uninstall(args) => (args, false),
+    };
+    let shim = match (args.no_shim, args.shim) {
+        (true, _) => None,
+        (false, Some(shim)) => Some(shim),
+        (false, None) => {
+            let beside = std::env::current_exe()
+                .context("locating this binary")?
+                .with_file_name(hearth_node_install::SHIM_BINARY);
+            if !beside.exists() {
+                bail!(
+                    "no {} next to this binary ({}); pass --shim PATH or --no-shim",
+                    hearth_node_install::SHIM_BINARY,
+                    beside.display()
+                );
+            }
+            Some(beside)
+        }
+    };
+    let options = Options {
+        host_root: args.host_root,
+        shim,
+        bin_dir: args.bin_dir,
+        config: args.config,
+        containerd_version: args.containerd_version,
+        restart: match (args.restart_command, args.restart.as_str()) {
+            (Some(command), _) => Restart::Command(command),
+            (None, "never") => Restart::Never,
+            (None, _) => Restart::Auto,
+        },
+    };
+    let report = if install {
+        hearth_node_install::install(&options)?
+    } else {
+        hearth_node_install::uninstall(&options)?
+    };
+    print!("{report}");
+    Ok(0)
 }
 
 async fn status(args: StatusArgs) -> Result<i32> {
@@ -441,6 +657,8 @@ async fn run(args: RunArgs) -> Result<i32> {
         },
         min_idle: Some(args.min_idle),
         max_invocations: Some(args.max_invocations),
+        // The terminal's stdio, byte for byte, as `wasmtime run` gives it.
+        stdio: GuestStdio::Inherit,
         ..FunctionSpec::default()
     };
     let env = match spec.into_env(&NodeDefaults::default()) {
@@ -499,6 +717,7 @@ async fn run(args: RunArgs) -> Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(
+        target: "hearth::run",
         function = %name,
         wasi = %function.wasi(),
         "serving function `{name}` on http://{}",

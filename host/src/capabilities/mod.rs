@@ -1,7 +1,8 @@
 //! Capabilities as host functions: state (`wasi:keyvalue` and
 //! `hearth:function/state`), service invocation (`hearth:function/invoke`),
 //! configuration (`wasi:config`), messaging (`wasi:messaging` and
-//! `hearth:function/messaging`) and blob storage (`wasi:blobstore`).
+//! `hearth:function/messaging`), blob storage (`wasi:blobstore`) and log
+//! lines (`wasi:logging`, whose backend is hearthd's log and the Pod's).
 //!
 //! Each capability is WIT (in `wit/`, one source for host and guests) +
 //! a host implementation here + a backend trait + backends chosen in
@@ -40,6 +41,7 @@ pub mod config;
 pub mod invoke;
 pub mod keyvalue;
 pub mod keyvalue_draft;
+pub mod logging;
 pub mod messaging;
 
 use crate::tenancy::{Identity, NamespacePolicy};
@@ -54,6 +56,7 @@ pub use config::ConfigCtx;
 pub use invoke::InvokeCtx;
 pub use invoke::{InvokeSettings, Invoker, LocalCallee};
 pub use keyvalue::KeyvalueCtx;
+pub use logging::LoggingCtx;
 pub use messaging::MessagingCtx;
 
 /// Bindings for the `hearth:function/capabilities` world.
@@ -287,6 +290,10 @@ impl HostCapabilities {
                 other_topics: reach.topics.clone(),
             }),
             blob,
+            logging: Arc::new(logging::LoggingScope::new(
+                function.clone(),
+                identity.clone(),
+            )),
             function,
             identity: identity.clone(),
             app,
@@ -453,6 +460,8 @@ pub struct FunctionCapabilities {
     pub messaging: Arc<messaging::MessagingScope>,
     /// Its blob store, scoped to its app, if the host has any.
     pub blob: Option<Arc<blobstore::BlobScope>>,
+    /// Who its `wasi:logging` lines are from, and their rate.
+    pub logging: Arc<logging::LoggingScope>,
 }
 
 impl FunctionCapabilities {

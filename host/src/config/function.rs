@@ -88,7 +88,7 @@ impl FunctionConfig {
                 publish_topics: self.publish_topics.clone(),
                 blob_store: self.blob_store.clone(),
             },
-            output_files: None,
+            stdio: Default::default(),
             narrowing: Default::default(),
             resources: Default::default(),
         }

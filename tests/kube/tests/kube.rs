@@ -44,6 +44,10 @@ fn main() {
             deployment_with_probes_serves_on_every_pod_ip_and_its_service,
         ),
         (
+            "hearth_deploy_applied_with_kubectl_serves_through_its_service",
+            hearth_deploy_applied_with_kubectl_serves_through_its_service,
+        ),
+        (
             "logs_and_logs_follow_show_stdout_and_stderr",
             logs_and_logs_follow_show_stdout_and_stderr,
         ),
@@ -319,6 +323,70 @@ fn deployment_with_probes_serves_on_every_pod_ip_and_its_service(
     // The probes ran against the functions: no restarts.
     for pod in cluster.pods("app=web") {
         assert_eq!(restart_count(&pod), 0, "{pod}");
+    }
+}
+
+/// What a first-day user does: `hearth deploy IMAGE | kubectl apply -f -`
+/// (here with `--apply`, which pipes to kubectl itself), then calls the
+/// function through its Service.
+fn hearth_deploy_applied_with_kubectl_serves_through_its_service(
+    cluster: &mut Cluster,
+    images: &Images,
+) {
+    let hearth = hearth_testkit::containerd::workspace_binary("hearth");
+    let output = std::process::Command::new(hearth)
+        .args([
+            "deploy",
+            &images.misbehave,
+            "--name",
+            "first",
+            "--replicas",
+            "2",
+        ])
+        .args([
+            "--probe-path",
+            "/ok",
+            "--min-idle",
+            "1",
+            "--apply",
+            "--kubectl",
+        ])
+        .arg(&cluster.kubectl)
+        .env("KUBECONFIG", cluster.work.join("kubeconfig"))
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.contains("deployment.apps/first created"),
+        "{printed}"
+    );
+    assert!(printed.contains("service/first created"), "{printed}");
+    wait_rollout(cluster, "first");
+    assert_eq!(ready_pod_ips(cluster, "first").len(), 2);
+    let cluster_ip = cluster
+        .kubectl(&[
+            "get",
+            "service",
+            "first",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .trim()
+        .to_string();
+    let service: SocketAddr = format!("{cluster_ip}:80").parse().unwrap();
+    let answered = (0..240).any(|_| {
+        std::thread::sleep(Duration::from_millis(250));
+        serves_ok(service)
+    });
+    assert!(answered, "the Service {service} never answered");
+    for pod in cluster.pods("app=first") {
+        assert_eq!(restart_count(&pod), 0, "the probes pass: {pod}");
+        assert_eq!(pod["spec"]["runtimeClassName"], "hearth");
     }
 }
 

@@ -124,6 +124,8 @@ pub struct Containerd {
     process: Option<Running>,
     dir: tempfile::TempDir,
     hearth_socket: PathBuf,
+    /// A directory put before the workspace's shim on containerd's `PATH`.
+    path_first: Option<PathBuf>,
 }
 
 impl Containerd {
@@ -223,9 +225,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         );
         std::fs::write(root.join("config.toml"), config).unwrap();
         let containerd = Containerd {
-            process: Some(spawn_containerd(root, hearth_socket)),
+            process: Some(spawn_containerd(root, hearth_socket, None)),
             dir,
             hearth_socket: hearth_socket.to_path_buf(),
+            path_first: None,
         };
         containerd.wait_until_serving();
         containerd
@@ -315,17 +318,36 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         if let Some(mut process) = self.process.take() {
             process.kill();
         }
-        self.process = Some(spawn_containerd(self.dir.path(), &self.hearth_socket));
+        self.process = Some(spawn_containerd(
+            self.dir.path(),
+            &self.hearth_socket,
+            self.path_first.as_deref(),
+        ));
         self.wait_until_serving();
+    }
+
+    /// [`Containerd::restart`], from now on with `dir` first on containerd's
+    /// `PATH` (where an installer put a shim).
+    pub fn restart_with_path_first(&mut self, dir: &Path) {
+        self.path_first = Some(dir.to_path_buf());
+        self.restart();
+    }
+
+    /// containerd's config file (read again on each restart).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
     }
 }
 
-/// Starts containerd on `dir/config.toml`, the shim's directory first on
-/// `PATH` and `HEARTH_SOCKET` set for its shims.
-fn spawn_containerd(dir: &Path, hearth_socket: &Path) -> Running {
+/// Starts containerd on `dir/config.toml`, `path_first` and then the shim's
+/// directory first on `PATH`, and `HEARTH_SOCKET` set for its shims.
+fn spawn_containerd(dir: &Path, hearth_socket: &Path, path_first: Option<&Path>) -> Running {
     let shim = workspace_binary("containerd-shim-hearth-v1");
     let path = format!(
-        "{}:{}",
+        "{}{}:{}",
+        path_first
+            .map(|dir| format!("{}:", dir.display()))
+            .unwrap_or_default(),
         shim.parent().unwrap().display(),
         std::env::var("PATH").unwrap_or_default()
     );
