@@ -28,6 +28,7 @@
 //! | leaves | [`invocation_error`] (what callers see when things fail), [`propagation`] (headers and request context), [`limits`], [`stats`], [`guest_output`], [`distribution`] (files, references and the caches), [`logging`], [`tenancy`] (who a function is, what its namespace may reach) |
 
 pub mod admin;
+pub mod authoring;
 pub mod capabilities;
 pub mod config;
 pub mod control;

@@ -27,7 +27,7 @@ use hearth_prewarm::registry::{
 };
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +58,14 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Start a function project from a template (`hearth new --list`).
+    New(NewArgs),
+    /// Build the function project in a directory with its language's
+    /// toolchain (cargo, componentize-py, componentize-js).
+    Build(BuildArgs),
+    /// Build and run the function project in a directory (`--watch`:
+    /// rebuild and restart on every change).
+    Up(UpArgs),
     /// Print Kubernetes manifests for a pushed function (Deployment with
     /// `runtimeClassName: hearth`, Service, probes, `hearth.dev/*`
     /// annotations), or apply them with `--apply` (`kubectl apply -f -`).
@@ -77,6 +85,42 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Parser)]
+struct NewArgs {
+    /// The template (`rust-http`, `python-job`, ...; see --list).
+    #[arg(required_unless_present = "list")]
+    template: Option<String>,
+    /// The function's name; the project goes into ./NAME.
+    #[arg(required_unless_present = "list")]
+    name: Option<String>,
+    /// List the templates.
+    #[arg(long)]
+    list: bool,
+    /// Where the project goes [default: ./NAME].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Parser)]
+struct BuildArgs {
+    /// The project directory.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+}
+
+#[derive(Parser)]
+struct UpArgs {
+    /// The project directory.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Rebuild and restart when a source file changes.
+    #[arg(long)]
+    watch: bool,
+    /// Arguments for `hearth run` (`--listen`, `--env`, ...), after `--`.
+    #[arg(last = true)]
+    run_args: Vec<String>,
 }
 
 #[derive(Parser)]
@@ -366,6 +410,12 @@ async fn main() {
         Command::Bench { args } => bench(&args),
         Command::Node { command } => node(command),
         Command::Deploy(args) => deploy(args),
+        Command::New(args) => new_project(args),
+        Command::Build(args) => build_project(&args.dir).map(|built| {
+            println!("{built}");
+            0
+        }),
+        Command::Up(args) => up(args),
         Command::Cache {
             command: CacheCommand::Ls(args),
         } => cache_ls(args),
@@ -379,6 +429,77 @@ async fn main() {
             tracing::error!("{error:#}");
             eprintln!("error: {error:#}");
             std::process::exit(2);
+        }
+    }
+}
+
+fn new_project(args: NewArgs) -> Result<i32> {
+    use hearth_host::authoring;
+    if args.list {
+        for template in authoring::templates() {
+            println!("{:<16} {}", template.name, template.description);
+        }
+        return Ok(0);
+    }
+    let (Some(template), Some(name)) = (args.template, args.name) else {
+        bail!("usage: hearth new TEMPLATE NAME (hearth new --list shows the templates)");
+    };
+    let dir = args.dir.unwrap_or_else(|| PathBuf::from(&name));
+    let files = authoring::new_project(&template, &name, &dir, &default_cache_dir())?;
+    println!("created {} from {template}:", dir.display());
+    for file in files {
+        println!("  {}", file.display());
+    }
+    println!("next: cd {} && hearth up", dir.display());
+    Ok(0)
+}
+
+fn build_project(dir: &Path) -> Result<hearth_host::authoring::Built> {
+    Ok(hearth_host::authoring::build(dir, &default_cache_dir())?)
+}
+
+/// Builds, then runs `hearth run COMPONENT RUN_ARGS` as a child; with
+/// `--watch`, polls the sources and rebuilds and restarts on a change (a
+/// failed rebuild keeps the running one and says why).
+fn up(args: UpArgs) -> Result<i32> {
+    use hearth_host::authoring::sources_fingerprint;
+    let start = |component: &Path| -> Result<std::process::Child> {
+        std::process::Command::new(std::env::current_exe()?)
+            .arg("run")
+            .arg(component)
+            .args(&args.run_args)
+            .spawn()
+            .context("starting hearth run")
+    };
+    let built = build_project(&args.dir)?;
+    eprintln!("{built}");
+    let mut child = start(&built.component)?;
+    if !args.watch {
+        let status = child.wait()?;
+        return Ok(status.code().unwrap_or(1));
+    }
+    let mut seen = sources_fingerprint(&args.dir);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = sources_fingerprint(&args.dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        eprintln!("hearth up: a source changed; rebuilding");
+        match build_project(&args.dir) {
+            Err(error) => {
+                eprintln!("hearth up: the build failed, still running the last one:\n{error:#}")
+            }
+            Ok(built) => {
+                eprintln!("{built}");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                child.wait()?;
+                child = start(&built.component)?;
+            }
         }
     }
 }
