@@ -20,6 +20,7 @@
 //!
 //! | layer | modules |
 //! |---|---|
+//! | authoring | [`authoring`] (`hearth new`, `build`, `up`: templates, the embedded SDK, toolchains), [`manifests`] (`hearth deploy`'s Kubernetes manifests) |
 //! | serving | [`serving`] (a function's listener and subscriptions, drained together), [`control`] (the control API shims call), [`admin`] (`/metrics`, `/healthz`, `/readyz`), [`config`] (`hearth.toml`), [`node_lock`] (one hearthd per node); the `hearthd` and `hearth` binaries |
 //! | triggers | [`http`] (HTTP, and `invoke`'s local route), [`messages`] (subscriptions), [`job`] (`wasi:cli/run`) |
 //! | function | [`function`] (loading, the pool, the host; [`function::concurrent`]: a WASI 0.3 instance serving many requests at once), [`invocation`] (one invocation, for every trigger), [`engine`] |

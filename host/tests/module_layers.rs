@@ -30,6 +30,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "serving",
         &["serving", "control", "admin", "config", "node_lock"],
     ),
+    ("authoring", &["authoring", "manifests"]),
 ];
 
 fn src() -> PathBuf {

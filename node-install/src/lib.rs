@@ -119,7 +119,8 @@ pub struct Options {
     /// The host's root as the installer sees it (`/host` in a Pod with the
     /// node's `/` mounted there; `/` on the node itself).
     pub host_root: PathBuf,
-    /// The shim binary to install; `None` leaves the shim alone.
+    /// The shim binary to install; `None` leaves the shim alone. For
+    /// [`uninstall`], any `Some` means: remove the installed shim.
     pub shim: Option<PathBuf>,
     /// Where on the host the shim goes (on containerd's `PATH`).
     pub bin_dir: PathBuf,

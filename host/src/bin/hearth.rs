@@ -570,6 +570,8 @@ fn node(command: NodeCommand) -> Result<i32> {
     let shim = match (args.no_shim, args.shim) {
         (true, _) => None,
         (false, Some(shim)) => Some(shim),
+        // Uninstall removes the installed shim; it needs no source.
+        (false, None) if !install => Some(PathBuf::new()),
         (false, None) => {
             let beside = std::env::current_exe()
                 .context("locating this binary")?
