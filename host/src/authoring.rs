@@ -346,23 +346,28 @@ fn project_name(dir: &Path) -> String {
 }
 
 /// Runs `command`; its combined output, or the tool's own message as the error.
-fn run_tool(tool: &str, command: &mut Command) -> Result<String, BuildError> {
-    let output = command.output().map_err(|error| match error.kind() {
-        std::io::ErrorKind::NotFound => BuildError::MissingTool {
-            tool: tool.to_string(),
-            hint: match tool {
-                "cargo" => {
-                    "install Rust with rustup, then `rustup target add wasm32-wasip2`".into()
-                }
-                "node" | "npm" => {
-                    "install Node.js 18 or later (Debian: apt-get install nodejs npm)".into()
-                }
-                _ => "install Python 3.10 or later (Debian: apt-get install python3 python3-venv)"
-                    .into(),
-            },
+/// The error for `tool` that could not be started: missing (with how to
+/// install it) or another I/O failure.
+fn spawn_error(tool: &str, error: std::io::Error) -> BuildError {
+    if error.kind() != std::io::ErrorKind::NotFound {
+        return BuildError::Io(error);
+    }
+    BuildError::MissingTool {
+        tool: tool.to_string(),
+        hint: match tool {
+            "cargo" => "install Rust with rustup, then `rustup target add wasm32-wasip2`".into(),
+            "node" | "npm" => {
+                "install Node.js 18 or later (Debian: apt-get install nodejs npm)".into()
+            }
+            _ => {
+                "install Python 3.10 or later (Debian: apt-get install python3 python3-venv)".into()
+            }
         },
-        _ => BuildError::Io(error),
-    })?;
+    }
+}
+
+fn run_tool(tool: &str, command: &mut Command) -> Result<String, BuildError> {
+    let output = command.output().map_err(|error| spawn_error(tool, error))?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -390,13 +395,7 @@ fn build_rust(dir: &Path) -> Result<PathBuf, BuildError> {
         .current_dir(dir)
         .stderr(Stdio::piped())
         .output()
-        .map_err(|error| match error.kind() {
-            std::io::ErrorKind::NotFound => BuildError::MissingTool {
-                tool: "cargo".into(),
-                hint: "install Rust with rustup, then `rustup target add wasm32-wasip2`".into(),
-            },
-            _ => BuildError::Io(error),
-        })?;
+        .map_err(|error| spawn_error("cargo", error))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
         let hint =

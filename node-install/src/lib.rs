@@ -489,8 +489,12 @@ pub fn config_with_runtime(file: &Path, text: &str, config_version: i64) -> Resu
             key: path[..=depth].join("."),
         })?;
     }
+    // Every edit below sets `changed`: a new table on the way always gets
+    // its `runtime_type`, so an untouched document renders as `text`.
+    let mut changed = false;
     if table.get("runtime_type").and_then(Item::as_str) != Some(RUNTIME_TYPE) {
         table["runtime_type"] = toml_edit::value(RUNTIME_TYPE);
+        changed = true;
     }
     match table
         .get_mut("pod_annotations")
@@ -502,19 +506,19 @@ pub fn config_with_runtime(file: &Path, text: &str, config_version: i64) -> Resu
                 .any(|a| a.as_str() == Some(POD_ANNOTATIONS))
             {
                 annotations.push(POD_ANNOTATIONS);
+                changed = true;
             }
         }
         None => {
             table["pod_annotations"] =
                 Item::Value(Value::Array(Array::from_iter([POD_ANNOTATIONS])));
+            changed = true;
         }
     }
-    let rendered = document.to_string();
-    // Unchanged input renders unchanged; say so exactly.
-    Ok(if parse(file, text)?.to_string() == rendered {
-        text.to_string()
+    Ok(if changed {
+        document.to_string()
     } else {
-        rendered
+        text.to_string()
     })
 }
 

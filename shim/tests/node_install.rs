@@ -73,19 +73,17 @@ fn the_installer_registers_the_runtime_in_a_real_containerd_1_6_and_a_pod_runs_o
     let bin = tempfile::tempdir().unwrap();
     let bin_arg = bin.path().to_str().unwrap().to_string();
     let shim = workspace_binary("containerd-shim-hearth-v1");
-    let report = hearth_node(
-        "install",
-        &[
-            "--shim",
-            shim.to_str().unwrap(),
-            "--bin-dir",
-            &bin_arg,
-            "--config",
-            &config_arg,
-            "--restart-command",
-            &restart,
-        ],
-    );
+    let install_args = [
+        "--shim",
+        shim.to_str().unwrap(),
+        "--bin-dir",
+        &bin_arg,
+        "--config",
+        &config_arg,
+        "--restart-command",
+        &restart,
+    ];
+    let report = hearth_node("install", &install_args);
     assert!(
         report.contains("node: containerd (containerd config version 2)"),
         "{report}"
@@ -134,19 +132,7 @@ fn the_installer_registers_the_runtime_in_a_real_containerd_1_6_and_a_pod_runs_o
     }
 
     // Installing again changes nothing and restarts nothing.
-    let report = hearth_node(
-        "install",
-        &[
-            "--shim",
-            shim.to_str().unwrap(),
-            "--bin-dir",
-            &bin_arg,
-            "--config",
-            &config_arg,
-            "--restart-command",
-            &restart,
-        ],
-    );
+    let report = hearth_node("install", &install_args);
     assert!(report.contains(": unchanged\nshim"), "{report}");
     assert!(report.contains("its config did not change"), "{report}");
     assert_eq!(restarts(&restart_log), 2);
