@@ -74,6 +74,7 @@ use crate::guest_output::{GuestOutputFiles, GuestStdio};
 use crate::limits::LimitsOverride;
 use crate::messages::SubscriptionSettings;
 use crate::serving::{Drain, Serving};
+use crate::telemetry;
 use crate::tenancy::Narrowing;
 use hearth_control::v1::control_server::Control;
 use hearth_control::v1::{
@@ -588,15 +589,31 @@ impl Control for ControlService {
                 tracing::error!(id = %request.id, function = %name, namespace = %request.namespace, "create refused: {error}");
                 Status::invalid_argument(error.to_string())
             })?;
+        // A Pod start's trace: this span, with the pull and the compile
+        // inside it (see crate::telemetry).
+        let span = telemetry::start_request(
+            || format!("create {name}").into(),
+            telemetry::Kind::Server,
+            None,
+        );
+        span.set("hearth.function", || name.clone());
+        span.set("k8s.namespace.name", || request.namespace.clone());
+        span.set("hearth.container.id", || request.id.clone());
         let loaded = match &request.source {
             Some(Source::WasmPath(path)) => {
-                self.host.load_file(env, &as_owner_sees(owner, path)).await
+                let path = as_owner_sees(owner, path);
+                span.context().scope(self.host.load_file(env, &path)).await
             }
             Some(Source::Image(image)) => {
-                self.host.load_image(env, image, PullPolicy::Missing).await
+                let load = self.host.load_image(env, image, PullPolicy::Missing);
+                span.context().scope(load).await
             }
             None => return Err(Status::invalid_argument("give wasm_path or image")),
         };
+        if let Err(error) = &loaded {
+            span.fail("load", error);
+        }
+        span.end();
         let function = loaded.map_err(|error| {
             tracing::error!(id = %request.id, function = %name, "create failed: {error}");
             match error {

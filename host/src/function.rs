@@ -33,6 +33,7 @@ use crate::function_env::FunctionEnv;
 use crate::invocation_error::{InitFailed, Overloaded};
 use crate::limits::DeadlineExceeded;
 use crate::stats::SubscriptionRegistry;
+use crate::telemetry;
 use crate::store_data::StoreData;
 use concurrent::ConcurrentService;
 use hearth_prewarm::artifact_cache::{CachedFunction, PullError};
@@ -423,11 +424,14 @@ impl Host {
                 reference: reference.to_string(),
             });
         };
+        let span = telemetry::start_in_current("pull");
+        span.set("hearth.image", || reference.to_string());
         let entry = match policy {
             PullPolicy::Missing => artifacts.get_or_pull(reference).await,
             PullPolicy::Always => artifacts.pull(reference).await,
-        }
-        .map_err(pull_error)?;
+        };
+        span.end_with(&entry);
+        let entry = entry.map_err(pull_error)?;
         let bytes = match artifacts.read_wasm(&entry) {
             Ok(bytes) => bytes,
             // The blob was damaged on disk and has been removed: fetch it again.
@@ -501,9 +505,18 @@ impl Host {
     ) -> Result<Arc<Function>, FunctionLoadError> {
         let host = self.clone();
         let name = env.name.to_string();
-        let (compiled, compiled_from) =
-            tokio::task::spawn_blocking(move || host.compiled.get_or_compile_traced(&bytes))
-                .await
+        let span = telemetry::start_in_current("compile");
+        span.set("hearth.function", || name.clone());
+        span.set("k8s.namespace.name", || env.namespace.to_string());
+        span.set("hearth.component.bytes", || bytes.len() as i64);
+        let compiled = tokio::task::spawn_blocking(move || host.compiled.get_or_compile_traced(&bytes)).await;
+        match &compiled {
+            Ok(Ok((_, from))) => span.set("hearth.compiled_from", || from.as_str()),
+            Ok(Err(error)) => span.fail("load", error),
+            Err(error) => span.fail("interrupted", error),
+        }
+        span.end();
+        let (compiled, compiled_from) = compiled
                 .map_err(|e| FunctionLoadError::Interrupted {
                     function: name.clone(),
                     detail: e.to_string(),

@@ -49,6 +49,7 @@ use crate::invocation::{DEADLINE_SLACK, Invocation};
 use crate::invocation_error::{InvocationError, log_failure};
 use crate::limits::DeadlineExceeded;
 use crate::propagation::{ERROR_HEADER, RequestContext};
+use crate::telemetry::{self, Kind};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -297,6 +298,8 @@ enum Origin {
     Host,
 }
 
+/// One request, as a server span (see [`crate::telemetry`]): a child of
+/// its `traceparent`, the parent of its capability calls.
 async fn invoke<B>(
     function: &Arc<Function>,
     mut request: Request<B>,
@@ -307,17 +310,53 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let body_limit = function.env().limits.max_request_body_bytes;
-    if declared_length(&request).is_some_and(|len| len > body_limit) {
-        return Err(InvocationError::BodyTooLarge { limit: body_limit }.into());
-    }
-    let context = match origin {
+    let mut context = match origin {
         Origin::Outside => {
             let max_depth = function.capabilities().invoke.settings.max_depth;
             RequestContext::from_untrusted(request.headers_mut(), max_depth)
         }
         Origin::Host => RequestContext::from_headers(request.headers()),
     };
+    let span = telemetry::start_request(
+        || format!("{} {}", request.method(), function.name()).into(),
+        Kind::Server,
+        context.traceparent.as_deref(),
+    );
+    span.set("http.request.method", || request.method().to_string());
+    span.set("url.path", || request.uri().path().to_string());
+    span.set("hearth.function", || function.name().to_string());
+    span.set("k8s.namespace.name", || function.env().namespace.to_string());
+    context.trace = span.context();
+    let result = invoke_in(function, request, timeout, context).await;
+    match &result {
+        Ok(response) => span.set("http.response.status_code", || {
+            i64::from(response.status().as_u16())
+        }),
+        Err(failure) => {
+            span.set("http.response.status_code", || {
+                i64::from(failure.error.status().as_u16())
+            });
+            span.fail(failure.error.name(), &failure.error);
+        }
+    }
+    result
+}
+
+/// [`invoke`], once the request's context is known.
+async fn invoke_in<B>(
+    function: &Arc<Function>,
+    request: Request<B>,
+    timeout: Duration,
+    context: RequestContext,
+) -> Result<Response<HyperOutgoingBody>, Failure>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let body_limit = function.env().limits.max_request_body_bytes;
+    if declared_length(&request).is_some_and(|len| len > body_limit) {
+        return Err(InvocationError::BodyTooLarge { limit: body_limit }.into());
+    }
     let body_over_limit = Arc::new(AtomicBool::new(false));
     let (parts, body) = request.into_parts();
     let body = limited_body(body, body_limit, body_over_limit.clone());

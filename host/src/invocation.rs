@@ -33,6 +33,7 @@ use crate::function::{Function, FunctionKind};
 use crate::invocation_error::{InvocationError, log_failure};
 use crate::limits::{CpuGauge, DeadlineExceeded};
 use crate::propagation::RequestContext;
+use crate::telemetry::Kind;
 use crate::store_data::StoreData;
 use hearth_prewarm::pool::{Checkout, Ready};
 use std::sync::Arc;
@@ -81,11 +82,23 @@ impl Function {
             })?;
         let remaining = timeout.map(|t| t.saturating_sub(started.elapsed()));
         let instance = match self.kind() {
-            FunctionKind::Job { .. } => self.instantiate(remaining).await.map(Held::Fresh),
-            FunctionKind::Service { .. } | FunctionKind::MessageHandler { .. } => self
-                .checkout(remaining.unwrap_or(UNBOUNDED_SLOT_WAIT))
-                .await
-                .map(Held::Pooled),
+            FunctionKind::Job { .. } => {
+                let span = context.trace.start("instantiate", Kind::Internal);
+                let instance = self.instantiate(remaining).await;
+                span.end_with(&instance);
+                instance.map(Held::Fresh)
+            }
+            FunctionKind::Service { .. } | FunctionKind::MessageHandler { .. } => {
+                let span = context.trace.start("pool checkout", Kind::Internal);
+                let checkout = self
+                    .checkout(remaining.unwrap_or(UNBOUNDED_SLOT_WAIT))
+                    .await;
+                match &checkout {
+                    Ok(checkout) => span.set("hearth.pool.hit", || checkout.was_hit()),
+                    Err(error) => span.fail("instantiate", error),
+                }
+                checkout.map(Held::Pooled)
+            }
         };
         let instance = instance.map_err(|raw| {
             let error = InvocationError::from_wasmtime(&raw);

@@ -10,15 +10,41 @@
 use crate::function::{CliRun, Function, FunctionKind};
 use crate::invocation_error::InvocationError;
 use crate::propagation::RequestContext;
+use crate::telemetry::{self, Kind};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime_wasi::I32Exit;
 
 /// Runs `function` (a job) once, on a fresh instance (see
-/// [`crate::invocation`]). `timeout` bounds its wall-clock time.
+/// [`crate::invocation`]), as one span (see [`crate::telemetry`]).
+/// `timeout` bounds its wall-clock time.
 pub async fn run_job(
     function: &Arc<Function>,
     timeout: Option<Duration>,
+) -> Result<i32, InvocationError> {
+    let span = telemetry::start_request(
+        || format!("run {}", function.name()).into(),
+        Kind::Internal,
+        None,
+    );
+    span.set("hearth.function", || function.name().to_string());
+    span.set("k8s.namespace.name", || function.env().namespace.to_string());
+    let context = RequestContext {
+        trace: span.context(),
+        ..RequestContext::default()
+    };
+    let result = run_job_in(function, timeout, context).await;
+    match &result {
+        Ok(code) => span.set("process.exit.code", || i64::from(*code)),
+        Err(error) => span.fail(error.name(), error),
+    }
+    result
+}
+
+async fn run_job_in(
+    function: &Arc<Function>,
+    timeout: Option<Duration>,
+    context: RequestContext,
 ) -> Result<i32, InvocationError> {
     let FunctionKind::Job { run } = function.kind() else {
         return Err(InvocationError::Internal(format!(
@@ -26,7 +52,7 @@ pub async fn run_job(
             function.name()
         )));
     };
-    let mut invocation = function.begin(timeout, RequestContext::default()).await?;
+    let mut invocation = function.begin(timeout, context).await?;
     let deadline = invocation.deadline();
     let ready = invocation.ready();
     let result = deadline

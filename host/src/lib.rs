@@ -26,7 +26,7 @@
 //! | function | [`function`] (loading, the pool, the host; [`function::concurrent`]: a WASI 0.3 instance serving many requests at once), [`invocation`] (one invocation, for every trigger), [`engine`] |
 //! | store data | [`store_data`] (the `T` of every `Store<T>`), [`function_env`] |
 //! | capabilities | [`capabilities`] (keyvalue, state, invoke, config, messaging, blobstore host functions) |
-//! | leaves | [`invocation_error`] (what callers see when things fail), [`propagation`] (headers and request context), [`limits`], [`stats`], [`guest_output`], [`distribution`] (files, references and the caches), [`logging`], [`tenancy`] (who a function is, what its namespace may reach) |
+//! | leaves | [`invocation_error`] (what callers see when things fail), [`propagation`] (headers and request context), [`limits`], [`stats`], [`guest_output`], [`distribution`] (files, references and the caches), [`logging`], [`tenancy`] (who a function is, what its namespace may reach), [`telemetry`] (spans, exported over OTLP) |
 
 pub mod admin;
 pub mod authoring;
@@ -51,6 +51,7 @@ pub mod propagation;
 pub mod serving;
 pub mod stats;
 pub mod store_data;
+pub mod telemetry;
 pub mod tenancy;
 
 pub use distribution::{CacheSettings, FunctionSource, PullPolicy};

@@ -40,7 +40,8 @@
 use crate::capabilities::messaging::{InHand, MessageHandle, Settled};
 use crate::function::Function;
 use crate::invocation_error::InvocationError;
-use crate::propagation::RequestContext;
+use crate::propagation::{RequestContext, TRACEPARENT_HEADER};
+use crate::telemetry::{self, Kind};
 use crate::stats::SubscriptionStats;
 use hearth_messaging::{
     Broker, Consumer, Delivery, MessagingError, OutgoingMessage, Receipt, SubscriptionSpec,
@@ -559,19 +560,54 @@ impl Dispatch {
         );
     }
 
-    /// Runs the handler on a pooled instance (see [`crate::invocation`]).
+    /// Runs the handler on a pooled instance (see [`crate::invocation`]),
+    /// as a consumer span: a child of the message's `traceparent` header
+    /// (the publish's span), the parent of the handler's capability calls.
     async fn invoke(&self, delivery: &Delivery) -> (Handled, Option<Settled>) {
+        let function = &self.function;
+        let traceparent = delivery
+            .headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(TRACEPARENT_HEADER))
+            .map(|(_, value)| value.as_str());
+        let topic = || function.capabilities().messaging.guest_topic(&delivery.topic);
+        let span = telemetry::start_request(
+            || format!("process {}", topic()).into(),
+            Kind::Consumer,
+            traceparent,
+        );
+        span.set("messaging.operation.type", || "process");
+        span.set("messaging.destination.name", topic);
+        span.set("messaging.consumer.group.name", || self.settings.group.clone());
+        span.set("messaging.message.id", || delivery.id.clone());
+        span.set("hearth.delivery.attempt", || i64::from(delivery.attempt));
+        span.set("hearth.function", || function.name().to_string());
+        span.set("k8s.namespace.name", || function.env().namespace.to_string());
+        let context = RequestContext {
+            depth: 0,
+            request_id: Some(delivery.id.clone()),
+            traceparent: traceparent.map(str::to_string),
+            trace: span.context(),
+        };
+        let (handled, settled) = self.invoke_in(delivery, context).await;
+        if let Handled::Failed(why) = &handled {
+            span.fail(why.split(':').next().unwrap_or("failed"), why);
+        }
+        (handled, settled)
+    }
+
+    /// `invoke`, once the message's context is known.
+    async fn invoke_in(
+        &self,
+        delivery: &Delivery,
+        context: RequestContext,
+    ) -> (Handled, Option<Settled>) {
         let function = &self.function;
         let failed = |error: InvocationError| Handled::Failed(format!("{}: {error}", error.name()));
         let Some(indices) = function.message_handler() else {
             return (Handled::Failed("no message handler".into()), None);
         };
         let timeout = function.env().limits.request_timeout();
-        let context = RequestContext {
-            depth: 0,
-            request_id: Some(delivery.id.clone()),
-            traceparent: None,
-        };
         let mut invocation = match function.begin(Some(timeout), context).await {
             Ok(invocation) => invocation,
             Err(error) => return (failed(error), None),

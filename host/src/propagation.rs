@@ -4,7 +4,8 @@
 //!
 //! # Contract
 //!
-//! * This module depends on nothing else in the host: triggers read a
+//! * This module depends on nothing else in the host but [`crate::telemetry`]
+//!   (a request's span travels in its context): triggers read a
 //!   request's context from its headers here, and `invoke` writes it into
 //!   the callee's request here, so both sides agree on the names.
 //! * A request that arrives without `x-request-id` gets one on its first
@@ -21,6 +22,7 @@
 //!   the chain starts at 0. A request the host made itself (a local
 //!   `invoke`) keeps every header as the host set it.
 
+use crate::telemetry::TraceContext;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Header carrying the request id.
@@ -45,6 +47,9 @@ pub struct RequestContext {
     pub request_id: Option<String>,
     /// W3C `traceparent` of the request, propagated by `invoke`.
     pub traceparent: Option<String>,
+    /// The request's span, parent of its capability calls' spans (empty
+    /// when nothing is traced; see [`crate::telemetry`]).
+    pub trace: TraceContext,
 }
 
 impl RequestContext {
@@ -63,6 +68,7 @@ impl RequestContext {
             // Without one, the first `invoke` of the request makes one.
             request_id: header(REQUEST_ID_HEADER),
             traceparent: header(TRACEPARENT_HEADER),
+            trace: TraceContext::default(),
         }
     }
 

@@ -20,6 +20,7 @@ use crate::function_env::FunctionEnv;
 use crate::guest_output::{GuestOutput, GuestStdio, GuestStream};
 use crate::limits::StoreLimiter;
 use crate::propagation::RequestContext;
+use crate::telemetry::TraceContext;
 use std::sync::Arc;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -76,6 +77,7 @@ impl StoreData {
             },
             keyvalue: KeyvalueCtx {
                 scope: capabilities.keyvalue.clone(),
+                trace: TraceContext::default(),
             },
             config: ConfigCtx {
                 values: capabilities.config.clone(),
@@ -87,10 +89,12 @@ impl StoreData {
             messaging: MessagingCtx {
                 scope: capabilities.messaging.clone(),
                 in_hand: None,
+                trace: TraceContext::default(),
             },
             blobstore: BlobstoreCtx {
                 function: capabilities.function.clone(),
                 scope: capabilities.blob.clone(),
+                trace: TraceContext::default(),
             },
             logging: LoggingCtx {
                 scope: capabilities.logging.clone(),
@@ -129,8 +133,12 @@ impl StoreData {
         Ok(())
     }
 
-    /// Sets the context of the request the instance is about to serve.
+    /// Sets the context of the request the instance is about to serve;
+    /// every capability's calls become children of its span.
     pub fn set_request_context(&mut self, request: RequestContext) {
+        self.keyvalue.trace = request.trace.clone();
+        self.messaging.trace = request.trace.clone();
+        self.blobstore.trace = request.trace.clone();
         self.invoke.request = request;
     }
 

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "distribution",
             "logging",
             "tenancy",
+            "telemetry",
         ],
     ),
     ("capabilities", &["capabilities"]),

@@ -761,7 +761,18 @@ fn bench(args: &[String]) -> Result<i32> {
     Ok(status.code().unwrap_or(1))
 }
 
+/// `hearth run`, exporting its spans when `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// (or another standard variable) names a collector.
 async fn run(args: RunArgs) -> Result<i32> {
+    let exporting = hearth_host::telemetry::init(&Default::default(), "hearth")?;
+    let result = run_function(args).await;
+    if let Some(exporting) = exporting {
+        let _ = tokio::task::spawn_blocking(move || exporting.shutdown()).await;
+    }
+    result
+}
+
+async fn run_function(args: RunArgs) -> Result<i32> {
     let source = FunctionSource::parse(&args.function);
     let name = source.default_name();
     let spec = FunctionSpec {

@@ -27,6 +27,10 @@
 //! accepting and pulling, let in-flight requests and handlers finish, give
 //! back the messages still running after 10 s).
 //!
+//! With an OTLP endpoint (`[telemetry] endpoint`, or the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`) hearthd exports its spans there (see
+//! `hearth_host::telemetry`), and flushes them when it exits.
+//!
 //! With `--admin ADDR` (or `[admin] listen`) hearthd serves `/metrics`,
 //! `/healthz` and `/readyz` there (see `hearth_host::admin`) and logs
 //! "admin endpoint on http://ADDR"; without it there is no admin endpoint.
@@ -108,6 +112,8 @@ async fn run(args: Args) -> Result<()> {
         Some(file) => HearthConfig::load(file)?,
         None => HearthConfig::default(),
     };
+    let exporting = hearth_host::telemetry::init(&config.telemetry, "hearthd")
+        .map_err(|error| anyhow::anyhow!("{}: {error}", config_name(&args)))?;
     let caches = config.cache_settings();
     let engine_settings = config.engine_settings();
     let host = Host::with_caches(&engine_settings, &caches)?;
@@ -306,5 +312,9 @@ async fn run(args: Args) -> Result<()> {
         handed_over,
         "shut down; {handed_over} running functions left for the next hearthd"
     );
+    if let Some(exporting) = exporting {
+        // Exports the last batch; it blocks on the exporter's thread.
+        let _ = tokio::task::spawn_blocking(move || exporting.shutdown()).await;
+    }
     Ok(())
 }

@@ -44,6 +44,7 @@
 //! [`BlobstoreView`]. [`add_to_linker`] adds the three interfaces.
 
 use super::bindings::wasi::blobstore::{blobstore, container, types};
+use crate::telemetry::{Kind, Span, TraceContext};
 use crate::tenancy::Identity;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -219,6 +220,8 @@ pub struct BlobstoreCtx {
     pub function: Arc<str>,
     /// Its store and app scope, if the host has a blob store.
     pub scope: Option<Arc<BlobScope>>,
+    /// The span of the request being served (see [`crate::telemetry`]).
+    pub trace: TraceContext,
 }
 
 /// What `wasi:blobstore` host functions run on.
@@ -548,11 +551,34 @@ impl BlobstoreView<'_> {
     }
 }
 
+/// One blob call in progress: its name and span.
+struct BlobCall {
+    name: &'static str,
+    span: Span,
+}
+
 impl BlobstoreView<'_> {
-    /// Logs a failed call (kept at debug for `not found`, an everyday
-    /// answer) and hands the result on.
-    fn note<T>(&self, call: &str, result: Result<T, String>) -> Result<T, String> {
+    /// Starts the call `name`: its span, a child of the request's.
+    fn call(&self, name: &'static str) -> BlobCall {
+        let span = self
+            .ctx
+            .trace
+            .start_with(|| format!("blob {name}").into(), Kind::Client);
+        span.set("hearth.blob.store", || {
+            self.ctx
+                .scope
+                .as_ref()
+                .map_or_else(String::new, |scope| scope.store.label().to_string())
+        });
+        BlobCall { name, span }
+    }
+
+    /// Ends `call` with `result`, logging a failure (kept at debug for `not
+    /// found`, an everyday answer), and hands the result on.
+    fn note<T>(&self, call: BlobCall, result: Result<T, String>) -> Result<T, String> {
+        let BlobCall { name: call, span } = call;
         if let Err(error) = &result {
+            span.fail(error.split(':').next().unwrap_or("error"), error);
             let function = &*self.ctx.function;
             if error.starts_with("unavailable") || error.starts_with("corrupt") {
                 tracing::warn!(function, call, error, "blob call failed");
@@ -569,7 +595,7 @@ impl BlobstoreView<'_> {
     /// (`create`) or checking it exists.
     async fn container_resource(
         &mut self,
-        call: &str,
+        call: BlobCall,
         name: String,
         create: bool,
     ) -> wasmtime::Result<Result<Resource<ContainerHandle>, String>> {
@@ -602,18 +628,20 @@ impl blobstore::Host for BlobstoreView<'_> {
         &mut self,
         name: String,
     ) -> wasmtime::Result<Result<Resource<ContainerHandle>, String>> {
-        self.container_resource("create-container", name, true)
-            .await
+        let call = self.call("create-container");
+        self.container_resource(call, name, true).await
     }
 
     async fn get_container(
         &mut self,
         name: String,
     ) -> wasmtime::Result<Result<Resource<ContainerHandle>, String>> {
-        self.container_resource("get-container", name, false).await
+        let call = self.call("get-container");
+        self.container_resource(call, name, false).await
     }
 
     async fn delete_container(&mut self, name: String) -> wasmtime::Result<Result<(), String>> {
+        let call = self.call("delete-container");
         let opened = self.open_container(&name);
         let result = async {
             let (scope, stored) = opened?;
@@ -624,10 +652,11 @@ impl blobstore::Host for BlobstoreView<'_> {
                 .map_err(error_text)
         }
         .await;
-        Ok(self.note("delete-container", result))
+        Ok(self.note(call, result))
     }
 
     async fn container_exists(&mut self, name: String) -> wasmtime::Result<Result<bool, String>> {
+        let call = self.call("container-exists");
         let opened = self.open_container(&name);
         let result = async {
             let (scope, stored) = opened?;
@@ -638,7 +667,7 @@ impl blobstore::Host for BlobstoreView<'_> {
                 .map_err(error_text)
         }
         .await;
-        Ok(self.note("container-exists", result))
+        Ok(self.note(call, result))
     }
 
     async fn copy_object(
@@ -646,6 +675,7 @@ impl blobstore::Host for BlobstoreView<'_> {
         src: blobstore::ObjectId,
         dest: blobstore::ObjectId,
     ) -> wasmtime::Result<Result<(), String>> {
+        let call = self.call("copy-object");
         let ids = self.object_ids(&src, &dest);
         let result = async {
             let (scope, from, to) = ids?;
@@ -657,7 +687,7 @@ impl blobstore::Host for BlobstoreView<'_> {
                 .map_err(error_text)
         }
         .await;
-        Ok(self.note("copy-object", result))
+        Ok(self.note(call, result))
     }
 
     async fn move_object(
@@ -665,6 +695,7 @@ impl blobstore::Host for BlobstoreView<'_> {
         src: blobstore::ObjectId,
         dest: blobstore::ObjectId,
     ) -> wasmtime::Result<Result<(), String>> {
+        let call = self.call("move-object");
         let ids = self.object_ids(&src, &dest);
         let result = async {
             let (scope, from, to) = ids?;
@@ -676,7 +707,7 @@ impl blobstore::Host for BlobstoreView<'_> {
                 .map_err(error_text)
         }
         .await;
-        Ok(self.note("move-object", result))
+        Ok(self.note(call, result))
     }
 }
 
@@ -694,6 +725,7 @@ impl container::HostContainer for BlobstoreView<'_> {
         &mut self,
         container: Resource<ContainerHandle>,
     ) -> wasmtime::Result<Result<types::ContainerMetadata, String>> {
+        let call = self.call("info");
         let (scope, stored, name) = self.container_handle(&container)?;
         let result = scope
             .store
@@ -704,7 +736,7 @@ impl container::HostContainer for BlobstoreView<'_> {
                 created_at: info.created_at_ms / 1000,
             })
             .map_err(error_text);
-        Ok(self.note("info", result))
+        Ok(self.note(call, result))
     }
 
     async fn get_data(
@@ -714,6 +746,7 @@ impl container::HostContainer for BlobstoreView<'_> {
         start: u64,
         end: u64,
     ) -> wasmtime::Result<Result<Resource<IncomingValueHandle>, String>> {
+        let call = self.call("get-data");
         let (scope, stored, _) = self.container_handle(&container)?;
         if end < start {
             return Ok(Err(format!(
@@ -734,7 +767,7 @@ impl container::HostContainer for BlobstoreView<'_> {
             }
             Err(error) => Err(error_text(error)),
         };
-        Ok(self.note("get-data", result))
+        Ok(self.note(call, result))
     }
 
     async fn write_data(
@@ -743,9 +776,10 @@ impl container::HostContainer for BlobstoreView<'_> {
         name: String,
         data: Resource<OutgoingValueHandle>,
     ) -> wasmtime::Result<Result<(), String>> {
+        let call = self.call("write-data");
         let (scope, stored, _) = self.container_handle(&container)?;
         if let Err(error) = hearth_blob::validate_object(&name) {
-            return Ok(self.note("write-data", Err(error_text(error))));
+            return Ok(self.note(call, Err(error_text(error))));
         }
         self.table.get_mut(&data)?.targets.push(WriteTarget {
             scope,
@@ -774,9 +808,10 @@ impl container::HostContainer for BlobstoreView<'_> {
         container: Resource<ContainerHandle>,
         name: String,
     ) -> wasmtime::Result<Result<(), String>> {
+        let call = self.call("delete-object");
         let (scope, stored, _) = self.container_handle(&container)?;
         let result = scope.store.delete(&stored, &name).await.map_err(error_text);
-        Ok(self.note("delete-object", result))
+        Ok(self.note(call, result))
     }
 
     async fn delete_objects(
@@ -784,6 +819,7 @@ impl container::HostContainer for BlobstoreView<'_> {
         container: Resource<ContainerHandle>,
         names: Vec<String>,
     ) -> wasmtime::Result<Result<(), String>> {
+        let call = self.call("delete-objects");
         let (scope, stored, _) = self.container_handle(&container)?;
         let mut result = Ok(());
         for name in &names {
@@ -792,7 +828,7 @@ impl container::HostContainer for BlobstoreView<'_> {
                 break;
             }
         }
-        Ok(self.note("delete-objects", result))
+        Ok(self.note(call, result))
     }
 
     async fn has_object(
@@ -800,9 +836,10 @@ impl container::HostContainer for BlobstoreView<'_> {
         container: Resource<ContainerHandle>,
         name: String,
     ) -> wasmtime::Result<Result<bool, String>> {
+        let call = self.call("has-object");
         let (scope, stored, _) = self.container_handle(&container)?;
         let result = scope.store.exists(&stored, &name).await.map_err(error_text);
-        Ok(self.note("has-object", result))
+        Ok(self.note(call, result))
     }
 
     async fn object_info(
@@ -810,6 +847,7 @@ impl container::HostContainer for BlobstoreView<'_> {
         container: Resource<ContainerHandle>,
         name: String,
     ) -> wasmtime::Result<Result<types::ObjectMetadata, String>> {
+        let call = self.call("object-info");
         let (scope, stored, guest_container) = self.container_handle(&container)?;
         let result = scope
             .store
@@ -822,13 +860,14 @@ impl container::HostContainer for BlobstoreView<'_> {
                 size: info.size,
             })
             .map_err(error_text);
-        Ok(self.note("object-info", result))
+        Ok(self.note(call, result))
     }
 
     async fn clear(
         &mut self,
         container: Resource<ContainerHandle>,
     ) -> wasmtime::Result<Result<(), String>> {
+        let call = self.call("clear");
         let (scope, stored, _) = self.container_handle(&container)?;
         let result = async {
             loop {
@@ -843,7 +882,7 @@ impl container::HostContainer for BlobstoreView<'_> {
         }
         .await
         .map_err(error_text);
-        Ok(self.note("clear", result))
+        Ok(self.note(call, result))
     }
 
     async fn drop(&mut self, container: Resource<ContainerHandle>) -> wasmtime::Result<()> {
@@ -858,6 +897,7 @@ impl container::HostStreamObjectNames for BlobstoreView<'_> {
         names: Resource<ObjectNamesHandle>,
         len: u64,
     ) -> wasmtime::Result<Result<(Vec<String>, bool), String>> {
+        let call = self.call("read-stream-object-names");
         let wanted = usize::try_from(len).unwrap_or(usize::MAX).min(10_000);
         let result = fill_names(self.table.get_mut(&names)?, wanted).await;
         let handle = self.table.get_mut(&names)?;
@@ -866,7 +906,7 @@ impl container::HostStreamObjectNames for BlobstoreView<'_> {
             let batch: Vec<String> = handle.ready.drain(..take).collect();
             (batch, handle.exhausted && handle.ready.is_empty())
         });
-        Ok(self.note("read-stream-object-names", result))
+        Ok(self.note(call, result))
     }
 
     async fn skip_stream_object_names(
@@ -874,6 +914,7 @@ impl container::HostStreamObjectNames for BlobstoreView<'_> {
         names: Resource<ObjectNamesHandle>,
         num: u64,
     ) -> wasmtime::Result<Result<(u64, bool), String>> {
+        let call = self.call("skip-stream-object-names");
         let mut skipped = 0u64;
         let result = loop {
             let handle = self.table.get_mut(&names)?;
@@ -895,8 +936,7 @@ impl container::HostStreamObjectNames for BlobstoreView<'_> {
         };
         let handle = self.table.get(&names)?;
         let at_end = handle.exhausted && handle.ready.is_empty();
-        Ok(self.note(
-            "skip-stream-object-names",
+        Ok(self.note(call,
             result.map(|()| (skipped, at_end)),
         ))
     }
@@ -962,6 +1002,7 @@ impl types::HostOutgoingValue for BlobstoreView<'_> {
         &mut self,
         value: Resource<OutgoingValueHandle>,
     ) -> wasmtime::Result<Result<(), String>> {
+        let call = self.call("finish");
         let handle = self.table.delete(value)?;
         let mut result = Ok(());
         if handle.targets.is_empty() {
@@ -993,7 +1034,7 @@ impl types::HostOutgoingValue for BlobstoreView<'_> {
                 break;
             }
         }
-        Ok(self.note("finish", result))
+        Ok(self.note(call, result))
     }
 
     async fn drop(&mut self, value: Resource<OutgoingValueHandle>) -> wasmtime::Result<()> {
@@ -1007,10 +1048,10 @@ impl types::HostIncomingValue for BlobstoreView<'_> {
         &mut self,
         value: Resource<IncomingValueHandle>,
     ) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        let call = self.call("consume-sync");
         let handle = self.table.delete(value)?;
         if handle.size > CONSUME_SYNC_MAX_BYTES {
-            return Ok(self.note(
-                "consume-sync",
+            return Ok(self.note(call,
                 Err(format!(
                     "too large: {} bytes to read at once (the limit is {CONSUME_SYNC_MAX_BYTES}); stream it with incoming-value-consume-async",
                     handle.size
@@ -1032,7 +1073,7 @@ impl types::HostIncomingValue for BlobstoreView<'_> {
                 }
             }
         }
-        Ok(self.note("consume-sync", result.map(|()| all)))
+        Ok(self.note(call, result.map(|()| all)))
     }
 
     async fn incoming_value_consume_async(

@@ -63,6 +63,7 @@ use crate::propagation::{
     CALLER_HEADER, DEPTH_HEADER, ERROR_HEADER, REQUEST_ID_HEADER, RequestContext,
     TRACEPARENT_HEADER, child_traceparent,
 };
+use crate::telemetry::{Kind, TraceContext};
 use crate::tenancy::InvokeTarget;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -344,6 +345,7 @@ impl InvokeView<'_> {
         target: &str,
         request: &wit::Request,
         depth: u32,
+        span: &TraceContext,
     ) -> Result<http::Request<Full<Bytes>>, wit::Error> {
         let invalid = |what: String| wit::Error::InvalidRequest(what);
         let method = http::Method::from_bytes(request.method.as_bytes())
@@ -389,13 +391,13 @@ impl InvokeView<'_> {
         // A request that came without an id gets one on its first call, kept
         // for its later calls, so every hop of a chain carries the same id.
         let request_id = self.ctx.request.request_id_or_new();
-        let context = &self.ctx.request;
+        // The call's own span is the callee's parent when it is traced.
+        let traceparent = span
+            .traceparent()
+            .unwrap_or_else(|| child_traceparent(self.ctx.request.traceparent.as_deref()));
         builder = builder
             .header(REQUEST_ID_HEADER, request_id)
-            .header(
-                TRACEPARENT_HEADER,
-                child_traceparent(context.traceparent.as_deref()),
-            )
+            .header(TRACEPARENT_HEADER, traceparent)
             .header(DEPTH_HEADER, depth.to_string())
             .header(
                 CALLER_HEADER,
@@ -541,6 +543,43 @@ impl wit::Host for InvokeView<'_> {
         request: wit::Request,
         options: wit::Options,
     ) -> wasmtime::Result<Result<wit::Response, wit::Error>> {
+        let span = self
+            .ctx
+            .request
+            .trace
+            .start_with(|| format!("invoke {target}").into(), Kind::Client);
+        span.set("hearth.invoke.target", || target.clone());
+        let result = self.call_as(span.context(), target, request, options).await;
+        match &result {
+            Ok(Ok(response)) => span.set("http.response.status_code", || i64::from(response.status)),
+            Ok(Err(error)) => span.fail(error_name(error), format!("{error:?}")),
+            Err(trap) => span.fail("trap", trap),
+        }
+        result
+    }
+}
+
+/// The name of an invoke error, as the WIT spells it.
+fn error_name(error: &wit::Error) -> &'static str {
+    match error {
+        wit::Error::NotFound(_) => "not-found",
+        wit::Error::Timeout(_) => "timeout",
+        wit::Error::Unavailable(_) => "unavailable",
+        wit::Error::CalleeTrapped(_) => "callee-trapped",
+        wit::Error::DepthExceeded(_) => "depth-exceeded",
+        wit::Error::InvalidRequest(_) => "invalid-request",
+    }
+}
+
+impl InvokeView<'_> {
+    /// `call`, as the span `span`.
+    async fn call_as(
+        &mut self,
+        span: TraceContext,
+        target: String,
+        request: wit::Request,
+        options: wit::Options,
+    ) -> wasmtime::Result<Result<wit::Response, wit::Error>> {
         let scope = self.ctx.scope.clone();
         let settings = &scope.settings;
         let depth = self.ctx.request.depth.saturating_add(1);
@@ -574,7 +613,7 @@ impl wit::Host for InvokeView<'_> {
             ))));
         };
         let breaker_key = format!("{}.{}", callee.name, callee.namespace);
-        let http_request = match self.build_request(&target, &request, depth) {
+        let http_request = match self.build_request(&target, &request, depth, &span) {
             Ok(request) => request,
             Err(error) => return Ok(Err(error)),
         };
@@ -716,6 +755,7 @@ mod tests {
                 depth,
                 request_id: None,
                 traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+                ..Default::default()
             },
         };
         (ctx, callee)

@@ -22,6 +22,7 @@
 use super::bindings::hearth::function::state as hs;
 use super::bindings::wasi::keyvalue0_2_0_draft2::{atomics, batch, store};
 use hearth_state::{Entry, Namespace, Precondition, StateError, StateStore, TransactionOp};
+use crate::telemetry::{Kind, TraceContext};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -44,6 +45,8 @@ pub struct KeyvalueScope {
 pub struct KeyvalueCtx {
     /// What the function may open.
     pub scope: Arc<KeyvalueScope>,
+    /// The span of the request being served (see [`crate::telemetry`]).
+    pub trace: TraceContext,
 }
 
 /// What keyvalue host functions run on.
@@ -132,6 +135,24 @@ impl KeyvalueView<'_> {
 
 /// The plain key-value operations both `wasi:keyvalue` versions share.
 impl StoreHandle {
+    /// Runs `call`, an operation on this store, as the span `name`, a
+    /// child of `trace` (see [`crate::telemetry`]).
+    pub(super) async fn traced<T>(
+        &self,
+        trace: &TraceContext,
+        name: &'static str,
+        call: impl Future<Output = Result<T, StateError>>,
+    ) -> Result<T, StateError> {
+        let span = trace.start(name, Kind::Client);
+        span.set("db.system.name", || self.store.kind());
+        span.set("hearth.state.store", || self.store.label().to_string());
+        let result = call.await;
+        if let Err(error) = &result {
+            span.fail(error.name(), error);
+        }
+        result
+    }
+
     pub(super) async fn value(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         Ok(self.store.get(&self.ns, key).await?.map(|e| e.value))
     }
@@ -223,7 +244,10 @@ macro_rules! shared_keyvalue_impls {
                 bucket: Resource<StoreHandle>,
                 key: String,
             ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-                Ok(self.handle(&bucket)?.value(&key).await.map_err(kv_error))
+                {
+                let h = self.handle(&bucket)?;
+                Ok(h.traced(&self.ctx.trace, "state get", h.value(&key)).await.map_err(kv_error))
+            }
             }
 
             async fn set(
@@ -232,7 +256,10 @@ macro_rules! shared_keyvalue_impls {
                 key: String,
                 value: Vec<u8>,
             ) -> wasmtime::Result<Result<(), store::Error>> {
-                Ok(self.handle(&bucket)?.put(&key, &value).await.map_err(kv_error))
+                {
+                let h = self.handle(&bucket)?;
+                Ok(h.traced(&self.ctx.trace, "state set", h.put(&key, &value)).await.map_err(kv_error))
+            }
             }
 
             async fn delete(
@@ -240,7 +267,10 @@ macro_rules! shared_keyvalue_impls {
                 bucket: Resource<StoreHandle>,
                 key: String,
             ) -> wasmtime::Result<Result<(), store::Error>> {
-                Ok(self.handle(&bucket)?.remove(&key).await.map_err(kv_error))
+                {
+                let h = self.handle(&bucket)?;
+                Ok(h.traced(&self.ctx.trace, "state delete", h.remove(&key)).await.map_err(kv_error))
+            }
             }
 
             async fn exists(
@@ -248,7 +278,10 @@ macro_rules! shared_keyvalue_impls {
                 bucket: Resource<StoreHandle>,
                 key: String,
             ) -> wasmtime::Result<Result<bool, store::Error>> {
-                Ok(self.handle(&bucket)?.exists(&key).await.map_err(kv_error))
+                {
+                let h = self.handle(&bucket)?;
+                Ok(h.traced(&self.ctx.trace, "state exists", h.exists(&key)).await.map_err(kv_error))
+            }
             }
 
             $($list_keys)*
@@ -265,7 +298,10 @@ macro_rules! shared_keyvalue_impls {
                 bucket: Resource<StoreHandle>,
                 keys: Vec<String>,
             ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, store::Error>> {
-                Ok(self.handle(&bucket)?.get_many(keys).await.map_err(kv_error))
+                {
+                let h = self.handle(&bucket)?;
+                Ok(h.traced(&self.ctx.trace, "state get-many", h.get_many(keys)).await.map_err(kv_error))
+            }
             }
 
             async fn set_many(
@@ -273,7 +309,10 @@ macro_rules! shared_keyvalue_impls {
                 bucket: Resource<StoreHandle>,
                 key_values: Vec<(String, Vec<u8>)>,
             ) -> wasmtime::Result<Result<(), store::Error>> {
-                Ok(self.handle(&bucket)?.set_many(key_values).await.map_err(kv_error))
+                {
+                let h = self.handle(&bucket)?;
+                Ok(h.traced(&self.ctx.trace, "state set-many", h.set_many(key_values)).await.map_err(kv_error))
+            }
             }
 
             async fn delete_many(
@@ -281,7 +320,10 @@ macro_rules! shared_keyvalue_impls {
                 bucket: Resource<StoreHandle>,
                 keys: Vec<String>,
             ) -> wasmtime::Result<Result<(), store::Error>> {
-                Ok(self.handle(&bucket)?.delete_many(keys).await.map_err(kv_error))
+                {
+                let h = self.handle(&bucket)?;
+                Ok(h.traced(&self.ctx.trace, "state delete-many", h.delete_many(keys)).await.map_err(kv_error))
+            }
             }
         }
     };
@@ -299,8 +341,11 @@ shared_keyvalue_impls! {
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
         let h = self.handle(&bucket)?;
         let limit = h.store.limits().max_page;
-        Ok(h.store
-            .list(&h.ns, "", cursor.as_deref(), limit)
+        Ok(h.traced(
+            &self.ctx.trace,
+            "state list-keys",
+            h.store.list(&h.ns, "", cursor.as_deref(), limit),
+            )
             .await
             .map(|page| store::KeyResponse {
                 keys: page.keys,
@@ -321,8 +366,11 @@ impl atomics::Host for KeyvalueView<'_> {
         delta: i64,
     ) -> wasmtime::Result<Result<i64, store::Error>> {
         let h = self.handle(&bucket)?;
-        Ok(h.store
-            .increment(&h.ns, &key, delta)
+        Ok(h.traced(
+            &self.ctx.trace,
+            "state increment",
+            h.store.increment(&h.ns, &key, delta),
+            )
             .await
             .map_err(kv_error))
     }
@@ -344,8 +392,13 @@ impl atomics::Host for KeyvalueView<'_> {
             (cas.handle.clone(), cas.key.clone())
         };
         let result = handle
-            .store
-            .set(&handle.ns, &key, &value, precondition, None)
+            .traced(
+                &self.ctx.trace,
+                "state swap",
+                handle
+                    .store
+                    .set(&handle.ns, &key, &value, precondition, None),
+            )
             .await;
         Ok(match result {
             Ok(_) => {
@@ -355,7 +408,12 @@ impl atomics::Host for KeyvalueView<'_> {
             // The standard hands the cas back on a failed swap; refresh it
             // with what is there now so a retry loop can go again.
             Err(StateError::EtagMismatch { .. }) => {
-                let current = match handle.store.get(&handle.ns, &key).await {
+                let refreshed = handle.traced(
+                    &self.ctx.trace,
+                    "state get",
+                    handle.store.get(&handle.ns, &key),
+                );
+                let current = match refreshed.await {
                     Ok(current) => current,
                     Err(error) => {
                         self.table.delete(cas)?;
@@ -380,7 +438,12 @@ impl atomics::HostCas for KeyvalueView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<Resource<CasHandle>, store::Error>> {
         let handle = self.handle(&bucket)?;
-        let current = match handle.store.get(&handle.ns, &key).await {
+        let read = handle.traced(
+            &self.ctx.trace,
+            "state get",
+            handle.store.get(&handle.ns, &key),
+        );
+        let current = match read.await {
             Ok(current) => current,
             Err(error) => return Ok(Err(kv_error(error))),
         };
@@ -452,8 +515,11 @@ impl hs::HostStore for KeyvalueView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<Option<hs::Entry>, hs::Error>> {
         let h = self.handle(&store)?;
-        Ok(h.store
-            .get(&h.ns, &key)
+        Ok(h.traced(
+            &self.ctx.trace,
+            "state get",
+            h.store.get(&h.ns, &key),
+            )
             .await
             .map(|entry| {
                 entry.map(|entry| hs::Entry {
@@ -473,8 +539,11 @@ impl hs::HostStore for KeyvalueView<'_> {
         ttl_ms: Option<i64>,
     ) -> wasmtime::Result<Result<String, hs::Error>> {
         let h = self.handle(&store)?;
-        Ok(h.store
-            .set(&h.ns, &key, &value, precondition(condition), ttl_ms)
+        Ok(h.traced(
+            &self.ctx.trace,
+            "state set",
+            h.store.set(&h.ns, &key, &value, precondition(condition), ttl_ms),
+            )
             .await
             .map(|etag| etag.to_string())
             .map_err(state_error))
@@ -487,8 +556,11 @@ impl hs::HostStore for KeyvalueView<'_> {
         condition: hs::Precondition,
     ) -> wasmtime::Result<Result<bool, hs::Error>> {
         let h = self.handle(&store)?;
-        Ok(h.store
-            .delete(&h.ns, &key, precondition(condition))
+        Ok(h.traced(
+            &self.ctx.trace,
+            "state delete",
+            h.store.delete(&h.ns, &key, precondition(condition)),
+            )
             .await
             .map_err(state_error))
     }
@@ -500,8 +572,11 @@ impl hs::HostStore for KeyvalueView<'_> {
         delta: i64,
     ) -> wasmtime::Result<Result<i64, hs::Error>> {
         let h = self.handle(&store)?;
-        Ok(h.store
-            .increment(&h.ns, &key, delta)
+        Ok(h.traced(
+            &self.ctx.trace,
+            "state increment",
+            h.store.increment(&h.ns, &key, delta),
+            )
             .await
             .map_err(state_error))
     }
@@ -527,8 +602,11 @@ impl hs::HostStore for KeyvalueView<'_> {
                 },
             })
             .collect();
-        Ok(h.store
-            .transact(&h.ns, operations)
+        Ok(h.traced(
+            &self.ctx.trace,
+            "state transact",
+            h.store.transact(&h.ns, operations),
+            )
             .await
             .map(|applied| {
                 applied
@@ -550,8 +628,11 @@ impl hs::HostStore for KeyvalueView<'_> {
         limit: u32,
     ) -> wasmtime::Result<Result<hs::Page, hs::Error>> {
         let h = self.handle(&store)?;
-        Ok(h.store
-            .list(&h.ns, &prefix, cursor.as_deref(), limit)
+        Ok(h.traced(
+            &self.ctx.trace,
+            "state list-keys",
+            h.store.list(&h.ns, &prefix, cursor.as_deref(), limit),
+            )
             .await
             .map(|page| hs::Page {
                 keys: page.keys,

@@ -27,7 +27,12 @@ super::keyvalue::shared_keyvalue_impls! {
         let mut seen = 0u64;
         let mut after: Option<String> = None;
         loop {
-            let page = match h.store.list(&h.ns, "", after.as_deref(), page_size).await {
+            let page = h.traced(
+                &self.ctx.trace,
+                "state list-keys",
+                h.store.list(&h.ns, "", after.as_deref(), page_size),
+            );
+            let page = match page.await {
                 Ok(page) => page,
                 Err(error) => return Ok(Err(kv_error(error))),
             };
@@ -64,7 +69,12 @@ impl atomics::Host for KeyvalueView<'_> {
                 "invalid-delta: {delta} is over i64::MAX"
             ))));
         };
-        Ok(match h.store.increment(&h.ns, &key, delta).await {
+        let incremented = h.traced(
+            &self.ctx.trace,
+            "state increment",
+            h.store.increment(&h.ns, &key, delta),
+        );
+        Ok(match incremented.await {
             Ok(value) => u64::try_from(value).map_err(|_| {
                 store::Error::Other(format!("not-a-number: key {key:?} holds {value}, below 0"))
             }),

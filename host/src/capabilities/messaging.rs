@@ -33,6 +33,8 @@
 
 use super::bindings::hearth::function::messaging as hm;
 use super::bindings::wasi::messaging::{producer, types};
+use crate::propagation::TRACEPARENT_HEADER;
+use crate::telemetry::{Kind, TraceContext};
 use crate::tenancy::{ForeignTopic, Identity, topic_matches};
 use hearth_messaging::{Broker, Consumer, Delivery, MessagingError, OutgoingMessage};
 use std::collections::BTreeMap;
@@ -120,6 +122,8 @@ pub struct MessagingCtx {
     pub scope: Arc<MessagingScope>,
     /// The message a handler invocation holds (set by the message trigger).
     pub in_hand: Option<InHand>,
+    /// The span of the request being served (see [`crate::telemetry`]).
+    pub trace: TraceContext,
 }
 
 /// What messaging host functions run on.
@@ -233,14 +237,49 @@ impl MessagingView<'_> {
         }
     }
 
-    /// Checks the allow-list and publishes (not a method: the view is not
-    /// `Sync`, and the future must be `Send`).
+    /// Checks the allow-list and publishes, as a span that is a child of
+    /// `trace` and the parent named by the message's `traceparent` header
+    /// (set here unless the guest set one). Not a method: the view is not
+    /// `Sync`, and the future must be `Send`.
     async fn publish_checked(
         function: Arc<MessagingScope>,
         broker: Broker,
         message: OutgoingMessage,
+        trace: TraceContext,
+    ) -> Result<String, PublishError> {
+        let span = trace.start("publish", Kind::Producer);
+        span.set("messaging.system", || broker.kind());
+        span.set("messaging.destination.name", || message.topic.clone());
+        span.set("hearth.broker", || broker.label().to_string());
+        let result = Self::publish_checked_untraced(function, broker, message, span.context()).await;
+        if let Err(error) = &result {
+            let (kind, detail) = match error {
+                PublishError::Denied(detail) => ("access-denied", detail.clone()),
+                PublishError::NoBroker(detail) => ("unavailable", detail.clone()),
+                PublishError::Broker(error) => (error.name(), error.to_string()),
+            };
+            span.fail(kind, detail);
+        }
+        result
+    }
+
+    async fn publish_checked_untraced(
+        function: Arc<MessagingScope>,
+        broker: Broker,
+        message: OutgoingMessage,
+        span: TraceContext,
     ) -> Result<String, PublishError> {
         let mut message = message;
+        if let Some(traceparent) = span.traceparent()
+            && !message
+                .headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case(TRACEPARENT_HEADER))
+        {
+            message
+                .headers
+                .push((TRACEPARENT_HEADER.to_string(), traceparent));
+        }
         if !topic_allowed(function.publish_topics.as_deref(), &message.topic) {
             let detail = format!(
                 "function `{}` may not publish to `{}` (publish_topics in its config)",
@@ -436,7 +475,8 @@ impl producer::Host for MessagingView<'_> {
             ..Default::default()
         };
         let function = self.ctx.scope.clone();
-        Ok(Self::publish_checked(function, broker, outgoing)
+        let trace = self.ctx.trace.clone();
+        Ok(Self::publish_checked(function, broker, outgoing, trace)
             .await
             .map(|_| ())
             .map_err(wasi_error))
@@ -464,7 +504,8 @@ impl hm::Host for MessagingView<'_> {
             priority: options.priority,
         };
         let function = self.ctx.scope.clone();
-        Ok(Self::publish_checked(function, broker, outgoing)
+        let trace = self.ctx.trace.clone();
+        Ok(Self::publish_checked(function, broker, outgoing, trace)
             .await
             .map_err(hearth_publish_error))
     }

@@ -252,6 +252,9 @@ pub struct HearthConfig {
     /// Namespaces and what they may reach.
     #[serde(default)]
     pub tenancy: TenancyPolicy,
+    /// Spans exported over OTLP (see [`crate::telemetry`]).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetrySettings,
     /// Functions to serve.
     #[serde(default)]
     pub function: Vec<FunctionConfig>,

@@ -27,10 +27,21 @@ use std::sync::Arc;
 // Each test crate compiles this module; not every one starts hearthd.
 #[allow(dead_code)]
 pub fn start_hearthd(dir: &std::path::Path, toml: &str) -> hearth_testkit::process::Running {
+    start_hearthd_with(dir, toml, &[])
+}
+
+/// [`start_hearthd`] with `env` set in its environment.
+#[allow(dead_code)]
+pub fn start_hearthd_with(
+    dir: &std::path::Path,
+    toml: &str,
+    env: &[(&str, &str)],
+) -> hearth_testkit::process::Running {
     let config = dir.join("hearth.toml");
     std::fs::write(&config, toml).unwrap();
     let hearthd = hearth_testkit::process::Running::start(
         std::process::Command::new(env!("CARGO_BIN_EXE_hearthd"))
+            .envs(env.iter().copied())
             .env("HEARTH_SOCKET", dir.join("hearthd.sock"))
             .env("HEARTH_CACHE_DIR", dir.join("cache"))
             .arg("--config")

@@ -9,6 +9,7 @@
 //! * [`services`]: real `redis-server` and PostgreSQL processes on free ports.
 //! * [`containerd`]: a private containerd; [`node`]: it with a hearthd and a
 //!   registry holding a pause image; [`cri`]: a CRI client playing kubelet.
+//! * [`otlp`]: an OTLP/HTTP trace receiver, standing where a collector would.
 
 include!(concat!(env!("OUT_DIR"), "/functions.rs"));
 
@@ -16,6 +17,7 @@ pub mod containerd;
 pub mod cri;
 pub mod http;
 pub mod node;
+pub mod otlp;
 pub mod process;
 pub mod registry;
 pub mod services;
