@@ -33,8 +33,8 @@ use crate::function_env::FunctionEnv;
 use crate::invocation_error::{InitFailed, Overloaded};
 use crate::limits::DeadlineExceeded;
 use crate::stats::SubscriptionRegistry;
-use crate::telemetry;
 use crate::store_data::StoreData;
+use crate::telemetry;
 use concurrent::ConcurrentService;
 use hearth_prewarm::artifact_cache::{CachedFunction, PullError};
 use hearth_prewarm::pool::{
@@ -509,7 +509,8 @@ impl Host {
         span.set("hearth.function", || name.clone());
         span.set("k8s.namespace.name", || env.namespace.to_string());
         span.set("hearth.component.bytes", || bytes.len() as i64);
-        let compiled = tokio::task::spawn_blocking(move || host.compiled.get_or_compile_traced(&bytes)).await;
+        let compiled =
+            tokio::task::spawn_blocking(move || host.compiled.get_or_compile_traced(&bytes)).await;
         match &compiled {
             Ok(Ok((_, from))) => span.set("hearth.compiled_from", || from.as_str()),
             Ok(Err(error)) => span.fail("load", error),
@@ -517,21 +518,21 @@ impl Host {
         }
         span.end();
         let (compiled, compiled_from) = compiled
-                .map_err(|e| FunctionLoadError::Interrupted {
+            .map_err(|e| FunctionLoadError::Interrupted {
+                function: name.clone(),
+                detail: e.to_string(),
+            })?
+            .map_err(|cause| match version_mismatch(&cause) {
+                Some((built_for, provided)) => FunctionLoadError::VersionMismatch {
                     function: name.clone(),
-                    detail: e.to_string(),
-                })?
-                .map_err(|cause| match version_mismatch(&cause) {
-                    Some((built_for, provided)) => FunctionLoadError::VersionMismatch {
-                        function: name.clone(),
-                        built_for,
-                        provided,
-                    },
-                    None => FunctionLoadError::Load {
-                        function: name.clone(),
-                        cause,
-                    },
-                })?;
+                    built_for,
+                    provided,
+                },
+                None => FunctionLoadError::Load {
+                    function: name.clone(),
+                    cause,
+                },
+            })?;
         let kind = classify(&name, &compiled)?;
         let capability_error = |cause| FunctionLoadError::Capability {
             function: name.clone(),

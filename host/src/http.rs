@@ -325,7 +325,9 @@ where
     span.set("http.request.method", || request.method().to_string());
     span.set("url.path", || request.uri().path().to_string());
     span.set("hearth.function", || function.name().to_string());
-    span.set("k8s.namespace.name", || function.env().namespace.to_string());
+    span.set("k8s.namespace.name", || {
+        function.env().namespace.to_string()
+    });
     context.trace = span.context();
     let result = invoke_in(function, request, timeout, context).await;
     match &result {

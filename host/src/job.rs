@@ -28,7 +28,9 @@ pub async fn run_job(
         None,
     );
     span.set("hearth.function", || function.name().to_string());
-    span.set("k8s.namespace.name", || function.env().namespace.to_string());
+    span.set("k8s.namespace.name", || {
+        function.env().namespace.to_string()
+    });
     let context = RequestContext {
         trace: span.context(),
         ..RequestContext::default()

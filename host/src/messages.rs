@@ -41,8 +41,8 @@ use crate::capabilities::messaging::{InHand, MessageHandle, Settled};
 use crate::function::Function;
 use crate::invocation_error::InvocationError;
 use crate::propagation::{RequestContext, TRACEPARENT_HEADER};
-use crate::telemetry::{self, Kind};
 use crate::stats::SubscriptionStats;
+use crate::telemetry::{self, Kind};
 use hearth_messaging::{
     Broker, Consumer, Delivery, MessagingError, OutgoingMessage, Receipt, SubscriptionSpec,
 };
@@ -570,19 +570,23 @@ impl Dispatch {
             .iter()
             .find(|(name, _)| name.eq_ignore_ascii_case(TRACEPARENT_HEADER))
             .map(|(_, value)| value.as_str());
-        let topic = || function.capabilities().messaging.guest_topic(&delivery.topic);
+        // The broker's names of topic and group, as in the log and metrics.
         let span = telemetry::start_request(
-            || format!("process {}", topic()).into(),
+            || format!("process {}", delivery.topic).into(),
             Kind::Consumer,
             traceparent,
         );
         span.set("messaging.operation.type", || "process");
-        span.set("messaging.destination.name", topic);
-        span.set("messaging.consumer.group.name", || self.settings.group.clone());
+        span.set("messaging.destination.name", || delivery.topic.clone());
+        span.set("messaging.consumer.group.name", || {
+            self.settings.group.clone()
+        });
         span.set("messaging.message.id", || delivery.id.clone());
         span.set("hearth.delivery.attempt", || i64::from(delivery.attempt));
         span.set("hearth.function", || function.name().to_string());
-        span.set("k8s.namespace.name", || function.env().namespace.to_string());
+        span.set("k8s.namespace.name", || {
+            function.env().namespace.to_string()
+        });
         let context = RequestContext {
             depth: 0,
             request_id: Some(delivery.id.clone()),

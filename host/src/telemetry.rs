@@ -41,9 +41,7 @@
 //!   stores), methods, paths and outcomes.
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{
-    SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
-};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
@@ -325,7 +323,12 @@ impl Span {
         Span(TraceContext(None))
     }
 
-    fn started(tracer: &SdkTracer, name: Cow<'static, str>, kind: SpanKind, parent: &Context) -> Self {
+    fn started(
+        tracer: &SdkTracer,
+        name: Cow<'static, str>,
+        kind: SpanKind,
+        parent: &Context,
+    ) -> Self {
         let span = tracer
             .span_builder(name)
             .with_kind(kind)
@@ -424,8 +427,8 @@ pub fn start_request(
     let Some(tracer) = TRACER.get() else {
         return Span::none();
     };
-    let parent = TraceContextPropagator::new()
-        .extract_with_context(&Context::new(), &Incoming(traceparent));
+    let parent =
+        TraceContextPropagator::new().extract_with_context(&Context::new(), &Incoming(traceparent));
     Span::started(tracer, name(), kind, &parent)
 }
 
@@ -460,6 +463,11 @@ mod tests {
         assert!(!span.context().is_traced());
         assert!(!span.is_recording());
         assert_eq!(span.context().traceparent(), None);
-        assert!(!span.context().start("state get", SpanKind::Internal).is_recording());
+        assert!(
+            !span
+                .context()
+                .start("state get", SpanKind::Internal)
+                .is_recording()
+        );
     }
 }

@@ -936,9 +936,7 @@ impl container::HostStreamObjectNames for BlobstoreView<'_> {
         };
         let handle = self.table.get(&names)?;
         let at_end = handle.exhausted && handle.ready.is_empty();
-        Ok(self.note(call,
-            result.map(|()| (skipped, at_end)),
-        ))
+        Ok(self.note(call, result.map(|()| (skipped, at_end))))
     }
 
     async fn drop(&mut self, names: Resource<ObjectNamesHandle>) -> wasmtime::Result<()> {
@@ -1128,6 +1126,7 @@ mod tests {
                 let identity = Identity::new(namespace, app).unwrap();
                 Arc::new(BlobScope::new(store.clone(), &identity, spool))
             }),
+            trace: TraceContext::default(),
         }
     }
 

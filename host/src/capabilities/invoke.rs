@@ -551,7 +551,9 @@ impl wit::Host for InvokeView<'_> {
         span.set("hearth.invoke.target", || target.clone());
         let result = self.call_as(span.context(), target, request, options).await;
         match &result {
-            Ok(Ok(response)) => span.set("http.response.status_code", || i64::from(response.status)),
+            Ok(Ok(response)) => {
+                span.set("http.response.status_code", || i64::from(response.status))
+            }
             Ok(Err(error)) => span.fail(error_name(error), format!("{error:?}")),
             Err(trap) => span.fail("trap", trap),
         }

@@ -21,8 +21,8 @@
 
 use super::bindings::hearth::function::state as hs;
 use super::bindings::wasi::keyvalue0_2_0_draft2::{atomics, batch, store};
-use hearth_state::{Entry, Namespace, Precondition, StateError, StateStore, TransactionOp};
 use crate::telemetry::{Kind, TraceContext};
+use hearth_state::{Entry, Namespace, Precondition, StateError, StateStore, TransactionOp};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -370,9 +370,9 @@ impl atomics::Host for KeyvalueView<'_> {
             &self.ctx.trace,
             "state increment",
             h.store.increment(&h.ns, &key, delta),
-            )
-            .await
-            .map_err(kv_error))
+        )
+        .await
+        .map_err(kv_error))
     }
 
     async fn swap(
@@ -515,19 +515,17 @@ impl hs::HostStore for KeyvalueView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<Option<hs::Entry>, hs::Error>> {
         let h = self.handle(&store)?;
-        Ok(h.traced(
-            &self.ctx.trace,
-            "state get",
-            h.store.get(&h.ns, &key),
-            )
-            .await
-            .map(|entry| {
-                entry.map(|entry| hs::Entry {
-                    value: entry.value,
-                    etag: entry.etag.to_string(),
+        Ok(
+            h.traced(&self.ctx.trace, "state get", h.store.get(&h.ns, &key))
+                .await
+                .map(|entry| {
+                    entry.map(|entry| hs::Entry {
+                        value: entry.value,
+                        etag: entry.etag.to_string(),
+                    })
                 })
-            })
-            .map_err(state_error))
+                .map_err(state_error),
+        )
     }
 
     async fn set(
@@ -542,11 +540,12 @@ impl hs::HostStore for KeyvalueView<'_> {
         Ok(h.traced(
             &self.ctx.trace,
             "state set",
-            h.store.set(&h.ns, &key, &value, precondition(condition), ttl_ms),
-            )
-            .await
-            .map(|etag| etag.to_string())
-            .map_err(state_error))
+            h.store
+                .set(&h.ns, &key, &value, precondition(condition), ttl_ms),
+        )
+        .await
+        .map(|etag| etag.to_string())
+        .map_err(state_error))
     }
 
     async fn delete(
@@ -560,9 +559,9 @@ impl hs::HostStore for KeyvalueView<'_> {
             &self.ctx.trace,
             "state delete",
             h.store.delete(&h.ns, &key, precondition(condition)),
-            )
-            .await
-            .map_err(state_error))
+        )
+        .await
+        .map_err(state_error))
     }
 
     async fn increment(
@@ -576,9 +575,9 @@ impl hs::HostStore for KeyvalueView<'_> {
             &self.ctx.trace,
             "state increment",
             h.store.increment(&h.ns, &key, delta),
-            )
-            .await
-            .map_err(state_error))
+        )
+        .await
+        .map_err(state_error))
     }
 
     async fn transact(
@@ -606,18 +605,18 @@ impl hs::HostStore for KeyvalueView<'_> {
             &self.ctx.trace,
             "state transact",
             h.store.transact(&h.ns, operations),
-            )
-            .await
-            .map(|applied| {
-                applied
-                    .into_iter()
-                    .map(|applied| match applied {
-                        hearth_state::Applied::Set(etag) => Some(etag.to_string()),
-                        hearth_state::Applied::Deleted(_) => None,
-                    })
-                    .collect()
-            })
-            .map_err(state_error))
+        )
+        .await
+        .map(|applied| {
+            applied
+                .into_iter()
+                .map(|applied| match applied {
+                    hearth_state::Applied::Set(etag) => Some(etag.to_string()),
+                    hearth_state::Applied::Deleted(_) => None,
+                })
+                .collect()
+        })
+        .map_err(state_error))
     }
 
     async fn list_keys(
@@ -632,13 +631,13 @@ impl hs::HostStore for KeyvalueView<'_> {
             &self.ctx.trace,
             "state list-keys",
             h.store.list(&h.ns, &prefix, cursor.as_deref(), limit),
-            )
-            .await
-            .map(|page| hs::Page {
-                keys: page.keys,
-                cursor: page.cursor,
-            })
-            .map_err(state_error))
+        )
+        .await
+        .map(|page| hs::Page {
+            keys: page.keys,
+            cursor: page.cursor,
+        })
+        .map_err(state_error))
     }
 
     async fn drop(&mut self, store: Resource<StoreHandle>) -> wasmtime::Result<()> {
@@ -673,6 +672,7 @@ mod tests {
                     })
                     .collect(),
             }),
+            trace: TraceContext::default(),
         }
     }
 

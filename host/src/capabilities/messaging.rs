@@ -249,9 +249,15 @@ impl MessagingView<'_> {
     ) -> Result<String, PublishError> {
         let span = trace.start("publish", Kind::Producer);
         span.set("messaging.system", || broker.kind());
-        span.set("messaging.destination.name", || message.topic.clone());
+        // The broker's name, as in the log and metrics.
+        span.set("messaging.destination.name", || {
+            function
+                .broker_topic(&message.topic)
+                .unwrap_or_else(|_| message.topic.clone())
+        });
         span.set("hearth.broker", || broker.label().to_string());
-        let result = Self::publish_checked_untraced(function, broker, message, span.context()).await;
+        let result =
+            Self::publish_checked_untraced(function, broker, message, span.context()).await;
         if let Err(error) = &result {
             let (kind, detail) = match error {
                 PublishError::Denied(detail) => ("access-denied", detail.clone()),
@@ -596,6 +602,7 @@ mod tests {
                 other_topics: Vec::new(),
             }),
             in_hand: None,
+            trace: TraceContext::default(),
         }
     }
 

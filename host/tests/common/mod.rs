@@ -54,6 +54,7 @@ pub fn start_hearthd_with(
 
 /// Loads `path` into `host` as `env` describes and serves it on a free
 /// loopback port until the test ends.
+#[allow(dead_code)]
 pub async fn serve_on(host: &Arc<Host>, path: &str, env: FunctionEnv) -> SocketAddr {
     let function = host
         .load(env, hearth_testkit::wasm_bytes(path))
