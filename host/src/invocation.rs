@@ -17,8 +17,9 @@
 //! * [`Function::begin`] waits for one of the function's
 //!   `max_concurrent_instances` slots at most until the deadline
 //!   ([`InvocationError::Overloaded`]), then checks an instance out of the
-//!   pool (a service or message handler) or instantiates one (a job). A
-//!   failure here is logged once and returned.
+//!   pool (a service or message handler) or instantiates one (a job), as a
+//!   span (`pool checkout`, with `hearth.pool.hit`, or `instantiate`) under
+//!   the request's. A failure here is logged once and returned.
 //! * Every guest call runs under two deadlines: the epoch deadline in the
 //!   store (the guest traps when it runs past it) and a host-side one,
 //!   [`CallDeadline::run`], which fires [`DEADLINE_SLACK`] later and also

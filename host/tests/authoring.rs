@@ -158,6 +158,8 @@ path = "{handler}"
 
 [[function.subscribe]]
 topic = "greetings"
+# One at a time: the counts below follow the publish order.
+concurrency = 1
 "#,
             producer = hearth_testkit::ORDER_PRODUCER,
             handler = component.display(),
@@ -363,5 +365,16 @@ fn hearth_up_watch_serves_the_new_code_after_an_edit() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert!(up.log_text().contains("a source changed; rebuilding"));
-    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+    // A SIGTERM to `hearth up` alone (a supervisor's, not a terminal's)
+    // stops its `hearth run` too, whose status it exits with.
+    let mut up = up;
+    let status = up.terminate();
+    let stopped = runtime.block_on(get(addr, "/")).is_err();
+    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(status.code(), Some(0), "{}", up.log_text());
+    assert!(
+        stopped,
+        "hearth run outlived hearth up; log:\n{}",
+        up.log_text()
+    );
 }

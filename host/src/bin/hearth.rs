@@ -415,7 +415,7 @@ async fn main() {
             println!("{built}");
             0
         }),
-        Command::Up(args) => up(args),
+        Command::Up(args) => up(args).await,
         Command::Cache {
             command: CacheCommand::Ls(args),
         } => cache_ls(args),
@@ -461,44 +461,71 @@ fn build_project(dir: &Path) -> Result<hearth_host::authoring::Built> {
 /// Builds, then runs `hearth run COMPONENT RUN_ARGS` as a child; with
 /// `--watch`, polls the sources and rebuilds and restarts on a change (a
 /// failed rebuild keeps the running one and says why).
-fn up(args: UpArgs) -> Result<i32> {
+/// `hearth up`: builds, runs `hearth run` on the component, and with
+/// `--watch` rebuilds and restarts it on every change. A SIGTERM sent to
+/// `hearth up` alone reaches its `hearth run` too (^C at a terminal reaches
+/// both already: they share the process group), and `hearth up` exits with
+/// its status.
+async fn up(args: UpArgs) -> Result<i32> {
     use hearth_host::authoring::sources_fingerprint;
-    let start = |component: &Path| -> Result<std::process::Child> {
-        std::process::Command::new(std::env::current_exe()?)
+    let start = |component: &Path| -> Result<tokio::process::Child> {
+        tokio::process::Command::new(std::env::current_exe()?)
             .arg("run")
             .arg(component)
             .args(&args.run_args)
             .spawn()
             .context("starting hearth run")
     };
+    let terminate = |child: &tokio::process::Child| {
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let built = build_project(&args.dir)?;
     eprintln!("{built}");
     let mut child = start(&built.component)?;
-    if !args.watch {
-        let status = child.wait()?;
-        return Ok(status.code().unwrap_or(1));
-    }
+    // With --watch, a `hearth run` that ended waits for the next change.
+    let mut running = true;
     let mut seen = sources_fingerprint(&args.dir);
     loop {
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let now = sources_fingerprint(&args.dir);
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        eprintln!("hearth up: a source changed; rebuilding");
-        match build_project(&args.dir) {
-            Err(error) => {
-                eprintln!("hearth up: the build failed, still running the last one:\n{error:#}")
+        tokio::select! {
+            status = child.wait(), if running => {
+                let status = status?;
+                if !args.watch {
+                    return Ok(status.code().unwrap_or(1));
+                }
+                running = false;
+                eprintln!("hearth up: hearth run ended ({status}); waiting for a change");
             }
-            Ok(built) => {
-                eprintln!("{built}");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-                child.wait()?;
-                child = start(&built.component)?;
+            _ = term.recv() => {
+                terminate(&child);
+                let status = child.wait().await?;
+                return Ok(status.code().unwrap_or(1));
+            }
+            () = tokio::time::sleep(std::time::Duration::from_millis(300)), if args.watch => {
+                let now = sources_fingerprint(&args.dir);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                eprintln!("hearth up: a source changed; rebuilding");
+                let dir = args.dir.clone();
+                match tokio::task::spawn_blocking(move || build_project(&dir)).await? {
+                    Err(error) => eprintln!(
+                        "hearth up: the build failed, still running the last one:\n{error:#}"
+                    ),
+                    Ok(built) => {
+                        eprintln!("{built}");
+                        terminate(&child);
+                        child.wait().await?;
+                        child = start(&built.component)?;
+                        running = true;
+                    }
+                }
             }
         }
     }

@@ -29,7 +29,8 @@
 //!   capability call means a host bug or a bad resource handle.
 //! * Per-request context ([`RequestContext`]: invoke depth, request id,
 //!   trace context) is set on the store by the trigger before each call
-//!   and read by `invoke`.
+//!   and read by `invoke`. Its span is the parent of one span per state,
+//!   invoke, publish and blob call (see [`crate::telemetry`]).
 //! * **One context per capability.** Each capability module has its own
 //!   `XCtx` (per instance), `XView { ctx, table }`, `HasData` marker and
 //!   `add_to_linker`, as wasmtime's `wasi-http` and `wasi-keyvalue` do;

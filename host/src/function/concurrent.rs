@@ -47,7 +47,8 @@
 //!   so the store's [`RequestContext`] is shared by the requests on an
 //!   instance: the `invoke` depth is the deepest any of them has had (a loop
 //!   cannot escape `max_depth` by sharing an instance with a shallow
-//!   request); the request id and `traceparent` are the newest request's.
+//!   request); the request id, `traceparent` and span (the parent of
+//!   capability calls' spans) are the newest request's.
 
 use crate::function::{Function, FunctionKind, HttpHandler};
 use crate::invocation_error::{InvocationError, Overloaded, log_failure};

@@ -329,37 +329,61 @@ fn deployment_with_probes_serves_on_every_pod_ip_and_its_service(
 /// What a first-day user does: `hearth deploy IMAGE | kubectl apply -f -`
 /// (here with `--apply`, which pipes to kubectl itself), then calls the
 /// function through its Service.
+/// The README's path, command by command: `hearth new rust-http`, `hearth
+/// build`, `hearth push`, `hearth deploy ... --apply` (kubectl), and the
+/// function answers through its Service.
 fn hearth_deploy_applied_with_kubectl_serves_through_its_service(
     cluster: &mut Cluster,
-    images: &Images,
+    _images: &Images,
 ) {
     let hearth = hearth_testkit::containerd::workspace_binary("hearth");
-    let output = std::process::Command::new(hearth)
-        .args([
+    let work = tempfile::tempdir().unwrap();
+    // Tools and template builds shared with host/tests/authoring.rs.
+    let target = hearth_testkit::containerd::target_dir()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let run = |dir: &std::path::Path, args: &[&str]| {
+        let output = std::process::Command::new(&hearth)
+            .args(args)
+            .current_dir(dir)
+            .env("HEARTH_CACHE_DIR", work.path().join("cache"))
+            .env("HEARTH_TOOLS_DIR", target.join("guest-tools"))
+            .env("CARGO_TARGET_DIR", target.join("template-builds"))
+            .env("KUBECONFIG", cluster.work.join("kubeconfig"))
+            .output()
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "hearth {args:?}: {printed}");
+        printed
+    };
+    run(work.path(), &["new", "rust-http", "first"]);
+    let project = work.path().join("first");
+    let built = run(&project, &["build"]);
+    let component = built
+        .strip_prefix("built ")
+        .and_then(|rest| rest.split(" (").next())
+        .unwrap_or_else(|| panic!("no `built PATH` in {built}"))
+        .to_string();
+    let reference = cluster.node.push(&component, "fn/first");
+    let kubectl = cluster.kubectl.display().to_string();
+    let printed = run(
+        &project,
+        &[
             "deploy",
-            &images.misbehave,
-            "--name",
-            "first",
+            &reference,
             "--replicas",
             "2",
-        ])
-        .args([
-            "--probe-path",
-            "/ok",
             "--min-idle",
             "1",
             "--apply",
             "--kubectl",
-        ])
-        .arg(&cluster.kubectl)
-        .env("KUBECONFIG", cluster.work.join("kubeconfig"))
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{printed}{}",
-        String::from_utf8_lossy(&output.stderr)
+            &kubectl,
+        ],
     );
     assert!(
         printed.contains("deployment.apps/first created"),
@@ -379,11 +403,15 @@ fn hearth_deploy_applied_with_kubectl_serves_through_its_service(
         .trim()
         .to_string();
     let service: SocketAddr = format!("{cluster_ip}:80").parse().unwrap();
+    let mut last = None;
     let answered = (0..240).any(|_| {
         std::thread::sleep(Duration::from_millis(250));
-        serves_ok(service)
+        let reply = http_get(service, "/lamps");
+        let ok = matches!(&reply, Ok((200, body)) if body == "Hello from first at /lamps\n");
+        last = Some(reply);
+        ok
     });
-    assert!(answered, "the Service {service} never answered");
+    assert!(answered, "the Service {service} never answered: {last:?}");
     for pod in cluster.pods("app=first") {
         assert_eq!(restart_count(&pod), 0, "the probes pass: {pod}");
         assert_eq!(pod["spec"]["runtimeClassName"], "hearth");
