@@ -19,8 +19,10 @@
 //!   `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` work as the SDK
 //!   documents them; `service_name` and `sample_ratio` in `[telemetry]`
 //!   override the last two's counterparts. The default service name is
-//!   `hearthd` (`hearth` for `hearth run`) and the default sampler follows the caller's decision
-//!   (parent-based, always on for a new trace).
+//!   `hearthd` (`hearth` for `hearth run`). The default sampler follows
+//!   the caller's decision (parent-based, always on for a new trace), so a
+//!   client can have its own requests traced; `OTEL_TRACES_SAMPLER=
+//!   traceidratio` ignores callers.
 //! * **Spans.** One per request or message ([`start_request`], kind server
 //!   or consumer), a child of the incoming `traceparent` when there is a
 //!   valid one (a malformed one starts a new trace). Children of it: the
@@ -34,8 +36,9 @@
 //! * **Bounded.** Spans wait for export in the SDK's batch queue
 //!   (`OTEL_BSP_MAX_QUEUE_SIZE`, 2048 by default), exported from its own
 //!   thread; a full queue drops spans, never blocks a request. A collector
-//!   that is down costs failed exports, logged by the SDK (target
-//!   `opentelemetry`), and the spans of those batches.
+//!   that is down costs failed exports, logged by the SDK (targets
+//!   `opentelemetry_sdk` and `opentelemetry-otlp`), and the spans of those
+//!   batches.
 //! * Attributes never carry a request's or a message's payload, headers or
 //!   keys: only names the operator chose (functions, namespaces, topics,
 //!   stores), methods, paths and outcomes.
