@@ -62,8 +62,8 @@ static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// The collector's OTLP/HTTP endpoint: a base URL
-    /// (`http://otel-collector:4318`, traces go to `/v1/traces`) or the
-    /// full URL of the traces path.
+    /// (`http://otel-collector:4318`, traces go to `/v1/traces` under it)
+    /// or the full URL, ending in `/v1/traces`.
     pub endpoint: Option<String>,
     /// `service.name` of the spans (default: `OTEL_SERVICE_NAME`, else
     /// `hearthd`).
@@ -118,12 +118,14 @@ fn env(name: &str) -> Option<String> {
         .filter(|value| !value.is_empty())
 }
 
-/// The traces URL for an endpoint given as a base: `/v1/traces` appended
-/// unless it names a path already.
+/// The traces URL for an endpoint given as a base (a path prefix is kept,
+/// as the OTLP spec says): `/v1/traces` appended, unless it ends so already.
 fn traces_url(base: &str) -> String {
-    match base.split_once("://") {
-        Some((_, rest)) if rest.trim_end_matches('/').contains('/') => base.to_string(),
-        _ => format!("{}/v1/traces", base.trim_end_matches('/')),
+    let base = base.trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{base}/v1/traces")
     }
 }
 
@@ -454,6 +456,10 @@ mod tests {
     fn a_base_endpoint_gets_the_traces_path_and_a_full_one_is_kept() {
         assert_eq!(traces_url("http://c:4318"), "http://c:4318/v1/traces");
         assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(
+            traces_url("https://c.example/otlp"),
+            "https://c.example/otlp/v1/traces"
+        );
         assert_eq!(
             traces_url("https://c.example/otlp/v1/traces"),
             "https://c.example/otlp/v1/traces"
