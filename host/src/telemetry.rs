@@ -394,19 +394,6 @@ impl Drop for Span {
     }
 }
 
-/// Runs `call` as a child span `name` of `parent`, failed if it returns
-/// an error.
-pub async fn traced<T, E: Display>(
-    parent: &TraceContext,
-    name: &'static str,
-    call: impl Future<Output = Result<T, E>>,
-) -> Result<T, E> {
-    let span = parent.start(name, SpanKind::Internal);
-    let result = call.await;
-    span.end_with(&result);
-    result
-}
-
 /// A request's `traceparent`, as the propagator reads it.
 struct Incoming<'a>(Option<&'a str>);
 

@@ -1049,12 +1049,11 @@ impl types::HostIncomingValue for BlobstoreView<'_> {
         let call = self.call("consume-sync");
         let handle = self.table.delete(value)?;
         if handle.size > CONSUME_SYNC_MAX_BYTES {
-            return Ok(self.note(call,
-                Err(format!(
-                    "too large: {} bytes to read at once (the limit is {CONSUME_SYNC_MAX_BYTES}); stream it with incoming-value-consume-async",
-                    handle.size
-                )),
-            ));
+            let error = format!(
+                "too large: {} bytes to read at once (the limit is {CONSUME_SYNC_MAX_BYTES}); stream it with incoming-value-consume-async",
+                handle.size
+            );
+            return Ok(self.note(call, Err(error)));
         }
         let mut body = handle.body;
         let mut all = Vec::with_capacity(usize::try_from(handle.size).unwrap_or(0).min(64 << 20));

@@ -34,7 +34,7 @@
 use super::bindings::hearth::function::messaging as hm;
 use super::bindings::wasi::messaging::{producer, types};
 use crate::propagation::TRACEPARENT_HEADER;
-use crate::telemetry::{Kind, TraceContext};
+use crate::telemetry::{Kind, Span, TraceContext};
 use crate::tenancy::{ForeignTopic, Identity, topic_matches};
 use hearth_messaging::{Broker, Consumer, Delivery, MessagingError, OutgoingMessage};
 use std::collections::BTreeMap;
@@ -249,15 +249,8 @@ impl MessagingView<'_> {
     ) -> Result<String, PublishError> {
         let span = trace.start("publish", Kind::Producer);
         span.set("messaging.system", || broker.kind());
-        // The broker's name, as in the log and metrics.
-        span.set("messaging.destination.name", || {
-            function
-                .broker_topic(&message.topic)
-                .unwrap_or_else(|_| message.topic.clone())
-        });
         span.set("hearth.broker", || broker.label().to_string());
-        let result =
-            Self::publish_checked_untraced(function, broker, message, span.context()).await;
+        let result = Self::publish_checked_in(&span, function, broker, message).await;
         if let Err(error) = &result {
             let (kind, detail) = match error {
                 PublishError::Denied(detail) => ("access-denied", detail.clone()),
@@ -269,14 +262,15 @@ impl MessagingView<'_> {
         result
     }
 
-    async fn publish_checked_untraced(
+    /// [`Self::publish_checked`] within its `span`.
+    async fn publish_checked_in(
+        span: &Span,
         function: Arc<MessagingScope>,
         broker: Broker,
         message: OutgoingMessage,
-        span: TraceContext,
     ) -> Result<String, PublishError> {
         let mut message = message;
-        if let Some(traceparent) = span.traceparent()
+        if let Some(traceparent) = span.context().traceparent()
             && !message
                 .headers
                 .iter()
@@ -286,6 +280,13 @@ impl MessagingView<'_> {
                 .headers
                 .push((TRACEPARENT_HEADER.to_string(), traceparent));
         }
+        let broker_topic = function.broker_topic(&message.topic);
+        // The broker's name, as in the log and metrics.
+        span.set("messaging.destination.name", || {
+            broker_topic
+                .clone()
+                .unwrap_or_else(|_| message.topic.clone())
+        });
         if !topic_allowed(function.publish_topics.as_deref(), &message.topic) {
             let detail = format!(
                 "function `{}` may not publish to `{}` (publish_topics in its config)",
@@ -294,7 +295,7 @@ impl MessagingView<'_> {
             tracing::warn!(function = %function.function, namespace = %function.identity.namespace(), topic = %message.topic, "publish denied: {detail}");
             return Err(PublishError::Denied(detail));
         }
-        message.topic = function.broker_topic(&message.topic).map_err(|detail| {
+        message.topic = broker_topic.map_err(|detail| {
             tracing::warn!(function = %function.function, namespace = %function.identity.namespace(), topic = %message.topic, "publish denied: {detail}");
             PublishError::Denied(detail)
         })?;
