@@ -124,24 +124,22 @@ listen = "127.0.0.1:{blobs_port}"
     .await
     .unwrap();
     assert_eq!(reply.status, 202, "{}", reply.text());
+    // The worker stores the order; wait for it (traces of their own), so
+    // that trace B holds exactly one call.
+    while get(producer, "/state?key=order%2Ft1").await.unwrap().status != 200 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // B: `front` invokes the producer, which reads the order from state.
     let parent_b = traceparent(TRACE_B, PARENT_B);
-    let reply = loop {
-        let reply = send(
-            front,
-            Method::GET,
-            "/call?target=order-producer&path=%2Fstate%3Fkey%3Dorder%2Ft1",
-            &[("traceparent", &parent_b)],
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
-        // The worker may not have stored it yet.
-        if reply.status != 404 {
-            break reply;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let reply = send(
+        front,
+        Method::GET,
+        "/call?target=order-producer&path=%2Fstate%3Fkey%3Dorder%2Ft1",
+        &[("traceparent", &parent_b)],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.text(), "two lamps");
     // C: a blob written and read back, with no traceparent.
@@ -445,13 +443,13 @@ fn telemetry_settings_hearthd_cannot_follow_stop_it_at_start_naming_the_setting(
     let hearthd = |toml: &str, env: &[(&str, &str)]| {
         let config = dir.path().join("hearth.toml");
         std::fs::write(&config, toml).unwrap();
-        run_to_end(
-            Command::new(env!("CARGO_BIN_EXE_hearthd"))
-                .envs(env.iter().copied())
-                .env("HEARTH_SOCKET", dir.path().join("hearthd.sock"))
-                .arg("--config")
-                .arg(&config),
-        )
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hearthd"));
+        command
+            .envs(env.iter().copied())
+            .env("HEARTH_SOCKET", dir.path().join("hearthd.sock"))
+            .arg("--config")
+            .arg(&config);
+        command
     };
     for (toml, env, named) in [
         (
@@ -481,24 +479,17 @@ fn telemetry_settings_hearthd_cannot_follow_stop_it_at_start_naming_the_setting(
         ),
         ("[telemetry]\nendpont = \"http://x\"\n", &[][..], "endpont"),
     ] {
-        let (status, log) = hearthd(toml, env);
+        let (status, log) = run_to_end(&mut hearthd(toml, env));
         assert_eq!(status.code(), Some(2), "{toml} {env:?}: {log}");
         assert!(log.contains(named), "{named} in: {log}");
     }
     // Turned off, the same bad endpoint is never looked at.
-    let (status, log) = {
-        let config = dir.path().join("hearth.toml");
-        std::fs::write(&config, "[telemetry]\nendpoint = \"collector:4318\"\n").unwrap();
-        let mut running = Running::start(
-            Command::new(env!("CARGO_BIN_EXE_hearthd"))
-                .env("OTEL_SDK_DISABLED", "true")
-                .env("HEARTH_SOCKET", dir.path().join("hearthd.sock"))
-                .arg("--config")
-                .arg(&config),
-        );
-        running.wait_for_line("hearthd ready");
-        (running.terminate(), running.log_text())
-    };
+    let mut running = Running::start(&mut hearthd(
+        "[telemetry]\nendpoint = \"collector:4318\"\n",
+        &[("OTEL_SDK_DISABLED", "true")],
+    ));
+    running.wait_for_line("hearthd ready");
+    let (status, log) = (running.terminate(), running.log_text());
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(!log.contains("exporting traces"), "{log}");
 }
