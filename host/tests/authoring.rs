@@ -300,12 +300,18 @@ fn a_build_error_shows_the_compiler_s_own_message() {
     let source = root.path().join("broken/src/lib.rs");
     let text = std::fs::read_to_string(&source).unwrap();
     std::fs::write(&source, text.replace("struct Function;", "struct Function")).unwrap();
-    let (status, output) = run_to_end(&mut hearth(
-        &root.path().join("broken"),
-        cache.path(),
-        &["build"],
-    ));
-    assert_eq!(status.code(), Some(2), "{output}");
+    // Not `run_to_end`: a cold build of the template's dependencies, or
+    // waiting on the shared target dir's lock while another test builds
+    // them, outlasts its patience on a 2-core CI machine.
+    let built = hearth(&root.path().join("broken"), cache.path(), &["build"])
+        .output()
+        .unwrap();
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    assert_eq!(built.status.code(), Some(2), "{output}");
     assert!(output.contains("cargo failed"), "{output}");
     assert!(
         output.contains("error: expected"),
@@ -318,12 +324,9 @@ fn hearth_up_watch_serves_the_new_code_after_an_edit() {
     use std::os::unix::process::CommandExt;
     let root = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let (status, _) = run_to_end(&mut hearth(
-        root.path(),
-        cache.path(),
-        &["new", "rust-http", "live"],
-    ));
-    assert!(status.success());
+    // Built once first, without a deadline, so that `hearth up`'s own build
+    // is warm and its serving line comes within the patience.
+    new_and_build(root.path(), cache.path(), "rust-http", "live");
     let project = root.path().join("live");
     let port = hearth_testkit::registry::free_port();
     let listen = format!("127.0.0.1:{port}");
