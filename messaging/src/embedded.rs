@@ -28,19 +28,25 @@
 //!
 //! # Durability
 //!
-//! A publish and an ack are each one write transaction committed with
-//! `Durability::Immediate` (fsynced before the call returns). Receives,
-//! nacks and extends commit without fsync: after a crash they may be lost,
-//! which only means a message is delivered again. When the file is opened,
-//! every message that was in flight is made ready again at once (the
-//! process that held it is gone; the file is locked to one process), with
-//! `last_error` saying so — a hearthd killed with messages in flight
-//! redelivers them as soon as it is back.
+//! A publish and an ack each return only once durable (fsynced). The fsync
+//! is shared (group commit, [`hearth_group_commit`]): each commits without
+//! one, and one durable commit covers every publish and ack that arrived
+//! while the previous fsync ran. A consumer is woken for a publish once it
+//! is durable; one already polling may take it a little sooner (from its
+//! commit), so after a crash in between a handler may have run a message
+//! whose publish was never acknowledged. Receives, nacks and extends
+//! commit without fsync: after a crash they may be lost, which only means a
+//! message is delivered again. When the file is opened, every message that
+//! was in flight is made ready again at once (the process that held it is
+//! gone; the file is locked to one process), with `last_error` saying so —
+//! a hearthd killed with messages in flight redelivers them as soon as it
+//! is back.
 
 use crate::{
     Consumer, Delivery, MessagingBackend, MessagingError, OutgoingMessage, Receipt, Retention,
     SubscriptionSpec, TopicUsage, now_ms,
 };
+use hearth_group_commit::{GroupCommit, Ticket};
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -61,7 +67,9 @@ pub struct EmbeddedBroker {
 }
 
 struct Inner {
-    db: Database,
+    db: Arc<Database>,
+    /// Makes publishes and acks durable, many per fsync.
+    group: GroupCommit,
     path: PathBuf,
     retention: Retention,
     /// Serialises write transactions with the in-memory state they update.
@@ -107,8 +115,12 @@ impl EmbeddedBroker {
             Database::create(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let (keys, topics) =
             recover(&db).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let db = Arc::new(db);
+        let group = GroupCommit::start(&db, "hearth-broker-sync")
+            .map_err(|e| format!("cannot start the fsync thread of {}: {e}", path.display()))?;
         let inner = Inner {
             db,
+            group,
             path: path.to_owned(),
             retention,
             state: Mutex::new(State {
@@ -353,7 +365,9 @@ impl Inner {
         }
     }
 
-    fn publish(&self, message: &OutgoingMessage) -> Result<u64, MessagingError> {
+    /// Commits `message` (not yet durable): its sequence, and the ticket
+    /// to await before acknowledging it.
+    fn publish(&self, message: &OutgoingMessage) -> Result<(u64, Ticket), MessagingError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let fail = |e: redb::Error| self.unavailable(e);
         let now = now_ms();
@@ -389,7 +403,7 @@ impl Inner {
         if let Some(detail) = full {
             usage.refused += 1;
             // Keep what was expired; store nothing.
-            txn.commit().map_err(|x| fail(x.into()))?;
+            self.group.commit(txn).map_err(fail)?;
             return Err(MessagingError::TopicFull {
                 topic: topic.to_string(),
                 detail: format!(
@@ -412,10 +426,10 @@ impl Inner {
                 .map_err(|x| fail(x.into()))?;
             sequence
         };
-        txn.commit().map_err(|x| fail(x.into()))?;
+        let ticket = self.group.commit(txn).map_err(fail)?;
         usage.messages += 1;
         usage.bytes += stored.len() as u64;
-        Ok(sequence)
+        Ok((sequence, ticket))
     }
 
     /// Expires what is due in every topic.
@@ -687,13 +701,15 @@ impl Inner {
 
     /// Applies `change` to the in-flight delivery `receipt` names, or
     /// refuses with `Lost`. `change` returns the new state (`None` = acked).
+    /// With `durable`, the ticket to await before acknowledging it; without,
+    /// the commit may be lost in a crash.
     fn settle(
         &self,
         spec: &SubscriptionSpec,
         receipt: &Receipt,
-        durability: Durability,
+        durable: bool,
         change: impl FnOnce(DeliveryState) -> Option<DeliveryState>,
-    ) -> Result<(), MessagingError> {
+    ) -> Result<Option<Ticket>, MessagingError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let gk = group_key(&spec.topic, &spec.group);
         let topic = spec.topic.as_str();
@@ -701,8 +717,10 @@ impl Inner {
         let mut removed_bytes = None;
         let fail = |e: redb::Error| self.unavailable(e);
         let mut txn = self.db.begin_write().map_err(|x| fail(x.into()))?;
-        txn.set_durability(durability)
-            .map_err(|x| self.unavailable(x))?;
+        if !durable {
+            txn.set_durability(Durability::None)
+                .map_err(|x| self.unavailable(x))?;
+        }
         let mut acked_key = None;
         {
             let mut deliveries = txn.open_table(DELIVERIES).map_err(|x| fail(x.into()))?;
@@ -791,7 +809,12 @@ impl Inner {
                 }
             }
         }
-        txn.commit().map_err(|x| fail(x.into()))?;
+        let ticket = if durable {
+            Some(self.group.commit(txn).map_err(fail)?)
+        } else {
+            txn.commit().map_err(|x| fail(x.into()))?;
+            None
+        };
         if let Some(bytes) = removed_bytes
             && let Some(usage) = state.topics.get_mut(topic)
         {
@@ -807,7 +830,15 @@ impl Inner {
                 group_keys.remove(&key);
             }
         }
-        Ok(())
+        Ok(ticket)
+    }
+
+    /// Waits until the commit of `ticket` is durable.
+    async fn durable(&self, ticket: Ticket) -> Result<(), MessagingError> {
+        self.group
+            .durable(ticket)
+            .await
+            .map_err(|error| self.unavailable(error))
     }
 }
 
@@ -829,7 +860,9 @@ impl MessagingBackend for EmbeddedBroker {
 
     async fn publish(&self, message: &OutgoingMessage) -> Result<String, MessagingError> {
         let message = message.clone();
-        let sequence = blocking(&self.inner, move |inner| inner.publish(&message)).await?;
+        let (sequence, ticket) =
+            blocking(&self.inner, move |inner| inner.publish(&message)).await?;
+        self.inner.durable(ticket).await?;
         self.inner.published.notify_waiters();
         Ok(sequence.to_string())
     }
@@ -893,10 +926,13 @@ impl Consumer for EmbeddedConsumer {
 
     async fn ack(&self, receipt: &Receipt) -> Result<(), MessagingError> {
         let (spec, receipt) = (self.spec.clone(), *receipt);
-        blocking(&self.inner, move |inner| {
-            inner.settle(&spec, &receipt, Durability::Immediate, |_| None)
+        let ticket = blocking(&self.inner, move |inner| {
+            inner.settle(&spec, &receipt, true, |_| None)
         })
         .await?;
+        if let Some(ticket) = ticket {
+            self.inner.durable(ticket).await?;
+        }
         // A key's next message may be deliverable now.
         self.inner.published.notify_waiters();
         Ok(())
@@ -915,7 +951,7 @@ impl Consumer for EmbeddedConsumer {
             now_ms() + delay.as_millis() as u64
         };
         blocking(&self.inner, move |inner| {
-            inner.settle(&spec, &receipt, Durability::None, |mut state| {
+            inner.settle(&spec, &receipt, false, |mut state| {
                 state.in_flight = false;
                 state.until = until;
                 state.last_error = Some(error);
@@ -931,11 +967,12 @@ impl Consumer for EmbeddedConsumer {
         let (spec, receipt) = (self.spec.clone(), *receipt);
         let until = now_ms() + visibility.as_millis().max(1) as u64;
         blocking(&self.inner, move |inner| {
-            inner.settle(&spec, &receipt, Durability::None, |mut state| {
+            inner.settle(&spec, &receipt, false, |mut state| {
                 state.until = until;
                 Some(state)
             })
         })
         .await
+        .map(drop)
     }
 }
