@@ -4,19 +4,24 @@
 //!
 //! # Contract
 //!
-//! A writer commits its write transaction through [`GroupCommit::commit`]:
-//! with `Durability::None`, so the commit is visible to every later
-//! transaction at once but has not reached the disk. It gets a [`Ticket`],
-//! and awaits [`GroupCommit::durable`] before it tells anyone the write
-//! happened.
+//! A writer first announces itself with [`GroupCommit::writer`] (before
+//! it queues for redb's write lock), then commits its write transaction
+//! through [`Writer::commit`]: with `Durability::None`, so the commit is
+//! visible to every later transaction at once but has not reached the
+//! disk. It gets a [`Ticket`], and awaits [`GroupCommit::durable`] before
+//! it tells anyone the write happened.
 //!
 //! One thread per database (the syncer) commits an empty transaction with
 //! `Durability::Immediate` whenever tickets wait. redb makes that commit
 //! durable together with every commit before it, so one fsync acknowledges
-//! every ticket handed out before the syncer began it. While that fsync
-//! runs, new tickets queue for the next one: the busier the database, the
-//! more writes share an fsync; a lone writer pays one commit and one fsync,
-//! as with an `Immediate` commit of its own.
+//! every ticket handed out before the syncer began it. Before it begins,
+//! the syncer lets the writers announced by the time of the first unsynced
+//! commit commit too (for up to [`MAX_GATHER`]): its own transaction
+//! takes redb's write lock for the length of an fsync, and taking it while
+//! writers queue would sync one write at a time. While that fsync runs, new
+//! writers queue for the next one: the busier the database, the more
+//! writes share an fsync; a lone writer pays one commit and one fsync, as
+//! with an `Immediate` commit of its own.
 //!
 //! What a crash can do: a write that was committed but not yet durable is
 //! gone after a crash. Its writer was never acknowledged, so nothing
@@ -37,7 +42,12 @@
 use redb::{Database, Durability, WriteTransaction};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// The longest the syncer waits for announced writers to commit before it
+/// makes what is committed durable.
+pub const MAX_GATHER: Duration = Duration::from_millis(1);
 
 /// Commits and makes durable, many commits per fsync.
 pub struct GroupCommit {
@@ -62,6 +72,8 @@ pub struct Ticket(u64);
 struct Shared {
     /// Tickets handed out (each after its commit returned).
     committed: AtomicU64,
+    /// Writers announced and not yet committed (or given up).
+    writing: AtomicU64,
     /// Wakes the syncer; `true` once the [`GroupCommit`] is dropped.
     wake: Mutex<bool>,
     wake_syncer: Condvar,
@@ -85,6 +97,7 @@ impl GroupCommit {
     pub fn start(db: &Arc<Database>, name: &str) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             committed: AtomicU64::new(0),
+            writing: AtomicU64::new(0),
             wake: Mutex::new(false),
             wake_syncer: Condvar::new(),
             outcome: watch::Sender::new(Outcome::default()),
@@ -97,24 +110,16 @@ impl GroupCommit {
         Ok(GroupCommit { shared })
     }
 
-    /// Commits `txn` without waiting for the disk; the ticket to await
-    /// with [`GroupCommit::durable`] before acknowledging it.
-    pub fn commit(&self, mut txn: WriteTransaction) -> Result<Ticket, redb::Error> {
-        txn.set_durability(Durability::None)
-            .map_err(redb::Error::from)?;
-        txn.commit()?;
-        Ok(self.committed())
+    /// Announces a writer: the syncer waits (up to [`MAX_GATHER`]) for it
+    /// to commit, or to be dropped, before it syncs.
+    pub fn writer(&self) -> Writer {
+        self.shared.writing.fetch_add(1, Ordering::SeqCst);
+        Writer {
+            shared: self.shared.clone(),
+        }
     }
 
-    /// A ticket for a commit that just returned (in this thread).
-    fn committed(&self) -> Ticket {
-        let ticket = self.shared.committed.fetch_add(1, Ordering::SeqCst) + 1;
-        // Under the lock the syncer checks `committed` in: no lost wake-up.
-        let _guard = self.shared.wake.lock().unwrap_or_else(|e| e.into_inner());
-        self.shared.wake_syncer.notify_one();
-        Ticket(ticket)
-    }
-
+    /// Waits until the commit of `ticket` is durable; the fsync's error if
     /// Waits until the commit of `ticket` is durable; the fsync's error if
     /// the one meant for it failed.
     pub async fn durable(&self, ticket: Ticket) -> Result<(), String> {
@@ -148,6 +153,35 @@ impl GroupCommit {
     }
 }
 
+/// An announced writer (see [`GroupCommit::writer`]).
+pub struct Writer {
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    /// Commits `txn` without waiting for the disk; the ticket to await
+    /// with [`GroupCommit::durable`] before acknowledging it.
+    pub fn commit(self, mut txn: WriteTransaction) -> Result<Ticket, redb::Error> {
+        txn.set_durability(Durability::None)
+            .map_err(redb::Error::from)?;
+        txn.commit()?;
+        // A ticket only after the commit returned: every ticket the syncer
+        // sees was committed before its own transaction begins.
+        let ticket = self.shared.committed.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(Ticket(ticket))
+        // Dropping `self` wakes the syncer.
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shared.writing.fetch_sub(1, Ordering::SeqCst);
+        // Under the lock the syncer checks the counters in: no lost wake-up.
+        let _guard = self.shared.wake.lock().unwrap_or_else(|e| e.into_inner());
+        self.shared.wake_syncer.notify_one();
+    }
+}
+
 impl Drop for GroupCommit {
     fn drop(&mut self) {
         *self.shared.wake.lock().unwrap_or_else(|e| e.into_inner()) = true;
@@ -161,9 +195,8 @@ fn run_syncer(shared: &Shared, db: &Weak<Database>) {
         let target = {
             let mut closed = shared.wake.lock().unwrap_or_else(|e| e.into_inner());
             loop {
-                let committed = shared.committed.load(Ordering::SeqCst);
-                if committed > synced {
-                    break committed;
+                if shared.committed.load(Ordering::SeqCst) > synced {
+                    break;
                 }
                 if *closed {
                     return;
@@ -173,6 +206,25 @@ fn run_syncer(shared: &Shared, db: &Weak<Database>) {
                     .wait(closed)
                     .unwrap_or_else(|e| e.into_inner());
             }
+            // Let the writers announced by now commit first (not those
+            // announced later: they would keep this one waiting).
+            let first = Instant::now();
+            let expected =
+                shared.committed.load(Ordering::SeqCst) + shared.writing.load(Ordering::SeqCst);
+            while shared.writing.load(Ordering::SeqCst) > 0
+                && shared.committed.load(Ordering::SeqCst) < expected
+                && !*closed
+            {
+                let Some(left) = MAX_GATHER.checked_sub(first.elapsed()) else {
+                    break;
+                };
+                closed = shared
+                    .wake_syncer
+                    .wait_timeout(closed, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            shared.committed.load(Ordering::SeqCst)
         };
         // Every ticket up to `target` was handed out after its commit
         // returned, so this transaction (begun now) follows all of them.
@@ -224,9 +276,10 @@ mod tests {
     }
 
     fn write(db: &Database, group: &GroupCommit, key: u64) -> Ticket {
+        let writer = group.writer();
         let txn = db.begin_write().unwrap();
         txn.open_table(TABLE).unwrap().insert(key, key).unwrap();
-        group.commit(txn).unwrap()
+        writer.commit(txn).unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,6 +318,14 @@ mod tests {
         assert_eq!(table.len().unwrap(), 800);
     }
 
+    /// A ticket as a commit would get one, for a database already gone.
+    fn write_without_a_database(group: &GroupCommit) -> Ticket {
+        let writer = group.writer();
+        let ticket = Ticket(group.shared.committed.fetch_add(1, Ordering::SeqCst) + 1);
+        drop(writer);
+        ticket
+    }
+
     #[tokio::test]
     async fn a_closed_database_fails_the_waiting_tickets_with_a_reason() {
         let (_dir, db, group) = open();
@@ -273,7 +334,7 @@ mod tests {
         // The syncer holds the database weakly: with it gone, the next
         // ticket fails with the reason instead of waiting forever.
         drop(db);
-        let ticket = group.committed();
+        let ticket = write_without_a_database(&group);
         let error = group.durable(ticket).await.unwrap_err();
         assert!(error.contains("the database was closed"), "{error}");
     }

@@ -41,7 +41,7 @@ use hearth_prewarm::pool::{
     CapacityError, Checkout, InstanceFactory, InstancePool, Lease, PoolCapacity, PoolError, Ready,
 };
 use hearth_prewarm::{
-    ArtifactCache, CompiledCache, CompiledFrom, CompiledFunction, CompiledStore, LoadError,
+    ArtifactCache, CompiledCache, CompiledFrom, CompiledFunction, CompiledStore, Digest, LoadError,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -413,17 +413,32 @@ impl Host {
         reference: &str,
         policy: PullPolicy,
     ) -> Result<(CachedFunction, Vec<u8>), FunctionLoadError> {
-        let pull_error = |cause| FunctionLoadError::Pull {
-            function: function.to_string(),
-            reference: reference.to_string(),
-            cause: Box::new(cause),
-        };
-        let Some(artifacts) = &self.artifacts else {
-            return Err(FunctionLoadError::NoArtifactCache {
+        let entry = self.pull_image(function, reference, policy).await?;
+        self.read_image(function, reference, entry).await
+    }
+
+    /// The artifact cache, or the error of loading `reference` without one.
+    fn artifacts_for(
+        &self,
+        function: &str,
+        reference: &str,
+    ) -> Result<&ArtifactCache, FunctionLoadError> {
+        self.artifacts
+            .as_ref()
+            .ok_or_else(|| FunctionLoadError::NoArtifactCache {
                 function: function.to_string(),
                 reference: reference.to_string(),
-            });
-        };
+            })
+    }
+
+    /// Fetches `reference` into the artifact cache per `policy`: its entry.
+    async fn pull_image(
+        &self,
+        function: &str,
+        reference: &str,
+        policy: PullPolicy,
+    ) -> Result<CachedFunction, FunctionLoadError> {
+        let artifacts = self.artifacts_for(function, reference)?;
         let span = telemetry::start_in_current("pull");
         span.set("hearth.image", || reference.to_string());
         let entry = match policy {
@@ -431,30 +446,73 @@ impl Host {
             PullPolicy::Always => artifacts.pull(reference).await,
         };
         span.end_with(&entry);
-        let entry = entry.map_err(pull_error)?;
-        let bytes = match artifacts.read_wasm(&entry) {
-            Ok(bytes) => bytes,
+        entry.map_err(|cause| pull_error(function, reference, cause))
+    }
+
+    /// The verified component bytes of `entry` (pulled again if its blob
+    /// was damaged on disk): the entry they belong to and the bytes.
+    async fn read_image(
+        &self,
+        function: &str,
+        reference: &str,
+        entry: CachedFunction,
+    ) -> Result<(CachedFunction, Vec<u8>), FunctionLoadError> {
+        let artifacts = self.artifacts_for(function, reference)?;
+        match artifacts.read_wasm(&entry) {
+            Ok(bytes) => Ok((entry, bytes)),
             // The blob was damaged on disk and has been removed: fetch it again.
             Err(damaged) => {
                 tracing::warn!(%reference, "{damaged}; pulling again");
-                let entry = artifacts.pull(reference).await.map_err(pull_error)?;
-                artifacts.read_wasm(&entry).map_err(pull_error)?
+                let entry = artifacts
+                    .pull(reference)
+                    .await
+                    .map_err(|cause| pull_error(function, reference, cause))?;
+                let bytes = artifacts
+                    .read_wasm(&entry)
+                    .map_err(|cause| pull_error(function, reference, cause))?;
+                Ok((entry, bytes))
             }
-        };
-        Ok((entry, bytes))
+        }
     }
 
-    /// Loads the function at `reference` (see [`Host::fetch_image`]).
+    /// Loads the function at `reference` (see [`Host::fetch_image`]). The
+    /// compiled cache is keyed by the component's digest, which the
+    /// artifact cache verified at the pull: when the compiled code is in
+    /// memory or on disk, the component (16–19 MB for Python or
+    /// JavaScript) is neither read nor hashed.
     pub async fn load_image(
         self: &Arc<Self>,
         env: FunctionEnv,
         reference: &str,
         policy: PullPolicy,
     ) -> Result<Arc<Function>, FunctionLoadError> {
-        let (_, bytes) = self.fetch_image(&env.name, reference, policy).await?;
-        self.load(env, bytes).await
+        let entry = self.pull_image(&env.name, reference, policy).await?;
+        if let Some(digest) = Digest::parse(&entry.wasm_digest)
+            && let Some(found) = self
+                .compile(&env, None, move |cache| cache.lookup(digest))
+                .await?
+        {
+            return self.load_compiled(env, found);
+        }
+        let (entry, bytes) = self.read_image(&env.name, reference, entry).await?;
+        let bytes_len = bytes.len();
+        let compiled = match Digest::parse(&entry.wasm_digest) {
+            // read_image checked the bytes against it.
+            Some(digest) => {
+                self.compile(&env, Some(bytes_len), move |cache| {
+                    cache.get_or_compile_as(digest, &bytes).map(Some)
+                })
+                .await?
+            }
+            None => {
+                self.compile(&env, Some(bytes_len), move |cache| {
+                    cache.get_or_compile_traced(&bytes).map(Some)
+                })
+                .await?
+            }
+        };
+        self.load_compiled(env, compiled.expect("compiled or an error"))
     }
-
     /// The engine.
     pub fn engine(&self) -> &wasmtime::Engine {
         self.engine.engine()
@@ -503,21 +561,42 @@ impl Host {
         env: FunctionEnv,
         bytes: Vec<u8>,
     ) -> Result<Arc<Function>, FunctionLoadError> {
+        let bytes_len = bytes.len();
+        let compiled = self
+            .compile(&env, Some(bytes_len), move |cache| {
+                cache.get_or_compile_traced(&bytes).map(Some)
+            })
+            .await?;
+        self.load_compiled(env, compiled.expect("compiled or an error"))
+    }
+
+    /// Runs `work` on the compiled cache on a blocking thread, in a
+    /// `compile` span; its errors named for `env`'s function.
+    async fn compile(
+        self: &Arc<Self>,
+        env: &FunctionEnv,
+        bytes_len: Option<usize>,
+        work: impl FnOnce(&CompiledCache<StoreData>) -> Result<Option<Compiled>, LoadError>
+        + Send
+        + 'static,
+    ) -> Result<Option<Compiled>, FunctionLoadError> {
         let host = self.clone();
         let name = env.name.to_string();
         let span = telemetry::start_in_current("compile");
         span.set("hearth.function", || name.clone());
         span.set("k8s.namespace.name", || env.namespace.to_string());
-        span.set("hearth.component.bytes", || bytes.len() as i64);
-        let compiled =
-            tokio::task::spawn_blocking(move || host.compiled.get_or_compile_traced(&bytes)).await;
+        if let Some(len) = bytes_len {
+            span.set("hearth.component.bytes", || len as i64);
+        }
+        let compiled = tokio::task::spawn_blocking(move || work(&host.compiled)).await;
         match &compiled {
-            Ok(Ok((_, from))) => span.set("hearth.compiled_from", || from.as_str()),
+            Ok(Ok(Some((_, from)))) => span.set("hearth.compiled_from", || from.as_str()),
+            Ok(Ok(None)) => span.set("hearth.compiled_from", || "none"),
             Ok(Err(error)) => span.fail("load", error),
             Err(error) => span.fail("interrupted", error),
         }
         span.end();
-        let (compiled, compiled_from) = compiled
+        compiled
             .map_err(|e| FunctionLoadError::Interrupted {
                 function: name.clone(),
                 detail: e.to_string(),
@@ -532,7 +611,16 @@ impl Host {
                     function: name.clone(),
                     cause,
                 },
-            })?;
+            })
+    }
+
+    /// Loads `compiled` as the function described by `env`.
+    fn load_compiled(
+        self: &Arc<Self>,
+        env: FunctionEnv,
+        (compiled, compiled_from): Compiled,
+    ) -> Result<Arc<Function>, FunctionLoadError> {
+        let name = env.name.to_string();
         let kind = classify(&name, &compiled)?;
         let capability_error = |cause| FunctionLoadError::Capability {
             function: name.clone(),
@@ -597,6 +685,18 @@ impl Host {
             self.register(&function);
         }
         Ok(function)
+    }
+}
+
+/// A function's compiled code and where it came from.
+type Compiled = (Arc<CompiledFunction<StoreData>>, CompiledFrom);
+
+/// `cause`, a failure to pull `reference` for `function`.
+fn pull_error(function: &str, reference: &str, cause: PullError) -> FunctionLoadError {
+    FunctionLoadError::Pull {
+        function: function.to_string(),
+        reference: reference.to_string(),
+        cause: Box::new(cause),
     }
 }
 

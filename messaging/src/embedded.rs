@@ -46,7 +46,7 @@ use crate::{
     Consumer, Delivery, MessagingBackend, MessagingError, OutgoingMessage, Receipt, Retention,
     SubscriptionSpec, TopicUsage, now_ms,
 };
-use hearth_group_commit::{GroupCommit, Ticket};
+use hearth_group_commit::{GroupCommit, Ticket, Writer};
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -367,7 +367,11 @@ impl Inner {
 
     /// Commits `message` (not yet durable): its sequence, and the ticket
     /// to await before acknowledging it.
-    fn publish(&self, message: &OutgoingMessage) -> Result<(u64, Ticket), MessagingError> {
+    fn publish(
+        &self,
+        message: &OutgoingMessage,
+        writer: Writer,
+    ) -> Result<(u64, Ticket), MessagingError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let fail = |e: redb::Error| self.unavailable(e);
         let now = now_ms();
@@ -403,7 +407,7 @@ impl Inner {
         if let Some(detail) = full {
             usage.refused += 1;
             // Keep what was expired; store nothing.
-            self.group.commit(txn).map_err(fail)?;
+            writer.commit(txn).map_err(fail)?;
             return Err(MessagingError::TopicFull {
                 topic: topic.to_string(),
                 detail: format!(
@@ -426,7 +430,7 @@ impl Inner {
                 .map_err(|x| fail(x.into()))?;
             sequence
         };
-        let ticket = self.group.commit(txn).map_err(fail)?;
+        let ticket = writer.commit(txn).map_err(fail)?;
         usage.messages += 1;
         usage.bytes += stored.len() as u64;
         Ok((sequence, ticket))
@@ -701,13 +705,13 @@ impl Inner {
 
     /// Applies `change` to the in-flight delivery `receipt` names, or
     /// refuses with `Lost`. `change` returns the new state (`None` = acked).
-    /// With `durable`, the ticket to await before acknowledging it; without,
-    /// the commit may be lost in a crash.
+    /// Committed through `durable`, the ticket to await before
+    /// acknowledging it; without, the commit may be lost in a crash.
     fn settle(
         &self,
         spec: &SubscriptionSpec,
         receipt: &Receipt,
-        durable: bool,
+        durable: Option<Writer>,
         change: impl FnOnce(DeliveryState) -> Option<DeliveryState>,
     ) -> Result<Option<Ticket>, MessagingError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -717,7 +721,7 @@ impl Inner {
         let mut removed_bytes = None;
         let fail = |e: redb::Error| self.unavailable(e);
         let mut txn = self.db.begin_write().map_err(|x| fail(x.into()))?;
-        if !durable {
+        if durable.is_none() {
             txn.set_durability(Durability::None)
                 .map_err(|x| self.unavailable(x))?;
         }
@@ -809,8 +813,8 @@ impl Inner {
                 }
             }
         }
-        let ticket = if durable {
-            Some(self.group.commit(txn).map_err(fail)?)
+        let ticket = if let Some(writer) = durable {
+            Some(writer.commit(txn).map_err(fail)?)
         } else {
             txn.commit().map_err(|x| fail(x.into()))?;
             None
@@ -860,8 +864,9 @@ impl MessagingBackend for EmbeddedBroker {
 
     async fn publish(&self, message: &OutgoingMessage) -> Result<String, MessagingError> {
         let message = message.clone();
+        let writer = self.inner.group.writer();
         let (sequence, ticket) =
-            blocking(&self.inner, move |inner| inner.publish(&message)).await?;
+            blocking(&self.inner, move |inner| inner.publish(&message, writer)).await?;
         self.inner.durable(ticket).await?;
         self.inner.published.notify_waiters();
         Ok(sequence.to_string())
@@ -926,8 +931,9 @@ impl Consumer for EmbeddedConsumer {
 
     async fn ack(&self, receipt: &Receipt) -> Result<(), MessagingError> {
         let (spec, receipt) = (self.spec.clone(), *receipt);
+        let writer = self.inner.group.writer();
         let ticket = blocking(&self.inner, move |inner| {
-            inner.settle(&spec, &receipt, true, |_| None)
+            inner.settle(&spec, &receipt, Some(writer), |_| None)
         })
         .await?;
         if let Some(ticket) = ticket {
@@ -951,7 +957,7 @@ impl Consumer for EmbeddedConsumer {
             now_ms() + delay.as_millis() as u64
         };
         blocking(&self.inner, move |inner| {
-            inner.settle(&spec, &receipt, false, |mut state| {
+            inner.settle(&spec, &receipt, None, |mut state| {
                 state.in_flight = false;
                 state.until = until;
                 state.last_error = Some(error);
@@ -967,7 +973,7 @@ impl Consumer for EmbeddedConsumer {
         let (spec, receipt) = (self.spec.clone(), *receipt);
         let until = now_ms() + visibility.as_millis().max(1) as u64;
         blocking(&self.inner, move |inner| {
-            inner.settle(&spec, &receipt, false, |mut state| {
+            inner.settle(&spec, &receipt, None, |mut state| {
                 state.until = until;
                 Some(state)
             })

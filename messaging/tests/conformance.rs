@@ -293,3 +293,112 @@ async fn embedded_expires_messages_past_their_age_from_every_group() {
     let dlq = usage_of(&broker, "orders.dlq");
     assert_eq!((dlq.messages, dlq.expired), (1, 1), "{dlq:?}");
 }
+
+/// 8 publishers and 4 consumers on one embedded broker: prints
+/// `published DATA` once a publish returned, `acking DATA` before an ack
+/// and `acked DATA` once it returned; killed with SIGKILL mid-stream by
+/// [`embedded_publishes_and_acks_acknowledged_before_a_kill_9_survive_it`].
+async fn publish_and_consume_until_killed(path: &std::path::Path) {
+    let broker: Arc<dyn MessagingBackend> = Arc::new(EmbeddedBroker::open(path).unwrap());
+    let say = |line: String| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}").unwrap();
+        out.flush().unwrap();
+    };
+    let mut tasks = Vec::new();
+    for publisher in 0..8 {
+        let broker = broker.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0u64.. {
+                let data = format!("p{publisher}-{i}");
+                broker.publish(&message("kill9", &data)).await.unwrap();
+                say(format!("published {data}"));
+            }
+        }));
+    }
+    for _ in 0..4 {
+        let consumer = broker.subscribe(&spec("kill9", 60_000)).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                for delivery in consumer.receive(8, Duration::from_secs(1)).await.unwrap() {
+                    let data = String::from_utf8(delivery.data).unwrap();
+                    say(format!("acking {data}"));
+                    consumer.ack(&delivery.receipt).await.unwrap();
+                    say(format!("acked {data}"));
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_publishes_and_acks_acknowledged_before_a_kill_9_survive_it() {
+    use hearth_testkit::process::{child_role, rerun_as_child};
+    use std::collections::HashSet;
+    if child_role().as_deref() == Some("broker") {
+        let path = std::env::var_os("BROKER_PATH").unwrap();
+        return publish_and_consume_until_killed(std::path::Path::new(&path)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("messages.redb");
+    let (mut child, lines) = rerun_as_child(
+        "embedded_publishes_and_acks_acknowledged_before_a_kill_9_survive_it",
+        "broker",
+        &[("BROKER_PATH", path.as_os_str())],
+    );
+    let (mut published, mut acking, mut acked) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let mut record = |line: String| {
+        if let Some(data) = line.strip_prefix("published ") {
+            published.insert(data.to_string());
+        } else if let Some(data) = line.strip_prefix("acking ") {
+            acking.insert(data.to_string());
+        } else if let Some(data) = line.strip_prefix("acked ") {
+            acked.insert(data.to_string());
+        }
+    };
+    let mut acks = 0;
+    while acks < 1500 {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the broker acknowledges publishes and acks");
+        acks += usize::from(line.starts_with("acked "));
+        record(line);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // What it printed before it died was acknowledged too.
+    for line in lines.iter() {
+        record(line);
+    }
+    let broker = EmbeddedBroker::open(&path).unwrap();
+    let consumer = broker.subscribe(&spec("kill9", 60_000)).await.unwrap();
+    let mut delivered = HashSet::new();
+    loop {
+        let got = consumer
+            .receive(256, Duration::from_millis(300))
+            .await
+            .unwrap();
+        if got.is_empty() {
+            break;
+        }
+        for delivery in got {
+            delivered.insert(String::from_utf8(delivery.data.clone()).unwrap());
+            consumer.ack(&delivery.receipt).await.unwrap();
+        }
+    }
+    let redelivered: Vec<_> = acked.intersection(&delivered).collect();
+    assert!(
+        redelivered.is_empty(),
+        "acknowledged acks came back: {redelivered:?}"
+    );
+    // A published message is gone only if it was acked (or being acked).
+    let lost: Vec<_> = published
+        .iter()
+        .filter(|data| !delivered.contains(*data) && !acking.contains(*data))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged publishes lost: {lost:?}");
+}

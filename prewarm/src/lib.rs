@@ -85,6 +85,14 @@ impl Digest {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// Parses `sha256:HEX` (an OCI digest); `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.strip_prefix("sha256:")?;
+        let mut raw = [0u8; 32];
+        hex::decode_to_slice(hex, &mut raw).ok()?;
+        Some(Digest(raw))
+    }
 }
 
 impl fmt::Display for Digest {
@@ -330,39 +338,70 @@ impl<T: 'static> CompiledCache<T> {
         &self,
         bytes: &[u8],
     ) -> Result<(Arc<CompiledFunction<T>>, CompiledFrom), LoadError> {
-        let digest = Digest::of(bytes);
+        self.get_or_compile_as(Digest::of(bytes), bytes)
+    }
+
+    /// The compiled form of the component whose digest is `digest`, from
+    /// memory or the on-disk store, without its bytes: `None` if neither
+    /// has it. For a caller that knows the digest already (an image's,
+    /// verified when it was pulled) and would otherwise read and hash a
+    /// large component only to find it compiled.
+    pub fn lookup(
+        &self,
+        digest: Digest,
+    ) -> Result<Option<(Arc<CompiledFunction<T>>, CompiledFrom)>, LoadError> {
         if let Some(hit) = self.get(&digest) {
-            return Ok((hit, CompiledFrom::Memory));
+            return Ok(Some((hit, CompiledFrom::Memory)));
         }
-        let mut from = CompiledFrom::Disk;
-        let compiled = Arc::new(match self.load_from_store(digest)? {
-            Some(loaded) => loaded,
-            None => {
-                from = CompiledFrom::Compiled;
-                let compiled = self.compile(digest, bytes)?;
-                self.compiles.fetch_add(1, Ordering::Relaxed);
-                if let Some(store) = &self.store {
-                    match store
-                        .store(&digest, &compiled.component)
-                        .and_then(|()| store.trim(&digest))
-                    {
-                        Ok(evicted) => {
-                            self.disk_evictions.fetch_add(evicted, Ordering::Relaxed);
-                        }
-                        // The function still runs; the next process compiles again.
-                        Err(error) => {
-                            tracing::warn!(%digest, dir = %store.dir().display(), "cannot write the compiled cache: {error}")
-                        }
-                    }
+        match self.load_from_store(digest)? {
+            Some(loaded) => Ok(Some(self.remember(digest, loaded, CompiledFrom::Disk))),
+            None => Ok(None),
+        }
+    }
+
+    /// [`CompiledCache::get_or_compile_traced`] for `bytes` whose digest
+    /// the caller has already checked is `digest`.
+    pub fn get_or_compile_as(
+        &self,
+        digest: Digest,
+        bytes: &[u8],
+    ) -> Result<(Arc<CompiledFunction<T>>, CompiledFrom), LoadError> {
+        if let Some(found) = self.lookup(digest)? {
+            return Ok(found);
+        }
+        let compiled = self.compile(digest, bytes)?;
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        if let Some(store) = &self.store {
+            match store
+                .store(&digest, &compiled.component)
+                .and_then(|()| store.trim(&digest))
+            {
+                Ok(evicted) => {
+                    self.disk_evictions.fetch_add(evicted, Ordering::Relaxed);
                 }
-                compiled
+                // The function still runs; the next process compiles again.
+                Err(error) => {
+                    tracing::warn!(%digest, dir = %store.dir().display(), "cannot write the compiled cache: {error}")
+                }
             }
-        });
+        }
+        Ok(self.remember(digest, compiled, CompiledFrom::Compiled))
+    }
+
+    /// Puts `compiled` (just loaded or compiled) into memory, unless
+    /// another thread got there first (then theirs is returned).
+    fn remember(
+        &self,
+        digest: Digest,
+        compiled: CompiledFunction<T>,
+        from: CompiledFrom,
+    ) -> (Arc<CompiledFunction<T>>, CompiledFrom) {
+        let compiled = Arc::new(compiled);
         self.compile_nanos
             .fetch_add(compiled.compile_time.as_nanos() as u64, Ordering::Relaxed);
         let mut entries = self.lock();
         if let Some(existing) = entries.touch(&digest) {
-            return Ok((existing, from));
+            return (existing, from);
         }
         let bytes = image_bytes(&compiled.component);
         let clock = entries.clock;
@@ -379,7 +418,7 @@ impl<T: 'static> CompiledCache<T> {
             let evicted = entries.trim(budget);
             self.evictions.fetch_add(evicted, Ordering::Relaxed);
         }
-        Ok((compiled, from))
+        (compiled, from)
     }
 
     /// Returns the entry for `digest` if it is cached, counting a hit.
@@ -422,9 +461,10 @@ impl<T: 'static> CompiledCache<T> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Looks `digest` up in the on-disk store. The bytes were already
-    /// checked by [`Digest::of`]; the entry is linked against this cache's
-    /// linker exactly as a fresh compile would be.
+    /// Looks `digest` up in the on-disk store (whose entries are named by
+    /// the digest of the bytes they were compiled from); the entry is
+    /// linked against this cache's linker exactly as a fresh compile would
+    /// be.
     fn load_from_store(&self, digest: Digest) -> Result<Option<CompiledFunction<T>>, LoadError> {
         let Some(store) = &self.store else {
             return Ok(None);

@@ -20,11 +20,17 @@
 //!   default of 1 every call gets a fresh instance, the usual `wasi:http`
 //!   semantics: nothing one request does is visible to the next.
 //! * With `min_idle > 0` the pool keeps that many idle instances. They are
-//!   made in the background (on the current tokio runtime) after
-//!   [`InstancePool::warm`] and after every checkout or discard that leaves
-//!   fewer idle or warming than `min_idle`. A refill that fails is logged and
-//!   counted in [`PoolStats::refill_failures`], and not retried until the
-//!   next checkout, so a broken function cannot spin.
+//!   made in the background (on the current tokio runtime), in batches: one
+//!   task at a time makes instances one after another until `min_idle` are
+//!   idle. A batch starts on [`InstancePool::warm`], on a miss, when a
+//!   discard (a retired or poisoned instance) leaves fewer than three
+//!   quarters of `min_idle` idle, and when a checkout leaves fewer than
+//!   half (a surge of checkouts with nothing finishing). A checkout of a
+//!   pool that is still more than half full wakes nothing: its cost is a
+//!   lock and a pop, and the refill's wake-up lands on the request's end,
+//!   not its start. A refill that fails is logged and counted in
+//!   [`PoolStats::refill_failures`], ends its batch, and is not retried
+//!   until the next trigger, so a broken function cannot spin.
 //! * Idle instances beyond `min_idle`, which only appear when
 //!   `max_invocations > 1`, are kept up to `max_idle`; more are discarded.
 //! * Idle instances hold instance slots of the engine's pooling allocator for
@@ -65,6 +71,20 @@ pub struct PoolSettings {
     pub max_invocations: u32,
     /// Idle instances kept at most (only reached with `max_invocations > 1`).
     pub max_idle: u32,
+}
+
+impl PoolSettings {
+    /// A discard leaving fewer than this many idle starts a refill batch:
+    /// three quarters of `min_idle`, rounded up.
+    fn batch_watermark(&self) -> u32 {
+        self.min_idle - self.min_idle / 4
+    }
+
+    /// A checkout leaving fewer than this many idle starts a refill batch:
+    /// half of `min_idle`, rounded up.
+    fn surge_watermark(&self) -> u32 {
+        self.min_idle - self.min_idle / 2
+    }
 }
 
 impl Default for PoolSettings {
@@ -111,7 +131,8 @@ struct Idle<T: 'static> {
 
 struct Shared<T: 'static> {
     idle: VecDeque<Idle<T>>,
-    warming: u32,
+    /// A refill batch is running (one task making instances).
+    refilling: bool,
     busy: u32,
 }
 
@@ -155,7 +176,7 @@ impl<T: Send + 'static> InstancePool<T> {
                 factory,
                 shared: Mutex::new(Shared {
                     idle: VecDeque::new(),
-                    warming: 0,
+                    refilling: false,
                     busy: 0,
                 }),
                 hits: AtomicU64::new(0),
@@ -175,7 +196,7 @@ impl<T: Send + 'static> InstancePool<T> {
 
     /// Starts filling the pool to `min_idle` in the background.
     pub fn warm(&self) {
-        PoolInner::refill(&self.inner);
+        PoolInner::refill(&self.inner, self.inner.settings.min_idle);
     }
 
     /// Waits until the pool holds `min_idle` idle instances, or a refill
@@ -185,14 +206,14 @@ impl<T: Send + 'static> InstancePool<T> {
         let failures_before = self.inner.refill_failures.load(Ordering::Relaxed);
         loop {
             let stats = self.stats();
-            let warming = self.inner.lock().warming;
+            let refilling = self.inner.lock().refilling;
             if stats.idle >= self.inner.settings.min_idle
-                || (warming == 0
+                || (!refilling
                     && self.inner.refill_failures.load(Ordering::Relaxed) > failures_before)
             {
                 return stats;
             }
-            if warming == 0 {
+            if !refilling {
                 self.warm();
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -202,17 +223,21 @@ impl<T: Send + 'static> InstancePool<T> {
     /// An instance to serve one call: idle if one is (a hit), else made now
     /// (a miss).
     pub async fn checkout(&self) -> Result<Checkout<T>, PoolError> {
-        let taken = {
+        let (taken, surge) = {
             let mut shared = self.inner.lock();
             let taken = shared.idle.pop_front();
             if taken.is_some() {
                 shared.busy += 1;
             }
-            taken
+            let surge = !shared.refilling
+                && (shared.idle.len() as u32) < self.inner.settings.surge_watermark();
+            (taken, surge)
         };
         if let Some(idle) = taken {
             self.inner.hits.fetch_add(1, Ordering::Relaxed);
-            PoolInner::refill(&self.inner);
+            if surge {
+                PoolInner::refill(&self.inner, self.inner.settings.min_idle);
+            }
             return Ok(Checkout {
                 pool: self.inner.clone(),
                 idle: Some(idle),
@@ -220,7 +245,7 @@ impl<T: Send + 'static> InstancePool<T> {
             });
         }
         self.inner.misses.fetch_add(1, Ordering::Relaxed);
-        PoolInner::refill(&self.inner);
+        PoolInner::refill(&self.inner, self.inner.settings.min_idle);
         let ready = (self.inner.factory)()
             .await
             .map_err(PoolError::Instantiate)?;
@@ -260,45 +285,54 @@ impl<T: Send + 'static> PoolInner<T> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts as many background instantiations as needed to reach
-    /// `min_idle` (counting those already warming).
-    fn refill(this: &Arc<Self>) {
-        let wanted = {
+    /// Starts a refill batch if none is running and fewer than `below` are
+    /// idle: one task that makes instances one after another until
+    /// `min_idle` are idle, or one fails.
+    fn refill(this: &Arc<Self>, below: u32) {
+        {
             let mut shared = this.lock();
-            let have = shared.idle.len() as u32 + shared.warming;
-            let wanted = this.settings.min_idle.saturating_sub(have);
-            shared.warming += wanted;
-            wanted
-        };
-        if wanted == 0 {
-            return;
+            if shared.refilling || shared.idle.len() as u32 >= below.min(this.settings.min_idle) {
+                return;
+            }
+            shared.refilling = true;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            this.lock().warming -= wanted;
+            this.lock().refilling = false;
             tracing::warn!(function = %this.name, "no async runtime: the pool cannot refill");
             return;
         };
-        for _ in 0..wanted {
-            let weak: Weak<Self> = Arc::downgrade(this);
-            let made = (this.factory)();
-            runtime.spawn(async move {
+        let weak: Weak<Self> = Arc::downgrade(this);
+        runtime.spawn(async move {
+            loop {
+                let made = {
+                    let Some(pool) = weak.upgrade() else { return };
+                    {
+                        let mut shared = pool.lock();
+                        if shared.idle.len() as u32 >= pool.settings.min_idle {
+                            shared.refilling = false;
+                            return;
+                        }
+                    }
+                    (pool.factory)()
+                };
+                // The pool is not held while its instance is made: dropping
+                // the pool ends the batch.
                 let made = made.await;
                 let Some(pool) = weak.upgrade() else { return };
-                let mut shared = pool.lock();
-                shared.warming -= 1;
                 match made {
-                    Ok(ready) => shared.idle.push_back(Idle {
+                    Ok(ready) => pool.lock().idle.push_back(Idle {
                         ready,
                         invocations: 0,
                     }),
                     Err(error) => {
-                        drop(shared);
+                        pool.lock().refilling = false;
                         pool.refill_failures.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(function = %pool.name, error = %format!("{error:#}"), "pool refill failed");
+                        return;
                     }
                 }
-            });
-        }
+            }
+        });
     }
 
     /// The checkout of `idle` ended: `calls` served and released, or
@@ -324,7 +358,7 @@ impl<T: Send + 'static> PoolInner<T> {
         // Dropped outside the lock: dropping a store returns its slot to the
         // allocator, which is not free.
         drop(idle);
-        Self::refill(this);
+        Self::refill(this, this.settings.batch_watermark());
     }
 }
 
@@ -416,7 +450,7 @@ impl<T: Send + 'static> Drop for Lease<T> {
         if self.open {
             self.pool.lock().busy -= 1;
             self.pool.poisoned.fetch_add(1, Ordering::Relaxed);
-            PoolInner::refill(&self.pool);
+            PoolInner::refill(&self.pool, self.pool.settings.batch_watermark());
         }
     }
 }

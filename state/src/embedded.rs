@@ -177,6 +177,7 @@ impl EmbeddedBackend {
             self.writes.clone(),
             self.group.clone(),
         );
+        let writer = group.writer();
         let (value, ticket) = blocking(move || {
             let _serialised = writes.lock().unwrap_or_else(|e| e.into_inner());
             let txn = db.begin_write().map_err(unavailable)?;
@@ -192,7 +193,7 @@ impl EmbeddedBackend {
             };
             match result {
                 Ok(value) => {
-                    let committed = group.commit(txn).map_err(unavailable);
+                    let committed = writer.commit(txn).map_err(unavailable);
                     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
                     cache.generation += 1;
                     match committed {

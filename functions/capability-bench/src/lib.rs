@@ -3,9 +3,10 @@
 //! with `wasi:clocks/monotonic-clock`, and answers one line per call: its
 //! duration in nanoseconds. A failed call answers 500 with the error.
 //!
-//! * `POST /state?op=get|set&n=N`: `hearth:function/state` host calls on
-//!   the app's own store (key `bench`, a 100-byte value).
-//! * `POST /sidecar?op=get|set&n=N&addr=HOST:PORT`: the same operation as a
+//! * `POST /state?op=get|set&n=N&key=K`: `hearth:function/state` host
+//!   calls on the app's own store (key `K`, default `bench`, a 100-byte
+//!   value).
+//! * `POST /sidecar?op=get|set&n=N&addr=HOST:PORT&key=K`: the same operation as a
 //!   Dapr-style sidecar hop: an outbound `wasi:http` request to the state
 //!   API at `addr` (`GET /v1.0/state/STORE/KEY`, `POST /v1.0/state/STORE`
 //!   with `[{"key":…,"value":…}]`). Needs `addr`'s host in
@@ -89,26 +90,28 @@ fn run(request: &Request) -> Result<String, String> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1000);
     let op = request.query("op").unwrap_or_else(|| "get".into());
+    let key = request.query("key").unwrap_or_else(|| "bench".into());
     match request.path() {
         "/state" => {
             let store = Store::open("").map_err(|e| format!("{e:?}"))?;
             store
-                .set("bench", &VALUE, &Precondition::None, None)
+                .set(&key, &VALUE, &Precondition::None, None)
                 .map_err(|e| format!("{e:?}"))?;
             timed(n, || match op.as_str() {
                 "set" => store
-                    .set("bench", &VALUE, &Precondition::None, None)
+                    .set(&key, &VALUE, &Precondition::None, None)
                     .map(drop)
                     .map_err(|e| format!("{e:?}")),
-                _ => store.get("bench").map(drop).map_err(|e| format!("{e:?}")),
+                _ => store.get(&key).map(drop).map_err(|e| format!("{e:?}")),
             })
         }
         "/sidecar" => {
             let addr = request.query("addr").ok_or("give addr")?;
             let body = format!(
-                "[{{\"key\":\"bench\",\"value\":\"{}\"}}]",
+                "[{{\"key\":\"{key}\",\"value\":\"{}\"}}]",
                 String::from_utf8_lossy(&VALUE)
             );
+            let get_path = format!("/v1.0/state/statestore/{key}");
             http(
                 Method::Post,
                 &addr,
@@ -123,7 +126,7 @@ fn run(request: &Request) -> Result<String, String> {
                         "/v1.0/state/statestore",
                         body.as_bytes(),
                     )?,
-                    _ => http(Method::Get, &addr, "/v1.0/state/statestore/bench", b"")?,
+                    _ => http(Method::Get, &addr, &get_path, b"")?,
                 };
                 match status {
                     200 | 204 => Ok(()),

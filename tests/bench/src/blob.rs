@@ -24,7 +24,7 @@
 //!   → what wasmtime copies into guest memory), plus that one copy into
 //!   guest memory every read ends with.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use hearth_blob::remote::WriteMode;
 use hearth_blob::{BlobBackend, BlobLimits, BlobStore, ByteRange};
@@ -57,21 +57,6 @@ const SIZES: [(usize, &str); 3] = [(4 << 10, "4 KiB"), (1 << 20, "1 MiB"), (64 <
 /// Runs the benchmark and prints its table.
 pub fn blob(args: BlobArgs) -> Result<()> {
     crate::two_worker_runtime()?.block_on(run(args))
-}
-
-/// This process's or `pid`'s user+system CPU time.
-fn cpu_time(pid: Option<u32>) -> Result<Duration> {
-    let path = match pid {
-        Some(pid) => format!("/proc/{pid}/stat"),
-        None => "/proc/self/stat".into(),
-    };
-    let stat = std::fs::read_to_string(&path).with_context(|| path.clone())?;
-    let after_name = &stat[stat.rfind(')').context("stat format")? + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5), counted from the state (field 3).
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    let hz = 100.0; // USER_HZ on Linux
-    Ok(Duration::from_secs_f64(ticks as f64 / hz))
 }
 
 fn quantiles(mut samples: Vec<Duration>) -> (f64, f64) {
@@ -262,8 +247,10 @@ async fn measure(backend_name: &str, args: &BlobArgs, rows: &mut Vec<Row>) -> Re
                 .collect::<Vec<u8>>(),
         );
         for op in ["write", "read"] {
-            let (client_before, node_before) =
-                (cpu_time(None)?, node_pid.map(|p| cpu_time(Some(p))));
+            let (client_before, node_before) = (
+                crate::cpu_time(None)?,
+                node_pid.map(|p| crate::cpu_time(Some(p))),
+            );
             let mut latencies = Vec::with_capacity(samples);
             for sample in 0..samples {
                 let name = format!("{size_name}-{sample}");
@@ -278,9 +265,11 @@ async fn measure(backend_name: &str, args: &BlobArgs, rows: &mut Vec<Row>) -> Re
             }
             let total: Duration = latencies.iter().sum();
             let gb = (size * samples) as f64 / 1e9;
-            let client_cpu = (cpu_time(None)? - client_before).as_secs_f64();
+            let client_cpu = (crate::cpu_time(None)? - client_before).as_secs_f64();
             let node_cpu = match (node_pid, node_before) {
-                (Some(pid), Some(before)) => Some((cpu_time(Some(pid))? - before?).as_secs_f64()),
+                (Some(pid), Some(before)) => {
+                    Some((crate::cpu_time(Some(pid))? - before?).as_secs_f64())
+                }
                 _ => None,
             };
             let (p50_ms, p99_ms) = quantiles(latencies);

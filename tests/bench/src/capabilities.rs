@@ -17,7 +17,10 @@
 //!   `[invoke.targets]` (the HTTP path).
 //!
 //! Prints p50 and p99 per row, in microseconds, and the sidecar rows'
-//! ratio to the host call.
+//! ratio to the host call. A second table runs `--writers` concurrent
+//! writers (each on its own key) through each path to the embedded store,
+//! whose group commit shares an fsync among the writes that arrive
+//! together, and prints writes per second against the sidecar hop's.
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -41,6 +44,12 @@ pub struct CapabilitiesArgs {
     /// A Redis server to use instead of starting one.
     #[arg(long)]
     redis_url: Option<String>,
+    /// Concurrent writers in the group-commit table (each on its own key).
+    #[arg(long, default_value_t = 16)]
+    writers: usize,
+    /// Writes per writer in the group-commit table.
+    #[arg(long, default_value_t = 250)]
+    writes: usize,
 }
 
 fn limits() -> Limits {
@@ -110,6 +119,7 @@ async fn run(args: CapabilitiesArgs) -> Result<()> {
         ),
     ];
     let mut rows = Vec::new();
+    let mut concurrent_rows = Vec::new();
     for (kind, backend) in backends {
         let store = StateStore::new("statestore", backend, StateLimits::default());
         let sidecar = start_sidecar(store.clone()).await?;
@@ -129,7 +139,7 @@ async fn run(args: CapabilitiesArgs) -> Result<()> {
             // main thread would add a cross-thread wake-up to every I/O.
             let backend_alone = tokio::spawn({
                 let (store, calls) = (store.clone(), args.calls);
-                async move { backend_timings(&store, op, calls).await }
+                async move { backend_timings(&store, op, "bench", calls).await }
             })
             .await??;
             rows.push(Row::new(
@@ -145,7 +155,7 @@ async fn run(args: CapabilitiesArgs) -> Result<()> {
                 &format!("/sidecar?op={op}&n={}&addr={sidecar}", args.calls),
             )
             .await?;
-            let native = native_sidecar_timings(sidecar, op, args.calls).await?;
+            let native = native_sidecar_timings(sidecar, op, "bench", args.calls).await?;
             rows.push(Row::new(
                 op,
                 kind,
@@ -164,6 +174,10 @@ async fn run(args: CapabilitiesArgs) -> Result<()> {
                 "sidecar hop, native keep-alive client",
                 native,
             ));
+        }
+        if kind == "embedded" {
+            concurrent_rows =
+                concurrent_writes(&store, bench, sidecar, args.writers, args.writes).await?;
         }
     }
 
@@ -212,7 +226,90 @@ async fn run(args: CapabilitiesArgs) -> Result<()> {
         "{} calls per row, timed inside the guest with wasi:clocks (native client: in this process).",
         args.calls
     );
+    println!();
+    println!(
+        "| writers | backend | path | writes/s | p50 µs | p99 µs | CPU µs/write (whole process) | × sidecar hop from the guest |"
+    );
+    println!("|---:|---|---|---:|---:|---:|---:|---:|");
+    let sidecar_rate = concurrent_rows
+        .iter()
+        .find(|(row, ..)| row.path.starts_with("sidecar hop, from the guest"))
+        .map(|(_, rate, _)| *rate);
+    for (row, rate, cpu) in &concurrent_rows {
+        let ratio = sidecar_rate
+            .filter(|_| row.path.starts_with("host call"))
+            .map_or(String::new(), |base| format!("{:.1}×", rate / base));
+        println!(
+            "| {} | embedded | {} | {rate:.0} | {:.1} | {:.1} | {cpu:.0} | {ratio} |",
+            args.writers, row.path, row.p50_us, row.p99_us
+        );
+    }
+    println!();
+    println!(
+        "{} writes per writer, each on its own key, all started at once; writes/s = all writes / wall time.",
+        args.writes
+    );
     Ok(())
+}
+
+/// `writers` concurrent writers of `writes` sets each, on keys of their
+/// own, through each path to the embedded `store`: rows with writes/s.
+async fn concurrent_writes(
+    store: &StateStore,
+    bench: SocketAddr,
+    sidecar: SocketAddr,
+    writers: usize,
+    writes: usize,
+) -> Result<Vec<(Row, f64, f64)>> {
+    let mut rows = Vec::new();
+    let paths = [
+        "backend alone (StateStore, in-process Rust)",
+        "host call (hearth:function/state)",
+        "sidecar hop, from the guest (wasi:http)",
+        "sidecar hop, native keep-alive clients",
+    ];
+    for path in paths {
+        let started = Instant::now();
+        let cpu_before = crate::cpu_time(None)?;
+        let tasks: Vec<_> = (0..writers)
+            .map(|writer| {
+                let store = store.clone();
+                let key = format!("writer{writer}");
+                tokio::spawn(async move {
+                    match path {
+                        p if p.starts_with("backend") => {
+                            backend_timings(&store, "set", &key, writes).await
+                        }
+                        p if p.starts_with("host call") => {
+                            guest_timings(bench, &format!("/state?op=set&n={writes}&key={key}"))
+                                .await
+                        }
+                        p if p.starts_with("sidecar hop, from the guest") => {
+                            guest_timings(
+                                bench,
+                                &format!("/sidecar?op=set&n={writes}&addr={sidecar}&key={key}"),
+                            )
+                            .await
+                        }
+                        _ => native_sidecar_timings(sidecar, "set", &key, writes).await,
+                    }
+                })
+            })
+            .collect();
+        let mut nanos = Vec::with_capacity(writers * writes);
+        for task in tasks {
+            nanos.extend(task.await??);
+        }
+        let rate = nanos.len() as f64 / started.elapsed().as_secs_f64();
+        let cpu_per_write =
+            (crate::cpu_time(None)? - cpu_before).as_secs_f64() * 1e6 / nanos.len() as f64;
+        rows.push((
+            Row::new("set", "embedded", path, nanos),
+            rate,
+            cpu_per_write,
+        ));
+    }
+    Ok(rows)
 }
 
 fn host_with(store: Option<StateStore>, invoke: InvokeSettings) -> Result<Arc<Host>> {
@@ -339,21 +436,26 @@ async fn sidecar(
 }
 
 /// The backend without any boundary: `StateStore` called from Rust.
-async fn backend_timings(store: &StateStore, op: &'static str, calls: usize) -> Result<Vec<u64>> {
+async fn backend_timings(
+    store: &StateStore,
+    op: &'static str,
+    key: &str,
+    calls: usize,
+) -> Result<Vec<u64>> {
     let ns = Namespace::new("direct").map_err(anyhow::Error::msg)?;
     let value = [b'v'; 100];
     store
-        .set(&ns, "bench", &value, Precondition::None, None)
+        .set(&ns, key, &value, Precondition::None, None)
         .await?;
     let mut nanos = Vec::with_capacity(calls);
     for _ in 0..calls {
         let started = Instant::now();
         if op == "set" {
             store
-                .set(&ns, "bench", &value, Precondition::None, None)
+                .set(&ns, key, &value, Precondition::None, None)
                 .await?;
         } else {
-            store.get(&ns, "bench").await?;
+            store.get(&ns, key).await?;
         }
         nanos.push(started.elapsed().as_nanos() as u64);
     }
@@ -361,13 +463,18 @@ async fn backend_timings(store: &StateStore, op: &'static str, calls: usize) -> 
 }
 
 /// The sidecar hop from a native client on one keep-alive connection.
-async fn native_sidecar_timings(sidecar: SocketAddr, op: &str, calls: usize) -> Result<Vec<u64>> {
+async fn native_sidecar_timings(
+    sidecar: SocketAddr,
+    op: &str,
+    key: &str,
+    calls: usize,
+) -> Result<Vec<u64>> {
     let stream = tokio::net::TcpStream::connect(sidecar).await?;
     stream.set_nodelay(true)?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let body = format!("[{{\"key\":\"bench\",\"value\":\"{}\"}}]", "v".repeat(100));
+    let body = format!("[{{\"key\":\"{key}\",\"value\":\"{}\"}}]", "v".repeat(100));
     let mut nanos = Vec::with_capacity(calls);
     for i in 0..calls + 1 {
         let request = if op == "set" {
@@ -375,7 +482,7 @@ async fn native_sidecar_timings(sidecar: SocketAddr, op: &str, calls: usize) -> 
                 .header("host", sidecar.to_string())
                 .body(Full::new(Bytes::from(body.clone())))?
         } else {
-            Request::get("/v1.0/state/statestore/bench")
+            Request::get(format!("/v1.0/state/statestore/{key}"))
                 .header("host", sidecar.to_string())
                 .body(Full::new(Bytes::new()))?
         };

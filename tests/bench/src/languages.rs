@@ -12,9 +12,19 @@
 //!   the prewarm pool costs.
 //!
 //! Prints p50 and max per cell in milliseconds, and each component's size.
+//!
+//! A second table loads each component as a Pod does, by image reference
+//! (pushed with `hearth push` to a `docker-registry` on loopback and
+//! pulled once into a host with an artifact cache), with its compiled code
+//! already in memory: from the load call to the first 200, the way loads
+//! went before (read the 16–19 MB component back from the artifact cache,
+//! verifying it, then hash it to find the compiled code) against
+//! `Host::load_image` (the compiled cache looked up by the digest the pull
+//! verified; the component is not read).
 
 use anyhow::{Result, bail};
 use bytes::Bytes;
+use hearth_host::distribution::{CacheSettings, PullPolicy};
 use hearth_host::{EngineSettings, FunctionEnv, Host, Limits};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +39,9 @@ pub struct LanguagesArgs {
     /// Runs of the cached and pool-hit cases per language.
     #[arg(long, default_value_t = 20)]
     runs: usize,
+    /// The `hearth` binary that pushes the images.
+    #[arg(long, default_value = "target/release/hearth")]
+    hearth: std::path::PathBuf,
 }
 
 /// Runs the benchmark and prints its table.
@@ -40,17 +53,38 @@ fn limits() -> Limits {
     Limits::default()
 }
 
+/// How a `first_response` run loads its function.
+enum Source<'a> {
+    /// From bytes in memory (`Host::load`).
+    Bytes(&'a [u8]),
+    /// By image reference, the way loads went before `Host::load_image`
+    /// looked the compiled code up by digest: the verified bytes read back
+    /// from the artifact cache, then `Host::load` (which hashes them).
+    ImageReadAndHash(&'a str),
+    /// By image reference (`Host::load_image`).
+    Image(&'a str),
+}
+
 async fn first_response(
     host: &Arc<Host>,
     name: &str,
-    wasm: &[u8],
+    source: Source<'_>,
     min_idle: u32,
 ) -> Result<Duration> {
     let mut env = FunctionEnv::new(name);
     env.limits = limits();
     env.pool.min_idle = min_idle;
     let started = Instant::now();
-    let function = host.load(env, wasm.to_vec()).await?;
+    let function = match source {
+        Source::Bytes(wasm) => host.load(env, wasm.to_vec()).await?,
+        Source::ImageReadAndHash(reference) => {
+            let (_, bytes) = host
+                .fetch_image(name, reference, PullPolicy::Missing)
+                .await?;
+            host.load(env, bytes).await?
+        }
+        Source::Image(reference) => host.load_image(env, reference, PullPolicy::Missing).await?,
+    };
     if min_idle > 0 {
         // The pool's refill runs in the background: a Pod start finds it
         // full because hearthd filled it before the Pod was scheduled.
@@ -106,15 +140,19 @@ async fn run(args: LanguagesArgs) -> Result<()> {
         let mut compiles = Vec::new();
         for _ in 0..args.compiles {
             let host = Host::new(&settings)?;
-            compiles.push(first_response(&host, "hello", &wasm, 0).await?);
+            compiles.push(first_response(&host, "hello", Source::Bytes(&wasm), 0).await?);
         }
         let host = Host::new(&settings)?;
-        first_response(&host, "warm-up", &wasm, 0).await?;
+        first_response(&host, "warm-up", Source::Bytes(&wasm), 0).await?;
         let mut cached = Vec::new();
         let mut pooled = Vec::new();
         for i in 0..args.runs {
-            cached.push(first_response(&host, &format!("cached-{i}"), &wasm, 0).await?);
-            pooled.push(first_response(&host, &format!("pooled-{i}"), &wasm, 1).await?);
+            cached.push(
+                first_response(&host, &format!("cached-{i}"), Source::Bytes(&wasm), 0).await?,
+            );
+            pooled.push(
+                first_response(&host, &format!("pooled-{i}"), Source::Bytes(&wasm), 1).await?,
+            );
         }
         println!(
             "| {language} | {:.1} MB | {} | {} | {} |",
@@ -128,6 +166,61 @@ async fn run(args: LanguagesArgs) -> Result<()> {
     println!(
         "In-process; compile: {} runs, the others: {} runs each.",
         args.compiles, args.runs
+    );
+    image_loads(&args, &languages).await
+}
+
+/// The second table: loads by image reference with the compiled code in
+/// memory, read-and-hash against lookup by digest.
+async fn image_loads(args: &LanguagesArgs, languages: &[(&str, &str)]) -> Result<()> {
+    let registry = hearth_testkit::registry::Registry::start();
+    let scratch = tempfile::tempdir()?;
+    let mut caches = CacheSettings::at_default_dir();
+    caches.dir = scratch.path().join("cache");
+    let host = Host::with_caches(&EngineSettings::for_limits([&limits()]), &caches)?;
+    println!();
+    println!(
+        "| language | by image, compiled code in memory: read + verify + hash (before) | by image: compiled code found by the pulled digest (`load_image`) |"
+    );
+    println!("|---|---:|---:|");
+    for (language, path) in languages {
+        let reference = registry.reference(&format!("bench/{}", language.to_lowercase()), "1");
+        let pushed = std::process::Command::new(&args.hearth)
+            .args(["push", path, &reference])
+            .env("HEARTH_CACHE_DIR", scratch.path().join("push"))
+            .env("HEARTH_LOG", "warn")
+            .output()?;
+        if !pushed.status.success() {
+            bail!(
+                "{} push {path}: {}",
+                args.hearth.display(),
+                String::from_utf8_lossy(&pushed.stderr)
+            );
+        }
+        // Pulled and compiled once: every run below finds both cached.
+        first_response(&host, "pull", Source::Image(&reference), 0).await?;
+        let mut before = Vec::new();
+        let mut after = Vec::new();
+        for i in 0..args.runs {
+            before.push(
+                first_response(
+                    &host,
+                    &format!("read-{i}"),
+                    Source::ImageReadAndHash(&reference),
+                    0,
+                )
+                .await?,
+            );
+            after.push(
+                first_response(&host, &format!("image-{i}"), Source::Image(&reference), 0).await?,
+            );
+        }
+        println!("| {language} | {} | {} |", summary(before), summary(after));
+    }
+    println!();
+    println!(
+        "From the load call to the first 200 (the first request instantiates: min_idle 0); {} runs each, p50 / max ms.",
+        args.runs
     );
     Ok(())
 }

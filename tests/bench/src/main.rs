@@ -363,10 +363,17 @@ fn host(args: HostArgs) -> Result<()> {
         let (p50, p99, mean) = summarize(samples);
         println!("| {allocation:?} | {p50:.1} | {p99:.1} | {mean:.1} |");
     }
-    let (samples, misses) = runtime.block_on(pool_checkout(args.instances))?;
+    let (samples, misses) = runtime.block_on(pool_checkout(args.instances, None))?;
     let (p50, p99, mean) = summarize(samples);
     println!(
         "| Pooling, from the prewarm pool (checkout in bursts of 48 against a warm pool; {misses} misses) | {p50:.1} | {p99:.1} | {mean:.1} |"
+    );
+    let isolated = (args.instances / 10).max(100);
+    let (samples, misses) =
+        runtime.block_on(pool_checkout(isolated, Some(Duration::from_millis(1))))?;
+    let (p50, p99, mean) = summarize(samples);
+    println!(
+        "| Pooling, from the prewarm pool (isolated: each checkout after a 1 ms pause, {isolated} samples; {misses} misses) | {p50:.1} | {p99:.1} | {mean:.1} |"
     );
 
     println!(
@@ -570,9 +577,11 @@ async fn instantiation(allocation: Allocation, count: usize) -> Result<Vec<Durat
 /// bursts of back-to-back checkouts (each served and finished, so retired
 /// and refilled in the background as in hearthd) against a pool holding
 /// `POOL_BURST` idle instances, refilled between bursts. The first burst is
-/// a warm-up. Returns the samples and the pool's misses (a burst that
+/// a warm-up. With `pause`, each checkout follows a sleep of that long
+/// (the worker parked, its caches cold: what a request arriving at an idle
+/// node sees). Returns the samples and the pool's misses (a burst that
 /// outruns the refill pays a miss; these are in the samples).
-async fn pool_checkout(count: usize) -> Result<(Vec<Duration>, u64)> {
+async fn pool_checkout(count: usize, pause: Option<Duration>) -> Result<(Vec<Duration>, u64)> {
     const POOL_BURST: usize = 48;
     let limits = Limits::default();
     let host = Host::new(&EngineSettings::for_limits([&limits]))?;
@@ -587,6 +596,9 @@ async fn pool_checkout(count: usize) -> Result<(Vec<Duration>, u64)> {
     for burst in 0..=count.div_ceil(POOL_BURST) {
         pool.wait_warm().await;
         for _ in 0..POOL_BURST {
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
+            }
             let started = Instant::now();
             let invocation = function
                 .begin(Some(limits.request_timeout()), Default::default())
@@ -602,6 +614,21 @@ async fn pool_checkout(count: usize) -> Result<(Vec<Duration>, u64)> {
         }
     }
     Ok((samples, pool.stats().misses - misses_in_warm_up))
+}
+
+/// This process's or `pid`'s user+system CPU time.
+pub(crate) fn cpu_time(pid: Option<u32>) -> Result<Duration> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".into(),
+    };
+    let stat = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+    let after_name = &stat[stat.rfind(')').context("stat format")? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), counted from the state (field 3).
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let hz = 100.0; // USER_HZ on Linux
+    Ok(Duration::from_secs_f64(ticks as f64 / hz))
 }
 
 fn summarize(mut samples: Vec<Duration>) -> (f64, f64, f64) {

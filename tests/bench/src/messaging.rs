@@ -5,8 +5,9 @@
 //! * publish → handler start: one message at a time, from the start of
 //!   `Broker::publish` (which returns once the message is durable) to the
 //!   moment the trigger calls the guest's `handle` (p50, p99);
-//! * sustained messages per second: `--messages` published by 8 tasks,
-//!   until the last one is acked, concurrency 8;
+//! * sustained messages per second: `--messages` published by
+//!   `--publishers` tasks, until the last one is acked, with the
+//!   subscription's `--concurrency`;
 //! * redelivery after a nack: from the start of a failing attempt to the
 //!   start of its redelivery, with the backoff set to 1 ms (p50, p99).
 
@@ -29,6 +30,12 @@ pub struct MessagingArgs {
     /// Messages for the throughput row.
     #[arg(long, default_value_t = 5000)]
     messages: usize,
+    /// Publishing tasks in the throughput row.
+    #[arg(long, default_value_t = 8)]
+    publishers: usize,
+    /// The subscription's concurrency (handlers at once).
+    #[arg(long, default_value_t = 8)]
+    concurrency: u32,
     /// A NATS server (with JetStream) to use instead of starting one.
     #[arg(long)]
     nats_url: Option<String>,
@@ -122,7 +129,7 @@ async fn run(args: MessagingArgs) -> Result<()> {
         )
         .map_err(anyhow::Error::msg)?;
         let mut env = FunctionEnv::new("flaky-worker");
-        env.pool.min_idle = 8;
+        env.pool.min_idle = args.concurrency;
         env.pool.max_invocations = u32::MAX;
         let function = host
             .load(
@@ -130,6 +137,12 @@ async fn run(args: MessagingArgs) -> Result<()> {
                 hearth_testkit::wasm_bytes(hearth_testkit::FLAKY_WORKER),
             )
             .await?;
+        // The function's `bench` is its namespace's: the broker's name for it.
+        let topic = function
+            .capabilities()
+            .messaging
+            .broker_topic("bench")
+            .map_err(anyhow::Error::msg)?;
         let starts: Starts = Arc::default();
         let observer = {
             let starts = starts.clone();
@@ -145,7 +158,7 @@ async fn run(args: MessagingArgs) -> Result<()> {
             })
         };
         let mut settings = SubscriptionSettings::new("bench", "workers");
-        settings.concurrency = 8;
+        settings.concurrency = args.concurrency;
         settings.backoff = Duration::from_millis(1);
         settings.max_deliveries = 1000;
         let subscription =
@@ -155,7 +168,7 @@ async fn run(args: MessagingArgs) -> Result<()> {
         // Warm up the pool and the connection.
         for i in 0..50 {
             let id = format!("warm{i}");
-            broker.publish(&noop("bench", &id, "noop")).await?;
+            broker.publish(&noop(&topic, &id, "noop")).await?;
             wait_for(&starts, &id, 1).await;
         }
         let mut to_start = Vec::new();
@@ -163,7 +176,7 @@ async fn run(args: MessagingArgs) -> Result<()> {
         for i in 0..args.samples {
             let id = format!("lat{i}");
             let started = Instant::now();
-            broker.publish(&noop("bench", &id, "noop")).await?;
+            broker.publish(&noop(&topic, &id, "noop")).await?;
             to_published.push(started.elapsed());
             let seen = wait_for(&starts, &id, 1).await;
             to_start.push(seen[0] - started);
@@ -175,7 +188,7 @@ async fn run(args: MessagingArgs) -> Result<()> {
         let mut redelivery = Vec::new();
         for i in 0..args.samples.min(200) {
             let id = format!("re{i}");
-            broker.publish(&noop("bench", &id, "fail-1")).await?;
+            broker.publish(&noop(&topic, &id, "fail-1")).await?;
             let seen = wait_for(&starts, &id, 2).await;
             redelivery.push(seen[1] - seen[0]);
         }
@@ -183,14 +196,14 @@ async fn run(args: MessagingArgs) -> Result<()> {
         println!("| {kind} | redelivery after a nack (1 ms backoff) | {p50:.3} ms | {p99:.3} ms |");
         let acked_before = subscription.stats().acked.load(Ordering::Relaxed);
         let started = Instant::now();
-        let per_task = args.messages / 8;
-        let publishers: Vec<_> = (0..8)
+        let per_task = args.messages / args.publishers;
+        let publishers: Vec<_> = (0..args.publishers)
             .map(|t| {
-                let broker = broker.clone();
+                let (broker, topic) = (broker.clone(), topic.clone());
                 tokio::spawn(async move {
                     for i in 0..per_task {
                         broker
-                            .publish(&noop("bench", &format!("tp{t}-{i}"), "noop"))
+                            .publish(&noop(&topic, &format!("tp{t}-{i}"), "noop"))
                             .await
                             .expect("publish");
                     }
@@ -200,13 +213,14 @@ async fn run(args: MessagingArgs) -> Result<()> {
         for publisher in publishers {
             publisher.await?;
         }
-        let total = (per_task * 8) as u64;
+        let total = (per_task * args.publishers) as u64;
         while subscription.stats().acked.load(Ordering::Relaxed) < acked_before + total {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let rate = total as f64 / started.elapsed().as_secs_f64();
         println!(
-            "| {kind} | sustained, no-op handler, 8 publishers, concurrency 8 | {rate:.0} msg/s | |"
+            "| {kind} | sustained, no-op handler, {} publishers, concurrency {} | {rate:.0} msg/s | |",
+            args.publishers, args.concurrency
         );
         subscription.drain(Duration::from_secs(5)).await;
     }

@@ -160,3 +160,42 @@ pub fn run_to_end(command: &mut Command) -> (ExitStatus, String) {
     let status = running.wait();
     (status, running.log_text())
 }
+
+/// The environment variable that makes a test binary's test a child role.
+const CHILD_ROLE: &str = "HEARTH_TEST_CHILD_ROLE";
+
+/// The role this process was started in by [`rerun_as_child`], if any.
+pub fn child_role() -> Option<String> {
+    std::env::var(CHILD_ROLE).ok()
+}
+
+/// A copy of this test binary running test `test` alone as a child in
+/// `role` (see [`child_role`]), with `env`: for a test that must kill a
+/// process (`kill -9` mid-write) and look at what it left. Its stdout
+/// lines arrive on the receiver until it exits; its stderr is inherited.
+pub fn rerun_as_child(
+    test: &str,
+    role: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut command = Command::new(std::env::current_exe().expect("this test binary"));
+    command
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ROLE, role)
+        .stdout(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("rerun this test binary");
+    let stdout = child.stdout.take().expect("piped");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, received)
+}
