@@ -874,3 +874,64 @@ fn a_crash_mid_pull_leaves_no_entry_that_reads_as_valid() {
     let (code, log) = scratch.run(&["pull", &reference]);
     assert_eq!(code, 0, "{log}");
 }
+
+/// The path of the blob named `digest` somewhere under `dir`.
+fn find_blob(dir: &Path, digest: &str) -> Option<std::path::PathBuf> {
+    let hex = digest.strip_prefix("sha256:")?;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_blob(&path, digest) {
+                return Some(found);
+            }
+        } else if path.file_name().is_some_and(|name| name == hex) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_whose_code_is_compiled_loads_without_reading_its_component() {
+    use hearth_host::distribution::{CacheSettings, PullPolicy};
+    use hearth_host::{EngineSettings, FunctionEnv, Host, Limits};
+    let registry = Registry::start();
+    let scratch = Scratch::new();
+    let reference = registry.reference("fn/hello", "1");
+    push(&scratch, HELLO, &reference, ImageForm::Image);
+    let mut caches = CacheSettings::at_default_dir();
+    caches.dir = scratch.cache.path().to_path_buf();
+    caches.registry = scratch.settings();
+    let settings = EngineSettings::for_limits([&Limits::default()]);
+    let host = Host::with_caches(&settings, &caches).unwrap();
+    host.load_image(FunctionEnv::new("first"), &reference, PullPolicy::Missing)
+        .await
+        .unwrap();
+    assert_eq!(host.load_counts().compiled, 1);
+    // Without the component on disk, the compiled code is still found by
+    // the digest the pull verified: from memory, and in a new host (a
+    // restarted hearthd) from the compiled store on disk.
+    let entry = host
+        .artifacts()
+        .unwrap()
+        .lookup(&reference)
+        .unwrap()
+        .unwrap();
+    let blob = find_blob(scratch.cache.path(), &entry.wasm_digest).expect("the wasm blob");
+    std::fs::remove_file(&blob).unwrap();
+    host.load_image(FunctionEnv::new("second"), &reference, PullPolicy::Missing)
+        .await
+        .unwrap();
+    assert_eq!(host.load_counts().memory, 1);
+    let restarted = Host::with_caches(&settings, &caches).unwrap();
+    let function = restarted
+        .load_image(FunctionEnv::new("third"), &reference, PullPolicy::Missing)
+        .await
+        .unwrap();
+    assert_eq!(restarted.load_counts().disk, 1);
+    assert!(function.is_service());
+    assert!(
+        !blob.exists(),
+        "nothing read it back, nothing pulled it again"
+    );
+}

@@ -300,6 +300,8 @@ async fn embedded_expires_messages_past_their_age_from_every_group() {
 /// [`embedded_publishes_and_acks_acknowledged_before_a_kill_9_survive_it`].
 async fn publish_and_consume_until_killed(path: &std::path::Path) {
     let broker: Arc<dyn MessagingBackend> = Arc::new(EmbeddedBroker::open(path).unwrap());
+    // Ends libtest's `test NAME ... ` line: each record is a line of its own.
+    println!();
     let say = |line: String| {
         use std::io::Write;
         let mut out = std::io::stdout().lock();

@@ -660,6 +660,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn refills_wait_for_a_quarter_gone_and_then_fill_in_one_batch() {
+        let fixture = fixture(PoolSettings {
+            min_idle: 8,
+            ..PoolSettings::default()
+        });
+        fixture.pool.wait_warm().await;
+        assert_eq!(fixture.made.load(Ordering::SeqCst), 8);
+        // One gone (retired): 7 of 8 idle, above three quarters: no refill.
+        fixture.pool.checkout().await.unwrap().release();
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(fixture.made.load(Ordering::SeqCst), 8);
+        assert!(!fixture.pool.inner.lock().refilling);
+        // Three gone: 5 idle, below 6: one batch makes all three.
+        for _ in 0..2 {
+            fixture.pool.checkout().await.unwrap().release();
+        }
+        let stats = fixture.pool.wait_warm().await;
+        assert_eq!((stats.idle, stats.retired, stats.misses), (8, 3, 0));
+        assert_eq!(fixture.made.load(Ordering::SeqCst), 11);
+        // A surge: checkouts held (nothing finishes) start a batch once
+        // fewer than half are idle.
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            held.push(fixture.pool.checkout().await.unwrap());
+        }
+        // Not `wait_warm`, which would start a batch itself.
+        let started = std::time::Instant::now();
+        while fixture.pool.stats().idle < 8 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "no refill after a surge: {:?}",
+                fixture.pool.stats()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(fixture.pool.stats().busy, 5);
+        drop(held);
+    }
+
+    #[tokio::test]
     async fn a_failing_refill_is_counted_and_does_not_spin() {
         let fixture = fixture(PoolSettings {
             min_idle: 2,

@@ -232,6 +232,8 @@ async fn remote_backends_down_at_start_answer_unavailable_and_connect_later() {
 async fn write_until_killed(path: &std::path::Path) {
     let store = store(Arc::new(EmbeddedBackend::open(path).unwrap()));
     let ns = Namespace::new("app").unwrap();
+    // Ends libtest's `test NAME ... ` line: each record is a line of its own.
+    println!();
     let writers: Vec<_> = (0..16)
         .map(|writer| {
             let (store, ns) = (store.clone(), ns.clone());

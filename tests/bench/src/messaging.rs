@@ -196,6 +196,7 @@ async fn run(args: MessagingArgs) -> Result<()> {
         println!("| {kind} | redelivery after a nack (1 ms backoff) | {p50:.3} ms | {p99:.3} ms |");
         let acked_before = subscription.stats().acked.load(Ordering::Relaxed);
         let started = Instant::now();
+        let cpu_before = crate::cpu_time(None)?;
         let per_task = args.messages / args.publishers;
         let publishers: Vec<_> = (0..args.publishers)
             .map(|t| {
@@ -218,8 +219,9 @@ async fn run(args: MessagingArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let rate = total as f64 / started.elapsed().as_secs_f64();
+        let cpu_us = (crate::cpu_time(None)? - cpu_before).as_secs_f64() * 1e6 / total as f64;
         println!(
-            "| {kind} | sustained, no-op handler, {} publishers, concurrency {} | {rate:.0} msg/s | |",
+            "| {kind} | sustained, no-op handler, {} publishers, concurrency {} | {rate:.0} msg/s | {cpu_us:.0} µs CPU/msg (this process) |",
             args.publishers, args.concurrency
         );
         subscription.drain(Duration::from_secs(5)).await;
