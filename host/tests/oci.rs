@@ -908,9 +908,11 @@ async fn an_image_whose_code_is_compiled_loads_without_reading_its_component() {
         .await
         .unwrap();
     assert_eq!(host.load_counts().compiled, 1);
-    // Without the component on disk, the compiled code is still found by
-    // the digest the pull verified: from memory, and in a new host (a
-    // restarted hearthd) from the compiled store on disk.
+    // With the component damaged on disk (same length: the entry still
+    // looks complete), the compiled code is still found by the digest the
+    // pull verified: from memory, and in a new host (a restarted hearthd)
+    // from the compiled store on disk. Reading it would have found the
+    // damage and pulled it again.
     let entry = host
         .artifacts()
         .unwrap()
@@ -918,7 +920,8 @@ async fn an_image_whose_code_is_compiled_loads_without_reading_its_component() {
         .unwrap()
         .unwrap();
     let blob = find_blob(scratch.cache.path(), &entry.wasm_digest).expect("the wasm blob");
-    std::fs::remove_file(&blob).unwrap();
+    let damaged = vec![0u8; std::fs::metadata(&blob).unwrap().len() as usize];
+    std::fs::write(&blob, &damaged).unwrap();
     host.load_image(FunctionEnv::new("second"), &reference, PullPolicy::Missing)
         .await
         .unwrap();
@@ -930,8 +933,9 @@ async fn an_image_whose_code_is_compiled_loads_without_reading_its_component() {
         .unwrap();
     assert_eq!(restarted.load_counts().disk, 1);
     assert!(function.is_service());
-    assert!(
-        !blob.exists(),
+    assert_eq!(
+        std::fs::read(&blob).unwrap(),
+        damaged,
         "nothing read it back, nothing pulled it again"
     );
 }
