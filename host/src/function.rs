@@ -41,7 +41,8 @@ use hearth_prewarm::pool::{
     CapacityError, Checkout, InstanceFactory, InstancePool, Lease, PoolCapacity, PoolError, Ready,
 };
 use hearth_prewarm::{
-    ArtifactCache, CompiledCache, CompiledFrom, CompiledFunction, CompiledStore, Digest, LoadError,
+    ArtifactCache, CompiledCache, CompiledFrom, CompiledFunction, CompiledStore, Digest, Found,
+    LoadError,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -689,7 +690,7 @@ impl Host {
 }
 
 /// A function's compiled code and where it came from.
-type Compiled = (Arc<CompiledFunction<StoreData>>, CompiledFrom);
+type Compiled = Found<StoreData>;
 
 /// `cause`, a failure to pull `reference` for `function`.
 fn pull_error(function: &str, reference: &str, cause: PullError) -> FunctionLoadError {

@@ -155,6 +155,9 @@ pub struct CompiledFunction<T: 'static> {
     pub compile_time: Duration,
 }
 
+/// A function's compiled code and where the cache found it.
+pub type Found<T> = (Arc<CompiledFunction<T>>, CompiledFrom);
+
 /// Where a [`CompiledCache`] found a function's compiled code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompiledFrom {
@@ -334,10 +337,7 @@ impl<T: 'static> CompiledCache<T> {
 
     /// [`CompiledCache::get_or_compile`], also saying where the compiled code
     /// came from.
-    pub fn get_or_compile_traced(
-        &self,
-        bytes: &[u8],
-    ) -> Result<(Arc<CompiledFunction<T>>, CompiledFrom), LoadError> {
+    pub fn get_or_compile_traced(&self, bytes: &[u8]) -> Result<Found<T>, LoadError> {
         self.get_or_compile_as(Digest::of(bytes), bytes)
     }
 
@@ -346,10 +346,7 @@ impl<T: 'static> CompiledCache<T> {
     /// has it. For a caller that knows the digest already (an image's,
     /// verified when it was pulled) and would otherwise read and hash a
     /// large component only to find it compiled.
-    pub fn lookup(
-        &self,
-        digest: Digest,
-    ) -> Result<Option<(Arc<CompiledFunction<T>>, CompiledFrom)>, LoadError> {
+    pub fn lookup(&self, digest: Digest) -> Result<Option<Found<T>>, LoadError> {
         if let Some(hit) = self.get(&digest) {
             return Ok(Some((hit, CompiledFrom::Memory)));
         }
@@ -361,11 +358,7 @@ impl<T: 'static> CompiledCache<T> {
 
     /// [`CompiledCache::get_or_compile_traced`] for `bytes` whose digest
     /// the caller has already checked is `digest`.
-    pub fn get_or_compile_as(
-        &self,
-        digest: Digest,
-        bytes: &[u8],
-    ) -> Result<(Arc<CompiledFunction<T>>, CompiledFrom), LoadError> {
+    pub fn get_or_compile_as(&self, digest: Digest, bytes: &[u8]) -> Result<Found<T>, LoadError> {
         if let Some(found) = self.lookup(digest)? {
             return Ok(found);
         }
@@ -395,7 +388,7 @@ impl<T: 'static> CompiledCache<T> {
         digest: Digest,
         compiled: CompiledFunction<T>,
         from: CompiledFrom,
-    ) -> (Arc<CompiledFunction<T>>, CompiledFrom) {
+    ) -> Found<T> {
         let compiled = Arc::new(compiled);
         self.compile_nanos
             .fetch_add(compiled.compile_time.as_nanos() as u64, Ordering::Relaxed);
