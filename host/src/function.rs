@@ -496,24 +496,20 @@ impl Host {
             return self.load_compiled(env, found);
         }
         let (entry, bytes) = self.read_image(&env.name, reference, entry).await?;
-        let bytes_len = bytes.len();
-        let compiled = match Digest::parse(&entry.wasm_digest) {
-            // read_image checked the bytes against it.
-            Some(digest) => {
-                self.compile(&env, Some(bytes_len), move |cache| {
-                    cache.get_or_compile_as(digest, &bytes).map(Some)
-                })
-                .await?
-            }
-            None => {
-                self.compile(&env, Some(bytes_len), move |cache| {
-                    cache.get_or_compile_traced(&bytes).map(Some)
-                })
-                .await?
-            }
-        };
+        // read_image checked the bytes against the entry's digest.
+        let digest = Digest::parse(&entry.wasm_digest);
+        let compiled = self
+            .compile(&env, Some(bytes.len()), move |cache| {
+                match digest {
+                    Some(digest) => cache.get_or_compile_as(digest, &bytes),
+                    None => cache.get_or_compile_traced(&bytes),
+                }
+                .map(Some)
+            })
+            .await?;
         self.load_compiled(env, compiled.expect("compiled or an error"))
     }
+
     /// The engine.
     pub fn engine(&self) -> &wasmtime::Engine {
         self.engine.engine()

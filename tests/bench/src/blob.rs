@@ -205,6 +205,7 @@ fn remote_rdma(
     args: &BlobArgs,
     mode: WriteMode,
 ) -> Result<(KeepAlive, Arc<dyn BlobBackend>, Option<u32>)> {
+    use anyhow::Context as _;
     let device_name = args
         .rdma_device
         .as_deref()
