@@ -120,7 +120,6 @@ impl GroupCommit {
     }
 
     /// Waits until the commit of `ticket` is durable; the fsync's error if
-    /// Waits until the commit of `ticket` is durable; the fsync's error if
     /// the one meant for it failed.
     pub async fn durable(&self, ticket: Ticket) -> Result<(), String> {
         let mut outcome = self.shared.outcome.subscribe();
