@@ -300,14 +300,7 @@ async fn embedded_expires_messages_past_their_age_from_every_group() {
 /// [`embedded_publishes_and_acks_acknowledged_before_a_kill_9_survive_it`].
 async fn publish_and_consume_until_killed(path: &std::path::Path) {
     let broker: Arc<dyn MessagingBackend> = Arc::new(EmbeddedBroker::open(path).unwrap());
-    // Ends libtest's `test NAME ... ` line: each record is a line of its own.
-    println!();
-    let say = |line: String| {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{line}").unwrap();
-        out.flush().unwrap();
-    };
+    use hearth_testkit::process::tell_parent;
     let mut tasks = Vec::new();
     for publisher in 0..8 {
         let broker = broker.clone();
@@ -315,7 +308,7 @@ async fn publish_and_consume_until_killed(path: &std::path::Path) {
             for i in 0u64.. {
                 let data = format!("p{publisher}-{i}");
                 broker.publish(&message("kill9", &data)).await.unwrap();
-                say(format!("published {data}"));
+                tell_parent(&format!("published {data}"));
             }
         }));
     }
@@ -325,9 +318,9 @@ async fn publish_and_consume_until_killed(path: &std::path::Path) {
             loop {
                 for delivery in consumer.receive(8, Duration::from_secs(1)).await.unwrap() {
                     let data = String::from_utf8(delivery.data).unwrap();
-                    say(format!("acking {data}"));
+                    tell_parent(&format!("acking {data}"));
                     consumer.ack(&delivery.receipt).await.unwrap();
-                    say(format!("acked {data}"));
+                    tell_parent(&format!("acked {data}"));
                 }
             }
         }));
@@ -347,35 +340,24 @@ async fn embedded_publishes_and_acks_acknowledged_before_a_kill_9_survive_it() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("messages.redb");
-    let (mut child, lines) = rerun_as_child(
+    let mut acks = 0;
+    let told = rerun_as_child(
         "embedded_publishes_and_acks_acknowledged_before_a_kill_9_survive_it",
         "broker",
         &[("BROKER_PATH", path.as_os_str())],
-    );
-    let (mut published, mut acking, mut acked) = (HashSet::new(), HashSet::new(), HashSet::new());
-    let mut record = |line: String| {
-        if let Some(data) = line.strip_prefix("published ") {
-            published.insert(data.to_string());
-        } else if let Some(data) = line.strip_prefix("acking ") {
-            acking.insert(data.to_string());
-        } else if let Some(data) = line.strip_prefix("acked ") {
-            acked.insert(data.to_string());
-        }
-    };
-    let mut acks = 0;
-    while acks < 1500 {
-        let line = lines
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the broker acknowledges publishes and acks");
+    )
+    .kill_when(|line| {
         acks += usize::from(line.starts_with("acked "));
-        record(line);
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    // What it printed before it died was acknowledged too.
-    for line in lines.iter() {
-        record(line);
-    }
+        acks >= 1500
+    });
+    // Everything it told before it died was acknowledged.
+    let told_as = |what: &str| -> HashSet<String> {
+        told.iter()
+            .filter_map(|line| line.strip_prefix(what))
+            .map(str::to_string)
+            .collect()
+    };
+    let (published, acking, acked) = (told_as("published "), told_as("acking "), told_as("acked "));
     let broker = EmbeddedBroker::open(&path).unwrap();
     let consumer = broker.subscribe(&spec("kill9", 60_000)).await.unwrap();
     let mut delivered = HashSet::new();

@@ -232,8 +232,6 @@ async fn remote_backends_down_at_start_answer_unavailable_and_connect_later() {
 async fn write_until_killed(path: &std::path::Path) {
     let store = store(Arc::new(EmbeddedBackend::open(path).unwrap()));
     let ns = Namespace::new("app").unwrap();
-    // Ends libtest's `test NAME ... ` line: each record is a line of its own.
-    println!();
     let writers: Vec<_> = (0..16)
         .map(|writer| {
             let (store, ns) = (store.clone(), ns.clone());
@@ -250,10 +248,7 @@ async fn write_until_killed(path: &std::path::Path) {
                         )
                         .await
                         .unwrap();
-                    use std::io::Write;
-                    let mut out = std::io::stdout().lock();
-                    writeln!(out, "acked {writer} {n}").unwrap();
-                    out.flush().unwrap();
+                    hearth_testkit::process::tell_parent(&format!("acked {writer} {n}"));
                 }
             })
         })
@@ -272,31 +267,21 @@ async fn embedded_writes_acknowledged_before_a_kill_9_survive_it() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
-    let (mut child, lines) = rerun_as_child(
+    let mut seen = 0;
+    let told = rerun_as_child(
         "embedded_writes_acknowledged_before_a_kill_9_survive_it",
         "writer",
         &[("STATE_PATH", path.as_os_str())],
-    );
-    let mut acked = [0u64; 16];
-    let mut record = |line: &str| {
-        if let Some(rest) = line.strip_prefix("acked ") {
-            let (writer, n) = rest.split_once(' ').unwrap();
-            acked[writer.parse::<usize>().unwrap()] = n.parse().unwrap();
-        }
-    };
-    let mut seen = 0;
-    while seen < 3000 {
-        let line = lines
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the writer acknowledges writes");
+    )
+    .kill_when(|line| {
         seen += usize::from(line.starts_with("acked "));
-        record(&line);
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    // What it printed before it died was acknowledged too.
-    for line in lines.iter() {
-        record(&line);
+        seen >= 3000
+    });
+    // Everything it told before it died was acknowledged.
+    let mut acked = [0u64; 16];
+    for rest in told.iter().filter_map(|line| line.strip_prefix("acked ")) {
+        let (writer, n) = rest.split_once(' ').unwrap();
+        acked[writer.parse::<usize>().unwrap()] = n.parse().unwrap();
     }
     let store = store(Arc::new(EmbeddedBackend::open(&path).unwrap()));
     let ns = Namespace::new("app").unwrap();

@@ -169,15 +169,55 @@ pub fn child_role() -> Option<String> {
     std::env::var(CHILD_ROLE).ok()
 }
 
+/// In a child started by [`rerun_as_child`]: one line to the parent on
+/// stdout, flushed at once (a SIGKILL may come at any moment). The first
+/// call also ends libtest's `test NAME ... ` line, so that every line told
+/// is a line of its own.
+pub fn tell_parent(line: &str) {
+    use std::io::Write;
+    static FIRST: std::sync::Once = std::sync::Once::new();
+    let mut out = std::io::stdout().lock();
+    FIRST.call_once(|| writeln!(out).unwrap());
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
+/// A copy of this test binary running one test as a child, started by
+/// [`rerun_as_child`].
+pub struct ChildRun {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ChildRun {
+    /// Reads the child's lines until `enough` (given each line) says so,
+    /// waiting at most [`patience`] for each, then kills it with SIGKILL;
+    /// every line it told, those still in the pipe at the kill included.
+    pub fn kill_when(mut self, mut enough: impl FnMut(&str) -> bool) -> Vec<String> {
+        let mut told = Vec::new();
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(patience())
+                .expect("the child keeps telling");
+            let done = enough(&line);
+            told.push(line);
+            if done {
+                break;
+            }
+        }
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        told.extend(self.lines.iter());
+        told
+    }
+}
+
 /// A copy of this test binary running test `test` alone as a child in
 /// `role` (see [`child_role`]), with `env`: for a test that must kill a
-/// process (`kill -9` mid-write) and look at what it left. Its stdout
-/// lines arrive on the receiver until it exits; its stderr is inherited.
-pub fn rerun_as_child(
-    test: &str,
-    role: &str,
-    env: &[(&str, &std::ffi::OsStr)],
-) -> (Child, std::sync::mpsc::Receiver<String>) {
+/// process (`kill -9` mid-write) and look at what it left. The child
+/// reports with [`tell_parent`]; its stderr is inherited.
+pub fn rerun_as_child(test: &str, role: &str, env: &[(&str, &std::ffi::OsStr)]) -> ChildRun {
     let mut command = Command::new(std::env::current_exe().expect("this test binary"));
     command
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
@@ -197,5 +237,8 @@ pub fn rerun_as_child(
             }
         }
     });
-    (child, received)
+    ChildRun {
+        child,
+        lines: received,
+    }
 }
