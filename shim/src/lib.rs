@@ -27,6 +27,7 @@ pub mod holder;
 pub mod rootfs;
 pub mod spec;
 pub mod task;
+pub mod timing;
 
 use containerd_shim::asynchronous::{ExitSignal, Shim, spawn};
 use containerd_shim::publisher::RemotePublisher;
@@ -39,6 +40,7 @@ pub const RUNTIME_ID: &str = "io.containerd.hearth.v1";
 
 /// The shim binary's entry point.
 pub fn main() {
+    timing::mark_process_start();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(holder::PAUSE_ARG) {
         holder::run(&args[2..]);
@@ -112,7 +114,9 @@ impl Shim for HearthShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        task::HearthTask::new(&self.namespace, publisher, self.exit.clone())
+        let service = task::HearthTask::new(&self.namespace, publisher, self.exit.clone());
+        timing::log_line("serving", &self.id, timing::since_process_start(), &[]);
+        service
     }
 }
 

@@ -64,6 +64,7 @@ use crate::spec::{
     PUBLISH_TOPICS_ANNOTATION, SANDBOX_ID_ANNOTATION, SANDBOX_NAMESPACE_ANNOTATION,
     SHARED_STORES_ANNOTATION, SUBSCRIBE_ANNOTATION, find_entrypoint,
 };
+use crate::timing::Stopwatch;
 use crate::{holder, rootfs};
 use async_trait::async_trait;
 use containerd_shim::api::{
@@ -181,6 +182,7 @@ impl HearthTask {
     }
 
     async fn do_create(&self, request: CreateTaskRequest) -> Result<CreateTaskResponse, TaskError> {
+        let mut stopwatch = Stopwatch::start();
         crate::spec::check_id("the container id", &request.id)
             .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         if request.terminal {
@@ -211,6 +213,7 @@ impl HearthTask {
             crate::spec::check_id("the sandbox-id annotation", sandbox)
                 .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         }
+        stopwatch.lap("spec");
         let (role, pid) = if spec.is_sandbox() {
             (
                 Role::Sandbox {
@@ -220,7 +223,8 @@ impl HearthTask {
             )
         } else {
             (
-                self.create_function(&request, &spec, &bundle).await?,
+                self.create_function(&request, &spec, &bundle, &mut stopwatch)
+                    .await?,
                 std::process::id(),
             )
         };
@@ -238,15 +242,6 @@ impl HearthTask {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(request.id.clone(), container);
-        info!(
-            "created {} ({})",
-            request.id,
-            if spec.is_sandbox() {
-                "sandbox"
-            } else {
-                "function"
-            }
-        );
         self.publish(
             "/tasks/create",
             Box::new(TaskCreate {
@@ -265,6 +260,13 @@ impl HearthTask {
             }),
         )
         .await;
+        stopwatch.lap("event");
+        let what = if spec.is_sandbox() {
+            "create-sandbox"
+        } else {
+            "create-function"
+        };
+        stopwatch.log(what, &request.id);
         Ok(CreateTaskResponse {
             pid,
             ..Default::default()
@@ -277,10 +279,14 @@ impl HearthTask {
         request: &CreateTaskRequest,
         spec: &BundleSpec,
         bundle: &Path,
+        stopwatch: &mut Stopwatch,
     ) -> Result<Role, TaskError> {
         let rootfs = spec.rootfs(bundle);
         rootfs::mount(request, &rootfs).await?;
-        let created = self.hand_to_hearthd(request, spec, &rootfs).await;
+        stopwatch.lap("rootfs");
+        let created = self
+            .hand_to_hearthd(request, spec, &rootfs, stopwatch)
+            .await;
         match created {
             Ok(role) => Ok(role),
             Err(error) => {
@@ -296,6 +302,7 @@ impl HearthTask {
         request: &CreateTaskRequest,
         spec: &BundleSpec,
         rootfs: &Path,
+        stopwatch: &mut Stopwatch,
     ) -> Result<Role, TaskError> {
         let source = match find_entrypoint(spec, rootfs)
             .map_err(|e| TaskError::InvalidArgument(e.to_string()))?
@@ -382,12 +389,14 @@ impl HearthTask {
         };
         let created = async {
             let mut client = self.hearthd.client().await?;
+            stopwatch.lap("connect");
             client
                 .create(create.clone())
                 .await
                 .map_err(TaskError::Hearthd)
         }
         .await;
+        stopwatch.lap("hearthd");
         let listener = match created {
             Ok(response) => {
                 let response = response.into_inner();
@@ -403,6 +412,7 @@ impl HearthTask {
             }
             Err(error) => Err(error),
         };
+        stopwatch.lap("listener");
         match listener {
             Ok(listener) => Ok(Role::Function {
                 request: Box::new(create),
@@ -453,6 +463,7 @@ impl HearthTask {
     }
 
     async fn do_start(&self, request: StartRequest) -> Result<StartResponse, TaskError> {
+        let mut stopwatch = Stopwatch::start();
         no_exec(&request.exec_id)?;
         let container = self.get(&request.id)?;
         if container.pid.load(Ordering::SeqCst) != 0 {
@@ -464,6 +475,7 @@ impl HearthTask {
         let pid = match &container.role {
             Role::Sandbox { plan } => {
                 let (pid, child) = holder::spawn(plan)?;
+                stopwatch.lap("holder");
                 let task = self.clone_for_watch();
                 let watched = container.clone();
                 tokio::spawn(async move {
@@ -488,6 +500,7 @@ impl HearthTask {
                     .await
                     .map_err(TaskError::Hearthd)?
                     .into_inner();
+                stopwatch.lap("hearthd");
                 if !started.listening.is_empty() {
                     info!(
                         "function {} listening on {}",
@@ -510,6 +523,12 @@ impl HearthTask {
             }),
         )
         .await;
+        stopwatch.lap("event");
+        let what = match &container.role {
+            Role::Sandbox { .. } => "start-sandbox",
+            Role::Function { .. } => "start-function",
+        };
+        stopwatch.log(what, &container.id);
         Ok(StartResponse {
             pid,
             ..Default::default()

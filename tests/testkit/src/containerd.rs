@@ -218,7 +218,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             extra = extra_runtimes
                 .iter()
                 .map(|(name, shim)| format!(
-                    "    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}]\n      runtime_type = \"{}\"\n",
+                    "    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}]\n      runtime_type = \"{}\"\n      pod_annotations = [\"hearth.dev/*\"]\n",
                     shim.display()
                 ))
                 .collect::<String>(),
