@@ -6,6 +6,13 @@
 //! reserved once and reused), copy-on-write memory images (a fresh instance
 //! maps its initial memory instead of copying it) and epoch interruption.
 //!
+//! A slot keeps the pages its last instance wrote resident, reset to their
+//! initial contents ([`EngineSettings::keep_resident_bytes`], on kernels with
+//! `PAGEMAP_SCAN`): the next instance of the same component, which the
+//! pooling allocator puts in the same slot, starts with them mapped, and its
+//! first request does not pay a page fault for each. What an instance sees
+//! is unchanged: every page is its initial contents either way.
+//!
 //! [`HostEngine`] owns a thread that advances the engine's epoch every
 //! [`EPOCH_TICK`]. Stores use it for deadlines (see [`crate::limits`]). The
 //! thread stops when the `HostEngine` is dropped.
@@ -39,7 +46,17 @@ pub struct EngineSettings {
     pub total_instances: u32,
     /// The largest per-instance memory limit of any function served.
     pub max_memory_bytes: usize,
+    /// Linear memory (and, an eighth of it, table) bytes a pooled slot keeps
+    /// resident when its instance ends: the pages the instance wrote are
+    /// reset to their initial contents in place instead of handed back to
+    /// the kernel, so the next instance of the same component in that slot
+    /// (the pool's refill) does not fault them in again during its first
+    /// request. 0 turns it off.
+    pub keep_resident_bytes: usize,
 }
+
+/// The default of [`EngineSettings::keep_resident_bytes`].
+pub const DEFAULT_KEEP_RESIDENT_BYTES: usize = 32 << 20;
 
 impl EngineSettings {
     /// Settings able to serve functions under `limits`, `functions` of them.
@@ -54,6 +71,7 @@ impl EngineSettings {
             allocation: Allocation::Pooling,
             total_instances: total_instances.max(1),
             max_memory_bytes: max_memory_bytes.max(Limits::default().max_memory_bytes()),
+            keep_resident_bytes: DEFAULT_KEEP_RESIDENT_BYTES,
         }
     }
 }
@@ -74,6 +92,18 @@ const CORE_INSTANCES_PER_COMPONENT: u32 = 50;
 const MEMORIES_PER_COMPONENT: u32 = 4;
 const TABLES_PER_COMPONENT: u32 = 20;
 
+/// Whether this kernel has the `PAGEMAP_SCAN` ioctl (Linux 6.7 and later),
+/// which lets a slot's reset find the pages an instance wrote.
+pub fn kernel_scans_pagemaps() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (major, minor) >= (6, 7)
+}
+
 /// The engine plus the thread that drives its epoch.
 pub struct HostEngine {
     engine: Engine,
@@ -92,6 +122,13 @@ impl HostEngine {
             .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
         if settings.allocation == Allocation::Pooling {
             let instances = settings.total_instances;
+            // Without PAGEMAP_SCAN wasmtime would reset the lowest
+            // `keep_resident` bytes of every slot whether written or not.
+            let keep_resident = if kernel_scans_pagemaps() {
+                settings.keep_resident_bytes
+            } else {
+                0
+            };
             let mut pool = PoolingAllocationConfig::new();
             pool.total_component_instances(instances)
                 .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
@@ -104,7 +141,11 @@ impl HostEngine {
                 .max_memory_size(settings.max_memory_bytes)
                 .table_elements(100_000)
                 .max_core_instance_size(4 << 20)
-                .max_component_instance_size(4 << 20);
+                .max_component_instance_size(4 << 20)
+                .linear_memory_keep_resident(keep_resident)
+                .table_keep_resident(keep_resident / 8)
+                // Reset only the pages an instance wrote.
+                .pagemap_scan(wasmtime::Enabled::Auto);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&config)?;

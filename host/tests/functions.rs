@@ -194,6 +194,44 @@ async fn misbehave() {
     );
 }
 
+/// A pooled slot keeps the pages its last instance wrote resident, reset
+/// in place (`EngineSettings::keep_resident_bytes`): each request still
+/// starts from the component's initial memory, both within what a slot
+/// keeps and beyond it, one request after another and several at once.
+#[tokio::test]
+async fn a_slot_kept_resident_starts_every_instance_from_its_initial_memory() {
+    assert!(
+        hearth_host::engine::kernel_scans_pagemaps(),
+        "this test shows slots reused with their pages resident, which needs Linux 6.7 or later (PAGEMAP_SCAN); this kernel is {}",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default()
+    );
+    let limits = Limits {
+        max_memory_mib: 128,
+        max_concurrent_instances: 8,
+        ..small_limits()
+    };
+    let settings = EngineSettings::for_limits([&limits]);
+    assert!(settings.keep_resident_bytes >= 16 << 20);
+    let host = Host::new(&settings).unwrap();
+    let mut env = env_for("misbehave", limits, &[]);
+    env.pool.min_idle = 1;
+    let addr = serve_on(&host, hearth_testkit::MISBEHAVE, env).await;
+    let fresh = "mark=0x5eed nonzero=0\n";
+    // 4 MiB stays within what a slot keeps; 48 MiB goes past it.
+    for mib in [4, 4, 48, 4, 48, 48, 4, 16, 4, 48] {
+        let reply = get(addr, &format!("/remember?mib={mib}")).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.text(), fresh, "{mib} MiB");
+    }
+    let at_once: Vec<_> = (0..4)
+        .map(|i| tokio::spawn(get(addr, if i % 2 == 0 { "/remember?mib=4" } else { "/remember?mib=24" })))
+        .collect();
+    for reply in at_once {
+        let reply = reply.await.unwrap().unwrap();
+        assert_eq!(reply.text(), fresh);
+    }
+}
+
 #[tokio::test]
 async fn trap_is_500_with_message_and_serving_continues() {
     let addr = serve(

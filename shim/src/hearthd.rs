@@ -6,7 +6,6 @@ use crate::error::TaskError;
 use crate::task::{Container, Exited, LOST_EXIT_STATUS, Role, reconnect_patience};
 use containerd_shim::protos::events::task::TaskExit;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::publisher::RemotePublisher;
 use hearth_control::ControlClient;
 use hearth_control::v1 as control;
 use log::{error, info, warn};
@@ -51,10 +50,8 @@ impl Hearthd {
 
 /// What a background watcher needs to report an exit.
 pub(crate) struct Watcher {
-    /// containerd's namespace of the task.
-    pub(crate) namespace: String,
     /// Where `/tasks/exit` goes.
-    pub(crate) publisher: Arc<RemotePublisher>,
+    pub(crate) events: crate::events::Events,
     /// hearthd's control socket.
     pub(crate) socket: PathBuf,
 }
@@ -89,18 +86,7 @@ impl Watcher {
             exited_at: Some(at).into(),
             ..Default::default()
         };
-        let published = self
-            .publisher
-            .publish(
-                Default::default(),
-                "/tasks/exit",
-                &self.namespace,
-                Box::new(event),
-            )
-            .await;
-        if let Err(error) = published {
-            warn!("cannot publish /tasks/exit: {error}");
-        }
+        self.events.send("/tasks/exit", Box::new(event));
     }
 
     /// Waits for a function to exit in hearthd, riding out hearthd restarts.

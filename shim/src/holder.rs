@@ -1,6 +1,9 @@
-//! The sandbox holder: the process behind a Pod's sandbox ("pause") task
-//! that holds the Pod's namespaces, and how the shim starts, signals,
-//! measures and stops it.
+//! The namespace holder: the process that holds namespaces nobody else
+//! pinned, behind a sandbox task that asks for a new network namespace
+//! without a path (or a container outside any Pod that does), and how the
+//! shim starts, signals, measures and stops it. A CRI Pod has none: the CRI
+//! pins its network namespace, and the shim itself is the sandbox task
+//! (see [`crate::task`]).
 //!
 //! # Contract
 //!

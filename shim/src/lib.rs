@@ -9,9 +9,11 @@
 //!   `io.kubernetes.cri.sandbox-id` annotation get the same shim socket, so
 //!   the first start spawns the shim server and later ones reuse it. A
 //!   container without that annotation (`ctr run`) gets a shim of its own.
-//! * The task service ([`task`]) runs the Pod's sandbox task itself (a
-//!   namespace holder, [`holder`]) and forwards function containers to
+//! * The task service ([`task`]) is the Pod's sandbox task itself (no
+//!   pause process; a namespace holder, [`holder`], only where no CRI
+//!   pinned the network namespace) and forwards function containers to
 //!   hearthd over the control API; the shim holds no wasmtime.
+//! * Each task call logs where its time went ([`timing`]).
 //! * **hearthd is not started by the shim**: it is the node daemon. The
 //!   socket is `$HEARTH_SOCKET`, else `/run/hearth/hearthd.sock`; the shim
 //!   inherits containerd's environment, so setting `HEARTH_SOCKET` for
@@ -22,6 +24,7 @@
 //! * The shim logs through containerd's shim log (the bundle's `log` FIFO).
 
 pub mod error;
+pub mod events;
 pub mod hearthd;
 pub mod holder;
 pub mod rootfs;
@@ -45,8 +48,9 @@ pub fn main() {
     if args.get(1).map(String::as_str) == Some(holder::PAUSE_ARG) {
         holder::run(&args[2..]);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // One thread serves every call of the Pod: the shim waits on containerd
+    // and hearthd, and a worker thread per Pod would only cost memory.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(4)
         .enable_all()
         .build()
@@ -89,7 +93,16 @@ impl Shim for HearthShim {
         let grouping = spec
             .grouping(&opts.id)
             .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
-        let address = spawn(opts, &grouping, Vec::new()).await?;
+        let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &grouping);
+        if already_serving(&address).await {
+            // The Pod's shim runs: hand containerd its address rather than
+            // start a process that would only find the socket taken.
+            containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
+            return Ok(address);
+        }
+        let started_at = timing::process_start_unix_nanos().to_string();
+        let vars = vec![(timing::START_ACTION_AT, started_at.as_str())];
+        let address = spawn(opts, &grouping, vars).await?;
         containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
         Ok(address)
     }
@@ -115,9 +128,15 @@ impl Shim for HearthShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         let service = task::HearthTask::new(&self.namespace, publisher, self.exit.clone());
-        timing::log_line("serving", &self.id, timing::since_process_start(), &[]);
+        timing::log_serving(&self.id);
         service
     }
+}
+
+/// Whether a shim accepts connections at `address` (`unix://PATH`).
+async fn already_serving(address: &str) -> bool {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    tokio::net::UnixStream::connect(path).await.is_ok()
 }
 
 /// What `delete` does for a container whose shim is gone: unmount its

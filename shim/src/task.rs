@@ -2,9 +2,21 @@
 //!
 //! # Contract
 //!
-//! * **Sandbox containers** run a namespace holder ([`crate::holder`]) as a
-//!   child of the shim; its PID is the task's PID. Kill signals it; its exit
-//!   (128 + signal when a signal ended it) is the task's exit.
+//! * **Sandbox containers** are the shim itself: the task's PID is the
+//!   shim's, and no process is started. A Pod's network namespace is the
+//!   one the CRI created and pinned at a path (the sandbox spec names it);
+//!   its containers' specs name it as `/proc/<sandbox PID>/ns/net`, which
+//!   the shim reads as that path. The IPC and UTS namespaces a pause
+//!   process would hold are not created: functions are not processes and
+//!   use neither. Kill with any signal but 0 ends the task with 128 +
+//!   signal, as it would end a pause process.
+//! * Only a sandbox that asks for a **new network namespace without a
+//!   path** (no CRI made one) gets a namespace holder ([`crate::holder`]) as
+//!   a child of the shim; its PID is then the task's PID. Kill signals it;
+//!   its exit (128 + signal when a signal ended it) is the task's exit.
+//! * **Events** (`/tasks/*`) are queued, not awaited ([`crate::events`]):
+//!   a reply does not wait for containerd to take them, and they reach it
+//!   in order.
 //! * **Function containers** are handed to hearthd over the control API.
 //!   Create mounts the rootfs containerd lists, finds the component in it
 //!   (or falls back to the image reference, see [`crate::spec`]) and calls
@@ -38,12 +50,14 @@
 //!   `FAILED_PRECONDITION` and a message that says why: a function has no
 //!   processes or shell to exec into.
 //! * **Delete** refuses a running task, forgets the function in hearthd,
-//!   unmounts the rootfs, stops the namespace holder, and publishes
+//!   unmounts the rootfs, stops its namespace holder if any, and publishes
 //!   `/tasks/delete`. Every task publishes `/tasks/create`, `/tasks/start`,
 //!   `/tasks/exit` and `/tasks/delete`.
 //! * **Stats** reports memory and CPU: for a function, the linear memory
 //!   its live instances hold in hearthd and the CPU time its guest code has
-//!   used there (`usage_usec`); for a sandbox, the holder's RSS. Both as
+//!   used there (`usage_usec`); for a sandbox, the RSS of its task's
+//!   process (the shim, or its holder): what the Pod costs the node outside
+//!   hearthd. Both as
 //!   `io.containerd.cgroups.v2.Metrics`.
 //! * **Identity and limits** go to hearthd with `Create`: the Pod's
 //!   namespace (`io.kubernetes.cri.sandbox-namespace`), its app
@@ -58,6 +72,7 @@
 //! [`crate::rootfs`], and every failure a [`TaskError`].
 
 use crate::error::TaskError;
+use crate::events::Events;
 use crate::hearthd::{Hearthd, Watcher};
 use crate::spec::{
     APP_ANNOTATION, BundleSpec, CONTAINER_NAME_ANNOTATION, Entrypoint, OUTBOUND_HOSTS_ANNOTATION,
@@ -75,7 +90,6 @@ use containerd_shim::api::{
 };
 use containerd_shim::protos::cgroups_v2::metrics::{CPUStat, MemoryStat, Metrics};
 use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskIO, TaskStart};
-use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::types::task::{ProcessInfo, Status};
@@ -106,10 +120,9 @@ pub fn reconnect_patience() -> Duration {
 
 /// The task service; see the module docs.
 pub struct HearthTask {
-    namespace: String,
-    publisher: Arc<RemotePublisher>,
+    events: Events,
     containers: Mutex<HashMap<String, Arc<Container>>>,
-    hearthd: Hearthd,
+    hearthd: Arc<Hearthd>,
     exit: Arc<ExitSignal>,
 }
 
@@ -151,13 +164,22 @@ pub(crate) enum Role {
 
 impl HearthTask {
     /// A service for the containers of one shim, publishing events to
-    /// containerd through `publisher`, signalling `exit` on Shutdown.
+    /// containerd's `namespace` through `publisher`, signalling `exit` on
+    /// Shutdown. It starts connecting to hearthd at once, so the first
+    /// function's Create finds the connection made (or being made) while
+    /// containerd was still busy with the Pod's sandbox.
     pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+        let hearthd = Arc::new(Hearthd::new(hearth_control::socket_path()));
+        let connecting = hearthd.clone();
+        tokio::spawn(async move {
+            // Unreachable now is not an error yet: Create connects again,
+            // and fails with the socket's name if hearthd is still away.
+            let _ = connecting.client().await;
+        });
         HearthTask {
-            namespace: namespace.to_string(),
-            publisher: Arc::new(publisher),
+            events: Events::start(publisher, namespace.to_string()),
             containers: Mutex::new(HashMap::new()),
-            hearthd: Hearthd::new(hearth_control::socket_path()),
+            hearthd,
             exit,
         }
     }
@@ -169,16 +191,6 @@ impl HearthTask {
             .get(id)
             .cloned()
             .ok_or_else(|| TaskError::NotFound(format!("no container `{id}` in this shim")))
-    }
-
-    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        let published = self
-            .publisher
-            .publish(Default::default(), topic, &self.namespace, event)
-            .await;
-        if let Err(error) = published {
-            warn!("cannot publish {topic}: {error}");
-        }
     }
 
     async fn do_create(&self, request: CreateTaskRequest) -> Result<CreateTaskResponse, TaskError> {
@@ -242,7 +254,7 @@ impl HearthTask {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(request.id.clone(), container);
-        self.publish(
+        self.events.send(
             "/tasks/create",
             Box::new(TaskCreate {
                 container_id: request.id.clone(),
@@ -258,8 +270,7 @@ impl HearthTask {
                 pid,
                 ..Default::default()
             }),
-        )
-        .await;
+        );
         stopwatch.lap("event");
         let what = if spec.is_sandbox() {
             "create-sandbox"
@@ -312,7 +323,7 @@ impl HearthTask {
             }
             Entrypoint::Image(image) => control::create_request::Source::Image(image),
         };
-        let plan = spec.namespace_plan();
+        let plan = self.in_pod_network(spec.namespace_plan(), spec)?;
         let mut holder = None;
         let netns = match (&plan.join_network, plan.new_network) {
             (Some(path), _) => path.clone(),
@@ -430,6 +441,34 @@ impl HearthTask {
         }
     }
 
+    /// `plan` with a network namespace named as the sandbox task's
+    /// (`/proc/<this shim>/ns/net`, as the CRI names a Pod's network for its
+    /// containers) replaced by the namespace the sandbox was given: this
+    /// shim is the sandbox task and has no namespace of its own.
+    fn in_pod_network(
+        &self,
+        mut plan: crate::spec::NamespacePlan,
+        spec: &BundleSpec,
+    ) -> Result<crate::spec::NamespacePlan, TaskError> {
+        let own = format!("/proc/{}/ns/net", std::process::id());
+        if plan.join_network.as_deref() != Some(own.as_str()) {
+            return Ok(plan);
+        }
+        let sandbox_id = spec.annotation(SANDBOX_ID_ANNOTATION).unwrap_or_default();
+        let sandbox = self.get(sandbox_id).map_err(|_| {
+            TaskError::InvalidArgument(format!(
+                "the container joins the network of sandbox `{sandbox_id}` ({own}), which this shim does not run"
+            ))
+        })?;
+        let Role::Sandbox { plan: sandbox_plan } = &sandbox.role else {
+            return Err(TaskError::InvalidArgument(format!(
+                "`{sandbox_id}` is not a sandbox"
+            )));
+        };
+        plan.join_network = sandbox_plan.join_network.clone();
+        Ok(plan)
+    }
+
     /// Binds a service's listener in its network namespace; on failure,
     /// forgets the function hearthd just created.
     async fn bind_listener(
@@ -473,6 +512,12 @@ impl HearthTask {
             )));
         }
         let pid = match &container.role {
+            Role::Sandbox { plan } if !plan.new_network => {
+                // The Pod's network namespace, if it has one, is pinned by
+                // the CRI at a path; nothing else a namespace holder would
+                // keep is used by functions. The shim is the sandbox task.
+                std::process::id()
+            }
             Role::Sandbox { plan } => {
                 let (pid, child) = holder::spawn(plan)?;
                 stopwatch.lap("holder");
@@ -514,15 +559,14 @@ impl HearthTask {
             }
         };
         container.pid.store(pid, Ordering::SeqCst);
-        self.publish(
+        self.events.send(
             "/tasks/start",
             Box::new(TaskStart {
                 container_id: container.id.clone(),
                 pid,
                 ..Default::default()
             }),
-        )
-        .await;
+        );
         stopwatch.lap("event");
         let what = match &container.role {
             Role::Sandbox { .. } => "start-sandbox",
@@ -537,8 +581,7 @@ impl HearthTask {
 
     fn clone_for_watch(&self) -> Watcher {
         Watcher {
-            namespace: self.namespace.clone(),
-            publisher: self.publisher.clone(),
+            events: self.events.clone(),
             socket: self.hearthd.socket().to_path_buf(),
         }
     }
@@ -550,11 +593,18 @@ impl HearthTask {
         match &container.role {
             Role::Sandbox { .. } => {
                 let pid = container.pid.load(Ordering::SeqCst);
-                if pid != 0 && container.exit.borrow().is_none() {
+                if container.exit.borrow().is_some() {
+                    return Ok(());
+                }
+                if pid == 0 || pid == std::process::id() {
+                    // No holder process: the task is this shim's, and a
+                    // signal ends it as it would end a pause process.
+                    if request.signal != 0 {
+                        let task = self.clone_for_watch();
+                        task.finish(&container, 128 + request.signal).await;
+                    }
+                } else {
                     holder::signal(pid, request.signal)?;
-                } else if pid == 0 {
-                    let task = self.clone_for_watch();
-                    task.finish(&container, 128 + request.signal).await;
                 }
                 Ok(())
             }
@@ -663,7 +713,7 @@ impl HearthTask {
             None => (0, None),
         };
         info!("deleted {}", container.id);
-        self.publish(
+        self.events.send(
             "/tasks/delete",
             Box::new(TaskDelete {
                 container_id: container.id.clone(),
@@ -673,8 +723,7 @@ impl HearthTask {
                 id: container.id.clone(),
                 ..Default::default()
             }),
-        )
-        .await;
+        );
         Ok(DeleteResponse {
             pid,
             exit_status,
@@ -882,6 +931,7 @@ impl Task for HearthTask {
             .is_empty();
         if empty {
             info!("no containers left: shim exits");
+            self.events.flush().await;
             self.exit.signal();
         }
         Ok(Empty::new())

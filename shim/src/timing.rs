@@ -5,27 +5,47 @@
 //!
 //! * Each line reads `timing WHAT ID: total=T.TTms STEP=T.TTms ...`, logged
 //!   at info level into containerd's shim log when the call returns. `WHAT`
-//!   is `serving` (the shim process is ready for containerd, `total` since
-//!   its exec), `create-sandbox`, `create-function`, `start-sandbox` or
+//!   is `serving` (the shim process is ready for containerd; `total` since
+//!   the `start` process containerd ran began, steps `start`: from there to
+//!   this server process's `main`, and `init`: from that `main` to ready),
+//!   `create-sandbox`, `create-function`, `start-sandbox` or
 //!   `start-function`; the steps are the call's own parts in order.
 //! * The line's time stamp (the shim logger's RFC 3339 `time=`) is when the
 //!   call returned, so a reader with the same clock (the cold-start bench)
 //!   can place every step on a Pod start's timeline.
 //! * Measuring costs two clock reads per step; nothing waits on it.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// When this process started running its `main`: the start of `serving`.
-static PROCESS_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+/// When this process started running its `main`.
+static PROCESS_START: std::sync::OnceLock<(Instant, SystemTime)> = std::sync::OnceLock::new();
+
+/// The environment variable through which the `start` process tells the
+/// server process it spawns when it began (Unix nanoseconds).
+pub const START_ACTION_AT: &str = "HEARTH_SHIM_START_AT_NS";
 
 /// Marks the process start; called first thing in `main`.
 pub fn mark_process_start() {
-    PROCESS_START.get_or_init(Instant::now);
+    PROCESS_START.get_or_init(|| (Instant::now(), SystemTime::now()));
 }
 
-/// Time since [`mark_process_start`] (zero if it was never called).
-pub fn since_process_start() -> Duration {
-    PROCESS_START.get().map(Instant::elapsed).unwrap_or_default()
+/// When this process's `main` began, in Unix nanoseconds.
+pub fn process_start_unix_nanos() -> u128 {
+    let (_, wall) = *PROCESS_START.get_or_init(|| (Instant::now(), SystemTime::now()));
+    wall.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
+}
+
+/// Logs the `serving` line (see the module docs).
+pub fn log_serving(id: &str) {
+    let (began, wall) = *PROCESS_START.get_or_init(|| (Instant::now(), SystemTime::now()));
+    let init = began.elapsed();
+    let start = std::env::var(START_ACTION_AT)
+        .ok()
+        .and_then(|nanos| nanos.parse::<u64>().ok())
+        .map(|nanos| UNIX_EPOCH + Duration::from_nanos(nanos))
+        .and_then(|at| wall.duration_since(at).ok())
+        .unwrap_or_default();
+    log_line("serving", id, start + init, &[("start", start), ("init", init)]);
 }
 
 /// The steps of one task call.

@@ -156,8 +156,8 @@ fn a_host_network_pod_serves_logs_and_drains_on_stop_container() {
     assert_eq!(kubelet.state(&id).0, ContainerState::ContainerRunning);
     assert_eq!(
         kubelet.node.shims().len(),
-        2,
-        "one shim for the Pod and its namespace holder"
+        1,
+        "one shim for the Pod, which is its sandbox task too: no holder process"
     );
     // An operator sees it with `hearth status`.
     let (status, listing) = run_to_end(
@@ -236,9 +236,21 @@ fn a_pod_network_pod_is_reachable_at_its_ip_and_a_job_reports_its_exit_code() {
     wait_until("the Pod serves at podIP:8080", || kubelet.serves_ok(addr));
     assert_eq!(kubelet.state(&web).0, ContainerState::ContainerRunning);
 
+    // The shim is the sandbox task: the Pod's network is the CRI's pinned
+    // namespace (the service answers at the Pod IP, not on the node), and
+    // no holder process runs for it.
+    assert!(
+        !kubelet.serves_ok(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        "the Pod's service listens in the Pod's network, not the node's"
+    );
+    let shims = kubelet.node.shims();
+    assert_eq!(
+        shims.len(),
+        1,
+        "one shim for the Pod, which is its sandbox task too: no holder process"
+    );
     // A job in the same Pod: same shim, its exit code in ContainerStatus,
     // its stdout in the CRI log.
-    let shims = kubelet.node.shims();
     let job_id = kubelet.run_container(
         &pod,
         &ContainerSpec {

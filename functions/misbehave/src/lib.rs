@@ -10,8 +10,18 @@
 //! * `/print`: writes a line to stdout and one to stderr.
 //! * `/chatter?lines=N`: writes N lines to stdout (a guest printing in a
 //!   loop; the host must bound what waits for a slow log reader).
+//! * `/remember?mib=N`: answers `mark=M nonzero=Z`: M is a value in the
+//!   component's initial memory (`0x5eed` in a fresh instance), Z the
+//!   nonzero bytes in N MiB the allocator hands out as zeroed (fresh linear
+//!   memory, not cleared again: 0 in a fresh instance). It then changes the
+//!   value and fills the N MiB, so an instance that saw an earlier one's
+//!   memory would answer otherwise.
 
 use hearth_sdk::http::{Request, Response, Service};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// In the initial memory image; `/remember` changes it.
+static MARK: AtomicU64 = AtomicU64::new(0x5eed);
 
 struct Misbehave;
 
@@ -67,6 +77,15 @@ impl Service for Misbehave {
                     println!("misbehave: chatter line {n} of {lines}");
                 }
                 Response::text(200, format!("printed {lines} lines\n"))
+            }
+            "/remember" => {
+                let mib = query_number(&request, "mib", 8) as usize;
+                let seen = MARK.swap(0xdead_beef, Ordering::SeqCst);
+                let mut block = vec![0u8; mib << 20];
+                let nonzero = block.iter().filter(|byte| **byte != 0).count();
+                block.fill(0xab);
+                std::hint::black_box(&block);
+                Response::text(200, format!("mark={seen:#x} nonzero={nonzero}\n"))
             }
             other => Response::text(404, format!("no such path: {other}\n")),
         }

@@ -34,6 +34,7 @@
 //! max_invocations = 1           # default calls per instance before it retires
 //! compiled_memory_bytes = 1073741824  # compiled code kept in memory (LRU)
 //! compiled_disk_bytes = 4294967296    # compiled code kept on disk (LRU)
+//! keep_resident_bytes = 33554432      # memory a slot keeps mapped for the next instance (0: off)
 //!
 //! [state]                       # optional; default: one embedded store `default`
 //! default_store = "default"     # the store functions use for their own app
@@ -387,6 +388,10 @@ pub struct PoolConfig {
     /// Bound of compiled code kept on disk, least recently used evicted
     /// first (evicted functions compile again when next seen).
     pub compiled_disk_bytes: Option<u64>,
+    /// Written memory a pooled slot keeps mapped, reset, for its next
+    /// instance (see [`EngineSettings::keep_resident_bytes`]); 0 turns it
+    /// off.
+    pub keep_resident_bytes: Option<usize>,
 }
 
 impl HearthConfig {
@@ -659,6 +664,9 @@ impl HearthConfig {
         settings.total_instances = settings
             .total_instances
             .max(self.pool.instance_slots.unwrap_or(DEFAULT_INSTANCE_SLOTS));
+        if let Some(bytes) = self.pool.keep_resident_bytes {
+            settings.keep_resident_bytes = bytes;
+        }
         settings
     }
 

@@ -19,7 +19,15 @@
 //! 4. `runwasi`: containerd-shim-wasmtime-v1 (the path given), same image,
 //!    after one untimed warm-up run;
 //! 5. `runc`: a static busybox `httpd` image (built here), after one
-//!    untimed warm-up run.
+//!    untimed warm-up run;
+//! 0. with `--shim-before PATH`, first: `hearth before`, the pool hit
+//!    through an earlier shim build (CRI handler `hearth-before`, the same
+//!    hearthd).
+//!
+//! The scenarios that reset nothing (the hits, runwasi, runc) take turns
+//! run by run; the others follow. For Hearth the run is also cut into the
+//! phases its shim logs (`timing` lines, see `hearth_shim::timing`) and
+//! drawn as stacked bars (`--phase-chart`).
 
 use anyhow::{Context, Result, bail};
 use hearth_testkit::cri::{ContainerSpec, Cri, Network, Pod, PodOptions};
@@ -223,35 +231,31 @@ pub fn cold_start(args: ColdStartArgs) -> Result<()> {
         shim: Vec::new(),
     });
 
-    for (number, scenario) in scenarios.iter_mut().enumerate() {
-        eprintln!("scenario {}: {}", number + 1, scenario.label);
-        // One untimed run warms what the scenario says is warm (and checks
-        // the scenario works at all).
-        one_run(&runtime, &cri, &logs, scenario, &format!("s{number}-warm"))
-            .with_context(|| format!("{}: warm-up run", scenario.label))?;
+    // Scenarios that reset nothing take turns, one run each, so that none
+    // of them alone gets the node's first quiet runs or its busiest
+    // stretch; the ones that restart hearthd follow, one after another.
+    let (steady, resetting): (Vec<usize>, Vec<usize>) =
+        (0..scenarios.len()).partition(|&i| scenarios[i].reset == Reset::Nothing);
+    for &number in &steady {
+        warm_up(&runtime, &cri, &logs, &scenarios[number], number)?;
+    }
+    for run in 0..args.runs {
+        for &number in &steady {
+            timed_run(&runtime, &cri, &logs, &node, &mut scenarios[number], number, run)?;
+        }
+    }
+    for &number in &resetting {
+        warm_up(&runtime, &cri, &logs, &scenarios[number], number)?;
         for run in 0..args.runs {
-            match scenario.reset {
-                Reset::Nothing => {}
-                Reset::CompiledCaches | Reset::CompiledCachesAndImage => {
-                    let cache = node.dir.path().join("cache");
-                    let _ = std::fs::remove_dir_all(cache.join("compiled"));
-                    if scenario.reset == Reset::CompiledCachesAndImage {
-                        runtime.block_on(cri.remove_image(&scenario.image))?;
-                        let _ = std::fs::remove_dir_all(&cache);
-                    }
-                    node.restart_hearthd();
-                }
+            let scenario = &scenarios[number];
+            let cache = node.dir.path().join("cache");
+            let _ = std::fs::remove_dir_all(cache.join("compiled"));
+            if scenario.reset == Reset::CompiledCachesAndImage {
+                runtime.block_on(cri.remove_image(&scenario.image))?;
+                let _ = std::fs::remove_dir_all(&cache);
             }
-            let started = std::time::SystemTime::now();
-            let (phases, ids) =
-                one_run(&runtime, &cri, &logs, scenario, &format!("s{number}-{run}"))
-                    .with_context(|| format!("{}: run {run}", scenario.label))?;
-            scenario.runs.push(phases);
-            if scenario.handler.starts_with("hearth") {
-                let timing = ShimTiming::read(&node.containerd, &ids, started)
-                    .with_context(|| format!("{}: run {run}: the shim's timing", scenario.label))?;
-                scenario.shim.push(timing);
-            }
+            node.restart_hearthd();
+            timed_run(&runtime, &cri, &logs, &node, &mut scenarios[number], number, run)?;
         }
     }
     print_table(&scenarios, args.runs);
@@ -261,6 +265,44 @@ pub fn cold_start(args: ColdStartArgs) -> Result<()> {
     std::fs::write(&args.phase_chart, phase_chart_svg(&scenarios))
         .with_context(|| format!("writing {}", args.phase_chart.display()))?;
     println!("\nCharts: `{}`, `{}`", args.chart.display(), args.phase_chart.display());
+    Ok(())
+}
+
+/// One untimed run: it warms what the scenario says is warm (and checks
+/// the scenario works at all).
+fn warm_up(
+    runtime: &tokio::runtime::Runtime,
+    cri: &Cri,
+    logs: &std::path::Path,
+    scenario: &Scenario,
+    number: usize,
+) -> Result<()> {
+    eprintln!("scenario {}: {}", number + 1, scenario.label);
+    one_run(runtime, cri, logs, scenario, &format!("s{number}-warm"))
+        .with_context(|| format!("{}: warm-up run", scenario.label))?;
+    Ok(())
+}
+
+/// One timed run of `scenario`, recorded in it (with its shim's timing for
+/// Hearth).
+fn timed_run(
+    runtime: &tokio::runtime::Runtime,
+    cri: &Cri,
+    logs: &std::path::Path,
+    node: &Node,
+    scenario: &mut Scenario,
+    number: usize,
+    run: usize,
+) -> Result<()> {
+    let started = std::time::SystemTime::now();
+    let (phases, ids) = one_run(runtime, cri, logs, scenario, &format!("s{number}-{run}"))
+        .with_context(|| format!("{}: run {run}", scenario.label))?;
+    scenario.runs.push(phases);
+    if scenario.handler.starts_with("hearth") {
+        let timing = ShimTiming::read(&node.containerd, &ids, started)
+            .with_context(|| format!("{}: run {run}: the shim's timing", scenario.label))?;
+        scenario.shim.push(timing);
+    }
     Ok(())
 }
 
@@ -594,19 +636,29 @@ fn segments(phases: &Phases, shim: Option<&ShimTiming>) -> Vec<(&'static str, Du
             ("to first 200", phases.first_response.saturating_sub(phases.started)),
         ];
     };
-    let shim_main = shim.serving.returned.saturating_sub(shim.serving.total);
+    // From the `start` process's main (the first moment of the shim) on.
+    let shim_begins = shim.serving.returned.saturating_sub(shim.serving.total);
+    let step = |name: &str| {
+        shim.serving
+            .steps
+            .iter()
+            .find(|(step, _)| step == name)
+            .map(|(_, took)| *took)
+            .unwrap_or_default()
+    };
     let sandbox_task = shim.create_sandbox.total + shim.start_sandbox.total;
     let in_shim_start = shim.create_function.total + shim.start_function.total;
     let start = phases.started.saturating_sub(phases.created);
     vec![
-        ("netns, CNI, shim start (to the shim's main)", shim_main),
-        ("shim init (main to serving)", shim.serving.total),
+        ("netns, CNI (to the shim's start)", shim_begins),
+        ("shim start: exec of the server process", step("start")),
+        ("shim server init (main to serving)", step("init")),
         ("sandbox Create + Start in the shim", sandbox_task),
         (
             "RunPodSandbox, rest (containerd)",
             phases
                 .sandbox
-                .saturating_sub(shim_main + shim.serving.total + sandbox_task),
+                .saturating_sub(shim_begins + shim.serving.total + sandbox_task),
         ),
         ("CreateContainer (containerd)", phases.created.saturating_sub(phases.sandbox)),
         ("StartContainer: shim Create", shim.create_function.total),

@@ -9,7 +9,14 @@
 //!   idle instance (`min_idle = 0`): the first request instantiates;
 //! * **pool hit**: compiled code cached and one idle instance ready
 //!   (`min_idle = 1`): the first request takes it — what a Pod start through
-//!   the prewarm pool costs.
+//!   the prewarm pool costs. Measured twice in the same run: with the
+//!   engine's default, where a slot keeps the pages its last instance wrote
+//!   resident for the next one (`EngineSettings::keep_resident_bytes`), and
+//!   with that off (every instance faults its pages in again);
+//! * **steady state**: a second request in the instance that served the
+//!   first (`max_invocations = 2`, which no default does): what the
+//!   language's own handler costs once nothing is cold, the floor under a
+//!   pool hit.
 //!
 //! Prints p50 and max per cell in milliseconds, and each component's size.
 //!
@@ -71,9 +78,24 @@ async fn first_response(
     source: Source<'_>,
     min_idle: u32,
 ) -> Result<Duration> {
+    Ok(responses(host, name, source, min_idle, false).await?.0)
+}
+
+/// [`first_response`]; with `second`, the instance serves a second request
+/// too, and its time (first byte sent to answer) is the second value.
+async fn responses(
+    host: &Arc<Host>,
+    name: &str,
+    source: Source<'_>,
+    min_idle: u32,
+    second: bool,
+) -> Result<(Duration, Option<Duration>)> {
     let mut env = FunctionEnv::new(name);
     env.limits = limits();
     env.pool.min_idle = min_idle;
+    if second {
+        env.pool.max_invocations = 2;
+    }
     let started = Instant::now();
     let function = match source {
         Source::Bytes(wasm) => host.load(env, wasm.to_vec()).await?,
@@ -109,9 +131,19 @@ async fn first_response(
     if reply.status != http::StatusCode::OK || !reply.text().ends_with("from Hearth!\n") {
         bail!("{name}: {} {}", reply.status, reply.text());
     }
+    let mut steady = None;
+    if second {
+        let started = Instant::now();
+        let reply =
+            hearth_testkit::http::send(addr, http::Method::GET, "/", &[], Bytes::new()).await?;
+        steady = Some(started.elapsed());
+        if reply.status != http::StatusCode::OK {
+            bail!("{name}, second request: {} {}", reply.status, reply.text());
+        }
+    }
     let _ = stop.send(());
     let _ = server.await;
-    Ok(elapsed)
+    Ok((elapsed, steady))
 }
 
 fn summary(mut samples: Vec<Duration>) -> String {
@@ -131,10 +163,14 @@ async fn run(args: LanguagesArgs) -> Result<()> {
         ("JavaScript", hearth_testkit::JS_HELLO),
     ];
     let settings = EngineSettings::for_limits([&limits()]);
+    let not_resident = EngineSettings {
+        keep_resident_bytes: 0,
+        ..settings
+    };
     println!(
-        "| language | component | compile (ms, p50 / max) | compiled-cache hit, first request instantiates | pool hit: idle instance ready |"
+        "| language | component | compile (ms, p50 / max) | compiled-cache hit, first request instantiates | pool hit, slots not kept resident | pool hit: idle instance ready | steady state: second request, same instance |"
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (language, path) in languages {
         let wasm = hearth_testkit::wasm_bytes(path);
         let mut compiles = Vec::new();
@@ -144,8 +180,12 @@ async fn run(args: LanguagesArgs) -> Result<()> {
         }
         let host = Host::new(&settings)?;
         first_response(&host, "warm-up", Source::Bytes(&wasm), 0).await?;
+        let cold_host = Host::new(&not_resident)?;
+        first_response(&cold_host, "warm-up", Source::Bytes(&wasm), 0).await?;
         let mut cached = Vec::new();
         let mut pooled = Vec::new();
+        let mut pooled_cold = Vec::new();
+        let mut steady = Vec::new();
         for i in 0..args.runs {
             cached.push(
                 first_response(&host, &format!("cached-{i}"), Source::Bytes(&wasm), 0).await?,
@@ -153,13 +193,22 @@ async fn run(args: LanguagesArgs) -> Result<()> {
             pooled.push(
                 first_response(&host, &format!("pooled-{i}"), Source::Bytes(&wasm), 1).await?,
             );
+            pooled_cold.push(
+                first_response(&cold_host, &format!("pooled-{i}"), Source::Bytes(&wasm), 1)
+                    .await?,
+            );
+            let (_, second) =
+                responses(&host, &format!("steady-{i}"), Source::Bytes(&wasm), 1, true).await?;
+            steady.extend(second);
         }
         println!(
-            "| {language} | {:.1} MB | {} | {} | {} |",
+            "| {language} | {:.1} MB | {} | {} | {} | {} | {} |",
             wasm.len() as f64 / 1e6,
             summary(compiles),
             summary(cached),
-            summary(pooled)
+            summary(pooled_cold),
+            summary(pooled),
+            summary(steady)
         );
     }
     println!();

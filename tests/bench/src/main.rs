@@ -112,6 +112,11 @@ struct PodsArgs {
     /// repository), measured the same way; skipped with a note without it.
     #[arg(long)]
     runwasi: Option<PathBuf>,
+    /// An earlier build of `containerd-shim-hearth-v1`, measured the same
+    /// way (CRI handler `hearth-before`, the same hearthd) before the
+    /// current one, for a before/after comparison in one run.
+    #[arg(long)]
+    shim_before: Option<PathBuf>,
 }
 
 #[derive(Parser)]
@@ -198,7 +203,7 @@ fn hello_container(image: &str) -> hearth_testkit::cri::ContainerSpec<'_> {
 /// A runtime measured by `pods`: its CRI handler and how its Pod processes
 /// are recognised (their command line names this binary).
 struct PodRuntime {
-    label: &'static str,
+    label: String,
     handler: &'static str,
     shim_binary: &'static str,
     extra_runtimes: Vec<(String, PathBuf)>,
@@ -210,15 +215,26 @@ fn pods(args: PodsArgs) -> Result<()> {
     let bin_dir = std::fs::canonicalize(&args.bin_dir)
         .with_context(|| format!("--bin-dir {}", args.bin_dir.display()))?;
     hearth_testkit::containerd::use_prebuilt_binaries(bin_dir);
-    let mut runtimes = vec![PodRuntime {
-        label: "hearth",
+    let mut runtimes = Vec::new();
+    if let Some(before) = &args.shim_before {
+        let before = std::fs::canonicalize(before)
+            .with_context(|| format!("--shim-before {}", before.display()))?;
+        runtimes.push(PodRuntime {
+            label: format!("hearth before ({})", before.display()),
+            handler: "hearth-before",
+            shim_binary: "containerd-shim-hearth-v1",
+            extra_runtimes: vec![("hearth-before".into(), before)],
+        });
+    }
+    runtimes.push(PodRuntime {
+        label: "hearth".into(),
         handler: hearth_testkit::cri::HEARTH_HANDLER,
         shim_binary: "containerd-shim-hearth-v1",
         extra_runtimes: Vec::new(),
-    }];
+    });
     match &args.runwasi {
         Some(runwasi) => runtimes.push(PodRuntime {
-            label: "runwasi (containerd-shim-wasmtime-v1)",
+            label: "runwasi (containerd-shim-wasmtime-v1)".into(),
             handler: "wasmtime",
             shim_binary: "containerd-shim-wasmtime-v1",
             extra_runtimes: vec![(
@@ -313,7 +329,7 @@ fn pods(args: PodsArgs) -> Result<()> {
                 .fold((0, 0), |(rss, pss), (r, p)| (rss + r, pss + p));
             let per_pod = |bytes: u64| mib(bytes as f64 / count as f64);
             // Only Hearth's Pods live partly in hearthd.
-            let daemon_delta = if pod_runtime.handler == hearth_testkit::cri::HEARTH_HANDLER {
+            let daemon_delta = if pod_runtime.handler.starts_with("hearth") {
                 hearthd_after.saturating_sub(hearthd_before)
             } else {
                 0
@@ -336,7 +352,7 @@ fn pods(args: PodsArgs) -> Result<()> {
         "## Memory per idle Pod and Pods started per second (functions/hello, Pod network, CRI)\n"
     );
     println!(
-        "Per Pod = (RSS of the Pod's processes: every process running the runtime's shim binary, for Hearth its shim and namespace holder + hearthd's RSS growth over a node with no Pods) / Pods. PSS splits pages shared between processes (same binary) among them. Pods are started 16 at a time.\n"
+        "Per Pod = (RSS of the Pod's processes: every process running the runtime's shim binary, for Hearth its shim (which is the sandbox task too; builds before issue 26 also ran a namespace holder) + hearthd's RSS growth over a node with no Pods) / Pods. PSS splits pages shared between processes (same binary) among them. Pods are started 16 at a time.\n"
     );
     println!(
         "| runtime | Pods | Pod processes | Pod processes RSS / PSS MiB/Pod | daemon RSS delta MiB/Pod | total RSS MiB/Pod | total PSS MiB/Pod | Pods started/s |"
