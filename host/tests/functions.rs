@@ -223,8 +223,10 @@ async fn a_slot_kept_resident_starts_every_instance_from_its_initial_memory() {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         assert_eq!(reply.text(), fresh, "{mib} MiB");
     }
-    let at_once: Vec<_> = (0..4)
-        .map(|i| tokio::spawn(get(addr, if i % 2 == 0 { "/remember?mib=4" } else { "/remember?mib=24" })))
+    let at_once: Vec<_> = ["/remember?mib=4", "/remember?mib=24"]
+        .repeat(2)
+        .into_iter()
+        .map(|path| tokio::spawn(get(addr, path)))
         .collect();
     for reply in at_once {
         let reply = reply.await.unwrap().unwrap();

@@ -9,7 +9,8 @@
 //!   (create before start before exit before delete), as runc's shim does.
 //! * **Nothing queued is lost at a clean exit.** [`Events::flush`] returns
 //!   once everything sent before it was published (or failed to be); the
-//!   shim flushes before Shutdown lets the process end.
+//!   shim flushes before Shutdown lets the process end. A containerd that
+//!   takes nothing for [`FLUSH_PATIENCE`] does not keep it alive.
 //! * A failed publish is logged (with the topic) and the next event is
 //!   published: containerd gone is the shim's end anyway.
 //! * The queue holds at most the events of the calls containerd made, a
@@ -19,6 +20,9 @@ use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::publisher::RemotePublisher;
 use log::warn;
 use tokio::sync::{mpsc, oneshot};
+
+/// How long [`Events::flush`] waits for containerd.
+pub const FLUSH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 enum Queued {
     Event(&'static str, Box<dyn MessageDyn>),
@@ -63,11 +67,18 @@ impl Events {
         }
     }
 
-    /// Waits until every event sent before this call was published.
+    /// Waits until every event sent before this call was published, or
+    /// [`FLUSH_PATIENCE`] passed (a containerd that takes no events must
+    /// not keep the shim alive).
     pub async fn flush(&self) {
         let (done, flushed) = oneshot::channel();
-        if self.queue.send(Queued::Flush(done)).is_ok() {
-            let _ = flushed.await;
+        if self.queue.send(Queued::Flush(done)).is_ok()
+            && tokio::time::timeout(FLUSH_PATIENCE, flushed).await.is_err()
+        {
+            warn!(
+                "containerd took no events for {} s: exiting with some unpublished",
+                FLUSH_PATIENCE.as_secs()
+            );
         }
     }
 }

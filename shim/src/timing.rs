@@ -32,7 +32,9 @@ pub fn mark_process_start() {
 /// When this process's `main` began, in Unix nanoseconds.
 pub fn process_start_unix_nanos() -> u128 {
     let (_, wall) = *PROCESS_START.get_or_init(|| (Instant::now(), SystemTime::now()));
-    wall.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
+    wall.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
 }
 
 /// Logs the `serving` line (see the module docs).
@@ -45,7 +47,12 @@ pub fn log_serving(id: &str) {
         .map(|nanos| UNIX_EPOCH + Duration::from_nanos(nanos))
         .and_then(|at| wall.duration_since(at).ok())
         .unwrap_or_default();
-    log_line("serving", id, start + init, &[("start", start), ("init", init)]);
+    log_line(
+        "serving",
+        id,
+        start + init,
+        &[("start", start), ("init", init)],
+    );
 }
 
 /// The steps of one task call.

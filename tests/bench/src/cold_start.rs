@@ -241,7 +241,15 @@ pub fn cold_start(args: ColdStartArgs) -> Result<()> {
     }
     for run in 0..args.runs {
         for &number in &steady {
-            timed_run(&runtime, &cri, &logs, &node, &mut scenarios[number], number, run)?;
+            timed_run(
+                &runtime,
+                &cri,
+                &logs,
+                &node,
+                &mut scenarios[number],
+                number,
+                run,
+            )?;
         }
     }
     for &number in &resetting {
@@ -255,7 +263,15 @@ pub fn cold_start(args: ColdStartArgs) -> Result<()> {
                 let _ = std::fs::remove_dir_all(&cache);
             }
             node.restart_hearthd();
-            timed_run(&runtime, &cri, &logs, &node, &mut scenarios[number], number, run)?;
+            timed_run(
+                &runtime,
+                &cri,
+                &logs,
+                &node,
+                &mut scenarios[number],
+                number,
+                run,
+            )?;
         }
     }
     print_table(&scenarios, args.runs);
@@ -264,7 +280,11 @@ pub fn cold_start(args: ColdStartArgs) -> Result<()> {
         .with_context(|| format!("writing {}", args.chart.display()))?;
     std::fs::write(&args.phase_chart, phase_chart_svg(&scenarios))
         .with_context(|| format!("writing {}", args.phase_chart.display()))?;
-    println!("\nCharts: `{}`, `{}`", args.chart.display(), args.phase_chart.display());
+    println!(
+        "\nCharts: `{}`, `{}`",
+        args.chart.display(),
+        args.phase_chart.display()
+    );
     Ok(())
 }
 
@@ -535,8 +555,13 @@ impl ShimTiming {
                 find("start-function", &ids.container),
             ];
             if calls.iter().all(Option::is_some) {
-                let [serving, create_sandbox, start_sandbox, create_function, start_function] =
-                    calls.map(|call| call.expect("all found"));
+                let [
+                    serving,
+                    create_sandbox,
+                    start_sandbox,
+                    create_function,
+                    start_function,
+                ] = calls.map(|call| call.expect("all found"));
                 return Ok(ShimTiming {
                     serving: serving?,
                     create_sandbox: create_sandbox?,
@@ -597,9 +622,7 @@ fn parse_timing_line(line: &str, began: std::time::SystemTime) -> Result<ShimCal
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (UTC, as the shim's logger writes it).
 fn parse_rfc3339(stamp: &str) -> Result<std::time::SystemTime> {
-    let stamp = stamp
-        .strip_suffix('Z')
-        .context("not UTC (no trailing Z)")?;
+    let stamp = stamp.strip_suffix('Z').context("not UTC (no trailing Z)")?;
     let (date, time) = stamp.split_once('T').context("no T")?;
     let mut date = date.split('-').map(str::parse::<i64>);
     let (Some(Ok(year)), Some(Ok(month)), Some(Ok(day))) = (date.next(), date.next(), date.next())
@@ -631,9 +654,18 @@ fn segments(phases: &Phases, shim: Option<&ShimTiming>) -> Vec<(&'static str, Du
     let Some(shim) = shim else {
         return vec![
             ("RunPodSandbox", phases.sandbox),
-            ("CreateContainer", phases.created.saturating_sub(phases.sandbox)),
-            ("StartContainer", phases.started.saturating_sub(phases.created)),
-            ("to first 200", phases.first_response.saturating_sub(phases.started)),
+            (
+                "CreateContainer",
+                phases.created.saturating_sub(phases.sandbox),
+            ),
+            (
+                "StartContainer",
+                phases.started.saturating_sub(phases.created),
+            ),
+            (
+                "to first 200",
+                phases.first_response.saturating_sub(phases.started),
+            ),
         ];
     };
     // From the `start` process's main (the first moment of the shim) on.
@@ -660,11 +692,20 @@ fn segments(phases: &Phases, shim: Option<&ShimTiming>) -> Vec<(&'static str, Du
                 .sandbox
                 .saturating_sub(shim_begins + shim.serving.total + sandbox_task),
         ),
-        ("CreateContainer (containerd)", phases.created.saturating_sub(phases.sandbox)),
+        (
+            "CreateContainer (containerd)",
+            phases.created.saturating_sub(phases.sandbox),
+        ),
         ("StartContainer: shim Create", shim.create_function.total),
         ("StartContainer: shim Start", shim.start_function.total),
-        ("StartContainer, rest (containerd)", start.saturating_sub(in_shim_start)),
-        ("to first 200", phases.first_response.saturating_sub(phases.started)),
+        (
+            "StartContainer, rest (containerd)",
+            start.saturating_sub(in_shim_start),
+        ),
+        (
+            "to first 200",
+            phases.first_response.saturating_sub(phases.started),
+        ),
     ]
 }
 
@@ -773,7 +814,8 @@ fn phase_chart_svg(scenarios: &[Scenario]) -> String {
             }
         }
     }
-    let color = |name: &str| COLORS[names.iter().position(|n| *n == name).unwrap_or(0) % COLORS.len()];
+    let color =
+        |name: &str| COLORS[names.iter().position(|n| *n == name).unwrap_or(0) % COLORS.len()];
     let longest = rows
         .iter()
         .map(|(_, s)| s.iter().map(|(_, ms)| ms).sum::<f64>())
@@ -835,4 +877,41 @@ fn phase_chart_svg(scenarios: &[Scenario]) -> String {
     }
     svg += "</svg>\n";
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_stamps_as_the_shim_logger_writes_them() {
+        let at = |stamp| {
+            parse_rfc3339(stamp)
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+        };
+        assert_eq!(
+            at("1970-01-01T00:00:00.000000001Z"),
+            Duration::from_nanos(1)
+        );
+        assert_eq!(at("2000-01-01T00:00:00Z"), Duration::from_secs(946_684_800));
+        assert_eq!(
+            at("2026-12-07T03:01:02.5Z"),
+            Duration::from_secs(1_796_612_462) + Duration::from_millis(500)
+        );
+        assert!(parse_rfc3339("2026-12-07T03:01:02+01:00").is_err());
+    }
+
+    #[test]
+    fn a_timing_line_gives_its_return_time_total_and_steps() {
+        let began = std::time::UNIX_EPOCH + Duration::from_secs(946_684_800);
+        let line = r#"time="2000-01-01T00:00:00.010Z" level=info msg="timing create-function abc: total=2.51ms rootfs=0.68ms hearthd=1.30ms""#;
+        let call = parse_timing_line(line, began).unwrap();
+        assert_eq!(call.returned, Duration::from_millis(10));
+        assert_eq!(call.total, Duration::from_secs_f64(2.51e-3));
+        let steps: Vec<_> = call.steps.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(steps, ["rootfs", "hearthd"]);
+        assert_eq!(call.steps[1].1, Duration::from_secs_f64(1.30e-3));
+    }
 }

@@ -194,8 +194,7 @@ async fn run(args: LanguagesArgs) -> Result<()> {
                 first_response(&host, &format!("pooled-{i}"), Source::Bytes(&wasm), 1).await?,
             );
             pooled_cold.push(
-                first_response(&cold_host, &format!("pooled-{i}"), Source::Bytes(&wasm), 1)
-                    .await?,
+                first_response(&cold_host, &format!("pooled-{i}"), Source::Bytes(&wasm), 1).await?,
             );
             let (_, second) =
                 responses(&host, &format!("steady-{i}"), Source::Bytes(&wasm), 1, true).await?;
