@@ -315,6 +315,10 @@ struct RunArgs {
     /// request a fresh instance.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     max_invocations: u32,
+    /// Memory a free instance slot keeps resident, reset, for its next
+    /// instance (Linux 6.7+; `[pool] keep_resident_bytes`); 0 turns it off.
+    #[arg(long, default_value_t = hearth_host::engine::DEFAULT_KEEP_RESIDENT_BYTES)]
+    keep_resident_bytes: usize,
     /// Arguments passed to a job after its name.
     #[arg(last = true)]
     args: Vec<String>,
@@ -831,6 +835,7 @@ async fn run_function(args: RunArgs) -> Result<i32> {
     settings.total_instances = settings
         .total_instances
         .max(args.min_idle + limits.max_concurrent_instances);
+    settings.keep_resident_bytes = args.keep_resident_bytes;
     let host = match (
         Host::with_caches(&settings, &args.cache.settings()),
         &source,

@@ -399,41 +399,54 @@ fn host(args: HostArgs) -> Result<()> {
     println!("| server | requests/s | p50 latency | p99 latency |");
     println!("|---|---:|---:|---:|");
     let hello = hearth_testkit::HELLO;
-    let port = free_port()?;
-    let hearth = Server::start(
-        Command::new(&args.hearth)
+    // The slot reset as before (pages handed back to the kernel) and as it
+    // is by default (written pages kept resident for the next instance).
+    for (label, keep_resident) in [
+        ("hearth run --keep-resident-bytes 0", Some("0")),
+        ("hearth run", None),
+    ] {
+        let port = free_port()?;
+        let mut command = Command::new(&args.hearth);
+        command
             .args(["run", hello, "--listen"])
-            .arg(format!("127.0.0.1:{port}")),
-        port,
-    )?;
-    let row = wrk(port, &args)?;
-    drop(hearth);
-    println!("| hearth run | {} |", row);
+            .arg(format!("127.0.0.1:{port}"));
+        if let Some(bytes) = keep_resident {
+            command.args(["--keep-resident-bytes", bytes]);
+        }
+        let hearth = Server::start(&mut command, port)?;
+        let row = wrk(port, &args)?;
+        drop(hearth);
+        println!("| {label} | {row} |");
+    }
     match &args.wasmtime {
         Some(wasmtime) => {
-            let port = free_port()?;
-            let peer = Server::start(
-                Command::new(wasmtime)
-                    .args([
-                        "serve",
-                        "-S",
-                        "cli",
-                        "--max-instance-reuse-count",
-                        "1",
-                        "--addr",
-                    ])
-                    .arg(format!("127.0.0.1:{port}"))
-                    .arg(hello),
-                port,
-            )?;
             let version = Command::new(wasmtime).arg("--version").output()?;
-            let row = wrk(port, &args)?;
-            drop(peer);
-            println!(
-                "| {} serve | {} |",
-                String::from_utf8_lossy(&version.stdout).trim(),
-                row
+            let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+            // As it comes, and tuned as Hearth's engine is by default.
+            let tuned = format!(
+                "pooling-allocator=y,pooling-memory-keep-resident={keep},pooling-table-keep-resident={table},pooling-pagemap-scan=auto",
+                keep = hearth_host::engine::DEFAULT_KEEP_RESIDENT_BYTES,
+                table = hearth_host::engine::DEFAULT_KEEP_RESIDENT_BYTES / 8
             );
+            for optimize in [None, Some(tuned.as_str())] {
+                let port = free_port()?;
+                let mut command = Command::new(wasmtime);
+                command.args(["serve", "-S", "cli", "--max-instance-reuse-count", "1"]);
+                if let Some(options) = optimize {
+                    command.args(["-O", options]);
+                }
+                command
+                    .arg("--addr")
+                    .arg(format!("127.0.0.1:{port}"))
+                    .arg(hello);
+                let peer = Server::start(&mut command, port)?;
+                let row = wrk(port, &args)?;
+                drop(peer);
+                match optimize {
+                    None => println!("| {version} serve | {row} |"),
+                    Some(options) => println!("| {version} serve -O {options} | {row} |"),
+                }
+            }
         }
         None => println!("\n(peer skipped: pass --wasmtime PATH to measure `wasmtime serve`)"),
     }
