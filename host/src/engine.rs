@@ -58,6 +58,12 @@ pub struct EngineSettings {
 /// The default of [`EngineSettings::keep_resident_bytes`].
 pub const DEFAULT_KEEP_RESIDENT_BYTES: usize = 32 << 20;
 
+/// The table bytes a slot keeps resident beside `memory_bytes` of linear
+/// memory: an eighth.
+pub const fn table_keep_resident_bytes(memory_bytes: usize) -> usize {
+    memory_bytes / 8
+}
+
 impl EngineSettings {
     /// Settings able to serve functions under `limits`, `functions` of them.
     pub fn for_limits<'a>(limits: impl IntoIterator<Item = &'a Limits>) -> Self {
@@ -143,7 +149,7 @@ impl HostEngine {
                 .max_core_instance_size(4 << 20)
                 .max_component_instance_size(4 << 20)
                 .linear_memory_keep_resident(keep_resident)
-                .table_keep_resident(keep_resident / 8)
+                .table_keep_resident(table_keep_resident_bytes(keep_resident))
                 // Reset only the pages an instance wrote.
                 .pagemap_scan(wasmtime::Enabled::Auto);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

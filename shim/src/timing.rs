@@ -26,12 +26,17 @@ pub const START_ACTION_AT: &str = "HEARTH_SHIM_START_AT_NS";
 
 /// Marks the process start; called first thing in `main`.
 pub fn mark_process_start() {
-    PROCESS_START.get_or_init(|| (Instant::now(), SystemTime::now()));
+    process_start();
+}
+
+/// The process start (marked now if `main` did not).
+fn process_start() -> (Instant, SystemTime) {
+    *PROCESS_START.get_or_init(|| (Instant::now(), SystemTime::now()))
 }
 
 /// When this process's `main` began, in Unix nanoseconds.
 pub fn process_start_unix_nanos() -> u128 {
-    let (_, wall) = *PROCESS_START.get_or_init(|| (Instant::now(), SystemTime::now()));
+    let (_, wall) = process_start();
     wall.duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos()
@@ -39,7 +44,7 @@ pub fn process_start_unix_nanos() -> u128 {
 
 /// Logs the `serving` line (see the module docs).
 pub fn log_serving(id: &str) {
-    let (began, wall) = *PROCESS_START.get_or_init(|| (Instant::now(), SystemTime::now()));
+    let (began, wall) = process_start();
     let init = began.elapsed();
     let start = std::env::var(START_ACTION_AT)
         .ok()

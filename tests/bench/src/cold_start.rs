@@ -236,24 +236,21 @@ pub fn cold_start(args: ColdStartArgs) -> Result<()> {
     // stretch; the ones that restart hearthd follow, one after another.
     let (steady, resetting): (Vec<usize>, Vec<usize>) =
         (0..scenarios.len()).partition(|&i| scenarios[i].reset == Reset::Nothing);
+    let rig = Rig {
+        runtime: &runtime,
+        cri: &cri,
+        logs: &logs,
+    };
     for &number in &steady {
-        warm_up(&runtime, &cri, &logs, &scenarios[number], number)?;
+        rig.warm_up(&scenarios[number], number)?;
     }
     for run in 0..args.runs {
         for &number in &steady {
-            timed_run(
-                &runtime,
-                &cri,
-                &logs,
-                &node,
-                &mut scenarios[number],
-                number,
-                run,
-            )?;
+            rig.timed_run(&node.containerd, &mut scenarios[number], number, run)?;
         }
     }
     for &number in &resetting {
-        warm_up(&runtime, &cri, &logs, &scenarios[number], number)?;
+        rig.warm_up(&scenarios[number], number)?;
         for run in 0..args.runs {
             let scenario = &scenarios[number];
             let cache = node.dir.path().join("cache");
@@ -263,15 +260,7 @@ pub fn cold_start(args: ColdStartArgs) -> Result<()> {
                 let _ = std::fs::remove_dir_all(&cache);
             }
             node.restart_hearthd();
-            timed_run(
-                &runtime,
-                &cri,
-                &logs,
-                &node,
-                &mut scenarios[number],
-                number,
-                run,
-            )?;
+            rig.timed_run(&node.containerd, &mut scenarios[number], number, run)?;
         }
     }
     print_table(&scenarios, args.runs);
@@ -288,81 +277,80 @@ pub fn cold_start(args: ColdStartArgs) -> Result<()> {
     Ok(())
 }
 
-/// One untimed run: it warms what the scenario says is warm (and checks
-/// the scenario works at all).
-fn warm_up(
-    runtime: &tokio::runtime::Runtime,
-    cri: &Cri,
-    logs: &std::path::Path,
-    scenario: &Scenario,
-    number: usize,
-) -> Result<()> {
-    eprintln!("scenario {}: {}", number + 1, scenario.label);
-    one_run(runtime, cri, logs, scenario, &format!("s{number}-warm"))
-        .with_context(|| format!("{}: warm-up run", scenario.label))?;
-    Ok(())
+/// What every run of the bench goes through: the runtime that drives the
+/// CRI client, the client, and the Pods' log directory.
+struct Rig<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    cri: &'a Cri,
+    logs: &'a std::path::Path,
 }
 
-/// One timed run of `scenario`, recorded in it (with its shim's timing for
-/// Hearth).
-fn timed_run(
-    runtime: &tokio::runtime::Runtime,
-    cri: &Cri,
-    logs: &std::path::Path,
-    node: &Node,
-    scenario: &mut Scenario,
-    number: usize,
-    run: usize,
-) -> Result<()> {
-    let started = std::time::SystemTime::now();
-    let (phases, ids) = one_run(runtime, cri, logs, scenario, &format!("s{number}-{run}"))
-        .with_context(|| format!("{}: run {run}", scenario.label))?;
-    scenario.runs.push(phases);
-    if scenario.handler.starts_with("hearth") {
-        let timing = ShimTiming::read(&node.containerd, &ids, started)
-            .with_context(|| format!("{}: run {run}: the shim's timing", scenario.label))?;
-        scenario.shim.push(timing);
+impl Rig<'_> {
+    /// One untimed run: it warms what the scenario says is warm (and
+    /// checks the scenario works at all).
+    fn warm_up(&self, scenario: &Scenario, number: usize) -> Result<()> {
+        eprintln!("scenario {}: {}", number + 1, scenario.label);
+        self.one_run(scenario, &format!("s{number}-warm"))
+            .with_context(|| format!("{}: warm-up run", scenario.label))?;
+        Ok(())
     }
-    Ok(())
+
+    /// One timed run of `scenario`, recorded in it (with its shim's timing,
+    /// read from `containerd`'s log, for Hearth).
+    fn timed_run(
+        &self,
+        containerd: &hearth_testkit::containerd::Containerd,
+        scenario: &mut Scenario,
+        number: usize,
+        run: usize,
+    ) -> Result<()> {
+        let started = std::time::SystemTime::now();
+        let (phases, ids) = self
+            .one_run(scenario, &format!("s{number}-{run}"))
+            .with_context(|| format!("{}: run {run}", scenario.label))?;
+        scenario.runs.push(phases);
+        if scenario.handler.starts_with("hearth") {
+            let timing = ShimTiming::read(containerd, &ids, started)
+                .with_context(|| format!("{}: run {run}: the shim's timing", scenario.label))?;
+            scenario.shim.push(timing);
+        }
+        Ok(())
+    }
+
+    /// Starts a Pod for `scenario` under `name`, reaches it, removes it.
+    fn one_run(&self, scenario: &Scenario, name: &str) -> Result<(Phases, RunIds)> {
+        let (cri, logs) = (self.cri, self.logs);
+        self.runtime.block_on(async {
+            let begin = Instant::now();
+            let pod = cri
+                .run_pod_with(
+                    name,
+                    Network::Pod,
+                    logs,
+                    &PodOptions {
+                        handler: scenario.handler,
+                        annotations: scenario.annotations,
+                        ..PodOptions::default()
+                    },
+                )
+                .await?;
+            let sandbox = begin.elapsed();
+            let result = start_and_reach(cri, &pod, scenario, begin, sandbox).await;
+            cri.remove_pod(&pod).await?;
+            let (phases, container) = result?;
+            let ids = RunIds {
+                sandbox: pod.sandbox_id.clone(),
+                container,
+            };
+            Ok((phases, ids))
+        })
+    }
 }
 
 /// The sandbox and container ids of one run.
 struct RunIds {
     sandbox: String,
     container: String,
-}
-
-fn one_run(
-    runtime: &tokio::runtime::Runtime,
-    cri: &Cri,
-    logs: &std::path::Path,
-    scenario: &Scenario,
-    name: &str,
-) -> Result<(Phases, RunIds)> {
-    runtime.block_on(async {
-        let begin = Instant::now();
-        let pod = cri
-            .run_pod_with(
-                name,
-                Network::Pod,
-                logs,
-                &PodOptions {
-                    handler: scenario.handler,
-                    annotations: scenario.annotations,
-                    ..PodOptions::default()
-                },
-            )
-            .await?;
-        let sandbox = begin.elapsed();
-        let result = start_and_reach(cri, &pod, scenario, begin, sandbox).await;
-        cri.remove_pod(&pod).await?;
-        let (phases, container) = result?;
-        let ids = RunIds {
-            sandbox: pod.sandbox_id.clone(),
-            container,
-        };
-        Ok((phases, ids))
-    })
 }
 
 async fn start_and_reach(
@@ -735,20 +723,14 @@ fn print_phase_tables(scenarios: &[Scenario]) {
     );
     for scenario in scenarios {
         let medians = median_segments(scenario);
-        let total: Vec<_> = scenario.runs.iter().map(|r| r.first_response).collect();
+        let median = |phase: fn(&Phases) -> Duration| {
+            quantile(&scenario.runs.iter().map(phase).collect::<Vec<_>>(), 0.5)
+        };
+        let (total, sandbox) = (median(|r| r.first_response), median(|r| r.sandbox));
         println!(
-            "- **{}** (first 200 p50 {:.1} ms, RunPodSandbox p50 {:.1} ms, ratio {:.2}): {}",
+            "- **{}** (first 200 p50 {total:.1} ms, RunPodSandbox p50 {sandbox:.1} ms, ratio {:.2}): {}",
             scenario.label,
-            quantile(&total, 0.5),
-            quantile(
-                &scenario.runs.iter().map(|r| r.sandbox).collect::<Vec<_>>(),
-                0.5
-            ),
-            quantile(&total, 0.5)
-                / quantile(
-                    &scenario.runs.iter().map(|r| r.sandbox).collect::<Vec<_>>(),
-                    0.5
-                ),
+            total / sandbox,
             medians
                 .iter()
                 .map(|(name, ms)| format!("{name} {ms:.1}"))

@@ -82,7 +82,7 @@ async fn first_response(
 }
 
 /// [`first_response`]; with `second`, the instance serves a second request
-/// too, and its time (first byte sent to answer) is the second value.
+/// too, and that request's time (sent to whole reply) is the second value.
 async fn responses(
     host: &Arc<Host>,
     name: &str,

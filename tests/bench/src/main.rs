@@ -426,7 +426,9 @@ fn host(args: HostArgs) -> Result<()> {
             let tuned = format!(
                 "pooling-allocator=y,pooling-memory-keep-resident={keep},pooling-table-keep-resident={table},pooling-pagemap-scan=auto",
                 keep = hearth_host::engine::DEFAULT_KEEP_RESIDENT_BYTES,
-                table = hearth_host::engine::DEFAULT_KEEP_RESIDENT_BYTES / 8
+                table = hearth_host::engine::table_keep_resident_bytes(
+                    hearth_host::engine::DEFAULT_KEEP_RESIDENT_BYTES
+                )
             );
             for optimize in [None, Some(tuned.as_str())] {
                 let port = free_port()?;
